@@ -1,0 +1,3 @@
+"""xgrader: an xqueue-compatible external grader daemon."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,5 @@
+import sys
+
+from xgrader.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""The `xgrader` command line: one module per subcommand, each with register()."""

@@ -1,0 +1,133 @@
+"""Daemon settings: defaults < config file (TOML/JSON) < environment (XGRADER_*).
+
+Secrets (queue password, basic-auth password, LLM key) are SecretStr: they
+come from the environment or a `*_file` path, are never logged, and are never
+passed into a sandbox.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from xgrader.sandbox.base import Limits
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_HANDLERS = REPO_ROOT / "payload_handlers"
+DEFAULT_RUNNER_DIR = REPO_ROOT / "sandbox"
+
+
+class HintSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = False
+    base_url: str | None = None        # any OpenAI-compatible endpoint
+    model: str = "gpt-4o-mini"
+    api_key: SecretStr | None = None   # XGRADER_HINTS__API_KEY
+    budget_s: float = Field(20.0, gt=0)
+    request_timeout_s: float = Field(10.0, gt=0)
+    max_retries: int = Field(1, ge=0)
+    max_concurrency: int = Field(4, ge=1)
+    repair: bool = False
+    store: str = "sqlite:///xgrader-hints.db"  # or redis://host:port/db
+    quota_per_assignment: int = Field(10, ge=0)
+    quota_per_type: int = Field(5, ge=0)
+    breaker_failures: int = Field(5, ge=1)
+    breaker_reset_s: float = Field(60.0, gt=0)
+
+
+class Settings(BaseSettings):
+    """Every field can be set as XGRADER_<FIELD> (nested: XGRADER_HINTS__MODEL)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="XGRADER_", env_nested_delimiter="__", extra="forbid", secrets_dir=None
+    )
+
+    # -- queue ---------------------------------------------------------------
+    queue_url: str = "http://127.0.0.1:18040/xqueue/"
+    queue_names: list[str] = Field(default_factory=lambda: ["xgrader"])
+    queue_user: str = "xgrader"
+    queue_password: SecretStr = SecretStr("")
+    queue_password_file: Path | None = None
+    # Optional HTTP Basic auth for a proxy in front of the queue.
+    basic_auth_user: str | None = None
+    basic_auth_password: SecretStr | None = None
+    request_timeout_s: float = Field(10.0, gt=0)
+    put_result_timeout_s: float = Field(60.0, ge=30)  # xqueue calls the LMS synchronously
+    max_file_bytes: int = Field(5_000_000, gt=0)
+    poll_min_s: float = Field(0.05, gt=0)
+    poll_max_s: float = Field(5.0, gt=0)
+
+    # -- grading -------------------------------------------------------------
+    handlers: Path = DEFAULT_HANDLERS
+    runner_dir: Path = DEFAULT_RUNNER_DIR
+    sandbox: Literal["auto", "bwrap", "docker", "unsafe"] = "auto"
+    sandbox_python: str = "/usr/bin/python3"   # the bwrap backend's interpreter (bound read-only)
+    sandbox_venv: Path | None = None           # extra site-packages for the sandbox (pytest...)
+    docker_image: str = "xgrader-grader:latest"
+    docker_runtime: str | None = None          # e.g. runsc
+    docker_url: str | None = None              # e.g. unix:///run/podman/podman.sock
+    concurrency: int = Field(2, ge=1)
+    job_timeout_s: float = Field(120.0, gt=0)  # the forked child's hard wall-clock limit
+    max_attempts: int = Field(3, ge=1)         # infrastructure failures before "could not be graded"
+    shutdown_grace_s: float = Field(30.0, ge=0)
+    stall_timeout_s: float = Field(300.0, gt=0)  # outer watchdog: no loop progress -> exit non-zero
+    default_limits: Limits = Field(default_factory=Limits)
+    limit_ceilings: Limits = Field(
+        default_factory=lambda: Limits(
+            wall_s=60, cpu_s=30, memory_mb=1024, pids=256, output_bytes=10_000_000,
+            tmp_mb=256, file_mb=64, open_files=256,
+        )
+    )
+    warm_pool: int = Field(0, ge=0)            # pre-started single-use sandboxes per backend
+
+    # -- operations ----------------------------------------------------------
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int | None = None            # /metrics, /healthz, /readyz
+    log_format: Literal["auto", "json", "console"] = "auto"
+    log_level: str = "info"
+
+    hints: HintSettings = Field(default_factory=HintSettings)
+
+    @field_validator("queue_names", mode="before")
+    @classmethod
+    def _split_names(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            s = v.strip()
+            if s.startswith("["):
+                return json.loads(s)
+            return [n.strip() for n in s.split(",") if n.strip()]
+        return v
+
+    @field_validator("queue_url")
+    @classmethod
+    def _slash(cls, v: str) -> str:
+        return v if v.endswith("/") else v + "/"
+
+    @model_validator(mode="after")
+    def _password_file(self) -> "Settings":
+        if self.queue_password_file and not self.queue_password.get_secret_value():
+            text = self.queue_password_file.read_text().strip()
+            object.__setattr__(self, "queue_password", SecretStr(text))
+        return self
+
+    @classmethod
+    def load(cls, config_file: Path | None = None, **overrides: Any) -> "Settings":
+        """Config file values are defaults; the environment wins over them;
+        explicit overrides (CLI flags) win over both."""
+        file_values: dict[str, Any] = {}
+        if config_file is not None:
+            raw = config_file.read_bytes()
+            file_values = tomllib.loads(raw.decode()) if config_file.suffix == ".toml" else json.loads(raw)
+        env_values = cls().model_dump(exclude_unset=True)  # only what the env set
+        merged = {**file_values, **env_values, **overrides}
+        return cls.model_validate(merged) if merged else cls()
+
+    def limits_for(self, requested: Limits | None) -> Limits:
+        return (requested or self.default_limits).clamp(self.limit_ceilings)
+

@@ -1,0 +1,75 @@
+"""Extension points: small classes of typed no-op hooks (dramatiq-style).
+
+The daemon, pipeline and sandboxes call these; metrics and health implement
+them. A hook must never raise into grading: callers wrap them with
+:func:`safe_call`.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import structlog
+
+log = structlog.get_logger(__name__)
+
+
+class Hooks:
+    """All methods are no-ops; subclass and override what you need."""
+
+    def on_pulled(self, queue: str, submission_id: str) -> None: ...
+
+    def on_graded(self, queue: str, assignment: str, outcome: str, seconds: float) -> None: ...
+
+    def on_phase(self, queue: str, phase: str, seconds: float) -> None:
+        """phase: fetch | sandbox_start | run | post (and others a pipeline reports)."""
+
+    def on_posted(self, queue: str, accepted: bool, reason: str = "") -> None:
+        """accepted=False with reason 'foreign_key' when another grader owns the pull."""
+
+    def on_infra_failure(self, queue: str, kind: str) -> None:
+        """kind: sandbox_start | handler_crash | timeout | child_died | ..."""
+
+    def on_sandbox_failure(self, backend: str, kind: str) -> None: ...
+
+    def on_client_error(self, kind: str) -> None:
+        """kind: connect | timeout | http_5xx | bad_envelope | ..."""
+
+    def on_relogin(self) -> None: ...
+
+    def on_queue_length(self, queue: str, length: int) -> None: ...
+
+    def on_in_flight(self, queue: str, count: int) -> None: ...
+
+    def on_loop_progress(self) -> None:
+        """Called every pull-loop iteration (liveness)."""
+
+    def on_logged_in(self, ok: bool) -> None: ...
+
+    def on_hint(self, outcome: str, seconds: float, tokens: int = 0) -> None:
+        """outcome: delivered | guard_rejected | timeout | quota | error | cached | disabled"""
+
+
+class HookChain(Hooks):
+    """Calls every hook in order; one failing hook is logged, never raised."""
+
+    def __init__(self, *hooks: Hooks) -> None:
+        self._hooks = hooks
+
+    def __getattribute__(self, name: str):  # type: ignore[override]
+        if name.startswith("on_"):
+            hooks = object.__getattribute__(self, "_hooks")
+
+            def fan_out(*args, **kwargs) -> None:
+                for hook in hooks:
+                    safe_call(getattr(hook, name), *args, **kwargs)
+
+            return fan_out
+        return object.__getattribute__(self, name)
+
+
+def safe_call(fn: Callable[..., None], *args, **kwargs) -> None:
+    try:
+        fn(*args, **kwargs)
+    except Exception:  # a metrics bug must not cost a grade
+        log.exception("hook_failed", hook=getattr(fn, "__qualname__", repr(fn)))
