@@ -18,3 +18,6 @@ class GradeRequest(BaseModel):
     student_id: str = ""              # anonymous_student_id (hint quotas)
     submission_id: str = ""           # for logs only
     hint_type: str | None = None      # the payload may choose one
+    # Names the job's sandboxes (SandboxJob.label) so the daemon can kill them
+    # by label when it kills the job: set by the daemon, e.g. xg-<pid>-<id>.
+    label: str = ""

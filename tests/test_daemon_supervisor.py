@@ -1,0 +1,333 @@
+"""The supervisor and the pull loop with real forked children, real signals
+and a real HTTP queue (tests/support/daemon.py); job functions are injected."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from xgrader.config import Settings
+from xgrader.daemon import Daemon
+from xgrader.daemon.child import JobContext, _Timer, post_once
+from xgrader.daemon.messages import ChildReport, Reporter
+from xgrader.daemon.supervisor import Supervisor
+from xgrader.daemon.watchdog import StallWatchdog
+from xgrader.hooks import Hooks
+from xgrader.wire import GraderReply
+from tests.support.daemon import MiniClient, NoSandbox, stop_when
+
+BODY = {"student_response": "print(1)", "grader_payload": '{"grader": "x"}', "student_info": "{}"}
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+class Recorder(Hooks):
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    def on_posted(self, queue, accepted, reason=""):
+        self.calls.append(("posted", accepted, reason))
+
+    def on_infra_failure(self, queue, kind):
+        self.calls.append(("infra", kind))
+
+    def on_graded(self, queue, assignment, outcome, seconds):
+        self.calls.append(("graded", outcome))
+
+    def on_phase(self, queue, phase, seconds):
+        self.calls.append(("phase", phase))
+
+    def on_pulled(self, queue, submission_id):
+        self.calls.append(("pulled", submission_id))
+
+
+def settings_for(url: str, **kw) -> Settings:
+    base = dict(queue_url=url, queue_names=["q"], poll_min_s=0.01, poll_max_s=0.05, concurrency=2,
+                job_timeout_s=5.0, max_attempts=3, shutdown_grace_s=5.0, stall_timeout_s=60.0)
+    base.update(kw)
+    return Settings(**base)
+
+
+def ok_job(ctx: JobContext, reporter: Reporter) -> None:
+    reply = GraderReply(correct=True, score=1, msg="<div>ok</div>")
+    outcome, detail = post_once(ctx, reply, reporter, _Timer())
+    reporter.report(ChildReport(outcome=outcome, detail=detail, grade_outcome="passed", score=1))
+
+
+def run_daemon(server, job, until, timeout=20.0, hooks=None, **kw) -> tuple[int, float]:
+    daemon = Daemon(settings_for(server.url, **kw), MiniClient(server.url), NoSandbox(), hooks, job=job)
+    stop_when(until, timeout)
+    start = time.monotonic()
+    code = daemon.run()
+    return code, time.monotonic() - start
+
+
+# -- supervisor alone ----------------------------------------------------------
+
+def test_deadline_kills_whole_tree_including_setsid_grandchildren(tmp_path: Path):
+    pids_file = tmp_path / "pids"
+
+    def job(reporter: Reporter) -> None:
+        pids = []
+        for detach in (False, True):
+            pid = os.fork()
+            if pid == 0:
+                if detach:
+                    os.setsid()  # leaves the job's process group, like bwrap --new-session
+                    if os.fork():  # and a great-grandchild under it
+                        time.sleep(60)
+                        os._exit(0)
+                time.sleep(60)
+                os._exit(0)
+            pids.append(pid)
+        pids_file.write_text(json.dumps(pids))
+        time.sleep(60)
+
+    sup = Supervisor()
+    handle = sup.spawn(job, timeout=0.5, label="t1")
+    done = []
+    end = time.monotonic() + 10
+    while not done and time.monotonic() < end:
+        done = sup.poll()
+        time.sleep(0.02)
+    assert done and done[0].killed_for == "timeout"
+    assert os.WIFSIGNALED(handle.exit_status) and os.WTERMSIG(handle.exit_status) == signal.SIGKILL
+    pids = json.loads(pids_file.read_text())
+    time.sleep(0.2)
+    survivors = [p for p in pids if alive(p)]
+    # The great-grandchild: any process still in the detached session.
+    leftover = [int(p) for p in os.listdir("/proc") if p.isdigit() and alive(int(p))
+                and _sid(int(p)) in pids]
+    assert survivors == [] and leftover == []
+
+
+def _sid(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return int(fh.read().rsplit(")", 1)[1].split()[4])
+    except (FileNotFoundError, IndexError, ValueError):
+        return -1
+
+
+def test_child_messages_and_exit_are_collected():
+    def job(reporter: Reporter) -> None:
+        reporter.posting()
+        reporter.report(ChildReport(outcome="posted", phases={"run": 0.5}, score=2))
+
+    sup = Supervisor()
+    sup.spawn(job, timeout=5, label="t2")
+    done = sup.wait_all(5)
+    assert len(done) == 1 and done[0].posting and done[0].report.score == 2 and done[0].exit_code == 0
+    assert sup.children == {}
+
+
+# -- the loop --------------------------------------------------------------------
+
+def test_grades_every_submission_exactly_once(mini_xqueue):
+    for _ in range(10):
+        mini_xqueue.submit("q", BODY)
+    code, _ = run_daemon(mini_xqueue, ok_job, lambda: mini_xqueue.answered() == 10)
+    assert code == 0
+    assert [len(e.results) for e in mini_xqueue.entries] == [1] * 10
+    assert all(e.pulls == 1 for e in mini_xqueue.entries)
+
+
+def test_crashing_child_is_retried_then_could_not_grade(mini_xqueue, tmp_path: Path):
+    tries = tmp_path / "tries"
+
+    def crash(ctx, reporter):
+        with open(tries, "a") as fh:
+            fh.write(f"{os.getpid()}\n")
+        os._exit(3)
+
+    hooks = Recorder()
+    mini_xqueue.submit("q", BODY)
+    code, _ = run_daemon(mini_xqueue, crash, lambda: mini_xqueue.answered() == 1, hooks=hooks)
+    assert code == 0
+    assert len(tries.read_text().split()) == 3
+    (entry,) = mini_xqueue.entries
+    assert len(entry.results) == 1 and entry.results[0]["correct"] is None
+    assert "could not be graded" in entry.results[0]["msg"]
+    assert hooks.calls.count(("infra", "child_died")) == 3
+    assert ("posted", True, "") in hooks.calls
+
+
+def test_infra_report_is_retried_and_then_succeeds(mini_xqueue, tmp_path: Path):
+    tries = tmp_path / "tries"
+
+    def flaky(ctx, reporter):
+        with open(tries, "a") as fh:
+            fh.write("x\n")
+        if ctx.attempt < 2:
+            reporter.report(ChildReport(outcome="infra", infra_kind="sandbox_start"))
+            return
+        ok_job(ctx, reporter)
+
+    hooks = Recorder()
+    mini_xqueue.submit("q", BODY)
+    code, _ = run_daemon(mini_xqueue, flaky, lambda: mini_xqueue.answered() == 1, hooks=hooks)
+    assert code == 0 and len(tries.read_text().split()) == 2
+    assert mini_xqueue.entries[0].results[0]["correct"] is True
+    assert ("infra", "sandbox_start") in hooks.calls
+
+
+def test_child_dying_after_announcing_posting_is_never_posted_again(mini_xqueue):
+    def post_then_die(ctx, reporter):
+        reporter.posting()
+        ctx.client.put_result(ctx.header_raw, GraderReply(correct=True, score=1, msg="<div/>"))
+        os._exit(9)
+
+    mini_xqueue.submit("q", BODY)
+    code, _ = run_daemon(mini_xqueue, post_then_die, lambda: mini_xqueue.answered() == 1)
+    time.sleep(0.1)
+    assert code == 0
+    assert len(mini_xqueue.entries[0].results) == 1 and mini_xqueue.entries[0].pulls == 1
+
+
+def test_poison_submission_is_answered_across_reserves(mini_xqueue):
+    """A child that dies mid-post every time: each re-serve (short lease) counts,
+    and after max_attempts pulls the parent answers could-not-grade."""
+    mini_xqueue.lease_s = 0.2
+
+    def die_while_posting(ctx, reporter):
+        reporter.posting()
+        os._exit(1)
+
+    mini_xqueue.submit("q", BODY)
+    code, _ = run_daemon(mini_xqueue, die_while_posting, lambda: mini_xqueue.answered() == 1, max_attempts=2)
+    (entry,) = mini_xqueue.entries
+    assert code == 0 and entry.pulls == 3 and len(entry.results) == 1 and entry.results[0]["correct"] is None
+
+
+def test_foreign_key_is_counted_and_dropped(mini_xqueue):
+    def stale_key(ctx, reporter):
+        header = json.loads(ctx.header_raw)
+        header["submission_key"] = "0" * 32
+        ctx.header_raw = json.dumps(header)
+        ok_job(ctx, reporter)
+
+    hooks = Recorder()
+    mini_xqueue.submit("q", BODY)
+    code, _ = run_daemon(mini_xqueue, stale_key, lambda: mini_xqueue.entries[0].rejected >= 1, hooks=hooks)
+    time.sleep(0.1)
+    (entry,) = mini_xqueue.entries
+    assert code == 0 and entry.rejected == 1 and entry.results == [] and entry.pulls == 1
+    assert ("posted", False, "foreign_key") in hooks.calls
+
+
+def test_timeout_kills_and_retries_then_answers(mini_xqueue, tmp_path: Path):
+    pids = tmp_path / "pids"
+
+    def hang(ctx, reporter):
+        pid = os.fork()
+        if pid == 0:
+            time.sleep(60)
+            os._exit(0)
+        with open(pids, "a") as fh:
+            fh.write(f"{pid}\n")
+        time.sleep(60)
+
+    hooks = Recorder()
+    mini_xqueue.submit("q", BODY)
+    code, elapsed = run_daemon(mini_xqueue, hang, lambda: mini_xqueue.answered() == 1,
+                               hooks=hooks, job_timeout_s=0.3, max_attempts=2)
+    assert code == 0 and elapsed < 5
+    assert hooks.calls.count(("infra", "timeout")) == 2
+    assert mini_xqueue.entries[0].results[0]["correct"] is None
+    assert not any(alive(int(p)) for p in pids.read_text().split())
+
+
+def test_sigterm_lets_in_flight_job_finish_and_post(mini_xqueue, tmp_path: Path):
+    started = tmp_path / "started"
+
+    def slow(ctx, reporter):
+        started.write_text("1")
+        time.sleep(0.8)
+        ok_job(ctx, reporter)
+
+    mini_xqueue.submit("q", BODY)
+    mini_xqueue.submit("q", BODY)
+    code, elapsed = run_daemon(mini_xqueue, slow, started.exists, concurrency=1)
+    assert code == 0
+    first, second = mini_xqueue.entries
+    assert len(first.results) == 1 and first.results[0]["correct"] is True
+    assert second.pulls == 0  # stopped pulling
+
+
+def test_second_signal_kills_children_and_exits_nonzero(mini_xqueue, tmp_path: Path):
+    started = tmp_path / "started"
+
+    def hang(ctx, reporter):
+        started.write_text(str(os.getpid()))
+        time.sleep(60)
+
+    mini_xqueue.submit("q", BODY)
+    stop_when(started.exists, 10)
+    stop_when(lambda: started.exists() and time.sleep(0.3) is None, 10)
+    daemon = Daemon(settings_for(mini_xqueue.url), MiniClient(mini_xqueue.url), NoSandbox(), job=hang)
+    start = time.monotonic()
+    assert daemon.run() == 1
+    assert time.monotonic() - start < 5
+    assert not alive(int(started.read_text())) and mini_xqueue.entries[0].results == []
+
+
+def test_dead_queue_server_backs_off_and_recovers(mini_xqueue):
+    mini_xqueue.down = True
+    mini_xqueue.submit("q", BODY)
+
+    def revive():
+        time.sleep(0.5)
+        mini_xqueue.down = False
+
+    import threading
+    threading.Thread(target=revive, daemon=True).start()
+    code, _ = run_daemon(mini_xqueue, ok_job, lambda: mini_xqueue.answered() == 1)
+    assert code == 0 and len(mini_xqueue.entries[0].results) == 1
+
+
+def test_round_robin_serves_every_queue(mini_xqueue):
+    for q in ("a", "b"):
+        for _ in range(3):
+            mini_xqueue.submit(q, BODY)
+    code, _ = run_daemon(mini_xqueue, ok_job, lambda: mini_xqueue.answered() == 6,
+                         queue_names=["a", "b"], concurrency=1)
+    assert code == 0 and all(len(e.results) == 1 for e in mini_xqueue.entries)
+
+
+def test_restart_runs_backend_cleanup_and_kill_by_label(mini_xqueue):
+    backend = NoSandbox()
+
+    def hang(ctx, reporter):
+        time.sleep(60)
+
+    mini_xqueue.submit("q", BODY)
+    daemon = Daemon(settings_for(mini_xqueue.url, job_timeout_s=0.2, max_attempts=1),
+                    MiniClient(mini_xqueue.url), backend, job=hang)
+    stop_when(lambda: mini_xqueue.answered() == 1, 10)
+    assert daemon.run() == 0
+    assert backend.cleanups == 1 and backend.killed_labels == [f"xg-{os.getpid()}-1"]
+
+
+def test_stall_watchdog_exits_when_loop_stops():
+    codes: list[int] = []
+    dog = StallWatchdog(0.2, exit_fn=codes.append).start()
+    time.sleep(0.6)
+    assert codes == [70]
+    ticking = StallWatchdog(0.2, exit_fn=codes.append).start()
+    for _ in range(8):
+        ticking.tick()
+        time.sleep(0.05)
+    ticking.stop()
+    dog.stop()
+    assert codes == [70]

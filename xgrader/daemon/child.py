@@ -1,0 +1,161 @@
+"""The per-submission work, run in a forked child: full parse, fetch files,
+grade, post exactly once, report to the parent.
+
+Hooks called in here would be lost with the child's memory (metrics live in
+the parent), so the child records phase timings into its report and the
+parent replays them into its hooks.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from xgrader.daemon.messages import ChildReport, Reporter
+from xgrader.errors import AssignmentError, InfraError, SubmissionError
+from xgrader.hooks import Hooks
+from xgrader.job import GradeRequest
+from xgrader.sandbox.base import SandboxError
+from xgrader.wire import GraderReply, PayloadError, Submission, parse_submission
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class JobContext:
+    """Everything a child needs; built by the parent before the fork."""
+
+    content: str                 # the raw get_submission content
+    queue: str
+    header_raw: str
+    submission_id: str
+    label: str                   # xg-<daemon pid>-<submission id>: names the job's sandboxes
+    settings: Any
+    client: Any
+    backend: Any
+    hints: Any = None
+    attempt: int = 1
+
+
+class PhaseRecorder(Hooks):
+    """Collects on_phase timings in the child for the parent's hooks."""
+
+    def __init__(self) -> None:
+        self.phases: dict[str, float] = {}
+
+    def on_phase(self, queue: str, phase: str, seconds: float) -> None:
+        self.phases[phase] = self.phases.get(phase, 0.0) + seconds
+
+
+@dataclass
+class _Timer:
+    phases: dict[str, float] = field(default_factory=dict)
+
+    def add(self, name: str, started: float) -> None:
+        self.phases[name] = self.phases.get(name, 0.0) + time.perf_counter() - started
+
+
+def fresh_connections(client: Any) -> None:
+    """The parent's keep-alive sockets must not be shared with a child: drop
+    them (the session cookie survives)."""
+    after_fork = getattr(client, "after_fork", None)
+    if callable(after_fork):
+        after_fork()
+        return
+    for attr in ("session", "_session"):
+        session = getattr(client, attr, None)
+        if session is not None and hasattr(session, "close"):
+            session.close()  # requests: closes pools; a later request opens new ones
+            return
+
+
+def grade_and_post(ctx: JobContext, reporter: Reporter) -> None:
+    """The default child job. Never raises for expected failures: it reports."""
+    from xgrader import pipeline  # imported by the parent before forking; cheap here
+
+    fresh_connections(ctx.client)
+    bound = log.bind(submission_id=ctx.submission_id, queue=ctx.queue, attempt=ctx.attempt)
+    recorder = PhaseRecorder()
+    timer = _Timer(recorder.phases)
+    assignment, grade_outcome, score, max_score = "", "", None, None
+    try:
+        try:
+            submission: Submission = parse_submission(ctx.content)
+        except PayloadError as exc:
+            bound.error("payload_error", layer=exc.layer, error=exc.detail)
+            report = pipeline.error_report("(unknown)", f"malformed {exc.layer}: {exc.detail}")
+            reply = pipeline.reply_for(report)
+            grade_outcome, score, max_score = "payload_error", 0.0, report.max_score
+        else:
+            assignment = submission.payload.grader
+            started = time.perf_counter()
+            files = ctx.client.fetch_files(submission.files) if submission.files else {}
+            timer.add("fetch", started)
+            request = GradeRequest(
+                grader=submission.payload.grader,
+                options=submission.payload.options,
+                student_response=submission.body.student_response,
+                files=files,
+                student_id=submission.student.anonymous_student_id,
+                submission_id=ctx.submission_id,
+                hint_type=submission.payload.hint_type,
+                **_label_field(ctx.label),
+            )
+            started = time.perf_counter()
+            report, reply = pipeline.grade_request(request, ctx.settings, ctx.backend, recorder, ctx.hints)
+            timer.add("grade", started)
+            grade_outcome, score, max_score = report.outcome.value, report.score, report.max_score
+    except (InfraError, SandboxError) as exc:
+        kind = "sandbox_start" if isinstance(exc, SandboxError) else "infra"
+        bound.error("infra_failure", kind=kind, error=str(exc)[:500])
+        reporter.report(ChildReport(outcome="infra", infra_kind=kind, detail=str(exc)[:500],
+                                    phases=timer.phases, assignment=assignment))
+        return
+    except (AssignmentError, SubmissionError) as exc:  # pipeline answers these; be safe
+        bound.error("unexpected_grading_error", error=str(exc)[:500])
+        report = pipeline.error_report(assignment or "(unknown)", str(exc)[:500])
+        reply = pipeline.reply_for(report)
+        grade_outcome, score, max_score = "error", 0.0, report.max_score
+    except Exception as exc:  # a handler bug: retried by the parent, bounded
+        bound.exception("handler_crash")
+        reporter.report(ChildReport(outcome="infra", infra_kind="handler_crash",
+                                    detail=f"{type(exc).__name__}: {str(exc)[:400]}",
+                                    phases=timer.phases, assignment=assignment))
+        return
+
+    outcome, detail = post_once(ctx, reply, reporter, timer)
+    bound.info("graded", assignment=assignment, outcome=grade_outcome, score=score,
+               posted=outcome)
+    reporter.report(ChildReport(outcome=outcome, detail=detail, phases=timer.phases,
+                                assignment=assignment, grade_outcome=grade_outcome,
+                                score=score, max_score=max_score))
+
+
+def post_once(ctx: JobContext, reply: GraderReply, reporter: Reporter, timer: _Timer) -> tuple[str, str]:
+    """Announce, then put_result exactly once. Returns (ChildReport outcome, detail)."""
+    reporter.posting()
+    started = time.perf_counter()
+    try:
+        result = ctx.client.put_result(ctx.header_raw, reply)
+    except Exception as exc:  # the lease expires and the submission comes back
+        log.error("post_failed", submission_id=ctx.submission_id, error=str(exc)[:300])
+        return "post_failed", str(exc)[:300]
+    finally:
+        timer.add("post", started)
+    return classify_put(result)
+
+
+def classify_put(result: Any) -> tuple[str, str]:
+    if getattr(result, "accepted", False):
+        return "posted", ""
+    if getattr(result, "foreign_key", False):
+        return "foreign_key", "Incorrect key for submission"
+    return "rejected", str(getattr(result, "message", "") or getattr(result, "rejected", ""))[:300]
+
+
+def _label_field(label: str) -> dict[str, str]:
+    """GradeRequest.label is additive; older contracts lack it."""
+    return {"label": label} if "label" in GradeRequest.model_fields else {}

@@ -1,0 +1,369 @@
+"""The parent: pull round-robin, fork a child per submission, supervise,
+answer what the children could not.
+
+The parent parses only layers 1-2 of a pull (id and key), never runs job
+code, and posts only in two cases: infrastructure failures exhausted
+`max_attempts` (could-not-grade), or a submission known to be poison.
+It never posts for a pull whose child announced "posting".
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import structlog
+
+from xgrader.daemon.backoff import Backoff
+from xgrader.daemon.child import JobContext, classify_put, grade_and_post
+from xgrader.daemon.ledger import AttemptLedger
+from xgrader.daemon.messages import Reporter
+from xgrader.daemon.signals import SignalState
+from xgrader.daemon.supervisor import ChildHandle, Supervisor
+from xgrader.daemon.watchdog import StallWatchdog
+from xgrader.hooks import Hooks, HookChain
+from xgrader.wire import GraderReply, PayloadError, parse_header
+
+log = structlog.get_logger(__name__)
+
+JobFn = Callable[[JobContext, Reporter], None]
+
+EXIT_OK = 0
+EXIT_FORCED = 1          # second signal, or in-flight jobs outlived the grace period
+QUEUE_LENGTH_EVERY_S = 10.0
+MAX_WAIT_S = 0.5         # select() cap: signals and deadlines are seen within this
+
+
+@dataclass
+class Pull:
+    queue: str
+    content: str
+    header_raw: str
+    submission_id: str
+    label: str
+    tries: int = 0   # forks for this pull
+
+
+class Daemon:
+    def __init__(
+        self,
+        settings: Any,
+        client: Any,
+        backend: Any,
+        hooks: Hooks | None = None,
+        *,
+        job: JobFn = grade_and_post,
+        hints: Any = None,
+        install_signals: bool = True,
+        watchdog: bool = True,
+    ) -> None:
+        self.settings = settings
+        self.client = client
+        self.backend = backend
+        self.hooks = hooks if isinstance(hooks, HookChain) else HookChain(hooks or Hooks())
+        self.job = job
+        self.hints = hints
+        self.signals = SignalState()
+        self._install_signals = install_signals
+        self.supervisor = Supervisor(on_kill=self._kill_sandboxes)
+        self.ledger = AttemptLedger()
+        self.backoff = Backoff(settings.poll_min_s, settings.poll_max_s)
+        self.watchdog = StallWatchdog(settings.stall_timeout_s) if watchdog else None
+        self.in_flight: dict[str, int] = {q: 0 for q in settings.queue_names}
+        self._rr = 0
+        self._next_queuelen = 0.0
+        self._idle_until = 0.0
+        self._drain_deadline: float | None = None
+
+    # -- public --------------------------------------------------------------
+    @property
+    def flags(self):
+        return self.signals.flags
+
+    def run(self) -> int:
+        if self._install_signals:
+            self.signals.install()
+        if self.watchdog:
+            self.watchdog.start()
+        log.info("daemon_started", pid=os.getpid(), queues=self.settings.queue_names,
+                 concurrency=self.settings.concurrency, backend=getattr(self.backend, "name", "?"))
+        try:
+            self._safe(self.backend.cleanup_stale, "cleanup_stale")
+            self._preload()
+            if not self._login():
+                return EXIT_OK if not self.flags.hard_stop else EXIT_FORCED
+            return self._loop()
+        finally:
+            if self.watchdog:
+                self.watchdog.stop()
+            if self._install_signals:
+                self.signals.uninstall()
+            self._safe(self.backend.close, "backend_close")
+            log.info("daemon_stopped", pid=os.getpid())
+
+    # -- main loop -----------------------------------------------------------
+    def _loop(self) -> int:
+        while True:
+            self._tick()
+            if self.flags.hard_stop:
+                log.warning("shutdown_forced", in_flight=len(self.supervisor))
+                self._kill_everything("shutdown")
+                return EXIT_FORCED
+            if self.flags.draining:
+                if self._drain_deadline is None:
+                    self._drain_deadline = time.monotonic() + self.settings.shutdown_grace_s
+                    log.info("shutdown_draining", in_flight=len(self.supervisor),
+                             grace_s=self.settings.shutdown_grace_s)
+                if not self.supervisor.children:
+                    log.info("shutdown_complete")
+                    return EXIT_OK
+                if time.monotonic() >= self._drain_deadline:
+                    log.warning("shutdown_grace_expired", in_flight=len(self.supervisor))
+                    self._kill_everything("shutdown")
+                    return EXIT_FORCED
+            else:
+                self._report_queue_lengths()
+                if time.monotonic() >= self._idle_until:
+                    got = self._pull_round()
+                    if got:
+                        self.backoff.reset()
+                        self._idle_until = 0.0
+                    elif self._has_free_slot():
+                        self._idle_until = time.monotonic() + self.backoff.next_delay()
+            self._wait()
+            for handle in self.supervisor.poll():
+                self._finished(handle)
+
+    def _tick(self) -> None:
+        if self.watchdog:
+            self.watchdog.tick()
+        self.hooks.on_loop_progress()
+
+    def _wait(self) -> None:
+        """Sleep until a child speaks or exits, a signal arrives, a deadline or
+        the idle backoff passes."""
+        now = time.monotonic()
+        until = [now + MAX_WAIT_S]
+        if self._idle_until > now and not self.flags.draining:
+            until.append(self._idle_until)
+        elif self._has_free_slot() and not self.flags.draining:
+            until.append(now)  # more work may be waiting: pull again at once
+        deadline = self.supervisor.next_deadline()
+        if deadline is not None:
+            until.append(deadline)
+        if self._drain_deadline is not None:
+            until.append(self._drain_deadline)
+        timeout = max(0.0, min(until) - now)
+        fds = self.supervisor.fds()
+        if self.signals.wake_r >= 0:
+            fds.append(self.signals.wake_r)
+        if timeout == 0 and not fds:
+            return
+        try:
+            select.select(fds, [], [], timeout)
+        except (InterruptedError, OSError, ValueError):
+            pass
+        if self.signals.wake_r >= 0:
+            self.signals.drain_wakeups()
+
+    # -- pulling -------------------------------------------------------------
+    def _has_free_slot(self) -> bool:
+        return any(n < self.settings.concurrency for n in self.in_flight.values())
+
+    def _pull_round(self) -> bool:
+        """One pull per queue with a free slot, starting at a rotating queue."""
+        queues = self.settings.queue_names
+        got = False
+        for i in range(len(queues)):
+            queue = queues[(self._rr + i) % len(queues)]
+            if self.flags.draining or self.in_flight[queue] >= self.settings.concurrency:
+                continue
+            content = self._get_submission(queue)
+            if content is not None:
+                got = True
+                self._accept(queue, content)
+        self._rr = (self._rr + 1) % max(1, len(queues))
+        return got
+
+    def _get_submission(self, queue: str) -> str | None:
+        try:
+            return self.client.get_submission(queue)
+        except Exception as exc:  # a dead queue server: back off, keep going
+            log.warning("pull_failed", queue=queue, error=f"{type(exc).__name__}: {str(exc)[:200]}")
+            return None
+
+    def _accept(self, queue: str, content: str) -> None:
+        try:
+            header_raw, header = parse_header(content)
+        except PayloadError as exc:
+            # Without a key nobody can answer it; the lease will bring it back.
+            log.error("payload_error", queue=queue, layer=exc.layer, error=exc.detail,
+                      submission_id=exc.submission_id)
+            return
+        sid = str(header.submission_id)
+        self.hooks.on_pulled(queue, sid)
+        pull = Pull(queue=queue, content=content, header_raw=header_raw, submission_id=sid,
+                    label=f"xg-{os.getpid()}-{_label_safe(sid)}")
+        if self.ledger.count(sid) >= self.settings.max_attempts:
+            log.error("poison_submission", submission_id=sid, queue=queue,
+                      attempts=self.ledger.count(sid))
+            self._answer_could_not_grade(pull)
+            return
+        self._fork(pull)
+
+    def _fork(self, pull: Pull) -> None:
+        pull.tries += 1
+        attempt = self.ledger.add(pull.submission_id)
+        ctx = JobContext(
+            content=pull.content, queue=pull.queue, header_raw=pull.header_raw,
+            submission_id=pull.submission_id, label=pull.label, settings=self.settings,
+            client=self.client, backend=self.backend, hints=self.hints, attempt=attempt,
+        )
+        job = self.job
+        self.supervisor.spawn(lambda reporter: job(ctx, reporter), timeout=self.settings.job_timeout_s,
+                              label=pull.label, context=pull)
+        self.in_flight[pull.queue] += 1
+        self.hooks.on_in_flight(pull.queue, self.in_flight[pull.queue])
+        log.debug("child_forked", submission_id=pull.submission_id, queue=pull.queue, attempt=attempt)
+
+    # -- results -------------------------------------------------------------
+    def _finished(self, handle: ChildHandle) -> None:
+        pull: Pull = handle.context
+        self.in_flight[pull.queue] -= 1
+        self.hooks.on_in_flight(pull.queue, self.in_flight[pull.queue])
+        seconds = (handle.finished or time.monotonic()) - handle.started
+        bound = log.bind(submission_id=pull.submission_id, queue=pull.queue, pid=handle.pid)
+        report = handle.report
+        if report is not None:
+            for phase, secs in report.phases.items():
+                self.hooks.on_phase(pull.queue, phase, secs)
+            if report.outcome == "infra":
+                self.hooks.on_infra_failure(pull.queue, report.infra_kind or "infra")
+                self._retry_or_give_up(pull, report.infra_kind or "infra")
+                return
+            if report.grade_outcome:
+                self.hooks.on_graded(pull.queue, report.assignment, report.grade_outcome, seconds)
+            if report.outcome == "posted":
+                self.hooks.on_posted(pull.queue, True)
+                self.ledger.forget(pull.submission_id)
+            elif report.outcome == "foreign_key":
+                bound.warning("result_foreign_key")
+                self.hooks.on_posted(pull.queue, False, "foreign_key")
+                self.ledger.forget(pull.submission_id)
+            elif report.outcome == "rejected":
+                bound.error("result_rejected", detail=report.detail)
+                self.hooks.on_posted(pull.queue, False, "rejected")
+                self.ledger.forget(pull.submission_id)
+            else:  # post_failed: never post twice; the lease brings it back
+                bound.error("result_post_failed", detail=report.detail)
+                self.hooks.on_posted(pull.queue, False, "error")
+            return
+        # No report: killed or crashed.
+        kind = "timeout" if handle.killed_for == "timeout" else "child_died"
+        self.hooks.on_infra_failure(pull.queue, kind)
+        if handle.posting:
+            # It may have posted: posting again could grade twice. The lease
+            # expires and the server serves it again if it was not delivered.
+            bound.error("child_died_while_posting", exit_code=handle.exit_code, killed_for=handle.killed_for)
+            return
+        bound.error("child_failed", kind=kind, exit_code=handle.exit_code,
+                    seconds=round(seconds, 3), killed_for=handle.killed_for)
+        if handle.killed_for == "shutdown":
+            return  # forced shutdown: the lease brings it back
+        self._retry_or_give_up(pull, kind)
+
+    def _retry_or_give_up(self, pull: Pull, kind: str) -> None:
+        attempts = self.ledger.count(pull.submission_id)
+        if self.flags.draining:
+            log.warning("retry_skipped_shutdown", submission_id=pull.submission_id, kind=kind)
+            return
+        if attempts < self.settings.max_attempts:
+            log.warning("job_retry", submission_id=pull.submission_id, queue=pull.queue,
+                        kind=kind, attempt=attempts + 1, max_attempts=self.settings.max_attempts)
+            self._fork(pull)
+            return
+        log.error("job_gave_up", submission_id=pull.submission_id, queue=pull.queue,
+                  kind=kind, attempts=attempts)
+        self._answer_could_not_grade(pull)
+
+    def _answer_could_not_grade(self, pull: Pull) -> None:
+        """The parent's only post: the standard could-not-grade answer."""
+        try:
+            result = self.client.put_result(pull.header_raw, GraderReply.could_not_grade())
+        except Exception as exc:
+            log.error("result_post_failed", submission_id=pull.submission_id, error=str(exc)[:300])
+            self.hooks.on_posted(pull.queue, False, "error")
+            return
+        outcome, detail = classify_put(result)
+        self.hooks.on_graded(pull.queue, "", "could_not_grade", 0.0)
+        self.hooks.on_posted(pull.queue, outcome == "posted", "" if outcome == "posted" else outcome)
+        log.info("could_not_grade_posted", submission_id=pull.submission_id, outcome=outcome, detail=detail)
+        if outcome != "post_failed":
+            self.ledger.forget(pull.submission_id)
+
+    # -- helpers -------------------------------------------------------------
+    def _login(self) -> bool:
+        backoff = Backoff(self.settings.poll_min_s, self.settings.poll_max_s)
+        while not self.flags.draining:
+            self._tick()
+            try:
+                self.client.login()
+                self.hooks.on_logged_in(True)
+                log.info("logged_in", queue_url=self.settings.queue_url)
+                return True
+            except Exception as exc:
+                self.hooks.on_logged_in(False)
+                log.warning("login_failed", error=f"{type(exc).__name__}: {str(exc)[:200]}")
+            self._sleep(backoff.next_delay())
+        return False
+
+    def _sleep(self, seconds: float) -> None:
+        fds = [self.signals.wake_r] if self.signals.wake_r >= 0 else []
+        try:
+            select.select(fds, [], [], seconds)
+        except (InterruptedError, OSError, ValueError):
+            pass
+        self.signals.drain_wakeups() if fds else None
+
+    def _report_queue_lengths(self) -> None:
+        now = time.monotonic()
+        if now < self._next_queuelen or not hasattr(self.client, "get_queuelen"):
+            return
+        self._next_queuelen = now + QUEUE_LENGTH_EVERY_S
+        for queue in self.settings.queue_names:
+            try:
+                self.hooks.on_queue_length(queue, int(self.client.get_queuelen(queue)))
+            except Exception as exc:
+                log.debug("queuelen_failed", queue=queue, error=str(exc)[:200])
+
+    def _kill_everything(self, reason: str) -> None:
+        self.supervisor.kill_all(reason)
+        for handle in self.supervisor.wait_all(timeout=5.0):
+            self._finished(handle)
+
+    def _kill_sandboxes(self, handle: ChildHandle) -> None:
+        """Containers or cgroups a killed job started are not in its process
+        tree: ask the backend to kill them by label when it can."""
+        kill_label = getattr(self.backend, "kill_label", None)
+        if callable(kill_label):
+            kill_label(handle.label)
+
+    def _preload(self) -> None:
+        """Import the grading path once in the parent so children inherit it."""
+        try:
+            import xgrader.pipeline  # noqa: F401
+        except Exception as exc:
+            log.warning("pipeline_import_failed", error=f"{type(exc).__name__}: {exc}")
+
+    def _safe(self, fn: Callable[[], Any], what: str) -> None:
+        try:
+            fn()
+        except Exception as exc:
+            log.warning(f"{what}_failed", error=f"{type(exc).__name__}: {str(exc)[:200]}")
+
+
+def _label_safe(sid: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in sid)[:64]

@@ -1,0 +1,48 @@
+"""What a child tells the parent over its pipe: JSON lines.
+
+    {"phase": "posting"}          just before put_result (the parent must not post after this)
+    {"report": {...ChildReport}}  the final word
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+ChildOutcome = Literal["posted", "foreign_key", "rejected", "post_failed", "infra"]
+
+
+class ChildReport(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    outcome: ChildOutcome
+    infra_kind: str | None = None       # sandbox_start | handler_crash | infra | fetch ...
+    detail: str = Field("", max_length=2000)  # operator-facing, never student text
+    phases: dict[str, float] = Field(default_factory=dict)
+    assignment: str = ""
+    grade_outcome: str = ""             # report.Outcome value, or "payload_error"
+    score: float | None = None
+    max_score: float | None = None
+
+
+class Reporter:
+    """The child's end of the pipe. Each line is one os.write (< PIPE_BUF when small)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def _send(self, obj: dict) -> None:
+        data = (json.dumps(obj, separators=(",", ":")) + "\n").encode()
+        view = memoryview(data)
+        while view:
+            n = os.write(self.fd, view)
+            view = view[n:]
+
+    def posting(self) -> None:
+        self._send({"phase": "posting"})
+
+    def report(self, report: ChildReport) -> None:
+        self._send({"report": report.model_dump()})

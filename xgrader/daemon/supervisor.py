@@ -1,0 +1,185 @@
+"""Fork one child per job, in its own process group, with a hard deadline.
+
+The supervisor knows nothing about grading: it runs a function in a forked
+child, collects the child's JSON-line messages, reaps it, and kills the whole
+process tree of a child that overstays its deadline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import structlog
+from pydantic import ValidationError
+
+from xgrader.daemon import proctree
+from xgrader.daemon.messages import ChildReport, Reporter
+from xgrader.daemon.signals import reset_in_child
+
+log = structlog.get_logger(__name__)
+
+MAX_BUFFER = 256 * 1024  # a child's messages are small; more is garbage
+
+ChildFn = Callable[[Reporter], None]
+
+
+@dataclass
+class ChildHandle:
+    pid: int
+    fd: int
+    label: str
+    started: float
+    deadline: float
+    context: Any = None                  # the caller's (the loop keeps its pull here)
+    posting: bool = False                # announced put_result: never post again
+    report: ChildReport | None = None
+    exit_status: int | None = None       # os.waitstatus
+    killed_for: str | None = None        # "timeout" | "shutdown"
+    finished: float | None = None
+    _buf: bytearray = field(default_factory=bytearray)
+
+    @property
+    def exit_code(self) -> int | None:
+        if self.exit_status is None:
+            return None
+        return os.waitstatus_to_exitcode(self.exit_status)
+
+
+class Supervisor:
+    def __init__(self, on_kill: Callable[[ChildHandle], None] | None = None) -> None:
+        self.children: dict[int, ChildHandle] = {}
+        self._on_kill = on_kill
+
+    def __len__(self) -> int:
+        return len(self.children)
+
+    # -- spawning ------------------------------------------------------------
+    def spawn(self, fn: ChildFn, *, timeout: float, label: str, context: Any = None) -> ChildHandle:
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # child: never returns
+            code = 0
+            try:
+                os.close(r)
+                os.setpgid(0, 0)
+                reset_in_child()
+                fn(Reporter(w))
+            except BaseException:  # noqa: BLE001 - the parent sees the exit status
+                code = 1
+            finally:
+                os._exit(code)
+        try:
+            os.setpgid(pid, pid)  # both sides set it: no race with an early kill
+        except (PermissionError, ProcessLookupError):
+            pass
+        os.close(w)
+        os.set_blocking(r, False)
+        now = time.monotonic()
+        handle = ChildHandle(pid=pid, fd=r, label=label, started=now, deadline=now + timeout, context=context)
+        self.children[pid] = handle
+        return handle
+
+    # -- watching ------------------------------------------------------------
+    def fds(self) -> list[int]:
+        return [h.fd for h in self.children.values()]
+
+    def next_deadline(self) -> float | None:
+        pending = [h.deadline for h in self.children.values() if h.killed_for is None]
+        return min(pending) if pending else None
+
+    def poll(self) -> list[ChildHandle]:
+        """Read messages, enforce deadlines, reap; returns children that finished."""
+        now = time.monotonic()
+        done: list[ChildHandle] = []
+        for handle in list(self.children.values()):
+            self._read(handle)
+            if handle.killed_for is None and now >= handle.deadline:
+                log.warning("child_deadline", pid=handle.pid, label=handle.label,
+                            seconds=round(now - handle.started, 3))
+                self.kill(handle, "timeout")
+            if self._reap(handle):
+                done.append(handle)
+        return done
+
+    def kill(self, handle: ChildHandle, reason: str) -> None:
+        handle.killed_for = handle.killed_for or reason
+        proctree.kill_tree(handle.pid)
+        if self._on_kill is not None:
+            try:
+                self._on_kill(handle)
+            except Exception:
+                log.exception("child_kill_cleanup_failed", label=handle.label)
+
+    def kill_all(self, reason: str) -> None:
+        for handle in list(self.children.values()):
+            if handle.exit_status is None:
+                self.kill(handle, reason)
+
+    def wait_all(self, timeout: float) -> list[ChildHandle]:
+        """Reap everything (after kill_all); bounded."""
+        end = time.monotonic() + timeout
+        done: list[ChildHandle] = []
+        while self.children and time.monotonic() < end:
+            done.extend(self.poll())
+            if self.children:
+                time.sleep(0.01)
+        return done
+
+    # -- internals -----------------------------------------------------------
+    def _read(self, handle: ChildHandle) -> None:
+        while True:
+            try:
+                chunk = os.read(handle.fd, 65536)
+            except BlockingIOError:
+                break
+            except OSError:
+                break
+            if not chunk:
+                break
+            if len(handle._buf) + len(chunk) > MAX_BUFFER:
+                log.error("child_message_overflow", pid=handle.pid, label=handle.label)
+                handle._buf.clear()
+                continue
+            handle._buf += chunk
+        while b"\n" in handle._buf:
+            line, _, rest = bytes(handle._buf).partition(b"\n")
+            handle._buf = bytearray(rest)
+            self._message(handle, line)
+
+    def _message(self, handle: ChildHandle, line: bytes) -> None:
+        try:
+            msg = json.loads(line)
+            if msg.get("phase") == "posting":
+                handle.posting = True
+            elif "report" in msg:
+                handle.report = ChildReport.model_validate(msg["report"])
+        except (ValueError, AttributeError, ValidationError) as exc:
+            log.error("child_message_invalid", pid=handle.pid, label=handle.label, error=str(exc)[:200])
+
+    def _reap(self, handle: ChildHandle) -> bool:
+        try:
+            # Peek without reaping: the group id stays ours until we reap.
+            info = os.waitid(os.P_PID, handle.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            info = True  # already gone (should not happen): treat as exited
+        if info is None:
+            return False
+        # Whatever the child left running in its group goes with it.
+        try:
+            os.killpg(handle.pid, 9)
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            _, status = os.waitpid(handle.pid, 0)
+        except ChildProcessError:
+            status = 255 << 8
+        handle.exit_status = status
+        handle.finished = time.monotonic()
+        self._read(handle)  # what it wrote before exiting is still in the pipe
+        os.close(handle.fd)
+        del self.children[handle.pid]
+        return True
