@@ -331,3 +331,64 @@ def test_stall_watchdog_exits_when_loop_stops():
     ticking.stop()
     dog.stop()
     assert codes == [70]
+
+
+def _forked_daemon(server, job, **kw) -> int:
+    """A daemon in its own process (so the test can SIGKILL it)."""
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            code = Daemon(settings_for(server.url, **kw), MiniClient(server.url), NoSandbox(), job=job).run()
+        finally:
+            os._exit(code)
+    return pid
+
+
+def test_sigkilled_daemon_mid_grade_is_graded_once_by_the_next(mini_xqueue, tmp_path: Path):
+    mini_xqueue.lease_s = 1.0
+    marks = tmp_path / "marks"
+
+    def slow(ctx, reporter):
+        with open(marks, "a") as fh:
+            fh.write(f"{os.getpid()}\n")
+        time.sleep(0.6)
+        ok_job(ctx, reporter)
+
+    mini_xqueue.submit("q", BODY)
+    first = _forked_daemon(mini_xqueue, slow)
+    end = time.monotonic() + 10
+    while not marks.exists() and time.monotonic() < end:
+        time.sleep(0.02)
+    os.kill(first, signal.SIGKILL)
+    os.waitpid(first, 0)
+    orphan = int(marks.read_text().split()[0])
+    time.sleep(0.1)
+    assert not alive(orphan)  # died with its parent: it cannot post late
+    code, _ = run_daemon(mini_xqueue, slow, lambda: mini_xqueue.answered() == 1)
+    time.sleep(0.2)
+    (entry,) = mini_xqueue.entries
+    assert code == 0 and entry.pulls == 2 and len(entry.results) == 1
+
+
+def test_queue_server_restart_mid_run_loses_nothing(mini_xqueue):
+    mini_xqueue.lease_s = 0.5
+    for _ in range(6):
+        mini_xqueue.submit("q", BODY)
+
+    def slow(ctx, reporter):
+        time.sleep(0.2)
+        ok_job(ctx, reporter)
+
+    import threading
+
+    def restart_after_first():
+        end = time.monotonic() + 10
+        while mini_xqueue.answered() < 1 and time.monotonic() < end:
+            time.sleep(0.01)
+        mini_xqueue.restart(0.7)
+
+    threading.Thread(target=restart_after_first, daemon=True).start()
+    code, _ = run_daemon(mini_xqueue, slow, lambda: mini_xqueue.answered() == 6, timeout=30)
+    time.sleep(0.2)
+    assert code == 0 and [len(e.results) for e in mini_xqueue.entries] == [1] * 6

@@ -7,8 +7,10 @@ process tree of a child that overstays its deadline.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
+import signal
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -22,7 +24,8 @@ from xgrader.daemon.signals import reset_in_child
 
 log = structlog.get_logger(__name__)
 
-MAX_BUFFER = 256 * 1024  # a child's messages are small; more is garbage
+MAX_BUFFER = 256 * 1024
+PR_SET_PDEATHSIG = 1  # a child's messages are small; more is garbage
 
 ChildFn = Callable[[Reporter], None]
 
@@ -49,6 +52,18 @@ class ChildHandle:
         return os.waitstatus_to_exitcode(self.exit_status)
 
 
+def die_with_parent(parent: int) -> None:
+    """A SIGKILLed daemon must not leave children that post late: the
+    re-served submission belongs to the next grader (Linux only)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+
+
 class Supervisor:
     def __init__(self, on_kill: Callable[[ChildHandle], None] | None = None) -> None:
         self.children: dict[int, ChildHandle] = {}
@@ -60,6 +75,7 @@ class Supervisor:
     # -- spawning ------------------------------------------------------------
     def spawn(self, fn: ChildFn, *, timeout: float, label: str, context: Any = None) -> ChildHandle:
         r, w = os.pipe()
+        parent = os.getpid()
         pid = os.fork()
         if pid == 0:  # child: never returns
             code = 0
@@ -67,6 +83,7 @@ class Supervisor:
                 os.close(r)
                 os.setpgid(0, 0)
                 reset_in_child()
+                die_with_parent(parent)
                 fn(Reporter(w))
             except BaseException:  # noqa: BLE001 - the parent sees the exit status
                 code = 1
