@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Protocol
 import structlog
 
 from xgrader import feedback, grading
-from xgrader.errors import AssignmentError
+from xgrader.errors import AssignmentError, SubmissionError
 from xgrader.hooks import Hooks
 from xgrader.job import GradeRequest
 from xgrader.report import Explanation, GradeReport, Outcome
@@ -46,6 +46,10 @@ def grade_request(
     except AssignmentError as exc:
         log.error("assignment_error", grader=request.grader, submission_id=request.submission_id, error=str(exc))
         report = error_report(request.grader, str(exc))
+    except SubmissionError as exc:
+        # The upload is unusable (bad zip, broken notebook): the student's to fix.
+        log.info("submission_error", grader=request.grader, submission_id=request.submission_id, error=str(exc))
+        report = submission_error_report(request.grader, str(exc))
     if hints is not None and not report.correct and report.outcome is not Outcome.error:
         report = _keep_grade(report, hints.apply(request, report))
     return report, reply_for(report)
@@ -64,6 +68,27 @@ def error_report(grader: str, reason: str) -> GradeReport:
             title="This problem is not set up correctly",
             detail=f"The grader could not use this problem's configuration ({reason}). "
             "Your submission was not graded; please tell the course staff.",
+        )],
+    )
+
+
+def submission_error_report(grader: str, reason: str) -> GradeReport:
+    """0 points and the reason, for an upload that cannot be used."""
+    return GradeReport(
+        assignment=grader, outcome=Outcome.bad_submission, score=0, max_score=1,
+        explanations=[Explanation(title="Your submission could not be read", detail=reason)],
+    )
+
+
+def payload_error_report(layer: str, detail: str) -> GradeReport:
+    """A clear answer for a pulled submission whose `layer` is malformed (the
+    LMS or queue sent something broken: not the student's fault)."""
+    return GradeReport(
+        assignment="(unknown)", outcome=Outcome.error, score=0, max_score=1,
+        explanations=[Explanation(
+            title="This submission arrived malformed",
+            detail=f"The grader received a malformed {layer} ({detail}). "
+            "Your submission was not graded; please try again or tell the course staff.",
         )],
     )
 

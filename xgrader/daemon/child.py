@@ -86,7 +86,7 @@ def grade_and_post(ctx: JobContext, reporter: Reporter) -> None:
             submission: Submission = parse_submission(ctx.content)
         except PayloadError as exc:
             bound.error("payload_error", layer=exc.layer, error=exc.detail)
-            report = pipeline.error_report("(unknown)", f"malformed {exc.layer}: {exc.detail}")
+            report = pipeline.payload_error_report(exc.layer, exc.detail)
             reply = pipeline.reply_for(report)
             grade_outcome, score, max_score = "payload_error", 0.0, report.max_score
         else:
