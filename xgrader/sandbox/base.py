@@ -155,6 +155,11 @@ class Backend(abc.ABC):
     def cleanup_stale(self) -> None:
         """Remove what a crashed predecessor left behind (cgroups, containers, temp dirs)."""
 
+    def kill_label(self, label: str) -> None:
+        """Kill and remove everything started for jobs labelled `label`
+        (SandboxJob.label). The daemon calls this after SIGKILLing a job's
+        process tree: containers and cgroups are not in that tree. Idempotent."""
+
     def close(self) -> None:
         """Release pooled resources (warm sandboxes)."""
 
