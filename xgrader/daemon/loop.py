@@ -96,6 +96,13 @@ class Daemon:
             if not self._login():
                 return EXIT_OK if not self.flags.hard_stop else EXIT_FORCED
             return self._loop()
+        except BaseException:
+            # A bug in the loop: take the children down with us (their leases
+            # expire; nothing is lost) and let the process supervisor restart.
+            log.exception("daemon_crashed", in_flight=len(self.supervisor))
+            self.supervisor.kill_all("crash")
+            self.supervisor.wait_all(timeout=5.0)
+            raise
         finally:
             if self.watchdog:
                 self.watchdog.stop()
@@ -306,6 +313,8 @@ class Daemon:
 
     # -- helpers -------------------------------------------------------------
     def _login(self) -> bool:
+        if not callable(getattr(self.client, "login", None)):
+            return True  # a client that logs in lazily
         backoff = Backoff(self.settings.poll_min_s, self.settings.poll_max_s)
         while not self.flags.draining:
             self._tick()
@@ -357,6 +366,12 @@ class Daemon:
             import xgrader.pipeline  # noqa: F401
         except Exception as exc:
             log.warning("pipeline_import_failed", error=f"{type(exc).__name__}: {exc}")
+            return
+        # Assignment configs loaded (and cached) here are inherited by every
+        # child: no re-reading per submission.
+        preload = getattr(__import__("xgrader.grading", fromlist=["grading"]), "preload", None)
+        if callable(preload):
+            self._safe(lambda: preload(self.settings), "grading_preload")
 
     def _safe(self, fn: Callable[[], Any], what: str) -> None:
         try:
