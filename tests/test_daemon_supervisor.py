@@ -392,3 +392,42 @@ def test_queue_server_restart_mid_run_loses_nothing(mini_xqueue):
     code, _ = run_daemon(mini_xqueue, slow, lambda: mini_xqueue.answered() == 6, timeout=30)
     time.sleep(0.2)
     assert code == 0 and [len(e.results) for e in mini_xqueue.entries] == [1] * 6
+
+
+def test_deadline_kills_a_real_bwrap_sandbox_without_die_with_parent(tmp_path: Path):
+    """bwrap --new-session leaves the job's process group and --unshare-pid hides
+    its children from kill(-pgid): the tree kill still finds and kills them."""
+    import shutil
+    import subprocess
+
+    bwrap = shutil.which("bwrap")
+    assert bwrap, "bubblewrap is installed by scripts/setup.sh"
+    marker = f"61.{os.getpid() % 1000}{int(time.time() * 1000) % 1000}"
+
+    def job(reporter: Reporter) -> None:
+        subprocess.Popen([bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
+                          "--unshare-pid", "--new-session", "sleep", marker])
+        time.sleep(60)
+
+    def sleepers() -> list[int]:
+        out = []
+        for p in os.listdir("/proc"):
+            if p.isdigit():
+                try:
+                    cmd = Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0")
+                except OSError:
+                    continue
+                if cmd[:1] == [b"sleep"] and marker.encode() in cmd and alive(int(p)):
+                    out.append(int(p))
+        return out
+
+    sup = Supervisor()
+    sup.spawn(job, timeout=1.0, label="bwrap")
+    end = time.monotonic() + 5
+    while not sleepers() and time.monotonic() < end:
+        time.sleep(0.05)
+    assert sleepers(), "the sandboxed process started"
+    done = sup.wait_all(10)
+    assert done and done[0].killed_for == "timeout"
+    time.sleep(0.2)
+    assert sleepers() == []
