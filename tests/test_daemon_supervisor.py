@@ -67,9 +67,12 @@ def ok_job(ctx: JobContext, reporter: Reporter) -> None:
 
 def run_daemon(server, job, until, timeout=20.0, hooks=None, **kw) -> tuple[int, float]:
     daemon = Daemon(settings_for(server.url, **kw), MiniClient(server.url), NoSandbox(), hooks, job=job)
-    stop_when(until, timeout)
+    cancel = stop_when(until, timeout)
     start = time.monotonic()
-    code = daemon.run()
+    try:
+        code = daemon.run()
+    finally:
+        cancel.set()
     return code, time.monotonic() - start
 
 
@@ -273,11 +276,16 @@ def test_second_signal_kills_children_and_exits_nonzero(mini_xqueue, tmp_path: P
         time.sleep(60)
 
     mini_xqueue.submit("q", BODY)
-    stop_when(started.exists, 10)
-    stop_when(lambda: started.exists() and time.sleep(0.3) is None, 10)
+    first = stop_when(started.exists, 10)
+    second = stop_when(lambda: started.exists() and time.sleep(0.3) is None, 10)
     daemon = Daemon(settings_for(mini_xqueue.url), MiniClient(mini_xqueue.url), NoSandbox(), job=hang)
     start = time.monotonic()
-    assert daemon.run() == 1
+    try:
+        code = daemon.run()
+    finally:
+        first.set()
+        second.set()
+    assert code == 1
     assert time.monotonic() - start < 5
     assert not alive(int(started.read_text())) and mini_xqueue.entries[0].results == []
 
@@ -314,8 +322,11 @@ def test_restart_runs_backend_cleanup_and_kill_by_label(mini_xqueue):
     mini_xqueue.submit("q", BODY)
     daemon = Daemon(settings_for(mini_xqueue.url, job_timeout_s=0.2, max_attempts=1),
                     MiniClient(mini_xqueue.url), backend, job=hang)
-    stop_when(lambda: mini_xqueue.answered() == 1, 10)
-    assert daemon.run() == 0
+    cancel = stop_when(lambda: mini_xqueue.answered() == 1, 10)
+    try:
+        assert daemon.run() == 0
+    finally:
+        cancel.set()
     assert backend.cleanups == 1 and backend.killed_labels == [f"xg-{os.getpid()}-1"]
 
 

@@ -233,18 +233,22 @@ class NoSandbox(Backend):
         self.killed_labels.append(label)
 
 
-def stop_when(predicate: Callable[[], bool], timeout: float, sig: int = signal.SIGTERM) -> threading.Thread:
-    """Send `sig` to this process once `predicate()` holds (or at `timeout`)."""
+def stop_when(predicate: Callable[[], bool], timeout: float, sig: int = signal.SIGTERM) -> threading.Event:
+    """Send `sig` to this process once `predicate()` holds (or at `timeout`),
+    unless the returned event is set first (the daemon already returned: a
+    late SIGTERM would kill the test run itself)."""
+    cancel = threading.Event()
 
     def watch() -> None:
         end = time.monotonic() + timeout
         while time.monotonic() < end and not predicate():
-            time.sleep(0.02)
-        os.kill(os.getpid(), sig)
+            if cancel.wait(0.02):
+                return
+        if not cancel.is_set():
+            os.kill(os.getpid(), sig)
 
-    thread = threading.Thread(target=watch, daemon=True)
-    thread.start()
-    return thread
+    threading.Thread(target=watch, daemon=True).start()
+    return cancel
 
 
 @pytest.fixture
