@@ -28,3 +28,19 @@ def test_scrape_and_health_while_hooks_driven():
         assert 'xgrader_queue_length{queue="q1"} 4.0' in text
     finally:
         srv.stop()
+
+
+def test_build_hooks_starts_server_when_port_set():
+    import socket
+    from xgrader.metrics import build_hooks
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    hooks = build_hooks(SimpleNamespace(metrics_port=port))
+    try:
+        url = f"http://127.0.0.1:{port}/readyz"
+        assert requests.get(url, timeout=5).status_code == 503
+        hooks.on_logged_in(True)
+        assert requests.get(url, timeout=5).status_code == 200
+    finally:
+        hooks.server.stop()

@@ -78,7 +78,14 @@ class MetricsHooks(Hooks):
 
 
 def build_hooks(settings: Any) -> MetricsHooks:
-    return MetricsHooks()
+    """Called by the daemon's wiring. The daemon does not start the HTTP
+    server itself, so do it here when metrics_port is set; readiness is
+    'logged in to the queue' as reported through on_logged_in."""
+    hooks = MetricsHooks()
+    if getattr(settings, "metrics_port", None):
+        hooks.server = start_metrics_server(
+            settings, hooks, lambda: (hooks.logged_in, "ok" if hooks.logged_in else "not logged in"))
+    return hooks
 
 
 class MetricsServer:
