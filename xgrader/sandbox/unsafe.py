@@ -1,0 +1,253 @@
+"""UNSAFE debug backend: a plain subprocess in a temp dir with rlimits only.
+
+No isolation at all (student code sees the host). make_backend only builds it
+with the explicit `--unsafe-no-sandbox` opt-in, and every job logs a warning.
+The process supervision here (streamed capped output, wall timer, group kill)
+is the part a real backend would share.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import resource
+import selectors
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import structlog
+
+from xgrader.sandbox.base import (
+    Backend, Limits, RunningSandbox, SandboxError, SandboxJob, SandboxResult, Verdict, clean_text,
+)
+from xgrader.sandbox.channel import FdChannel, make_pipes
+
+log = structlog.get_logger(__name__)
+
+TMP_PREFIX = "xgrader-unsafe-"
+BASE_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+
+def safe_relpath(name: str) -> PurePosixPath:
+    rel = PurePosixPath(name)
+    if rel.is_absolute() or ".." in rel.parts or not rel.parts:
+        raise SandboxError(f"job file path not allowed: {name!r}")
+    return rel
+
+
+def place_files(root: Path, files: dict[str, bytes]) -> None:
+    for name, data in files.items():
+        target = root / safe_relpath(name)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+
+
+def set_rlimits(limits: Limits) -> None:
+    """In the child before exec: CPU soft < hard so SIGXCPU comes first, then SIGKILL."""
+    cpu = max(1, int(limits.cpu_s + 0.999))
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
+    fsize = limits.file_mb * 1024 * 1024
+    resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (limits.open_files, limits.open_files))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
+def install_channel_fds(child_r: int, child_w: int) -> None:
+    """In the child: the channel ends land on fds 3 (read) and 4 (write)."""
+    hi_r = fcntl.fcntl(child_r, fcntl.F_DUPFD, 10)
+    hi_w = fcntl.fcntl(child_w, fcntl.F_DUPFD, 10)
+    os.dup2(hi_r, 3)
+    os.dup2(hi_w, 4)
+    # Popen cannot keep fds 3/4 by number (pass_fds needs them open in the
+    # parent), so close_fds is off and we close everything else here.
+    os.closerange(5, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+
+
+class ProcessSandbox(RunningSandbox):
+    """Supervises one started process group: capped streamed output, wall timer, kill."""
+
+    def __init__(self, proc: subprocess.Popen, job: SandboxJob, started: float,
+                 channel: FdChannel | None, on_kill: Any = None, on_done: Any = None) -> None:
+        self.proc = proc
+        self.job = job
+        self.started = started
+        if channel is not None:
+            self.channel = channel
+        self._channel = channel
+        self._on_kill = on_kill      # extra kill (e.g. the job's cgroup)
+        self._on_done = on_done      # collect accounting + cleanup -> dict of overrides
+        self._result: SandboxResult | None = None
+        self._stdin_left = memoryview(job.stdin)
+
+    def kill(self) -> None:
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        if self._on_kill is not None:
+            self._on_kill()
+
+    def wait(self, timeout: float | None = None) -> SandboxResult:
+        if self._result is not None:
+            return self._result
+        limits = self.job.limits
+        wall = limits.wall_s if timeout is None else min(timeout, limits.wall_s)
+        deadline = self.started + wall
+        cap = limits.output_bytes
+        bufs = {"stdout": bytearray(), "stderr": bytearray()}
+        over_output = timed_out = False
+        sel = selectors.DefaultSelector()
+        assert self.proc.stdout and self.proc.stderr and self.proc.stdin
+        for name, stream in (("stdout", self.proc.stdout), ("stderr", self.proc.stderr)):
+            os.set_blocking(stream.fileno(), False)
+            sel.register(stream.fileno(), selectors.EVENT_READ, name)
+        stdin_fd = self.proc.stdin.fileno()
+        if self._stdin_left:
+            os.set_blocking(stdin_fd, False)
+            sel.register(stdin_fd, selectors.EVENT_WRITE, "stdin")
+        else:
+            self.proc.stdin.close()
+        open_streams = 2
+        while open_streams:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                timed_out = True
+                break
+            for key, _ in sel.select(min(left, 0.5)):
+                if key.data == "stdin":
+                    try:
+                        n = os.write(stdin_fd, self._stdin_left[:65536])
+                        self._stdin_left = self._stdin_left[n:]
+                    except (BrokenPipeError, OSError):
+                        self._stdin_left = memoryview(b"")
+                    if not self._stdin_left:
+                        sel.unregister(stdin_fd)
+                        self.proc.stdin.close()
+                    continue
+                try:
+                    chunk = os.read(key.fd, 65536)
+                except BlockingIOError:
+                    continue
+                if not chunk:
+                    sel.unregister(key.fd)
+                    open_streams -= 1
+                    continue
+                buf = bufs[key.data]
+                room = cap - len(bufs["stdout"]) - len(bufs["stderr"])
+                buf += chunk[: max(room, 0)]
+                if len(chunk) > room:
+                    over_output = True
+                    break
+            if over_output:
+                break
+        sel.close()
+        if timed_out or over_output:
+            self.kill()
+        # Streams closed (or we killed): reap, bounded by what is left of the wall.
+        try:
+            self.proc.wait(timeout=max(deadline - time.monotonic(), 0.05))
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            self.kill()
+            self.proc.wait()
+        elapsed = time.monotonic() - self.started
+        # Anything the job left running (daemonized grandchildren) dies with the job.
+        self.kill()
+        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            try:
+                stream.close()
+            except (OSError, ValueError):
+                pass
+        extra: dict[str, Any] = self._on_done() if self._on_done else {}
+        rc = self.proc.returncode
+        code = rc if rc is not None and rc >= 0 else None
+        sig = -rc if rc is not None and rc < 0 else None
+        cpu_s = extra.get("cpu_s")
+        if over_output:
+            verdict = Verdict.output
+        elif timed_out:
+            verdict = Verdict.wall_time
+        elif extra.get("oom"):
+            verdict = Verdict.memory
+        elif sig in (signal.SIGXCPU, signal.SIGKILL) and cpu_s is not None and cpu_s >= limits.cpu_s * 0.9:
+            verdict = Verdict.cpu_time
+        elif sig == signal.SIGXCPU:
+            verdict = Verdict.cpu_time
+        elif sig is not None:
+            verdict = Verdict.killed
+        else:
+            verdict = Verdict.ok
+        self._result = SandboxResult(
+            verdict=verdict, exit_code=code, signal=sig,
+            stdout=clean_text(bytes(bufs["stdout"])), stderr=clean_text(bytes(bufs["stderr"])),
+            stdout_truncated=over_output, stderr_truncated=over_output,
+            wall_s=elapsed, cpu_s=cpu_s, peak_memory_mb=extra.get("peak_memory_mb"),
+        )
+        if self._channel is not None:
+            self._channel.close()
+        return self._result
+
+
+class UnsafeBackend(Backend):
+    name = "unsafe"
+
+    def __init__(self, settings: Any = None) -> None:
+        self.settings = settings
+
+    def start(self, job: SandboxJob) -> RunningSandbox:
+        log.warning("unsafe_sandbox_job", label=job.label, reason="no isolation: debug only")
+        tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX + job.label[:40] + "-"))
+        work = tmp / "work"
+        work.mkdir()
+        try:
+            place_files(work, job.files)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        env = {"PATH": BASE_PATH, "LANG": "C.UTF-8", **job.env}
+        channel = child_r = child_w = None
+        if job.channel:
+            channel, child_r, child_w = make_pipes()
+            env["XGRADER_CHANNEL"] = "fd:3,4"
+
+        def preexec() -> None:
+            set_rlimits(job.limits)
+            if child_r is not None:
+                install_channel_fds(child_r, child_w)
+
+        argv = list(job.argv)
+        if argv[0] == "python3" and self.settings is not None:
+            argv[0] = getattr(self.settings, "sandbox_python", "python3")
+        started = time.monotonic()
+        try:
+            proc = subprocess.Popen(
+                argv, cwd=work, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE, start_new_session=True, preexec_fn=preexec,
+                close_fds=not job.channel,
+            )
+        except OSError as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise SandboxError(f"cannot start job: {exc.strerror}") from None
+        finally:
+            for fd in (child_r, child_w):
+                if fd is not None:
+                    os.close(fd)
+
+        def done() -> dict[str, Any]:
+            shutil.rmtree(tmp, ignore_errors=True)
+            return {}
+
+        return ProcessSandbox(proc, job, started, channel, on_done=done)
+
+    def check(self) -> None:
+        if not os.access(tempfile.gettempdir(), os.W_OK):
+            raise SandboxError("temp dir not writable")
+
+    def cleanup_stale(self) -> None:
+        for path in Path(tempfile.gettempdir()).glob(TMP_PREFIX + "*"):
+            shutil.rmtree(path, ignore_errors=True)
