@@ -10,6 +10,7 @@ from xgrader.config import Settings
 from xgrader.sandbox import make_backend
 
 BACKEND_PARAMS = [
+    pytest.param("bwrap", id="bwrap"),
     pytest.param("unsafe", id="unsafe"),
 ]
 

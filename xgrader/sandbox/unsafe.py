@@ -57,22 +57,26 @@ def set_rlimits(limits: Limits) -> None:
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
 
+def arrange_fds(sources: list[int]) -> None:
+    """In the child: sources[i] lands on fd 3+i, every other fd above 2 is closed
+    (Popen's pass_fds cannot place fds by number, so close_fds is off)."""
+    high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 1024) for fd in sources]
+    for i, fd in enumerate(high):
+        os.dup2(fd, 3 + i)
+    os.closerange(3 + len(sources), resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+
+
 def install_channel_fds(child_r: int, child_w: int) -> None:
     """In the child: the channel ends land on fds 3 (read) and 4 (write)."""
-    hi_r = fcntl.fcntl(child_r, fcntl.F_DUPFD, 10)
-    hi_w = fcntl.fcntl(child_w, fcntl.F_DUPFD, 10)
-    os.dup2(hi_r, 3)
-    os.dup2(hi_w, 4)
-    # Popen cannot keep fds 3/4 by number (pass_fds needs them open in the
-    # parent), so close_fds is off and we close everything else here.
-    os.closerange(5, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+    arrange_fds([child_r, child_w])
 
 
 class ProcessSandbox(RunningSandbox):
     """Supervises one started process group: capped streamed output, wall timer, kill."""
 
     def __init__(self, proc: subprocess.Popen, job: SandboxJob, started: float,
-                 channel: FdChannel | None, on_kill: Any = None, on_done: Any = None) -> None:
+                 channel: FdChannel | None, on_kill: Any = None, on_done: Any = None,
+                 exit_128_is_signal: bool = False) -> None:
         self.proc = proc
         self.job = job
         self.started = started
@@ -82,6 +86,8 @@ class ProcessSandbox(RunningSandbox):
         self._on_kill = on_kill      # extra kill (e.g. the job's cgroup)
         self._on_done = on_done      # collect accounting + cleanup -> dict of overrides
         self._result: SandboxResult | None = None
+        # bwrap (pid 1 in the box) reports a child killed by signal N as exit 128+N.
+        self._exit_128 = exit_128_is_signal
         self._stdin_left = memoryview(job.stdin)
 
     def kill(self) -> None:
@@ -167,6 +173,8 @@ class ProcessSandbox(RunningSandbox):
         rc = self.proc.returncode
         code = rc if rc is not None and rc >= 0 else None
         sig = -rc if rc is not None and rc < 0 else None
+        if self._exit_128 and code is not None and 128 < code < 128 + 65:
+            code, sig = None, code - 128
         cpu_s = extra.get("cpu_s")
         if over_output:
             verdict = Verdict.output
@@ -216,9 +224,8 @@ class UnsafeBackend(Backend):
             env["XGRADER_CHANNEL"] = "fd:3,4"
 
         def preexec() -> None:
-            set_rlimits(job.limits)
-            if child_r is not None:
-                install_channel_fds(child_r, child_w)
+            arrange_fds([child_r, child_w] if child_r is not None else [])
+            set_rlimits(job.limits)  # after: RLIMIT_NOFILE would refuse the high fds
 
         argv = list(job.argv)
         if argv[0] == "python3" and self.settings is not None:
@@ -228,7 +235,7 @@ class UnsafeBackend(Backend):
             proc = subprocess.Popen(
                 argv, cwd=work, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE, start_new_session=True, preexec_fn=preexec,
-                close_fds=not job.channel,
+                close_fds=False,
             )
         except OSError as exc:
             shutil.rmtree(tmp, ignore_errors=True)
