@@ -22,6 +22,7 @@ from xgrader.sandbox.base import (
     RUNNER_DIR, WORKDIR, Backend, RunningSandbox, SandboxError, SandboxJob,
 )
 from xgrader.sandbox.channel import make_pipes
+from xgrader.sandbox.seccomp import build_filter, filter_fd
 from xgrader.sandbox.unsafe import (
     BASE_PATH, ProcessSandbox, arrange_fds, safe_relpath, set_rlimits,
 )
@@ -62,16 +63,19 @@ class BwrapBackend(Backend):
         if venv:
             prefix += ["--ro-bind", str(Path(venv).resolve()), "/opt/venv"]
         self._prefix = prefix
+        self._seccomp = build_filter()
 
-    def _argv(self, job: SandboxJob, file_fds: list[tuple[int, str]]) -> list[str]:
-        argv = [*self._prefix, "--size", str(job.limits.tmp_mb * 1024 * 1024), "--tmpfs", "/tmp",
+    def _argv(self, job: SandboxJob, file_fds: list[tuple[int, str]], seccomp_fd: int) -> list[str]:
+        argv = [*self._prefix, "--seccomp", str(seccomp_fd), "--size", str(job.limits.tmp_mb * 1024 * 1024), "--tmpfs", "/tmp",
                 "--dir", WORKDIR]
         for fd, dest in file_fds:
             parent = os.path.dirname(dest)
             if parent != WORKDIR:
                 argv += ["--dir", parent]
             argv += ["--file", str(fd), dest]
-        argv += ["--chdir", WORKDIR, "--clearenv"]
+        # bwrap's root and /dev are tmpfs owned by the sandbox user: make them read-only
+        # once populated, so /tmp (size-capped) is the only writable place.
+        argv += ["--remount-ro", "/dev", "--remount-ro", "/", "--chdir", WORKDIR, "--clearenv"]
         env = {"PATH": BASE_PATH, "LANG": "C.UTF-8", **job.env}
         if job.channel:
             env["XGRADER_CHANNEL"] = "fd:3,4"
@@ -98,8 +102,12 @@ class BwrapBackend(Backend):
                 sources = [child_r, child_w]
             # In the child the channel is fds 3,4 and the file memfds follow.
             first = 3 + len(sources)
-            argv = self._argv(job, [(first + i, dest) for i, (_, dest) in enumerate(file_fds)])
+            argv = self._argv(job, [(first + i, dest) for i, (_, dest) in enumerate(file_fds)],
+                              first + len(file_fds))
             sources += [fd for fd, _ in file_fds]
+            seccomp = filter_fd(self._seccomp)
+            file_fds.append((seccomp, ""))  # closed with the files below
+            sources.append(seccomp)
 
             def preexec() -> None:
                 arrange_fds(sources)
