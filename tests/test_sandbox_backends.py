@@ -47,3 +47,19 @@ def test_channel_roundtrip(backend):
         with pytest.raises(ChannelError):
             sb.channel.recv(5)
         assert sb.wait().verdict == Verdict.ok
+
+
+def test_memory_bomb(backend):
+    if backend.name == "unsafe":
+        import pytest
+        pytest.skip("unsafe backend has no memory limit by design (rlimits only)")
+    r = backend.run(job("x = []\nwhile True: x.append(b'x' * 10_000_000)", limits=Limits(memory_mb=64, wall_s=10)))
+    assert r.verdict == Verdict.memory, r
+
+
+def test_fork_bomb_and_no_leftovers(backend):
+    src = "import os\nwhile True:\n    try: os.fork()\n    except OSError: pass\n"
+    r = backend.run(job(src, limits=Limits(wall_s=2, pids=16)))
+    assert r.verdict in (Verdict.wall_time, Verdict.cpu_time, Verdict.killed)
+    r2 = backend.run(job("print('fine')"))
+    assert r2.verdict == Verdict.ok and r2.stdout == "fine\n"

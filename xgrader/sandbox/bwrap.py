@@ -21,6 +21,7 @@ import structlog
 from xgrader.sandbox.base import (
     RUNNER_DIR, WORKDIR, Backend, RunningSandbox, SandboxError, SandboxJob,
 )
+from xgrader.sandbox.cgroups import CgroupManager
 from xgrader.sandbox.channel import make_pipes
 from xgrader.sandbox.seccomp import build_filter, filter_fd
 from xgrader.sandbox.unsafe import (
@@ -64,6 +65,7 @@ class BwrapBackend(Backend):
             prefix += ["--ro-bind", str(Path(venv).resolve()), "/opt/venv"]
         self._prefix = prefix
         self._seccomp = build_filter()
+        self.cgroups = CgroupManager()
 
     def _argv(self, job: SandboxJob, file_fds: list[tuple[int, str]], seccomp_fd: int) -> list[str]:
         argv = [*self._prefix, "--seccomp", str(seccomp_fd), "--size", str(job.limits.tmp_mb * 1024 * 1024), "--tmpfs", "/tmp",
@@ -109,7 +111,11 @@ class BwrapBackend(Backend):
             file_fds.append((seccomp, ""))  # closed with the files below
             sources.append(seccomp)
 
+            cg = self.cgroups.create(job.label, job.limits)
+
             def preexec() -> None:
+                if cg is not None:
+                    cg.join()
                 arrange_fds(sources)
                 set_rlimits(job.limits)  # after: RLIMIT_NOFILE would refuse the high fds
                 # Never host root inside: drop before bwrap builds its user namespace.
@@ -125,6 +131,8 @@ class BwrapBackend(Backend):
                     close_fds=False, pass_fds=(),
                 )
             except (OSError, subprocess.SubprocessError) as exc:
+                if cg is not None:
+                    cg.remove()
                 raise SandboxError(f"cannot start bwrap: {exc}") from None
         finally:
             for fd, _ in file_fds:
@@ -133,7 +141,25 @@ class BwrapBackend(Backend):
             if fd is not None:
                 os.close(fd)
         log.debug("bwrap_started", label=job.label, pid=proc.pid)
-        return ProcessSandbox(proc, job, started, channel, exit_128_is_signal=True)
+
+        def done() -> dict[str, Any]:
+            if cg is None:
+                return {}
+            cg.kill()
+            stats = cg.stats()
+            cg.remove()
+            return stats
+
+        return ProcessSandbox(proc, job, started, channel, exit_128_is_signal=True,
+                              on_kill=cg.kill if cg else None, on_done=done)
+
+    def kill_label(self, label: str) -> None:
+        for cg in self.cgroups.stale(label):
+            cg.remove()
+
+    def cleanup_stale(self) -> None:
+        for cg in self.cgroups.stale():
+            cg.remove()
 
     def check(self) -> None:
         if not os.access(self.bwrap, os.X_OK):
