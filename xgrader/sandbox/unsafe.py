@@ -230,6 +230,8 @@ class UnsafeBackend(Backend):
         argv = list(job.argv)
         if argv[0] == "python3" and self.settings is not None:
             argv[0] = getattr(self.settings, "sandbox_python", "python3")
+        # Debug-grade CPU accounting: children's rusage delta (racy with concurrent jobs).
+        usage0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.monotonic()
         try:
             proc = subprocess.Popen(
@@ -247,7 +249,8 @@ class UnsafeBackend(Backend):
 
         def done() -> dict[str, Any]:
             shutil.rmtree(tmp, ignore_errors=True)
-            return {}
+            usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+            return {"cpu_s": (usage.ru_utime + usage.ru_stime) - (usage0.ru_utime + usage0.ru_stime)}
 
         return ProcessSandbox(proc, job, started, channel, on_done=done)
 
