@@ -1,0 +1,25 @@
+"""What a handler needs besides the assignment and the submission's files."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from xgrader.config import Settings
+from xgrader.handlers.expected import ExpectedStore
+from xgrader.hooks import Hooks
+from xgrader.sandbox.base import Backend, Limits
+
+
+@dataclass(frozen=True)
+class GradeContext:
+    settings: Settings
+    backend: Backend
+    hooks: Hooks
+    limits: Limits          # the assignment's, clamped by the operator's ceilings
+    store: ExpectedStore
+    label: str = "job"
+    submission_id: str = ""
+
+    def slack_s(self) -> float:
+        """Sandbox and interpreter start-up, on top of the student's own time."""
+        return 2.0

@@ -1,0 +1,325 @@
+"""The "io" kind: expression cases (one sandbox, one batched round trip) and
+program cases (the entry file run as a program per stdin), compared on the
+host with expected values computed once from the reference solution."""
+
+from __future__ import annotations
+
+import ast
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from xgrader.assignment import Assignment, Case, CompareSpec
+from xgrader.errors import AssignmentError, InfraError
+from xgrader.handlers import scoring
+from xgrader.handlers.compare import text_matches, value_matches
+from xgrader.handlers.context import GradeContext
+from xgrader.handlers.student import RequestTimeout, RunnerDied, StudentRunner
+from xgrader.handlers.values import BadValue, decode, show
+from xgrader.report import GradeReport, TestReport, TestStatus
+from xgrader.sandbox.base import SandboxError, SandboxJob, SandboxResult, Verdict, clean_text
+
+log = structlog.get_logger(__name__)
+
+MARKER = "##xgrader-error## "
+SYNTAX_TYPES = ("SyntaxError", "IndentationError", "TabError")
+
+
+@dataclass
+class CaseRun:
+    """One case's raw outcome from a sandbox (student or reference)."""
+
+    status: str                       # ok | error | timeout | died
+    reply: dict[str, Any] = field(default_factory=dict)
+    verdict: Verdict | None = None
+
+
+def _timeout(assignment: Assignment, case: Case) -> float:
+    return case.timeout_s or assignment.config.test_timeout_s
+
+
+# -- running -----------------------------------------------------------------
+
+def evaluate_expressions(assignment: Assignment, files: dict[str, bytes], ctx: GradeContext,
+                         cases: list[tuple[int, Case]]) -> tuple[dict[str, Any], dict[int, CaseRun]]:
+    """(load reply, runs by case index). One sandbox, one batch request; a case
+    that times out or kills the runner fails alone and the rest continue in a
+    fresh sandbox."""
+    cfg = assignment.config
+    runner = StudentRunner(ctx.backend, files, ctx.limits, module=cfg.module, entry=cfg.entry,
+                           label=ctx.label, submission_id=ctx.submission_id)
+    load_timeout = cfg.test_timeout_s + ctx.slack_s()
+    runs: dict[int, CaseRun] = {}
+
+    def load() -> dict[str, Any]:
+        try:
+            return runner.restart(load_timeout)
+        except RequestTimeout:
+            return {"ok": False, "timeout": True}
+        except RunnerDied as exc:
+            return {"ok": False, "died": True, "verdict": exc.verdict}
+
+    # Every case has its own timeout, but the whole batch stays within the
+    # sandbox wall limit: cases not reached by then fail as timeouts.
+    deadline = time.monotonic() + ctx.limits.wall_s + ctx.slack_s()
+    try:
+        first = load()
+        if not first.get("ok"):
+            return first, runs
+        pending = list(cases)
+        while pending:
+            if time.monotonic() >= deadline:
+                for i, _ in pending:
+                    runs[i] = CaseRun("timeout", verdict=Verdict.wall_time)
+                break
+            rid = runner.send({"op": "batch", "exprs": [c.expr for _, c in pending]})
+            for pos, (index, case) in enumerate(pending):
+                try:
+                    reply = runner.receive(rid, _timeout(assignment, case), index=pos)
+                except RequestTimeout:
+                    runs[index] = CaseRun("timeout", verdict=Verdict.wall_time)
+                    break
+                except RunnerDied as exc:
+                    runs[index] = CaseRun("died", verdict=exc.verdict)
+                    break
+                if reply.get("done"):  # only a forged reply can end early: the rest are missing
+                    break
+                runs[index] = CaseRun("ok" if reply.get("ok") else "error", reply=reply)
+            rest = [(i, c) for i, c in pending if i not in runs]
+            if len(rest) == len(pending):
+                for i, _ in rest:
+                    runs[i] = CaseRun("died")
+                break
+            pending = rest
+            if pending:
+                again = load()
+                if not again.get("ok"):
+                    for i, _ in pending:
+                        runs[i] = CaseRun("died", verdict=again.get("verdict"))
+                    break
+        return first, runs
+    finally:
+        runner.close()
+
+
+def run_program(assignment: Assignment, files: dict[str, bytes], ctx: GradeContext,
+                case: Case) -> SandboxResult:
+    wall = _timeout(assignment, case) + ctx.slack_s()
+    limits = ctx.limits.model_copy(update={"wall_s": min(wall, ctx.settings.limit_ceilings.wall_s)})
+    job = SandboxJob(argv=ctx.backend.python_argv("exec", assignment.config.entry), files=files,
+                     stdin=(case.stdin or "").encode(), limits=limits, label=ctx.label)
+    try:
+        result = ctx.backend.run(job)
+    except SandboxError as exc:
+        raise InfraError(f"program sandbox failed: {exc}") from exc
+    if result.verdict is Verdict.sandbox_error:
+        raise InfraError(f"program sandbox failed: {result.error}")
+    return result
+
+
+def program_error(result: SandboxResult) -> dict[str, Any] | None:
+    """The runner's crash description (last MARKER line of stderr), if any."""
+    for line in reversed(result.stderr.splitlines()):
+        if line.startswith(MARKER):
+            try:
+                err = json.loads(line[len(MARKER):])
+            except ValueError:
+                return None
+            return err if isinstance(err, dict) else None
+    return None
+
+
+def _program_run(result: SandboxResult) -> CaseRun:
+    if result.verdict is not Verdict.ok:
+        return CaseRun("timeout" if result.verdict is Verdict.wall_time else "died",
+                       reply={"stdout": result.stdout}, verdict=result.verdict)
+    if result.exit_code != 0:
+        err = program_error(result) or {"type": "SystemExit", "message": f"exit status {result.exit_code}"}
+        return CaseRun("error", reply={"stdout": result.stdout, "error": err})
+    return CaseRun("ok", reply={"stdout": result.stdout})
+
+
+# -- reference -------------------------------------------------------------------
+
+def compute_reference(assignment: Assignment, ctx: GradeContext) -> dict[str, Any]:
+    """Expected results of every case without an explicit `expected`, from solution/."""
+    files = {**assignment.files, **assignment.solution}
+    need = [(i, c) for i, c in enumerate(assignment.cases) if c.expected is None]
+    out: dict[str, Any] = {}
+    exprs = [(i, c) for i, c in need if c.expr is not None]
+    if exprs:
+        load, runs = evaluate_expressions(assignment, files, ctx, exprs)
+        if not load.get("ok"):
+            raise AssignmentError(f"{assignment.root / 'solution'}: the reference solution does not load "
+                                  f"({_describe(load)})")
+        for i, _ in exprs:
+            run = runs[i]
+            if run.status != "ok":
+                raise AssignmentError(f"{assignment.root / 'tests/cases.toml'}: {assignment.case_name(i)}: "
+                                      f"the reference solution failed ({run.status}: {_describe(run.reply)})")
+            out[str(i)] = {k: run.reply.get(k) for k in ("value", "repr", "stdout")}
+    for i, case in need:
+        if case.stdin is None:
+            continue
+        run = _program_run(run_program(assignment, files, ctx, case))
+        if run.status != "ok":
+            raise AssignmentError(f"{assignment.root / 'tests/cases.toml'}: {assignment.case_name(i)}: "
+                                  f"the reference solution failed ({run.status}: {_describe(run.reply)})")
+        out[str(i)] = {"stdout": run.reply.get("stdout", "")}
+    return {"cases": out}
+
+
+def _describe(reply: dict[str, Any]) -> str:
+    err = reply.get("error")
+    if isinstance(err, dict):
+        return f"{err.get('type')}: {str(err.get('message'))[:200]}"
+    if reply.get("timeout"):
+        return "timed out"
+    return "no answer"
+
+
+# -- grading -----------------------------------------------------------------------
+
+@dataclass
+class Expected:
+    value: Any = None
+    text: str = ""           # repr (value checks) or text (output / program checks)
+    pattern: str | None = None
+
+
+def _expected_for(assignment: Assignment, index: int, case: Case, reference: dict[str, Any]) -> Expected:
+    spec = case.compare or assignment.config.compare
+    if case.expected is not None:
+        if spec.mode == "regex":
+            return Expected(text=case.expected, pattern=case.expected)
+        if case.expr is not None and case.check == "value":
+            try:
+                value = ast.literal_eval(case.expected)
+            except (ValueError, SyntaxError) as exc:
+                raise AssignmentError(f"{assignment.root / 'tests/cases.toml'}: {assignment.case_name(index)}: "
+                                      f"field expected: not a Python literal ({exc})") from None
+            return Expected(value=value, text=show(value))
+        return Expected(text=case.expected)
+    ref = reference["cases"][str(index)]
+    if case.expr is not None and case.check == "value":
+        return Expected(value=decode(ref.get("value")), text=str(ref.get("repr") or ""))
+    return Expected(text=str(ref.get("stdout") or ""))
+
+
+def _judge(assignment: Assignment, index: int, case: Case, run: CaseRun | None, expected: Expected,
+           findings: scoring.Findings) -> TestReport:
+    cfg = assignment.config
+    limit = cfg.feedback.max_chars
+    spec: CompareSpec = case.compare or cfg.compare
+    reply = run.reply if run else {}
+    stdout = str(reply.get("stdout") or "")
+    status, actual, message, etype = TestStatus.missing, None, None, None
+    if run is None:
+        message = "No answer for this test."
+    elif run.status == "timeout":
+        status, message = TestStatus.timeout, f"Took longer than {_timeout(assignment, case):g} s."
+        findings.limits.add(scoring.Outcome.time_limit)
+    elif run.status == "died":
+        status = TestStatus.error
+        hit = findings.note_limit(run.verdict)
+        message = scoring.LIMIT_TEXT[hit][0] if hit else scoring.STOPPED.title
+        if not hit and scoring.STOPPED not in findings.explanations:
+            findings.runtime_error = True
+            findings.explanations.append(scoring.STOPPED)
+    elif run.status == "error":
+        err = reply.get("error") or {}
+        status, etype = TestStatus.error, str(err.get("type") or "Exception")
+        message = f"{etype}: {err.get('message') or ''}".strip()
+        findings.runtime_error = True
+        if not any(e.title.startswith("Your code raised") for e in findings.explanations):
+            if case.visible:
+                findings.explanations.append(scoring.exception_explanation(
+                    err, f"in test {assignment.case_name(index)}", cfg.feedback.show_traceback))
+            else:
+                findings.explanations.append(scoring.Explanation(
+                    title=f"Your code raised {etype} in a hidden test",
+                    detail="Check how your code handles other inputs than the examples."))
+    else:
+        if case.expr is not None and case.check == "value":
+            try:
+                value = decode(reply.get("value"))
+                actual = str(reply.get("repr") or show(value))
+                ok = value_matches(value, expected.value, spec, expected.pattern)
+            except BadValue:
+                actual, ok = "(a value that cannot be compared)", False
+        else:
+            actual = stdout
+            ok = text_matches(stdout, expected.pattern or expected.text, spec)
+        status = TestStatus.passed if ok else TestStatus.failed
+    name = assignment.case_name(index)
+    if not case.visible:
+        return TestReport(name=name, status=status, weight=case.weight, visible=False, exception_type=etype)
+    shown_output = stdout if (case.check == "value" and case.expr is not None) else None
+    return TestReport(
+        name=name, status=status, weight=case.weight, visible=True,
+        input=scoring.cap(case.expr if case.expr is not None else case.stdin, limit),
+        expected=scoring.cap(expected.text, limit), actual=scoring.cap(actual, limit),
+        message=scoring.cap(message, limit),
+        output=scoring.cap(shown_output, limit) if cfg.feedback.show_output and shown_output else None,
+        exception_type=etype,
+    )
+
+
+def grade_io(assignment: Assignment, files: dict[str, bytes], ctx: GradeContext) -> GradeReport:
+    cases = list(enumerate(assignment.cases))
+    reference: dict[str, Any] = {"cases": {}}
+    if any(c.expected is None for _, c in cases):
+        reference = ctx.store.get(assignment, lambda: compute_reference(assignment, ctx))
+    expected = {i: _expected_for(assignment, i, c, reference) for i, c in cases}
+    files = {**assignment.files, **files}
+    findings = scoring.Findings()
+    runs: dict[int, CaseRun] = {}
+
+    exprs = [(i, c) for i, c in cases if c.expr is not None]
+    if exprs:
+        load, expr_runs = evaluate_expressions(assignment, files, ctx, exprs)
+        if not load.get("ok"):
+            early = _load_failure(assignment, load, findings)
+            if early is not None:
+                return early
+        else:
+            findings.missing = scoring.missing_required(assignment, load.get("names"))
+        runs.update(expr_runs)
+    for i, case in cases:
+        if case.stdin is None:
+            continue
+        run = _program_run(run_program(assignment, files, ctx, case))
+        err = run.reply.get("error") or {}
+        if err.get("type") in SYNTAX_TYPES:
+            return scoring.syntax_report(assignment, err, _placeholders(assignment))
+        runs[i] = run
+    tests = [_judge(assignment, i, c, runs.get(i), expected[i], findings) for i, c in cases]
+    return scoring.build(assignment, tests, findings)
+
+
+def _placeholders(assignment: Assignment) -> list[TestReport]:
+    return [TestReport(name=assignment.case_name(i), status=TestStatus.failed, weight=c.weight,
+                       visible=c.visible) for i, c in enumerate(assignment.cases)]
+
+
+def _load_failure(assignment: Assignment, load: dict[str, Any], findings: scoring.Findings) -> GradeReport | None:
+    """The module did not load: a syntax error ends grading; a crash, timeout or
+    limit at import fails every expression case."""
+    err = load.get("error") or {}
+    if err.get("type") in SYNTAX_TYPES or (
+            err.get("type") == "ValueError" and "null bytes" in str(err.get("message"))):
+        return scoring.syntax_report(assignment, err, _placeholders(assignment))
+    if load.get("timeout"):
+        findings.limits.add(scoring.Outcome.time_limit)
+    elif load.get("died"):
+        if findings.note_limit(load.get("verdict")) is None:
+            findings.runtime_error = True
+            findings.explanations.append(scoring.STOPPED)
+    elif err:
+        findings.runtime_error = True
+        findings.explanations.append(scoring.exception_explanation(
+            err, "while loading", assignment.config.feedback.show_traceback))
+    return None

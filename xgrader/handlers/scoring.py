@@ -1,0 +1,135 @@
+"""Per-test results -> GradeReport: points, headline Outcome, explanations."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from xgrader.assignment import Assignment
+from xgrader.report import Explanation, GradeReport, Outcome, TestReport, TestStatus
+from xgrader.sandbox.base import Verdict
+
+LIMIT_OUTCOME = {
+    Verdict.wall_time: Outcome.time_limit,
+    Verdict.cpu_time: Outcome.time_limit,
+    Verdict.memory: Outcome.memory_limit,
+    Verdict.output: Outcome.output_limit,
+}
+LIMIT_TEXT = {
+    Outcome.time_limit: ("Time limit exceeded",
+                         "Your code ran longer than allowed. Look for an infinite loop or a slow algorithm."),
+    Outcome.memory_limit: ("Memory limit exceeded",
+                           "Your code used more memory than allowed. Look for data that grows without bound."),
+    Outcome.output_limit: ("Output limit exceeded",
+                           "Your code printed more than allowed. Look for a print inside a loop that never ends."),
+}
+
+
+STOPPED = Explanation(
+    title="Your program stopped before answering",
+    detail="Your code ended the program (exit(), os._exit() or a crash) while it was being tested.",
+)
+
+
+@dataclass
+class Findings:
+    """What a handler noticed beyond per-test results."""
+
+    limits: set[Outcome] = field(default_factory=set)
+    missing: list[str] = field(default_factory=list)     # required names not defined
+    runtime_error: bool = False
+    explanations: list[Explanation] = field(default_factory=list)
+
+    def note_limit(self, verdict: Verdict | None) -> Outcome | None:
+        outcome = LIMIT_OUTCOME.get(verdict) if verdict is not None else None
+        if outcome is not None:
+            self.limits.add(outcome)
+        return outcome
+
+
+def syntax_explanation(error: dict[str, Any]) -> Explanation:
+    line = error.get("lineno")
+    col = error.get("offset")
+    text = (error.get("text") or "").rstrip("\n") or None
+    where = f" on line {line}" if isinstance(line, int) else ""
+    return Explanation(
+        title=f"Syntax error{where}",
+        detail=str(error.get("message") or "invalid syntax"),
+        line=line if isinstance(line, int) else None,
+        column=col if isinstance(col, int) else None,
+        source_line=text,
+    )
+
+
+def exception_explanation(error: dict[str, Any], when: str, show_traceback: bool = True) -> Explanation:
+    etype = str(error.get("type") or "Exception")
+    return Explanation(
+        title=f"Your code raised {etype} {when}",
+        detail=f"{etype}: {error.get('message') or ''}".strip(),
+        traceback=(error.get("traceback") or None) if show_traceback else None,
+    )
+
+
+def missing_explanation(names: list[str]) -> Explanation:
+    listed = ", ".join(names)
+    plural = "s" if len(names) > 1 else ""
+    return Explanation(
+        title=f"Missing function{plural}: {listed}",
+        detail=f"The exercise asks for {listed}, but your code does not define {'them' if plural else 'it'}. "
+               "Check the spelling and that it is defined at the top level of your file.",
+    )
+
+
+def missing_required(assignment: Assignment, names: dict[str, Any] | None) -> list[str]:
+    have = names or {}
+    return [n for n in assignment.config.functions if n not in have]
+
+
+def build(assignment: Assignment, tests: list[TestReport], findings: Findings) -> GradeReport:
+    max_points = assignment.max_points
+    total = sum(t.weight for t in tests)
+    earned = sum(t.weight for t in tests if t.status is TestStatus.passed)
+    if total > 0 and earned >= total:
+        score = max_points
+    elif total > 0:
+        score = round(max_points * earned / total, 4)
+    else:
+        score = 0.0
+    tests = [t.model_copy(update={"points": round(max_points * t.weight / total, 4)
+                                  if total and t.status is TestStatus.passed else 0.0}) for t in tests]
+    explanations = list(findings.explanations)
+    for outcome in sorted(findings.limits, key=lambda o: o.value):
+        title, detail = LIMIT_TEXT[outcome]
+        explanations.append(Explanation(title=title, detail=detail))
+    if findings.missing:
+        explanations.insert(0, missing_explanation(findings.missing))
+
+    if score >= max_points:
+        outcome = Outcome.passed
+    elif findings.limits:
+        # A limit outranks partial credit: the student must learn why tests failed.
+        outcome = next(o for o in (Outcome.time_limit, Outcome.memory_limit, Outcome.output_limit)
+                       if o in findings.limits)
+    elif score > 0:
+        outcome = Outcome.partial
+    elif findings.missing:
+        outcome = Outcome.missing_function
+    elif findings.runtime_error or any(t.status is TestStatus.error for t in tests):
+        outcome = Outcome.runtime_error
+    else:
+        outcome = Outcome.failed
+    return GradeReport(assignment=assignment.name, title=assignment.title, outcome=outcome,
+                       score=score, max_score=max_points, tests=tests, explanations=explanations)
+
+
+def syntax_report(assignment: Assignment, error: dict[str, Any], tests: list[TestReport]) -> GradeReport:
+    failed = [t.model_copy(update={"status": TestStatus.failed, "points": 0.0}) for t in tests]
+    return GradeReport(assignment=assignment.name, title=assignment.title, outcome=Outcome.syntax_error,
+                       score=0, max_score=assignment.max_points, tests=failed,
+                       explanations=[syntax_explanation(error)])
+
+
+def cap(text: str | None, limit: int) -> str | None:
+    if text is None:
+        return None
+    return text if len(text) <= limit else text[:limit] + "\n[...]"
