@@ -378,6 +378,8 @@ class Runner:
         return kinds
 
     def target(self, spec):
+        if spec is None or spec == "":
+            return self.module
         if isinstance(spec, dict):
             obj = self.handles.objs[spec["$handle"]]
             return obj

@@ -1,0 +1,94 @@
+"""pytest plugin of the test sandbox: reports the collected tests, then each
+test's outcome, to the host over the channel. The host trusts these reports
+because no student code runs in this process; a test that never reports is
+counted as failed there."""
+
+import pytest
+
+from xgrader_proxy import MissingName, StudentCrash, StudentTimeout
+
+CAP = 2000
+
+
+def _saferepr(value):
+    try:
+        from _pytest._io.saferepr import saferepr
+        return saferepr(value, maxsize=CAP)
+    except Exception:
+        return "<%s>" % type(value).__name__
+
+
+class Reporter:
+    def __init__(self, session, channel):
+        self.session = session
+        self.channel = channel
+        self.phases = {}
+        self.excinfo = None
+
+    def pytest_collection_finish(self, session):
+        self.channel.send({"op": "collected", "tests": [item.nodeid for item in session.items]})
+
+    def pytest_runtest_logstart(self, nodeid, location):
+        from xgrader_proxy import TestState
+        self.session.state = TestState()
+        self.phases = {}
+        self.excinfo = None
+        self.channel.send({"op": "start", "nodeid": nodeid})
+
+    def pytest_assertrepr_compare(self, config, op, left, right):
+        # Remember the two sides of the failing comparison; keep pytest's own text.
+        self.session.state.compare = (op, _saferepr(left), _saferepr(right))
+        return None
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_makereport(self, item, call):
+        outcome = yield
+        report = outcome.get_result()
+        if call.excinfo is not None and report.failed and self.excinfo is None:
+            self.excinfo = call.excinfo
+
+    def pytest_runtest_logreport(self, report):
+        self.phases[report.when] = report
+
+    def pytest_runtest_logfinish(self, nodeid, location):
+        self.channel.send(self.result(nodeid))
+
+    def result(self, nodeid):
+        setup, call, teardown = (self.phases.get(w) for w in ("setup", "call", "teardown"))
+        state = self.session.state
+        msg = {"op": "result", "nodeid": nodeid, "input": state.input,
+               "output": "".join(state.output)[:CAP * 5]}
+        if (setup and setup.skipped) or (call and call.skipped):
+            msg["outcome"] = "skipped"
+            return msg
+        failed = any(r is not None and r.failed for r in (setup, call, teardown))
+        if not failed and call is not None and call.passed:
+            msg["outcome"] = "passed"
+            return msg
+        exc = self.excinfo.value if self.excinfo is not None else None
+        etype = type(exc).__name__ if exc is not None else None
+        if isinstance(exc, StudentTimeout):
+            msg["outcome"] = "timeout"
+        elif isinstance(exc, StudentCrash):
+            msg["outcome"] = "error"
+            msg["message"] = str(exc)[:CAP]
+        elif isinstance(exc, MissingName):
+            msg["outcome"] = "error"
+            msg["missing"] = True
+            msg["message"] = str(exc)[:CAP]
+        elif exc is not None and getattr(exc, "_xgrader_remote", False):
+            msg["outcome"] = "error"
+            msg["exception_type"] = etype
+            msg["message"] = ("%s: %s" % (etype, exc))[:CAP]
+            msg["traceback"] = str(getattr(exc, "_xgrader_traceback", ""))[-CAP:]
+        else:
+            msg["outcome"] = "failed"
+            if exc is not None:
+                text = str(exc).strip()
+                msg["message"] = (text.splitlines()[0] if text else etype)[:CAP]
+                if not isinstance(exc, AssertionError):
+                    msg["exception_type"] = etype
+        if state.compare is not None:
+            op, left, right = state.compare
+            msg["actual"], msg["expected"] = left, right
+        return msg

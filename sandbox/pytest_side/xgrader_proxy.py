@@ -1,0 +1,296 @@
+"""The `submission` module as the instructor's tests see it, in the test sandbox.
+
+No student code runs here. Every attribute is a remote callable: a call is a
+message to the host, which relays it to the student's runner and brings the
+reply back. Values cross as plain data (PROTOCOL.md); other objects stay in
+the student's sandbox as handles (:class:`Remote`) whose attributes and
+methods proxy further.
+"""
+
+import base64
+import builtins
+import sys
+
+INPUT_CAP = 500
+
+
+class StudentException(Exception):
+    """Base of exceptions whose type the student defined (or that are not builtins)."""
+
+
+class StudentTimeout(BaseException):
+    """The student's code ran over the per-test time limit (BaseException: a
+    test's `pytest.raises(Exception)` must not swallow it)."""
+
+
+class StudentCrash(BaseException):
+    """The student's process ended during the call (a limit, exit(), a crash)."""
+
+
+class MissingName(StudentException):
+    """The submission does not define a name the tests use."""
+
+
+class TestState:
+    def __init__(self):
+        self.input = None
+        self.output = []
+        self.compare = None
+
+    def add_output(self, text):
+        if text and sum(len(t) for t in self.output) < 20000:
+            self.output.append(text)
+
+
+class Session:
+    def __init__(self, channel, hello):
+        self.channel = channel
+        self.module_name = hello.get("module", "submission")
+        self.names = dict(hello.get("names") or {})
+        self.ids = 0
+        self.state = TestState()
+        self.exceptions = {}
+
+    # -- transport --
+    def request(self, msg):
+        self.ids += 1
+        msg["id"] = self.ids
+        self.channel.send(msg)
+        while True:
+            reply = self.channel.recv()
+            if reply is None:
+                raise StudentCrash("the grader went away")
+            if reply.get("id") == self.ids:
+                return reply
+
+    def reply_value(self, reply):
+        self.state.add_output(reply.get("stdout", ""))
+        self.state.add_output(reply.get("stderr", ""))
+        if reply.get("ok"):
+            return self.decode(reply.get("value"))
+        if reply.get("timeout"):
+            raise StudentTimeout("your code took too long")
+        if reply.get("died"):
+            raise StudentCrash("your program stopped: %s" % (reply.get("verdict") or "it exited"))
+        raise self.exception(reply.get("error") or {})
+
+    def exception_class(self, name):
+        cls = self.exceptions.get(name)
+        if cls is None:
+            cls = type(str(name), (StudentException,), {"__module__": self.module_name})
+            self.exceptions[name] = cls
+        return cls
+
+    def exception(self, err):
+        name = str(err.get("type") or "Exception")
+        message = str(err.get("message") or "")
+        cls = getattr(builtins, name, None) if err.get("builtin") else None
+        exc = None
+        if isinstance(cls, type) and issubclass(cls, Exception):
+            try:
+                exc = cls(message)
+            except Exception:
+                exc = None
+        if exc is None:
+            exc = self.exception_class(name)(message)
+        exc._xgrader_remote = True
+        exc._xgrader_traceback = err.get("traceback") or ""
+        return exc
+
+    # -- values --
+    def encode(self, v, depth=0):
+        if depth > 40:
+            raise ValueError("argument nested too deeply")
+        t = type(v)
+        d = depth + 1
+        if v is None or t in (bool, str):
+            return v
+        if t is int:
+            return v if -(1 << 53) < v < (1 << 53) else {"$int": str(v)}
+        if t is float:
+            if v != v or v in (float("inf"), float("-inf")):
+                return {"$float": "nan" if v != v else ("inf" if v > 0 else "-inf")}
+            return v
+        if t is list:
+            return [self.encode(x, d) for x in v]
+        if t is tuple:
+            return {"$tuple": [self.encode(x, d) for x in v]}
+        if t is dict:
+            return {"$dict": [[self.encode(k, d), self.encode(x, d)] for k, x in v.items()]}
+        if t in (set, frozenset):
+            return {"$" + t.__name__: [self.encode(x, d) for x in v]}
+        if t in (bytes, bytearray):
+            return {"$bytes": base64.b64encode(bytes(v)).decode()}
+        if t is complex:
+            return {"$complex": [v.real, v.imag]}
+        if isinstance(v, Remote) and isinstance(object.__getattribute__(v, "_xg_target"), dict):
+            return {"$handle": object.__getattribute__(v, "_xg_target")["$handle"]}
+        raise TypeError("cannot pass a %s to the student's code: only plain data (numbers, strings, "
+                        "lists, tuples, dicts, sets, bytes) crosses the proxy" % t.__name__)
+
+    def decode(self, v, depth=0):
+        d = depth + 1
+        if isinstance(v, list):
+            return [self.decode(x, d) for x in v]
+        if not isinstance(v, dict):
+            return v
+        if v:
+            tag = next(iter(v))
+            if tag.startswith("$"):
+                x = v[tag]
+                if tag == "$tuple":
+                    return tuple(self.decode(i, d) for i in x)
+                if tag == "$set":
+                    return set(self.decode(i, d) for i in x)
+                if tag == "$frozenset":
+                    return frozenset(self.decode(i, d) for i in x)
+                if tag == "$dict":
+                    return {self.decode(k, d): self.decode(i, d) for k, i in x}
+                if tag == "$bytes":
+                    return base64.b64decode(x)
+                if tag == "$float":
+                    return float(x)
+                if tag == "$int":
+                    return int(x)
+                if tag == "$complex":
+                    return complex(x[0], x[1])
+                if tag == "$handle":
+                    return Remote(self, {"$handle": x}, str(v.get("repr", "")), str(v.get("type", "")))
+                raise ValueError("unknown value tag")
+        return {k: self.decode(i, d) for k, i in v.items()}
+
+    # -- operations --
+    def call(self, target, label, args, kwargs):
+        shown = [_short(a) for a in args] + ["%s=%s" % (k, _short(a)) for k, a in kwargs.items()]
+        text = "%s(%s)" % (label, ", ".join(shown))
+        self.state.input = text if len(text) <= INPUT_CAP else text[:INPUT_CAP] + "..."
+        msg = {"op": "call", "target": target,
+               "args": [self.encode(a) for a in args],
+               "kwargs": {str(k): self.encode(a) for k, a in kwargs.items()}}
+        return self.reply_value(self.request(msg))
+
+    def getattr(self, target, name):
+        return self.reply_value(self.request({"op": "getattr", "target": target, "name": name}))
+
+    def special(self, target, name, *args):
+        return self.reply_value(self.request({"op": "special", "target": target, "name": name,
+                                              "args": [self.encode(a) for a in args]}))
+
+
+def _short(value):
+    try:
+        text = repr(value)
+    except Exception:
+        text = "<%s>" % type(value).__name__
+    return text if len(text) <= 120 else text[:120] + "..."
+
+
+class Remote:
+    """A student function, class or object living in the student's sandbox."""
+
+    __slots__ = ("_xg_session", "_xg_target", "_xg_repr", "_xg_type")
+
+    def __init__(self, session, target, text, type_name):
+        object.__setattr__(self, "_xg_session", session)
+        object.__setattr__(self, "_xg_target", target)
+        object.__setattr__(self, "_xg_repr", text)
+        object.__setattr__(self, "_xg_type", type_name)
+
+    def __call__(self, *args, **kwargs):
+        s = object.__getattribute__(self, "_xg_session")
+        target = object.__getattribute__(self, "_xg_target")
+        label = target if isinstance(target, str) else object.__getattribute__(self, "_xg_type") or "object"
+        return s.call(target, label, args, kwargs)
+
+    def __getattr__(self, name):
+        # pytest and inspect probe dunders and _pytest* names on everything:
+        # answer locally, never with a round trip into student code.
+        if name.startswith("__") or name.startswith("_pytest"):
+            raise AttributeError(name)
+        s = object.__getattribute__(self, "_xg_session")
+        target = object.__getattribute__(self, "_xg_target")
+        if isinstance(target, str) and s.names.get(target.split(".")[0]) == "class":
+            # Class attributes are mostly methods (classmethods, statics): call them remotely.
+            return Remote(s, target + "." + name, "%s.%s" % (target, name), "attribute")
+        return s.getattr(target, name)
+
+    def __setattr__(self, name, value):
+        raise TypeError("the student's objects cannot be modified from the tests")
+
+    def __repr__(self):
+        return object.__getattribute__(self, "_xg_repr")
+
+    def __str__(self):
+        s = object.__getattribute__(self, "_xg_session")
+        return str.__str__(s.special(object.__getattribute__(self, "_xg_target"), "str"))
+
+    def __len__(self):
+        s = object.__getattribute__(self, "_xg_session")
+        n = s.special(object.__getattribute__(self, "_xg_target"), "len")
+        if type(n) is not int:
+            raise TypeError("len() of the student's object is not an int")
+        return n
+
+    def __iter__(self):
+        s = object.__getattribute__(self, "_xg_session")
+        return iter(s.special(object.__getattribute__(self, "_xg_target"), "list"))
+
+    def __getitem__(self, key):
+        s = object.__getattribute__(self, "_xg_session")
+        return s.special(object.__getattribute__(self, "_xg_target"), "getitem", key)
+
+    def __contains__(self, item):
+        s = object.__getattribute__(self, "_xg_session")
+        return s.special(object.__getattribute__(self, "_xg_target"), "contains", item) is True
+
+    def __bool__(self):
+        s = object.__getattribute__(self, "_xg_session")
+        return s.special(object.__getattribute__(self, "_xg_target"), "bool") is True
+
+    # Identity only: the student's __eq__/__hash__ never decide a comparison.
+    def __eq__(self, other):
+        return self is other
+
+    def __ne__(self, other):
+        return self is not other
+
+    def __hash__(self):
+        return id(self)
+
+
+class ProxyModule(type(sys)):
+    def __init__(self, session):
+        super().__init__(session.module_name)
+        self._xg_session = session
+        self.__file__ = "<student submission>"
+        self.__all__ = [n for n in session.names if not n.startswith("_")]
+
+    def __getattr__(self, name):
+        if name.startswith("__") or name.startswith("_pytest"):
+            raise AttributeError(name)
+        s = self._xg_session
+        kind = s.names.get(name)
+        if kind == "exception":
+            return s.exception_class(name)
+        if kind in ("function", "class"):
+            return Remote(s, name, "<student %s %s>" % (kind, name), kind)
+        if kind == "value":
+            return s.getattr(None, name)
+        return _missing(s, name)
+
+
+def _missing(session, name):
+    """A stand-in for a name the submission lacks: importing it works (so the
+    test file still collects), calling it fails that test."""
+    def missing(*args, **kwargs):
+        session.state.input = "%s(...)" % name
+        raise MissingName("your code does not define %s" % name)
+    missing.__name__ = name
+    missing._xgrader_missing = True
+    return missing
+
+
+def install(channel, hello):
+    session = Session(channel, hello)
+    sys.modules[session.module_name] = ProxyModule(session)
+    return session
