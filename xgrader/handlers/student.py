@@ -148,7 +148,8 @@ def clean_reply(msg: dict[str, Any]) -> dict[str, Any]:
     out = dict(msg)
     for key in ("stdout", "stderr", "repr"):
         if key in out:
-            out[key] = clean_text(str(out[key]), OUTPUT_KEEP)
+            text = clean_text(str(out[key]))
+            out[key] = text if len(text) <= OUTPUT_KEEP else text[:OUTPUT_KEEP] + "\n[output truncated]"
     err = out.get("error")
     if isinstance(err, dict):
         out["error"] = {k: (clean_text(v, 8000) if isinstance(v, str) else v) for k, v in err.items()}
