@@ -63,19 +63,26 @@ class Channel:
 # -- capture -------------------------------------------------------------------
 
 class Capture:
-    """A text stream keeping the first OUT_CAP characters of what is written."""
+    """A text stream keeping the first OUT_CAP characters of what is written.
+    Past `hard_cap` in total the request ends as an output-limit verdict."""
 
     encoding = "utf-8"
     errors = "replace"
 
-    def __init__(self):
+    def __init__(self, on_limit=None, hard_cap=None):
         self.parts = []
         self.size = 0
+        self.total = 0
         self.truncated = False
+        self.on_limit = on_limit
+        self.hard_cap = hard_cap
 
     def write(self, s):
         if not isinstance(s, str):
             raise TypeError("write() argument must be str, not " + type(s).__name__)
+        self.total += len(s)
+        if self.hard_cap is not None and self.total > self.hard_cap:
+            self.on_limit()
         room = OUT_CAP - self.size
         if len(s) > room:
             self.truncated = True
@@ -268,6 +275,23 @@ class Runner:
         self.handles = Handles()
         self.module = None
         self.real = (sys.stdout, sys.stderr, sys.stdin)
+        self.current = (None, None)   # (request id, batch index) being served
+        self.output_cap = 1000000
+
+    def output_limit(self):
+        """The student's code printed past the job's output limit: answer the
+        current request with that verdict and end the process (the host
+        starts a fresh runner)."""
+        rid, index = self.current
+        msg = {"id": rid, "ok": False, "output_limit": True, "error": {
+            "type": "OutputLimit", "builtin": False, "traceback": "",
+            "message": "printed more than %d characters" % self.output_cap}}
+        if index is not None:
+            msg["index"] = index
+        try:
+            self.channel.send(msg)
+        finally:
+            os._exit(3)
 
     def serve(self):
         while True:
@@ -280,6 +304,7 @@ class Runner:
             if req.get("op") == "exit":
                 self.channel.send({"id": req.get("id"), "ok": True})
                 return 0
+            self.current = (req.get("id"), None)
             if req.get("op") == "batch":
                 self.batch(req)
                 continue
@@ -287,7 +312,8 @@ class Runner:
 
     def captured(self, fn):
         """Run fn with fresh capped stdout/stderr; (ok, value-or-exc, out, err)."""
-        out, err = Capture(), Capture()
+        out = Capture(self.output_limit, self.output_cap)
+        err = Capture(self.output_limit, self.output_cap)
         sys.stdout, sys.stderr, sys.stdin = out, err, EmptyStdin()
         try:
             value = fn()
@@ -339,6 +365,8 @@ class Runner:
         return {"ok": True}
 
     def op_load(self, req):
+        if isinstance(req.get("output_bytes"), int):
+            self.output_cap = req["output_bytes"]
         name = req.get("module", "submission")
         path = os.path.join(WORKDIR, req.get("path", name + ".py"))
         if WORKDIR not in sys.path:
@@ -423,6 +451,7 @@ class Runner:
         then a final {done: true}."""
         rid = req.get("id")
         for index, expr in enumerate(req.get("exprs", [])):
+            self.current = (rid, index)
             try:
                 reply = self.result(*self.evaluate(expr), with_repr=True)
             except BaseException as exc:

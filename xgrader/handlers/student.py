@@ -34,14 +34,10 @@ class RequestTimeout(Exception):
 class RunnerDied(Exception):
     """The runner went away mid-request (limit, crash, os._exit)."""
 
-    def __init__(self, result: SandboxResult | None) -> None:
+    def __init__(self, result: SandboxResult | None, verdict: Verdict | None = None) -> None:
         self.result = result
-        verdict = result.verdict.value if result else "unknown"
-        super().__init__(f"student process ended: {verdict}")
-
-    @property
-    def verdict(self) -> Verdict | None:
-        return self.result.verdict if self.result else None
+        self.verdict = verdict or (result.verdict if result else None)
+        super().__init__(f"student process ended: {self.verdict.value if self.verdict else 'unknown'}")
 
 
 class StudentRunner:
@@ -70,7 +66,8 @@ class StudentRunner:
         except SandboxError as exc:
             raise InfraError(f"student sandbox did not start: {exc}") from exc
         self.starts += 1
-        self.load_reply = self.request({"op": "load", "module": self.module, "path": self.entry}, load_timeout)
+        self.load_reply = self.request({"op": "load", "module": self.module, "path": self.entry,
+                                        "output_bytes": self.limits.output_bytes}, load_timeout)
         return self.load_reply
 
     def restart(self, load_timeout: float) -> dict[str, Any]:
@@ -122,6 +119,9 @@ class StudentRunner:
                 continue
             if index is not None and msg.get("index") != index and not msg.get("done"):
                 continue
+            if msg.get("output_limit"):
+                # The runner ends itself at the output limit; the verdict is that limit.
+                raise RunnerDied(self._kill("output_limit"), Verdict.output)
             return clean_reply(msg)
 
     def request(self, message: dict[str, Any], timeout: float) -> dict[str, Any]:
