@@ -143,6 +143,7 @@ def test_wrong_signature_is_a_runtime_error(io_kit):
     report = io_kit.grade("primes", "def is_prime():\n    return True\n")
     assert report.outcome is Outcome.runtime_error
     assert report.tests[0].exception_type == "TypeError"
+    assert "parameters do not match" in report.explanations[0].title
 
 
 def test_exception_has_trimmed_traceback(io_kit):

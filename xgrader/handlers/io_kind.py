@@ -234,7 +234,11 @@ def _judge(assignment: Assignment, index: int, case: Case, run: CaseRun | None, 
         status, etype = TestStatus.error, str(err.get("type") or "Exception")
         message = f"{etype}: {err.get('message') or ''}".strip()
         findings.runtime_error = True
-        if not any(e.title.startswith("Your code raised") for e in findings.explanations):
+        if scoring.is_signature_error(etype, err.get("traceback")):
+            sig = scoring.signature_explanation(str(err.get("message") or ""))
+            if sig not in findings.explanations:
+                findings.explanations.append(sig)
+        elif not any(e.title.startswith("Your code raised") for e in findings.explanations):
             if case.visible:
                 findings.explanations.append(scoring.exception_explanation(
                     err, f"in test {assignment.case_name(index)}", cfg.feedback.show_traceback))

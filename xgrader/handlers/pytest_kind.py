@@ -245,7 +245,12 @@ def grade_pytest(assignment: Assignment, files: dict[str, bytes], ctx: GradeCont
         etype = clean_text(str(etype), 100) if etype else None
         if status is TestStatus.error and result.get("traceback") is not None and etype:
             findings.runtime_error = True
-            if visible and not any(e.title.startswith("Your code raised") for e in findings.explanations):
+            if scoring.is_signature_error(etype, result.get("traceback")):
+                text = clean_text(str(result.get("message") or ""), 500).removeprefix("TypeError: ")
+                sig = scoring.signature_explanation(text)
+                if sig not in findings.explanations:
+                    findings.explanations.append(sig)
+            elif visible and not any(e.title.startswith("Your code raised") for e in findings.explanations):
                 findings.explanations.append(Explanation(
                     title=f"Your code raised {etype} in test {name}",
                     detail=clean_text(str(result.get("message") or ""), limit),

@@ -70,6 +70,18 @@ def exception_explanation(error: dict[str, Any], when: str, show_traceback: bool
     )
 
 
+def is_signature_error(etype: str | None, traceback: str | None) -> bool:
+    """A TypeError with no frame of the student's own: raised by the call itself."""
+    return etype == "TypeError" and not (traceback or "").strip()
+
+
+def signature_explanation(message: str) -> Explanation:
+    return Explanation(
+        title="Your function's parameters do not match how it is called",
+        detail=f"{message} Check the number, order and names of the parameters the exercise asks for.",
+    )
+
+
 def missing_explanation(names: list[str]) -> Explanation:
     listed = ", ".join(names)
     plural = "s" if len(names) > 1 else ""

@@ -1,0 +1,237 @@
+"""The pytest kind on the real bwrap backend: instructor pytest files run in a
+test sandbox against the `submission` proxy; every verdict path."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.support.grading import GradingKit
+from xgrader.report import Outcome
+from xgrader.report import TestStatus as Status
+
+SOLUTION = '''
+class NegativeError(Exception):
+    pass
+
+def is_prime(n):
+    if n < 0:
+        raise NegativeError("negative: %d" % n)
+    if n < 2:
+        return False
+    return all(n % i for i in range(2, int(n ** 0.5) + 1))
+
+def check(n):
+    if not isinstance(n, int):
+        raise TypeError("need an int")
+    print("checking", n)
+    return {"n": n, "prime": is_prime(n), "pair": (n, [n])}
+
+class Stack:
+    def __init__(self, items=()):
+        self.items = list(items)
+    def push(self, x):
+        self.items.append(x)
+    def pop(self):
+        return self.items.pop()
+    def __len__(self):
+        return len(self.items)
+    def __str__(self):
+        return "Stack%s" % self.items
+    def __iter__(self):
+        return iter(self.items)
+'''
+
+TESTS = '''
+import pytest
+from submission import is_prime, check, Stack, NegativeError
+
+@pytest.mark.parametrize("n, expected", [(2, True), (7, True), (9, False), (1, False)])
+def test_small(n, expected):
+    assert is_prime(n) == expected
+
+def test_big():
+    assert is_prime(1_000_003) is True
+
+def test_negative_raises():
+    with pytest.raises(NegativeError, match="negative"):
+        is_prime(-3)
+
+def test_check_types():
+    with pytest.raises(TypeError):
+        check("x")
+    assert check(7) == {"n": 7, "prime": True, "pair": (7, [7])}
+
+def test_stack():
+    s = Stack([1])
+    s.push("two")
+    assert len(s) == 2
+    assert str(s) == "Stack[1, 'two']"
+    assert list(s) == [1, "two"]
+    assert s.pop() == "two"
+    assert s.items == [1]
+'''
+
+PUBLIC = '''
+from submission import is_prime
+
+def test_public_example():
+    assert is_prime(5) is True
+'''
+
+
+@pytest.fixture(scope="module")
+def py_kit(kit: GradingKit) -> GradingKit:
+    kit.add("ptest", {
+        "assignment.toml": """
+            title = "Primes with pytest"
+            kind = "pytest"
+            max_points = 20
+            functions = ["is_prime", "check", "Stack"]
+            test_timeout_s = 0.7
+            [limits]
+            memory_mb = 96
+            [[tests]]
+            pattern = "test_small"
+            visible = true
+            [[tests]]
+            pattern = "test_big"
+            weight = 3
+            [[tests]]
+            pattern = "test_stack"
+            weight = 2
+            visible = true
+        """,
+        "tests/test_primes.py": TESTS,
+        "public_tests/test_public.py": PUBLIC,
+        "solution/submission.py": SOLUTION,
+    })
+    kit.add("exits", {
+        "assignment.toml": 'title = "x"\nkind = "pytest"\nmax_points = 3\n',
+        # An instructor test that ends the test run when the answer is wrong:
+        # the tests after it never report and must count as failed.
+        "tests/test_exit.py": (
+            "import os\nfrom submission import f\n"
+            "def test_a():\n    if f() != 1:\n        os._exit(0)\n"
+            "def test_b():\n    assert f() == 1\n"
+            "def test_c():\n    assert f() == 1\n"),
+        "solution/submission.py": "def f():\n    return 1\n",
+    })
+    return kit
+
+
+def weight_total():
+    return 4 + 3 + 1 + 1 + 2 + 1  # small x4, big 3, negative, check, stack 2, public
+
+
+def statuses(report):
+    return {t.name: t.status for t in report.tests}
+
+
+def test_solution_passes(py_kit):
+    report = py_kit.grade("ptest", SOLUTION)
+    assert report.outcome is Outcome.passed and report.score == 20, statuses(report)
+    assert len(report.tests) == 9
+
+
+def test_partial_credit_uses_weights(py_kit):
+    code = SOLUTION + "\n_p = is_prime\ndef is_prime(n):\n    return False if n == 1_000_003 else _p(n)\n"
+    report = py_kit.grade("ptest", code)
+    assert report.outcome is Outcome.partial
+    assert report.score == pytest.approx(20 * (weight_total() - 3) / weight_total())
+    big = next(t for t in report.tests if t.name == "test_big")
+    assert big.status is Status.failed and not big.visible and big.message is None and big.actual is None
+
+
+def test_visible_failure_shows_input_expected_actual_output(py_kit):
+    code = SOLUTION + "\n_p = is_prime\ndef is_prime(n):\n    print('looking at', n)\n    return n == 9 or _p(n)\n"
+    report = py_kit.grade("ptest", code)
+    t = next(t for t in report.tests if t.name == "test_primes.py::test_small[9-False]")
+    assert t.status is Status.failed and t.visible
+    assert t.input == "is_prime(9)" and t.actual == "True" and t.expected == "False"
+    assert "looking at 9" in t.output
+
+
+def test_hidden_names_drop_parameters(py_kit):
+    # Make test_small hidden through a second assignment using the same tests.
+    report = py_kit.grade("ptest", "def is_prime(n):\n    return True\n")
+    hidden = [t for t in report.tests if not t.visible]
+    assert hidden and all("[" not in t.name for t in hidden)
+    assert all(t.input is None and t.expected is None and t.output is None for t in hidden)
+
+
+def test_public_tests_are_visible(py_kit):
+    report = py_kit.grade("ptest", SOLUTION.replace("return all(", "return n != 5 and all("))
+    t = next(t for t in report.tests if "public" in t.name)
+    assert t.visible and t.status is Status.failed
+
+
+def test_syntax_error(py_kit):
+    report = py_kit.grade("ptest", "def is_prime(n:\n    return 1\n")
+    assert report.outcome is Outcome.syntax_error and report.score == 0
+    assert report.explanations[0].line == 1 and report.explanations[0].source_line.startswith("def is_prime")
+
+
+def test_missing_function(py_kit):
+    report = py_kit.grade("ptest", "def is_prim(n):\n    return True\n")
+    assert report.outcome is Outcome.missing_function and report.score == 0
+    assert "is_prime" in report.explanations[0].title
+
+
+def test_missing_one_function_keeps_other_points(py_kit):
+    code = SOLUTION.replace("class Stack:", "class Stak:")
+    report = py_kit.grade("ptest", code)
+    assert report.outcome is Outcome.partial
+    assert statuses(report)["test_primes.py::test_stack"] is Status.error
+    assert any("Stack" in e.title for e in report.explanations)
+
+
+def test_wrong_signature_is_an_error_with_type(py_kit):
+    report = py_kit.grade("ptest", SOLUTION.replace("def is_prime(n):", "def is_prime(n, m):"))
+    t = next(t for t in report.tests if t.name == "test_primes.py::test_small[2-True]")
+    assert t.status is Status.error and t.exception_type == "TypeError"
+    assert report.outcome is Outcome.partial  # Stack's tests still pass
+    assert any("parameters do not match" in e.title and "'m'" in e.detail for e in report.explanations)
+
+
+def test_exception_types_cross_the_proxy(py_kit):
+    # Raising ValueError instead of the expected NegativeError fails that test only.
+    code = SOLUTION.replace('raise NegativeError("negative: %d" % n)', 'raise ValueError("nope")')
+    report = py_kit.grade("ptest", code)
+    assert statuses(report)["test_negative_raises"] is Status.error
+    assert sum(s is Status.passed for s in statuses(report).values()) == 8
+
+
+def test_timeout_kills_and_next_tests_run_on_a_fresh_runner(py_kit):
+    code = SOLUTION + "\n_p = is_prime\ndef is_prime(n):\n    while n == 7: pass\n    return _p(n)\n"
+    report = py_kit.grade("ptest", code)
+    st = statuses(report)
+    assert st["test_primes.py::test_small[7-True]"] is Status.timeout
+    assert st["test_primes.py::test_small[9-False]"] is Status.passed
+    assert report.outcome is Outcome.time_limit and report.score > 0
+
+
+def test_memory_limit(py_kit):
+    code = SOLUTION + "\n_p = is_prime\ndef is_prime(n):\n    if n == 1_000_003:\n        x = bytearray(300 * 2**20)\n    return _p(n)\n"
+    report = py_kit.grade("ptest", code)
+    assert statuses(report)["test_big"] is Status.error
+    assert report.outcome is Outcome.memory_limit
+
+
+def test_output_limit(py_kit):
+    code = SOLUTION + "\n_p = is_prime\ndef is_prime(n):\n    while n == 9: print('spam' * 1000)\n    return _p(n)\n"
+    report = py_kit.grade("ptest", code)
+    assert statuses(report)["test_primes.py::test_small[9-False]"] is Status.error
+    assert report.outcome is Outcome.output_limit
+
+
+def test_import_time_crash(py_kit):
+    report = py_kit.grade("ptest", "raise SystemExit(0)\n")
+    assert report.score == 0 and report.outcome is Outcome.runtime_error
+    assert all(t.status is Status.missing for t in report.tests)
+
+
+def test_tests_that_never_report_are_missing_failures(py_kit):
+    assert py_kit.grade("exits", "def f():\n    return 1\n").score == 3
+    report = py_kit.grade("exits", "def f():\n    return 2\n")
+    assert report.score == 0
+    assert [t.status for t in report.tests] == [Status.missing] * 3
