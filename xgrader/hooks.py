@@ -7,7 +7,8 @@ them. A hook must never raise into grading: callers wrap them with
 
 from __future__ import annotations
 
-from typing import Callable
+import os
+from typing import Any, Callable
 
 import structlog
 
@@ -46,19 +47,40 @@ class Hooks:
 
     def on_logged_in(self, ok: bool) -> None: ...
 
+    def on_backend_ready(self, ok: bool, detail: str = "") -> None:
+        """The sandbox backend's check() result (readiness)."""
+
     def on_hint(self, outcome: str, seconds: float, tokens: int = 0) -> None:
         """outcome: delivered | guard_rejected | timeout | quota | error | cached | disabled"""
 
 
+MAX_CHILD_EVENTS = 500  # keeps a child's report message well under the pipe buffer cap
+
+
 class HookChain(Hooks):
-    """Calls every hook in order; one failing hook is logged, never raised."""
+    """Calls every hook in order; one failing hook is logged, never raised.
+
+    Called in a forked child (a different pid than the one that built the
+    chain), hook calls are buffered instead: the child's copy of the metrics
+    registry dies with it. The child ships :meth:`take_child_events` to the
+    parent in its report and the parent calls :meth:`replay`."""
 
     def __init__(self, *hooks: Hooks) -> None:
         self._hooks = hooks
+        self._pid = os.getpid()
+        self._child_events: list[list[Any]] = []
 
     def __getattribute__(self, name: str):  # type: ignore[override]
         if name.startswith("on_"):
             hooks = object.__getattribute__(self, "_hooks")
+            if os.getpid() != object.__getattribute__(self, "_pid"):
+                events = object.__getattribute__(self, "_child_events")
+
+                def record(*args, **kwargs) -> None:
+                    if len(events) < MAX_CHILD_EVENTS:
+                        events.append([name, list(args), dict(kwargs)])
+
+                return record
 
             def fan_out(*args, **kwargs) -> None:
                 for hook in hooks:
@@ -66,6 +88,26 @@ class HookChain(Hooks):
 
             return fan_out
         return object.__getattribute__(self, name)
+
+    def take_child_events(self) -> list[list[Any]]:
+        """In a forked child: the buffered hook calls, as JSON-able
+        [name, args, kwargs] triples (the buffer is emptied)."""
+        events = object.__getattribute__(self, "_child_events")
+        taken = list(events)
+        events.clear()
+        return taken
+
+    def replay(self, events: list[Any]) -> None:
+        """In the parent: call the hooks a child recorded. Unknown names and
+        malformed entries are skipped (a child is not trusted to be sane)."""
+        for event in events or ():
+            try:
+                name, args, kwargs = event
+                if not (isinstance(name, str) and name.startswith("on_") and hasattr(Hooks, name)):
+                    continue
+                getattr(self, name)(*args, **kwargs)
+            except (TypeError, ValueError):
+                log.warning("hook_event_invalid", event=str(event)[:200])
 
 
 def safe_call(fn: Callable[..., None], *args, **kwargs) -> None:
