@@ -107,7 +107,7 @@ class HookChain(Hooks):
                     continue
                 getattr(self, name)(*args, **kwargs)
             except (TypeError, ValueError):
-                log.warning("hook_event_invalid", event=str(event)[:200])
+                log.warning("hook_event_invalid", entry=str(event)[:200])
 
 
 def safe_call(fn: Callable[..., None], *args, **kwargs) -> None:
