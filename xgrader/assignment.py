@@ -89,8 +89,12 @@ class FeedbackOptions(_Strict):
 
 
 class HintOptions(_Strict):
-    enabled: bool = True              # only matters when the operator enabled hints
-    hint_type: str = "explain"
+    """[hints]: only matters when the operator enabled hints (docs/hints.md)."""
+
+    enabled: bool = True
+    # planning (steps), debugging (one bug), optimisation (speed/readability);
+    # a payload may choose another with a `hint` key.
+    hint_type: Literal["planning", "debugging", "optimisation"] = "debugging"
 
 
 class LimitsOverride(_Strict):
