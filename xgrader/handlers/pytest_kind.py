@@ -250,12 +250,17 @@ def grade_pytest(assignment: Assignment, files: dict[str, bytes], ctx: GradeCont
                 sig = scoring.signature_explanation(text)
                 if sig not in findings.explanations:
                     findings.explanations.append(sig)
-            elif visible and not any(e.title.startswith("Your code raised") for e in findings.explanations):
-                findings.explanations.append(Explanation(
-                    title=f"Your code raised {etype} in test {name}",
-                    detail=clean_text(str(result.get("message") or ""), limit),
-                    traceback=clean_text(str(result.get("traceback") or ""), limit) or None
-                    if cfg.feedback.show_traceback else None))
+            elif not any(e.title.startswith("Your code raised") for e in findings.explanations):
+                if visible:
+                    findings.explanations.append(Explanation(
+                        title=f"Your code raised {etype} in test {name}",
+                        detail=clean_text(str(result.get("message") or ""), limit),
+                        traceback=(clean_text(str(result.get("traceback") or ""), limit) or None)
+                        if cfg.feedback.show_traceback else None))
+                else:  # the message could carry the hidden input: the type only
+                    findings.explanations.append(Explanation(
+                        title=f"Your code raised {etype} in a hidden test",
+                        detail="Check how your code handles other inputs than the examples."))
         if not visible:
             tests.append(TestReport(name=name, status=status, weight=weight, visible=False, exception_type=etype))
             continue
