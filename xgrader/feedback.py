@@ -1,0 +1,337 @@
+"""GradeReport -> what the student reads: HTML for the LMS `msg`, text for the CLI.
+
+Everything in a report that came from the student's code (names, printed
+output, actual values, messages, tracebacks, the AI hint) is untrusted. The
+HTML is built so that, whatever those strings hold:
+
+- it has exactly one root element (``<div class="xgrader-feedback">``) and is
+  well-formed XML (the LMS embeds it in XML-ish templates);
+- every untrusted string is cleaned (control characters, lone surrogates,
+  XML-invalid code points, bidi overrides removed) and escaped with
+  ``html.escape(quote=True)``; untrusted text never lands in an attribute,
+  and there is no ``<script>``, no event attribute, no link;
+- it is bounded: each field is capped (with a visible "truncated" note), and the
+  total is capped by adding whole, closed pieces until the budget is spent; the
+  final string is never cut.
+
+Hidden tests show their display name (chosen by the handler) and pass/fail only.
+"""
+
+from __future__ import annotations
+
+import difflib
+import html
+import re
+from dataclasses import dataclass
+
+from xgrader.report import Explanation, GradeReport, Outcome, TestReport, TestStatus
+from xgrader.sandbox.base import clean_text
+
+# Beyond clean_text: C1 controls, XML-invalid U+FFFE/U+FFFF, and bidi
+# embedding/override/isolate controls (they can make feedback lie visually).
+_EXTRA_STRIP = re.compile(r"[\x80-\x9f\ufffe\uffff\u202a-\u202e\u2066-\u2069]")
+
+HINT_LABEL = "AI-generated hint — may be wrong"
+
+
+@dataclass(frozen=True)
+class Caps:
+    """Size budgets, in characters of rendered output."""
+
+    field: int = 2000          # one input/expected/actual/output/message/traceback
+    diff_lines: int = 40       # lines of a unified diff
+    traceback_lines: int = 40  # trailing lines of a traceback
+    total: int = 60_000        # the whole message
+    explanations: int = 10     # explanations shown
+    long_output: int = 200     # chars (or 6+ lines) from which a diff is added
+
+
+DEFAULT_CAPS = Caps()
+
+STATUS_TEXT = {
+    TestStatus.passed: "passed",
+    TestStatus.failed: "failed",
+    TestStatus.error: "failed: your code raised an error",
+    TestStatus.timeout: "failed: time limit exceeded",
+    TestStatus.missing: "failed: did not finish",
+}
+
+OUTCOME_TEXT = {
+    Outcome.passed: "",
+    Outcome.partial: "",
+    Outcome.failed: "",
+    Outcome.syntax_error: "syntax error",
+    Outcome.missing_function: "missing function",
+    Outcome.runtime_error: "your code raised an error",
+    Outcome.time_limit: "time limit exceeded",
+    Outcome.memory_limit: "memory limit exceeded",
+    Outcome.output_limit: "output limit exceeded",
+    Outcome.bad_submission: "your submission could not be read",
+    Outcome.error: "not graded",
+}
+
+
+# ---------------------------------------------------------------- text helpers
+
+def clean(text: object) -> str:
+    """Untrusted value -> text safe to put in XML character data once escaped."""
+    return _EXTRA_STRIP.sub("", clean_text(str(text)))
+
+
+def _fmt(x: float) -> str:
+    return f"{round(x, 2):g}"
+
+
+def summary_line(report: GradeReport) -> str:
+    """'7/10 points — 3 of 5 tests passed' (plus the verdict when it explains more)."""
+    if report.outcome is Outcome.error:
+        head = "Not graded"
+    elif report.outcome is Outcome.bad_submission:
+        head = f"{_fmt(report.score)} points"
+    else:
+        head = f"{_fmt(report.score)}/{_fmt(report.max_score)} points"
+    parts = [head]
+    if report.tests:
+        n = len(report.tests)
+        parts.append(f"{report.passed_count} of {n} test{'s' if n != 1 else ''} passed")
+    line = " — ".join(parts)
+    extra = OUTCOME_TEXT.get(report.outcome, "")
+    if extra and report.outcome is not Outcome.error:
+        line += f" ({extra})"
+    return line
+
+
+def _cap_text(text: str, limit: int) -> tuple[str, int]:
+    """(text cut to `limit` chars, chars dropped)."""
+    if len(text) <= limit:
+        return text, 0
+    return text[:limit], len(text) - limit
+
+
+def _tail_lines(text: str, keep: int) -> tuple[str, int]:
+    lines = text.splitlines()
+    if len(lines) <= keep:
+        return text, 0
+    return "\n".join(lines[-keep:]), len(lines) - keep
+
+
+def caret_line(source: str, column: int | None) -> str | None:
+    """A '^' under 1-based `column`, keeping tabs so it lines up."""
+    if not column or column < 1:
+        return None
+    prefix = source[: column - 1]
+    return "".join(c if c == "\t" else " " for c in prefix) + "^"
+
+
+def compact_diff(expected: str, actual: str, max_lines: int) -> tuple[list[str], int]:
+    """Unified diff (1 line of context) of expected vs actual, at most max_lines."""
+    lines = list(difflib.unified_diff(expected.splitlines(), actual.splitlines(),
+                                      "expected", "your output", n=1, lineterm=""))
+    if len(lines) <= max_lines:
+        return lines, 0
+    return lines[:max_lines], len(lines) - max_lines
+
+
+def _is_long(text: str, caps: Caps) -> bool:
+    return len(text) >= caps.long_output or text.count("\n") >= 5
+
+
+# ------------------------------------------------------ content model (shared)
+# Both renderers walk the same neutral blocks, so HTML and text say the same.
+
+@dataclass(frozen=True)
+class Part:
+    label: str
+    text: str           # cleaned, capped
+    dropped: int = 0    # chars (or lines) cut
+    unit: str = "characters"
+    pre: bool = True
+
+
+@dataclass(frozen=True)
+class Block:
+    kind: str                       # "explanation" | "test" | "hidden" | "hint"
+    heading: str
+    fields: tuple[Part, ...] = ()
+
+
+def _field(label: str, value: str | None, caps: Caps, pre: bool = True) -> Part | None:
+    if value is None:
+        return None
+    text, dropped = _cap_text(clean(value), caps.field)
+    return Part(label, text, dropped, pre=pre)
+
+
+def _explanation_block(e: Explanation, caps: Caps) -> Block:
+    fields: list[Part | None] = []
+    if e.detail:
+        fields.append(_field("", e.detail, caps, pre=False))
+    if e.source_line:
+        src, dropped = _cap_text(clean(e.source_line).rstrip("\n"), caps.field)
+        where = f"Line {e.line}" if e.line else "Your code"
+        caret = caret_line(src, e.column) if not dropped else None
+        fields.append(Part(where, src + ("\n" + caret if caret else ""), dropped))
+    if e.traceback:
+        tb, dropped_lines = _tail_lines(clean(e.traceback).rstrip("\n"), caps.traceback_lines)
+        tb, dropped = _cap_text(tb, caps.field)
+        if dropped_lines:
+            fields.append(Part("Traceback (last lines)", tb, dropped_lines, unit="lines"))
+        else:
+            fields.append(Part("Traceback", tb, dropped))
+    return Block("explanation", clean(e.title), tuple(f for f in fields if f))
+
+
+def _points(t: TestReport) -> str:
+    return f"{_fmt(t.points)} point{'s' if t.points != 1 else ''}"
+
+
+def _test_block(t: TestReport, caps: Caps) -> Block:
+    name = clean(t.name)
+    if not t.visible:
+        # Pass/fail only: no status detail, no timing, no values, no messages.
+        verdict = "passed" if t.status is TestStatus.passed else "failed"
+        return Block("hidden", f"{name} (hidden): {verdict}")
+    heading = f"{name}: {STATUS_TEXT[t.status]} ({_points(t)})"
+    fields: list[Part | None] = [
+        _field("Input", t.input, caps),
+        _field("Expected", t.expected, caps),
+        _field("Your result", t.actual, caps),
+    ]
+    if (t.status is not TestStatus.passed and t.expected is not None and t.actual is not None):
+        exp, act = clean(t.expected), clean(t.actual)
+        if exp != act and exp.split() == act.split():
+            fields.append(Part("", "Your result differs only in spaces or line breaks.", pre=False))
+        elif _is_long(exp, caps) or _is_long(act, caps):
+            lines, more = compact_diff(exp, act, caps.diff_lines)
+            if lines:
+                text, dropped = _cap_text("\n".join(lines), caps.field)
+                fields.append(Part("Difference", text, more or dropped, "lines" if more else "characters"))
+    fields.append(_field("Message", t.message, caps))
+    fields.append(_field("Printed output", t.output, caps))
+    return Block("test", heading, tuple(f for f in fields if f))
+
+
+def _hint_block(report: GradeReport, caps: Caps) -> Block | None:
+    if not report.hint:
+        return None
+    text, dropped = _cap_text(clean(report.hint), caps.field * 2)
+    return Block("hint", HINT_LABEL, (Part("", text, dropped, pre=True),))
+
+
+def _blocks(report: GradeReport, caps: Caps) -> tuple[list[Block], list[Block], Block | None, int]:
+    """(explanations, tests, hint, explanations dropped)."""
+    shown = report.explanations[: caps.explanations]
+    expl = [_explanation_block(e, caps) for e in shown]
+    tests = [_test_block(t, caps) for t in report.tests]
+    return expl, tests, _hint_block(report, caps), len(report.explanations) - len(shown)
+
+
+def _truncated_note(dropped: int, unit: str) -> str:
+    return f"[truncated: {dropped} more {unit} not shown]"
+
+
+# ------------------------------------------------------------------------ HTML
+
+def _e(text: str) -> str:
+    return html.escape(text, quote=True)
+
+
+_PRE = '<pre style="white-space:pre-wrap">'
+
+
+def _html_field(f: Part) -> str:
+    label = f"<p><strong>{_e(f.label)}:</strong></p>" if f.label else ""
+    note = _e(_truncated_note(f.dropped, f.unit)) if f.dropped else ""
+    if f.pre:
+        # The note goes outside <pre> so it is never mistaken for output.
+        body = f"{_PRE}{_e(f.text)}</pre>"
+        if note:
+            body += f'<p class="xgrader-truncated"><em>{note}</em></p>'
+    else:
+        body = f"<p>{_e(f.text)}" + (f'<br/><em class="xgrader-truncated">{note}</em>' if note else "") + "</p>"
+    return label + body
+
+
+def _html_block(b: Block) -> str:
+    if b.kind == "hidden":
+        return f'<li class="xgrader-hidden">{_e(b.heading)}</li>'
+    inner = "".join(_html_field(f) for f in b.fields)
+    if b.kind == "test":
+        return f'<li class="xgrader-test"><p><strong>{_e(b.heading)}</strong></p>{inner}</li>'
+    return f'<div class="xgrader-{b.kind}"><p><strong>{_e(b.heading)}</strong></p>{inner}</div>'
+
+
+def render_html(report: GradeReport, caps: Caps = DEFAULT_CAPS) -> str:
+    """The LMS `msg`: one root <div>, well-formed XML, bounded by caps.total."""
+    expl, tests, hint, expl_dropped = _blocks(report, caps)
+    head = [f'<p class="xgrader-summary"><strong>{_e(clean(summary_line(report)))}</strong></p>']
+    if report.title:
+        head.append(f'<p class="xgrader-title">{_e(clean(report.title))}</p>')
+    head += [_html_block(b) for b in expl]
+    if expl_dropped:
+        head.append(f'<p class="xgrader-truncated">{_e(_truncated_note(expl_dropped, "notes"))}</p>')
+    tail = [_html_block(hint)] if hint else []
+    open_, close = '<div class="xgrader-feedback">', "</div>"
+    # Room for the tests list wrapper and a truncation note is reserved up front.
+    reserve = len('<ul class="xgrader-tests"></ul>') + 200
+    budget = caps.total - len(open_) - len(close) - reserve - sum(map(len, head)) - sum(map(len, tail))
+    items: list[str] = []
+    for b in tests:
+        piece = _html_block(b)
+        if len(piece) > budget:
+            break
+        items.append(piece)
+        budget -= len(piece)
+    body = head
+    if items:
+        body.append('<ul class="xgrader-tests">' + "".join(items) + "</ul>")
+    if len(items) < len(tests):
+        body.append(f'<p class="xgrader-truncated">'
+                    f'{_e(_truncated_note(len(tests) - len(items), "tests (feedback size limit)"))}</p>')
+    return open_ + "".join(body + tail) + close
+
+
+# ------------------------------------------------------------------------ text
+
+def _text_field(f: Part) -> str:
+    out = []
+    if f.label:
+        out.append(f"  {f.label}:")
+    indent = "    " if f.pre else "  "
+    out += [indent + line for line in (f.text.splitlines() or [""])]
+    if f.dropped:
+        out.append(indent + _truncated_note(f.dropped, f.unit))
+    return "\n".join(out)
+
+
+def _text_block(b: Block) -> str:
+    if b.kind == "hidden":
+        return f"- {b.heading}"
+    mark = {"test": "- ", "explanation": "! ", "hint": "? "}[b.kind]
+    return "\n".join([mark + b.heading] + [_text_field(f) for f in b.fields])
+
+
+def render_text(report: GradeReport, caps: Caps = DEFAULT_CAPS) -> str:
+    """The same content as render_html, as plain text for the terminal."""
+    expl, tests, hint, expl_dropped = _blocks(report, caps)
+    parts = [clean(summary_line(report))]
+    if report.title:
+        parts.append(clean(report.title))
+    parts += [_text_block(b) for b in expl]
+    if expl_dropped:
+        parts.append(_truncated_note(expl_dropped, "notes"))
+    tail = [_text_block(hint)] if hint else []
+    budget = caps.total - sum(len(p) + 1 for p in parts + tail) - 200
+    shown = 0
+    if tests:
+        parts.append("Tests:")
+    for b in tests:
+        piece = _text_block(b)
+        if len(piece) + 1 > budget:
+            break
+        parts.append(piece)
+        budget -= len(piece) + 1
+        shown += 1
+    if shown < len(tests):
+        parts.append(_truncated_note(len(tests) - shown, "tests (feedback size limit)"))
+    return "\n".join(parts + tail) + "\n"
