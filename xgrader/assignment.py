@@ -88,6 +88,14 @@ class FeedbackOptions(_Strict):
     show_traceback: bool = True
 
 
+class SubmissionOptions(_Strict):
+    """Budgets for uploads and zip archives (xgrader.submissions)."""
+
+    max_files: int = Field(100, ge=1)              # files after extraction (and zip entries)
+    max_bytes: int = Field(5_000_000, ge=1024)     # total bytes actually read/decompressed
+    max_name_chars: int = Field(200, ge=16)        # one relative path
+
+
 class HintOptions(_Strict):
     """[hints]: only matters when the operator enabled hints (docs/hints.md)."""
 
@@ -126,6 +134,7 @@ class AssignmentConfig(_Strict):
     compare: CompareSpec = Field(default_factory=CompareSpec)  # io default
     feedback: FeedbackOptions = Field(default_factory=FeedbackOptions)
     hints: HintOptions = Field(default_factory=HintOptions)
+    submission: SubmissionOptions = Field(default_factory=SubmissionOptions)
 
     @field_validator("entry")
     @classmethod
