@@ -72,6 +72,7 @@ class Settings(BaseSettings):
     docker_image: str = "xgrader-grader:latest"
     docker_runtime: str | None = None          # e.g. runsc
     docker_url: str | None = None              # e.g. unix:///run/podman/podman.sock
+    docker_api_timeout_s: float = Field(10.0, gt=0)  # every engine API call; a hung engine -> sandbox error
     concurrency: int = Field(2, ge=1)
     job_timeout_s: float = Field(120.0, gt=0)  # the forked child's hard wall-clock limit
     max_attempts: int = Field(3, ge=1)         # infrastructure failures before "could not be graded"
