@@ -38,6 +38,7 @@ class JobContext:
     backend: Any
     hints: Any = None
     attempt: int = 1
+    hooks: Any = None            # the parent's HookChain: buffers calls made here (see events)
 
 
 class PhaseRecorder(Hooks):
@@ -72,14 +73,39 @@ def fresh_connections(client: Any) -> None:
             return
 
 
+def child_events(ctx: JobContext) -> list[list]:
+    """Hook calls buffered in this child (client errors, re-logins, hints,
+    sandbox starts and failures), for the parent to replay."""
+    take = getattr(ctx.hooks, "take_child_events", None)
+    return take() if callable(take) else []
+
+
+def instrumented(ctx: JobContext) -> Any:
+    """The backend, reporting sandbox start latency and failures by kind."""
+    if ctx.hooks is None:
+        return ctx.backend
+    from xgrader.metrics import InstrumentedBackend
+    return InstrumentedBackend(ctx.backend, ctx.hooks, ctx.queue)
+
+
 def grade_and_post(ctx: JobContext, reporter: Reporter) -> None:
-    """The default child job. Never raises for expected failures: it reports."""
+    """The default child job. Never raises for expected failures: it reports.
+    Every log line in here carries queue, submission_id (and assignment once
+    known) through structlog's context."""
+    from xgrader.logs import bind_submission
+
+    with bind_submission(ctx.queue, ctx.submission_id):
+        _grade_and_post(ctx, reporter)
+
+
+def _grade_and_post(ctx: JobContext, reporter: Reporter) -> None:
     from xgrader import pipeline  # imported by the parent before forking; cheap here
 
     fresh_connections(ctx.client)
-    bound = log.bind(submission_id=ctx.submission_id, queue=ctx.queue, attempt=ctx.attempt)
+    bound = log.bind(attempt=ctx.attempt)
     recorder = PhaseRecorder()
     timer = _Timer(recorder.phases)
+    backend = instrumented(ctx)
     assignment, grade_outcome, score, max_score = "", "", None, None
     try:
         try:
@@ -91,6 +117,7 @@ def grade_and_post(ctx: JobContext, reporter: Reporter) -> None:
             grade_outcome, score, max_score = "payload_error", 0.0, report.max_score
         else:
             assignment = submission.payload.grader
+            structlog.contextvars.bind_contextvars(assignment=assignment)
             started = time.perf_counter()
             files = ctx.client.fetch_files(submission.files) if submission.files else {}
             timer.add("fetch", started)
@@ -105,14 +132,15 @@ def grade_and_post(ctx: JobContext, reporter: Reporter) -> None:
                 **_label_field(ctx.label),
             )
             started = time.perf_counter()
-            report, reply = pipeline.grade_request(request, ctx.settings, ctx.backend, recorder, ctx.hints)
+            report, reply = pipeline.grade_request(request, ctx.settings, backend, recorder, ctx.hints)
             timer.add("grade", started)
             grade_outcome, score, max_score = report.outcome.value, report.score, report.max_score
     except (InfraError, SandboxError) as exc:
         kind = "sandbox_start" if isinstance(exc, SandboxError) else "infra"
         bound.error("infra_failure", kind=kind, error=str(exc)[:500])
         reporter.report(ChildReport(outcome="infra", infra_kind=kind, detail=str(exc)[:500],
-                                    phases=timer.phases, assignment=assignment))
+                                    phases=timer.phases, assignment=assignment,
+                                    events=child_events(ctx)))
         return
     except (AssignmentError, SubmissionError) as exc:  # pipeline answers these; be safe
         bound.error("unexpected_grading_error", error=str(exc)[:500])
@@ -123,7 +151,8 @@ def grade_and_post(ctx: JobContext, reporter: Reporter) -> None:
         bound.exception("handler_crash")
         reporter.report(ChildReport(outcome="infra", infra_kind="handler_crash",
                                     detail=f"{type(exc).__name__}: {str(exc)[:400]}",
-                                    phases=timer.phases, assignment=assignment))
+                                    phases=timer.phases, assignment=assignment,
+                                    events=child_events(ctx)))
         return
 
     outcome, detail = post_once(ctx, reply, reporter, timer)
@@ -131,7 +160,7 @@ def grade_and_post(ctx: JobContext, reporter: Reporter) -> None:
                posted=outcome)
     reporter.report(ChildReport(outcome=outcome, detail=detail, phases=timer.phases,
                                 assignment=assignment, grade_outcome=grade_outcome,
-                                score=score, max_score=max_score))
+                                score=score, max_score=max_score, events=child_events(ctx)))
 
 
 def post_once(ctx: JobContext, reply: GraderReply, reporter: Reporter, timer: _Timer) -> tuple[str, str]:
@@ -141,7 +170,7 @@ def post_once(ctx: JobContext, reply: GraderReply, reporter: Reporter, timer: _T
     try:
         result = ctx.client.put_result(ctx.header_raw, reply)
     except Exception as exc:  # the lease expires and the submission comes back
-        log.error("post_failed", submission_id=ctx.submission_id, error=str(exc)[:300])
+        log.error("post_failed", error=str(exc)[:300])
         return "post_failed", str(exc)[:300]
     finally:
         timer.add("post", started)

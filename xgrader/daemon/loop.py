@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import select
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -34,6 +35,8 @@ JobFn = Callable[[JobContext, Reporter], None]
 EXIT_OK = 0
 EXIT_FORCED = 1          # second signal, or in-flight jobs outlived the grace period
 QUEUE_LENGTH_EVERY_S = 10.0
+BACKEND_CHECK_EVERY_S = 30.0   # readiness: the sandbox backend still starts
+BACKEND_CHECK_TIMEOUT_S = 20.0
 MAX_WAIT_S = 0.5         # select() cap: signals and deadlines are seen within this
 
 
@@ -75,6 +78,9 @@ class Daemon:
         self.in_flight: dict[str, int] = {q: 0 for q in settings.queue_names}
         self._rr = 0
         self._next_queuelen = 0.0
+        self._next_backend_check = 0.0
+        self._backend_check: threading.Thread | None = None
+        self._backend_check_started = 0.0
         self._idle_until = 0.0
         self._drain_deadline: float | None = None
 
@@ -133,6 +139,7 @@ class Daemon:
                     return EXIT_FORCED
             else:
                 self._report_queue_lengths()
+                self._check_backend()
                 if time.monotonic() >= self._idle_until:
                     got = self._pull_round()
                     if got:
@@ -228,6 +235,7 @@ class Daemon:
             content=pull.content, queue=pull.queue, header_raw=pull.header_raw,
             submission_id=pull.submission_id, label=pull.label, settings=self.settings,
             client=self.client, backend=self.backend, hints=self.hints, attempt=attempt,
+            hooks=self.hooks,
         )
         job = self.job
         self.supervisor.spawn(lambda reporter: job(ctx, reporter), timeout=self.settings.job_timeout_s,
@@ -245,6 +253,7 @@ class Daemon:
         bound = log.bind(submission_id=pull.submission_id, queue=pull.queue, pid=handle.pid)
         report = handle.report
         if report is not None:
+            self.hooks.replay(report.events)
             for phase, secs in report.phases.items():
                 self.hooks.on_phase(pull.queue, phase, secs)
             if report.outcome == "infra":
@@ -347,6 +356,33 @@ class Daemon:
                 self.hooks.on_queue_length(queue, int(self.client.get_queuelen(queue)))
             except Exception as exc:
                 log.debug("queuelen_failed", queue=queue, error=str(exc)[:200])
+
+    def _check_backend(self) -> None:
+        """Readiness: the backend's check() every BACKEND_CHECK_EVERY_S, in a
+        helper thread that reports itself, so a hung check never stalls the
+        loop (one overdue check reports not-ready)."""
+        now = time.monotonic()
+        running = self._backend_check
+        if running is not None and running.is_alive():
+            if now - self._backend_check_started > BACKEND_CHECK_TIMEOUT_S:
+                self.hooks.on_backend_ready(False, "check timed out")
+            return
+        if now < self._next_backend_check:
+            return
+        self._next_backend_check = now + BACKEND_CHECK_EVERY_S
+
+        def check() -> None:
+            try:
+                self.backend.check()
+                self.hooks.on_backend_ready(True, "ok")
+            except Exception as exc:
+                detail = f"{type(exc).__name__}: {str(exc)[:200]}"
+                log.warning("sandbox_backend_unready", detail=detail)
+                self.hooks.on_backend_ready(False, detail)
+
+        self._backend_check_started = now
+        self._backend_check = threading.Thread(target=check, daemon=True, name="backend-check")
+        self._backend_check.start()
 
     def _kill_everything(self, reason: str) -> None:
         self.supervisor.kill_all(reason)

@@ -26,6 +26,9 @@ class ChildReport(BaseModel):
     grade_outcome: str = ""             # report.Outcome value, or "payload_error"
     score: float | None = None
     max_score: float | None = None
+    # Hook calls made in the child ([name, args, kwargs]), replayed by the
+    # parent into its metrics (see HookChain.take_child_events).
+    events: list[list] = Field(default_factory=list, max_length=1000)
 
 
 class Reporter:
