@@ -1,6 +1,11 @@
-"""Prometheus metrics (own registry) as a Hooks implementation, plus the
-/metrics, /healthz, /readyz HTTP server. The daemon's parent process calls
-the hooks (children report back), so an in-process registry is correct."""
+"""Prometheus metrics (own registry) as a Hooks implementation, the
+/metrics, /healthz, /readyz HTTP server, and :class:`InstrumentedBackend`
+(sandbox start latency and failures as hooks).
+
+Grading happens in forked children whose memory dies with them: the
+children's hook calls are buffered by :class:`xgrader.hooks.HookChain` and
+replayed in the parent (daemon or push server), so this in-process registry
+sees every submission."""
 
 from __future__ import annotations
 
@@ -9,10 +14,12 @@ import threading
 import time
 from typing import Any, Callable
 
+from xgrader.sandbox.base import Backend, RunningSandbox, SandboxError, SandboxJob, SandboxResult, Verdict
+
 import structlog
 from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, Info,
                                generate_latest, CONTENT_TYPE_LATEST)
-from werkzeug.serving import make_server
+from werkzeug.serving import WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 
 from xgrader.hooks import Hooks
@@ -20,18 +27,31 @@ from xgrader.hooks import Hooks
 log = structlog.get_logger(__name__)
 
 
+PHASE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+GRADE_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300)
+
+
 class MetricsHooks(Hooks):
+    """Every metric xgrader exports. Names are listed in :data:`METRIC_NAMES`
+    (the deploy/ alert rules and dashboard are checked against them)."""
+
     def __init__(self, registry: CollectorRegistry | None = None,
                  stall_seconds: float = 120.0) -> None:
         r = self.registry = registry or CollectorRegistry()
         self.stall_seconds = stall_seconds
         self.last_progress: float | None = None
         self.logged_in = False
+        # None until the first check: readiness needs a positive answer.
+        self.backend_ok: tuple[bool, str] | None = None
+        self.requires_login = True  # push mode has no queue session
         self.pulled = Counter("xgrader_submissions_pulled", "Submissions pulled", ["queue"], registry=r)
         self.graded = Counter("xgrader_submissions_graded", "Submissions graded",
                               ["queue", "assignment", "outcome"], registry=r)
-        self.grade_seconds = Histogram("xgrader_grade_seconds", "Grading time", ["queue", "assignment"], registry=r)
-        self.phase_seconds = Histogram("xgrader_phase_seconds", "Time per phase", ["queue", "phase"], registry=r)
+        self.grade_seconds = Histogram("xgrader_grade_seconds", "Wall time from fork to report, per submission",
+                                       ["queue", "assignment"], buckets=GRADE_BUCKETS, registry=r)
+        self.phase_seconds = Histogram(
+            "xgrader_phase_seconds", "Time per phase: fetch, sandbox_start, run, grade, post",
+            ["queue", "phase"], buckets=PHASE_BUCKETS, registry=r)
         self.posted = Counter("xgrader_results_posted", "Result posts", ["queue", "accepted", "reason"], registry=r)
         self.infra = Counter("xgrader_infra_failures", "Infrastructure failures", ["queue", "kind"], registry=r)
         self.sandbox_fail = Counter("xgrader_sandbox_failures", "Sandbox failures", ["backend", "kind"], registry=r)
@@ -42,6 +62,8 @@ class MetricsHooks(Hooks):
         self.hint_seconds = Histogram("xgrader_hint_seconds", "Hint latency", ["outcome"], registry=r)
         self.hints = Counter("xgrader_hints", "Hints by outcome", ["outcome"], registry=r)
         self.hint_tokens = Counter("xgrader_hint_tokens", "LLM tokens used", registry=r)
+        self.push_requests = Counter("xgrader_push_requests", "Push-mode HTTP requests by status code",
+                                     ["status"], registry=r)
         try:
             from importlib.metadata import version
             ver = version("xgrader")
@@ -63,6 +85,8 @@ class MetricsHooks(Hooks):
     def on_in_flight(self, queue, count): self.in_flight.labels(queue).set(count)
     def on_loop_progress(self): self.last_progress = time.monotonic()
     def on_logged_in(self, ok): self.logged_in = ok
+    def on_backend_ready(self, ok, detail=""):
+        self.backend_ok = (bool(ok), detail or ("ok" if ok else "sandbox backend unusable"))
     def on_hint(self, outcome, seconds, tokens=0):
         self.hints.labels(outcome).inc()
         self.hint_seconds.labels(outcome).observe(seconds)
@@ -76,23 +100,128 @@ class MetricsHooks(Hooks):
             return False, f"pull loop stalled {age:.0f}s"
         return True, "ok"
 
+    def readiness(self) -> tuple[bool, str]:
+        """Ready = logged in to the queue (daemon only) and the sandbox
+        backend's last check passed."""
+        problems = []
+        if self.requires_login and not self.logged_in:
+            problems.append("not logged in to the queue")
+        if self.backend_ok is None:
+            problems.append("sandbox backend not checked yet")
+        elif not self.backend_ok[0]:
+            problems.append(f"sandbox backend: {self.backend_ok[1]}")
+        return (not problems), ("; ".join(problems) or "ok")
+
+
+def metric_names(registry: CollectorRegistry) -> set[str]:
+    """Every sample name the registry can export (counters' _total/_created,
+    histograms' _bucket/_sum/_count, info's _info)."""
+    names: set[str] = set()
+    for family in registry.collect():
+        suffixes = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_sum", "_count", "_created"),
+                    "info": ("_info",)}.get(family.type, ("",))
+        names.update(family.name + sfx for sfx in suffixes)
+    return names
+
 
 def build_hooks(settings: Any) -> MetricsHooks:
     """Called by the daemon's wiring. The daemon does not start the HTTP
-    server itself, so do it here when metrics_port is set; readiness is
-    'logged in to the queue' as reported through on_logged_in."""
-    hooks = MetricsHooks()
+    server itself, so do it here when metrics_port is set (on
+    settings.metrics_host, loopback by default)."""
+    hooks = MetricsHooks(stall_seconds=_stall_for(settings))
     if getattr(settings, "metrics_port", None):
-        hooks.server = start_metrics_server(
-            settings, hooks, lambda: (hooks.logged_in, "ok" if hooks.logged_in else "not logged in"))
+        hooks.server = start_metrics_server(settings, hooks, hooks.readiness,
+                                            host=getattr(settings, "metrics_host", "127.0.0.1"))
     return hooks
+
+
+def _stall_for(settings: Any) -> float:
+    """/healthz fails before the in-process stall watchdog would exit: a
+    loop iteration is at most ~0.5 s plus one poll backoff, so 60 s without
+    one is a wedged loop (capped by the watchdog's own timeout)."""
+    watchdog = float(getattr(settings, "stall_timeout_s", 300.0) or 300.0)
+    return max(5.0, min(60.0, watchdog))
+
+
+class InstrumentedBackend(Backend):
+    """Wraps a backend to report sandbox start latency (phase
+    `sandbox_start`) and sandbox failures by kind (`start`, `wait`,
+    `sandbox_error`) through hooks. Everything else is delegated."""
+
+    def __init__(self, inner: Backend, hooks: Hooks, queue: str = "") -> None:
+        self.inner, self.hooks, self.queue = inner, hooks, queue
+        self.name = getattr(inner, "name", "?")
+
+    def start(self, job: SandboxJob) -> RunningSandbox:
+        started = time.monotonic()
+        try:
+            running = self.inner.start(job)
+        except SandboxError:
+            self.hooks.on_sandbox_failure(self.name, "start")
+            raise
+        self.hooks.on_phase(self.queue, "sandbox_start", time.monotonic() - started)
+        return _InstrumentedRunning(running, self)
+
+    def run(self, job: SandboxJob) -> SandboxResult:
+        with self.start(job) as running:
+            return running.wait()
+
+    def python_argv(self, *args: str) -> list[str]:
+        return self.inner.python_argv(*args)
+
+    def check(self) -> None:
+        self.inner.check()
+
+    def cleanup_stale(self) -> None:
+        self.inner.cleanup_stale()
+
+    def kill_label(self, label: str) -> None:
+        self.inner.kill_label(label)
+
+    def close(self) -> None:
+        self.inner.close()
+
+    def __getattr__(self, name: str) -> Any:  # backend-specific extras
+        return getattr(self.inner, name)
+
+
+class _InstrumentedRunning(RunningSandbox):
+    def __init__(self, inner: RunningSandbox, owner: InstrumentedBackend) -> None:
+        self.inner, self.owner = inner, owner
+
+    @property
+    def channel(self):  # type: ignore[override]
+        return self.inner.channel
+
+    def wait(self, timeout: float | None = None) -> SandboxResult:
+        try:
+            result = self.inner.wait(timeout)
+        except SandboxError:
+            self.owner.hooks.on_sandbox_failure(self.owner.name, "wait")
+            raise
+        if result.verdict is Verdict.sandbox_error:
+            self.owner.hooks.on_sandbox_failure(self.owner.name, "sandbox_error")
+        return result
+
+    def kill(self) -> None:
+        self.inner.kill()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+class QuietHandler(WSGIRequestHandler):
+    """Scrapes and probes every few seconds would drown the log."""
+
+    def log_request(self, *args: Any, **kwargs: Any) -> None:
+        pass
 
 
 class MetricsServer:
     def __init__(self, host: str, port: int, hooks: MetricsHooks,
                  readiness: Callable[[], tuple[bool, str]]) -> None:
         self.hooks, self.readiness = hooks, readiness
-        self._srv = make_server(host, port, self._app, threaded=True)
+        self._srv = make_server(host, port, self._app, threaded=True, request_handler=QuietHandler)
         self.port = self._srv.server_port
         self._thread = threading.Thread(target=self._srv.serve_forever, daemon=True, name="metrics")
         self._thread.start()
@@ -120,7 +249,9 @@ class MetricsServer:
 
 def start_metrics_server(settings: Any, hooks: MetricsHooks,
                          readiness: Callable[[], tuple[bool, str]],
-                         host: str = "0.0.0.0") -> MetricsServer:
+                         host: str = "127.0.0.1") -> MetricsServer:
+    """Loopback by default; containers set XGRADER_METRICS_HOST=0.0.0.0 so
+    Prometheus and the kubelet probes can reach it."""
     srv = MetricsServer(host, int(settings.metrics_port or 0), hooks, readiness)
-    log.info("metrics_server_started", port=srv.port)
+    log.info("metrics_server_started", host=host, port=srv.port)
     return srv
