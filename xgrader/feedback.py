@@ -39,6 +39,7 @@ class Caps:
     """Size budgets, in characters of rendered output."""
 
     field: int = 2000          # one input/expected/actual/output/message/traceback
+    field_lines: int = 30      # leading lines of one such field
     diff_lines: int = 40       # lines of a unified diff
     traceback_lines: int = 40  # trailing lines of a traceback
     total: int = 60_000        # the whole message
@@ -155,11 +156,22 @@ class Block:
     fields: tuple[Part, ...] = ()
 
 
+def _head_lines(text: str, keep: int) -> tuple[str, int]:
+    lines = text.split("\n")
+    if len(lines) <= keep:
+        return text, 0
+    return "\n".join(lines[:keep]), len(lines) - keep
+
+
 def _field(label: str, value: str | None, caps: Caps, pre: bool = True) -> Part | None:
     if value is None:
         return None
-    text, dropped = _cap_text(clean(value), caps.field)
-    return Part(label, text, dropped, pre=pre)
+    full = clean(value)
+    text, lines_dropped = _head_lines(full, caps.field_lines)
+    text, chars_dropped = _cap_text(text, caps.field)
+    if lines_dropped and not chars_dropped:
+        return Part(label, text, lines_dropped, unit="lines", pre=pre)
+    return Part(label, text, len(full) - len(text), pre=pre)
 
 
 def _explanation_block(e: Explanation, caps: Caps) -> Block:
