@@ -1,10 +1,107 @@
-"""`xgrader queue` (not written yet)."""
+"""`xgrader queue serve|status`: the bundled xqueue-compatible queue server."""
 
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("queue", help="(not available yet)")
-    p.set_defaults(func=lambda args: (print("not available yet"), 2)[1])
+    p = sub.add_parser("queue", help="the bundled queue server (serve, status)",
+                       description="The bundled xqueue-compatible queue server: SQLite-backed, "
+                       "leases with atomic pulls, LMS callbacks with retries, dashboard at /.")
+    qsub = p.add_subparsers(dest="queue_command", metavar="ACTION", required=True)
+
+    s = qsub.add_parser("serve", help="run the queue server until SIGTERM/SIGINT",
+                        description="Serve the grader side (login/, get_queuelen/, get_submission/, "
+                        "put_result/) and the LMS side (submit/) of xqueue with legacy xqueue's exact "
+                        "replies, uploaded files under /xqueue/files/, and a read-only dashboard at /. "
+                        "Flags win over the config file. Prints 'xgrader queue listening on URL' when ready.")
+    s.add_argument("--config", type=Path, help="TOML or JSON file with any of: host, port, db, queues, "
+                   "users (table NAME = PASSWORD), lease_timeout_s, session_ttl_s, mode, delivery_tries, "
+                   "delivery_backoff_s, delivery_timeout_s, max_upload_bytes, external_dicts_over")
+    s.add_argument("--host", help="listen address (default 127.0.0.1)")
+    s.add_argument("--port", type=int, help="listen port (default 18040; 0 = any free port)")
+    s.add_argument("--db", type=Path, help="SQLite database (default ./xgrader-queue.db)")
+    s.add_argument("--queue", action="append", dest="queues", metavar="NAME",
+                   help="a queue name; repeat for several (default: xgrader)")
+    s.add_argument("--user", action="append", dest="users", metavar="NAME:PASSWORD",
+                   help="a login; repeat for several. Also XGRADER_QUEUE_SERVER_USERS=NAME:PW,NAME:PW")
+    s.add_argument("--lease-timeout", type=float, dest="lease_timeout_s", metavar="S",
+                   help="seconds before an unanswered pull is served again (default 60)")
+    s.add_argument("--session-ttl", type=float, dest="session_ttl_s", metavar="S",
+                   help="login session lifetime in seconds (default two weeks)")
+    s.add_argument("--mode", choices=["legacy", "edx"],
+                   help="legacy (HTTP 200 envelopes, default) or edx (edx-submissions status codes, CSRF enforced)")
+    s.add_argument("--delivery-tries", type=int, dest="delivery_tries", help="LMS callback attempts (default 5)")
+    s.add_argument("--delivery-backoff", type=float, dest="delivery_backoff_s", metavar="S",
+                   help="first retry delay of LMS callbacks, doubled per try (default 1)")
+    s.set_defaults(func=serve)
+
+    st = qsub.add_parser("status", help="print queues and the latest submissions from a database",
+                         description="Read a queue database (the server may be running) and print per-queue "
+                         "counts and the latest submissions with their states and results.")
+    st.add_argument("--db", type=Path, required=True, help="the queue server's SQLite database")
+    st.add_argument("--limit", type=int, default=20, help="how many latest submissions (default 20)")
+    st.set_defaults(func=status)
+
+
+def serve(args: argparse.Namespace) -> int:
+    import os
+
+    from pydantic import ValidationError
+
+    from xgrader.queue_server import QueueServer, QueueServerConfig
+
+    users = list(args.users or [])
+    env_users = os.environ.get("XGRADER_QUEUE_SERVER_USERS", "")
+    users += [u for u in env_users.split(",") if u.strip()]
+    try:
+        config = QueueServerConfig.load(
+            args.config, host=args.host, port=args.port, db=args.db, queues=args.queues,
+            users=users or None, lease_timeout_s=args.lease_timeout_s, session_ttl_s=args.session_ttl_s,
+            mode=args.mode, delivery_tries=args.delivery_tries, delivery_backoff_s=args.delivery_backoff_s)
+    except (ValidationError, ValueError, OSError) as exc:
+        print(f"xgrader queue serve: bad configuration: {exc}", file=sys.stderr)
+        return 2
+    if not config.users:
+        print("xgrader queue serve: no users: give --user NAME:PASSWORD at least once", file=sys.stderr)
+        return 2
+    try:
+        server = QueueServer(config)
+    except OSError as exc:
+        print(f"xgrader queue serve: cannot listen on {config.host}:{config.port}: {exc}", file=sys.stderr)
+        return 1
+    return server.serve_forever()
+
+
+def status(args: argparse.Namespace) -> int:
+    import json
+
+    from xgrader.queue_server.store import Store
+
+    if not args.db.exists():
+        print(f"no such database: {args.db}", file=sys.stderr)
+        return 2
+    store = Store(args.db)
+    try:
+        counts, rows = store.overview(limit=args.limit)
+    finally:
+        store.close()
+    print("queue  waiting  leased  answered  retired  delivered  delivery_failed")
+    for c in counts:
+        print("  ".join(str(v or 0) if i else str(v) for i, v in enumerate(c)))
+    print()
+    print("id  queue  lms_key  state  pulls  puts  correct  score  delivery")
+    for (sid, queue, lms_key, state, _leased, pulls, puts, result, delivery, tries, error, _c) in rows:
+        correct = score = ""
+        if result:
+            try:
+                data = json.loads(result)
+                correct, score = data.get("correct"), data.get("score")
+            except (ValueError, AttributeError):
+                correct = "?"
+        print(f"{sid}  {queue}  {lms_key}  {state}  {pulls}  {puts}  {correct}  {score}  {delivery}"
+              + (f" ({error})" if error else ""))
+    return 0

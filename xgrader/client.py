@@ -1,0 +1,349 @@
+"""The xqueue client the daemon pulls and posts with (shared/xqueue-protocol.md).
+
+Works against legacy xqueue (HTTP 200 + `{"return_code", "content"}`
+envelopes, 302 to the login page) and edx-submissions (real status codes,
+CSRF enforced): it always GETs `login/` first for the `csrftoken` cookie and
+sends `X-CSRFToken` + `Referer` on every POST. A request answered with
+301/302/401/403 or `login_required` logs in again, once per request, then
+is retried. Connection errors and 5xx are retried with tenacity
+(exponential backoff with jitter, bounded). Secrets are never logged.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlparse
+
+import requests
+import structlog
+from tenacity import (Retrying, retry_if_exception, stop_after_attempt, stop_after_delay,
+                      wait_random_exponential)
+
+from xgrader.errors import InfraError, SubmissionError
+from xgrader.hooks import Hooks, safe_call
+from xgrader.wire import EXTERNAL_DICTS_KEY, GraderReply, PayloadError
+
+log = structlog.get_logger(__name__)
+
+RETRY_ATTEMPTS = 4
+RETRY_MAX_S = 20.0
+# Statuses that mean "the request did not reach the application": safe to
+# send again even for put_result (a proxy answered, or the server restarted).
+GATEWAY_STATUSES = {502, 503, 504}
+AUTH_STATUSES = {301, 302, 401, 403}
+# Replies that are answers, not authentication problems, even with a 403.
+NOT_AUTH = {"Incorrect key for submission", "Submission does not exist", "Incorrect reply format"}
+MAX_FILES = 200
+
+
+class QueueError(RuntimeError):
+    """The queue server answered, but not with what the call needs."""
+
+    def __init__(self, message: str, kind: str = "bad_reply") -> None:
+        self.kind = kind
+        super().__init__(message)
+
+
+class LoginError(QueueError):
+    def __init__(self, message: str) -> None:
+        super().__init__(message, kind="login")
+
+
+class _Retryable(Exception):
+    """A 5xx worth another try (raised inside the tenacity loop)."""
+
+    def __init__(self, response: requests.Response) -> None:
+        self.response = response
+        super().__init__(f"HTTP {response.status_code}")
+
+
+class FilesPayloadError(PayloadError, SubmissionError):
+    """A bad xqueue_files map or file: the child answers it as a 0-point
+    result naming the reason (SubmissionError) instead of retrying."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__("xqueue_files", detail)
+
+
+@dataclass(frozen=True)
+class PutOutcome:
+    accepted: bool
+    foreign_key: bool = False   # "Incorrect key for submission": another grader owns the pull now
+    rejected: bool = False      # any other refusal (message says why)
+    message: str = ""
+
+
+class XQueueClient:
+    def __init__(self, settings: Any, hooks: Hooks | None = None) -> None:
+        self.settings = settings
+        self.base = settings.queue_url if settings.queue_url.endswith("/") else settings.queue_url + "/"
+        self.hooks = hooks or Hooks()
+        self.timeout = (min(settings.request_timeout_s, 10.0), settings.request_timeout_s)
+        self.put_timeout = (min(settings.request_timeout_s, 10.0), settings.put_result_timeout_s)
+        self.session = self._new_session()
+
+    # -- session -------------------------------------------------------------
+    def _new_session(self) -> requests.Session:
+        session = requests.Session()
+        session.headers["User-Agent"] = "xgrader"
+        user = getattr(self.settings, "basic_auth_user", None)
+        password = getattr(self.settings, "basic_auth_password", None)
+        if user and password is not None:
+            session.auth = (user, password.get_secret_value())
+        return session
+
+    def after_fork(self) -> None:
+        """In a forked child: a fresh connection pool (the parent's sockets are
+        not ours to use), same cookies (the session stays logged in)."""
+        cookies = self.session.cookies.copy()
+        self.session = self._new_session()
+        self.session.cookies.update(cookies)
+
+    def close(self) -> None:
+        self.session.close()
+
+    def _hook(self, name: str, *args: Any) -> None:
+        safe_call(getattr(self.hooks, name), *args)
+
+    # -- HTTP core -----------------------------------------------------------
+    def _post_headers(self) -> dict[str, str]:
+        headers = {"Referer": self.base}
+        token = self._csrf_token()
+        if token:
+            headers["X-CSRFToken"] = token
+        return headers
+
+    def _csrf_token(self) -> str | None:
+        for cookie in self.session.cookies:
+            if cookie.name == "csrftoken":
+                return cookie.value
+        return None
+
+    def _send(self, method: str, url: str, *, params: dict | None = None, data: dict | None = None,
+              timeout: tuple[float, float], idempotent: bool = True) -> requests.Response:
+        """One logical request with bounded retries. Non-idempotent calls
+        (put_result) are only resent when the request cannot have been
+        processed: connection failures and gateway statuses, never a read
+        timeout or a 500."""
+
+        def retryable(exc: BaseException) -> bool:
+            if isinstance(exc, _Retryable):
+                return idempotent or exc.response.status_code in GATEWAY_STATUSES
+            if isinstance(exc, requests.ConnectTimeout):
+                return True
+            if isinstance(exc, requests.ReadTimeout):
+                return idempotent
+            return isinstance(exc, requests.ConnectionError)
+
+        def once() -> requests.Response:
+            headers = self._post_headers() if method == "POST" else None
+            try:
+                resp = self.session.request(method, url, params=params, data=data, headers=headers,
+                                            timeout=timeout, allow_redirects=False)
+            except requests.Timeout:
+                self._hook("on_client_error", "timeout")
+                raise
+            except requests.ConnectionError:
+                self._hook("on_client_error", "connect")
+                raise
+            if resp.status_code >= 500:
+                self._hook("on_client_error", "http_5xx")
+                raise _Retryable(resp)
+            return resp
+
+        retrying = Retrying(
+            stop=stop_after_attempt(RETRY_ATTEMPTS) | stop_after_delay(RETRY_MAX_S),
+            wait=wait_random_exponential(multiplier=0.2, max=4.0),
+            retry=retry_if_exception(retryable),
+            reraise=True,
+        )
+        try:
+            return retrying(once)
+        except _Retryable as exc:
+            raise QueueError(f"{_endpoint(url)}: HTTP {exc.response.status_code} from the queue server",
+                             kind="http_5xx") from None
+
+    def _envelope(self, resp: requests.Response, endpoint: str) -> tuple[int, Any]:
+        """Legacy xqueue sends JSON as text/html: parse whatever the type says."""
+        try:
+            data = json.loads(resp.text)
+            return int(data["return_code"]), data["content"]
+        except (ValueError, KeyError, TypeError):
+            self._hook("on_client_error", "bad_envelope")
+            raise QueueError(f"{endpoint}: not an xqueue reply (HTTP {resp.status_code}): "
+                             f"{resp.text[:120]!r}", kind="bad_envelope") from None
+
+    def _needs_login(self, resp: requests.Response) -> bool:
+        if resp.status_code in (301, 302, 401):
+            return True
+        try:
+            content = json.loads(resp.text).get("content")
+        except (ValueError, AttributeError):
+            return resp.status_code == 403
+        if content == "login_required":
+            return True
+        return resp.status_code == 403 and content not in NOT_AUTH
+
+    def _call(self, method: str, endpoint: str, *, params: dict | None = None, data: dict | None = None,
+              timeout: tuple[float, float] | None = None, idempotent: bool = True) -> tuple[int, Any]:
+        url = self.base + endpoint
+        resp = self._send(method, url, params=params, data=data, timeout=timeout or self.timeout,
+                          idempotent=idempotent)
+        if self._needs_login(resp):
+            # The session expired (or never was): log in again, once, then retry.
+            log.info("queue_relogin", endpoint=endpoint, status=resp.status_code)
+            self._hook("on_relogin")
+            self.login()
+            resp = self._send(method, url, params=params, data=data, timeout=timeout or self.timeout,
+                              idempotent=idempotent)
+            if self._needs_login(resp):
+                self._hook("on_client_error", "login")
+                raise LoginError(f"{endpoint}: still not authorised after logging in again "
+                                 f"(HTTP {resp.status_code})")
+        return self._envelope(resp, endpoint)
+
+    # -- protocol ------------------------------------------------------------
+    def login(self) -> None:
+        """GET login/ (sets csrftoken on edx-submissions), then POST the form."""
+        url = self.base + "login/"
+        self._send("GET", url, timeout=self.timeout)
+        resp = self._send("POST", url, timeout=self.timeout, data={
+            "username": self.settings.queue_user,
+            "password": self.settings.queue_password.get_secret_value(),
+        })
+        try:
+            code, content = self._envelope(resp, "login/")
+        except QueueError:
+            self._hook("on_logged_in", False)
+            raise LoginError(f"login/: unexpected reply (HTTP {resp.status_code})") from None
+        if code != 0:
+            self._hook("on_logged_in", False)
+            self._hook("on_client_error", "login")
+            raise LoginError(f"login/ as {self.settings.queue_user!r} refused: {content}")
+        self._hook("on_logged_in", True)
+
+    def logout(self) -> None:
+        self._send("POST", self.base + "logout/", timeout=self.timeout)
+
+    def status(self) -> bool:
+        code, _ = self._envelope(self._send("GET", self.base + "status/", timeout=self.timeout), "status/")
+        return code == 0
+
+    def get_queuelen(self, queue: str) -> int | None:
+        """Waiting submissions, or None when the server refuses (unknown queue)."""
+        code, content = self._call("GET", "get_queuelen/", params={"queue_name": queue})
+        if code != 0:
+            log.warning("queuelen_refused", queue=queue, reply=str(content)[:200])
+            return None
+        try:
+            return int(content)
+        except (TypeError, ValueError):
+            raise QueueError(f"get_queuelen/: not a number: {str(content)[:80]!r}") from None
+
+    def get_submission(self, queue: str) -> str | None:
+        """The raw `content` string (parse it with xgrader.wire), or None when
+        the queue is empty. Other refusals raise QueueError."""
+        code, content = self._call("GET", "get_submission/", params={"queue_name": queue})
+        if code == 0:
+            return content if isinstance(content, str) else json.dumps(content)
+        if isinstance(content, str) and content.endswith("is empty"):
+            return None
+        raise QueueError(f"get_submission/ {queue!r}: {str(content)[:200]}", kind="refused")
+
+    def put_result(self, header_raw: str, reply: GraderReply) -> PutOutcome:
+        """Post the reply under the header exactly as received. Never resent
+        once the server may have processed it."""
+        code, content = self._call(
+            "POST", "put_result/", data={"xqueue_header": header_raw, "xqueue_body": reply.to_body()},
+            timeout=self.put_timeout, idempotent=False)
+        if code == 0:
+            return PutOutcome(accepted=True)
+        message = str(content)
+        if message == "Incorrect key for submission":
+            return PutOutcome(accepted=False, foreign_key=True, message=message)
+        return PutOutcome(accepted=False, rejected=True, message=message[:300])
+
+    # -- files ---------------------------------------------------------------
+    def fetch_files(self, files: dict[str, str]) -> dict[str, bytes]:
+        """Download every file of `xqueue_files` (name -> URL), each capped at
+        settings.max_file_bytes, following a URL_FOR_EXTERNAL_DICTS map first.
+        Bad maps and oversized files raise FilesPayloadError (a PayloadError
+        the child answers as a submission problem); network failures raise
+        InfraError (retried, bounded)."""
+        if not isinstance(files, dict):
+            raise FilesPayloadError("must map file names to URLs")
+        if set(files) == {EXTERNAL_DICTS_KEY}:
+            raw = self._download(EXTERNAL_DICTS_KEY, files[EXTERNAL_DICTS_KEY])
+            try:
+                files = json.loads(raw)
+            except ValueError:
+                raise FilesPayloadError("the URL_FOR_EXTERNAL_DICTS map is not JSON") from None
+        if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                  for k, v in files.items()):
+            raise FilesPayloadError("must map file names to URL strings")
+        if len(files) > MAX_FILES:
+            raise FilesPayloadError(f"{len(files)} files; at most {MAX_FILES} are accepted")
+        total_cap = 10 * self.settings.max_file_bytes
+        out: dict[str, bytes] = {}
+        total = 0
+        for name, url in files.items():
+            if not name or "/" in name or "\\" in name or "\0" in name or name in (".", ".."):
+                raise FilesPayloadError(f"bad file name {name[:80]!r}")
+            out[name] = self._download(name, url)
+            total += len(out[name])
+            if total > total_cap:
+                raise FilesPayloadError(f"files larger than {total_cap} bytes in total")
+        return out
+
+    def _download(self, name: str, url: str) -> bytes:
+        if urlparse(url).scheme not in ("http", "https"):
+            raise FilesPayloadError(f"file {name[:80]!r}: URL is not http(s)")
+        cap = self.settings.max_file_bytes
+        try:
+            resp = self._send_stream(url)
+        except (requests.RequestException, QueueError) as exc:
+            raise InfraError(f"file {name[:80]!r}: download failed: {type(exc).__name__}: {str(exc)[:200]}") from None
+        with resp:
+            if resp.status_code != 200:
+                raise InfraError(f"file {name[:80]!r}: HTTP {resp.status_code}")
+            length = resp.headers.get("Content-Length")
+            if length and length.isdigit() and int(length) > cap:
+                raise FilesPayloadError(f"file {name[:80]!r} is larger than {cap} bytes")
+            chunks, size = [], 0
+            try:
+                for chunk in resp.iter_content(65536):
+                    size += len(chunk)
+                    if size > cap:
+                        raise FilesPayloadError(f"file {name[:80]!r} is larger than {cap} bytes")
+                    chunks.append(chunk)
+            except requests.RequestException as exc:
+                raise InfraError(f"file {name[:80]!r}: download failed: {str(exc)[:200]}") from None
+        return b"".join(chunks)
+
+    def _send_stream(self, url: str) -> requests.Response:
+        """GET a file with the queue session (some servers protect them),
+        retried on connection errors and 5xx like every idempotent call."""
+        retrying = Retrying(
+            stop=stop_after_attempt(RETRY_ATTEMPTS) | stop_after_delay(RETRY_MAX_S),
+            wait=wait_random_exponential(multiplier=0.2, max=4.0),
+            retry=retry_if_exception(lambda e: isinstance(e, (requests.ConnectionError, requests.Timeout, _Retryable))),
+            reraise=True,
+        )
+
+        def once() -> requests.Response:
+            resp = self.session.get(url, timeout=self.timeout, stream=True)
+            if resp.status_code >= 500:
+                resp.close()
+                raise _Retryable(resp)
+            return resp
+
+        try:
+            return retrying(once)
+        except _Retryable as exc:
+            raise QueueError(f"HTTP {exc.response.status_code}", kind="http_5xx") from None
+
+
+def _endpoint(url: str) -> str:
+    return urlparse(url).path.rstrip("/").rsplit("/", 1)[-1] + "/"

@@ -1,0 +1,292 @@
+"""The bundled queue's persistent state: SQLite in WAL mode.
+
+Everything a restart must not lose lives here: submissions with their
+lease (key, leased_until), results, callback delivery state, uploaded files
+and login sessions. Connections are pooled (the threaded server starts a
+thread per request, so a per-thread connection would be opened per request).
+
+Pulling is one `UPDATE ... RETURNING` statement: SQLite serialises writers,
+so two graders can never lease the same submission at once.
+"""
+
+from __future__ import annotations
+
+import json
+import queue as queue_mod
+import secrets
+import sqlite3
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS submissions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    queue TEXT NOT NULL,
+    lms_callback_url TEXT NOT NULL,
+    lms_key TEXT NOT NULL,
+    header TEXT NOT NULL,              -- the LMS xqueue_header, verbatim
+    body TEXT NOT NULL,                -- the LMS xqueue_body, verbatim
+    files TEXT NOT NULL DEFAULT '{}',  -- JSON name -> file token
+    created REAL NOT NULL,
+    state TEXT NOT NULL DEFAULT 'pending',  -- pending | answered | retired
+    key TEXT NOT NULL DEFAULT '',      -- the current pull's submission_key
+    leased_until REAL NOT NULL DEFAULT 0,
+    pulls INTEGER NOT NULL DEFAULT 0,
+    answered REAL,
+    result TEXT,                       -- the first accepted grader reply, verbatim
+    puts INTEGER NOT NULL DEFAULT 0,   -- accepted put_results (a second one is never delivered)
+    delivery TEXT NOT NULL DEFAULT 'none',  -- none | pending | delivered | failed | skipped
+    delivery_tries INTEGER NOT NULL DEFAULT 0,
+    delivery_next REAL NOT NULL DEFAULT 0,
+    delivery_error TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS sub_pending ON submissions(queue, id) WHERE state = 'pending';
+CREATE INDEX IF NOT EXISTS sub_callback ON submissions(lms_callback_url) WHERE state = 'pending';
+CREATE INDEX IF NOT EXISTS sub_delivery ON submissions(delivery_next) WHERE delivery = 'pending';
+CREATE TABLE IF NOT EXISTS files (
+    token TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    data BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sessions (
+    token TEXT PRIMARY KEY,
+    user TEXT NOT NULL,
+    expires REAL NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class Pulled:
+    id: int
+    key: str
+    body: str
+    files: dict[str, str]  # name -> token
+
+
+@dataclass(frozen=True)
+class Delivery:
+    id: int
+    callback_url: str
+    header: str
+    result: str
+    tries: int
+
+
+class PutStatus:
+    OK = "ok"
+    DUPLICATE = "duplicate"     # accepted, not delivered again
+    NO_SUCH = "no_such"
+    BAD_KEY = "bad_key"
+
+
+class Store:
+    def __init__(self, path: Path | str, pool_size: int = 16) -> None:
+        self.path = str(path)
+        self._pool: queue_mod.LifoQueue[sqlite3.Connection] = queue_mod.LifoQueue()
+        self._all: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        self._pool_size = pool_size
+        with self.conn() as c:
+            c.executescript(SCHEMA)
+
+    # -- connections ---------------------------------------------------------
+    def _open(self) -> sqlite3.Connection:
+        c = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+        c.execute("PRAGMA journal_mode=WAL")
+        c.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process crashes
+        c.execute("PRAGMA busy_timeout=30000")
+        return c
+
+    @contextmanager
+    def conn(self) -> Iterator[sqlite3.Connection]:
+        try:
+            c = self._pool.get_nowait()
+        except queue_mod.Empty:
+            c = self._open()
+            with self._lock:
+                self._all.append(c)
+        try:
+            yield c
+        finally:
+            if c.in_transaction:
+                c.rollback()
+            if self._pool.qsize() < self._pool_size:
+                self._pool.put(c)
+            else:
+                with self._lock:
+                    self._all.remove(c)
+                c.close()
+
+    def close(self) -> None:
+        with self._lock:
+            for c in self._all:
+                try:
+                    c.close()
+                except sqlite3.Error:
+                    pass
+            self._all.clear()
+
+    # -- LMS side ------------------------------------------------------------
+    def submit(self, queue: str, callback_url: str, lms_key: str, header: str, body: str,
+               files: dict[str, tuple[str, bytes]] | None = None) -> tuple[int, int]:
+        """Store a submission (and its files); retire earlier unanswered ones
+        from the same callback URL. Returns (id, queue length)."""
+        now = time.time()
+        with self.conn() as c:
+            c.execute("BEGIN IMMEDIATE")
+            tokens: dict[str, str] = {}
+            for field, (name, data) in (files or {}).items():
+                token = secrets.token_hex(16)
+                c.execute("INSERT INTO files(token, name, data) VALUES (?, ?, ?)", (token, name, data))
+                tokens[field] = token
+            c.execute("UPDATE submissions SET state='retired' WHERE state='pending' AND lms_callback_url=?",
+                      (callback_url,))
+            cur = c.execute(
+                "INSERT INTO submissions(queue, lms_callback_url, lms_key, header, body, files, created)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (queue, callback_url, lms_key, header, body, json.dumps(tokens), now))
+            sid = int(cur.lastrowid)
+            length = self._length(c, queue, now)
+            c.execute("COMMIT")
+        return sid, length
+
+    # -- grader side ---------------------------------------------------------
+    @staticmethod
+    def _length(c: sqlite3.Connection, queue: str, now: float) -> int:
+        row = c.execute("SELECT count(*) FROM submissions WHERE state='pending' AND queue=? AND leased_until<=?",
+                        (queue, now)).fetchone()
+        return int(row[0])
+
+    def queue_length(self, queue: str) -> int:
+        with self.conn() as c:
+            return self._length(c, queue, time.time())
+
+    def pull(self, queue: str, lease_s: float) -> Pulled | None:
+        """Lease the oldest pending, unleased submission under a new key."""
+        now = time.time()
+        key = secrets.token_hex(16)
+        with self.conn() as c:
+            row = c.execute(
+                "UPDATE submissions SET key=?, leased_until=?, pulls=pulls+1 WHERE id = ("
+                " SELECT id FROM submissions WHERE state='pending' AND queue=? AND leased_until<=?"
+                " ORDER BY id LIMIT 1) RETURNING id, body, files",
+                (key, now + lease_s, queue, now)).fetchone()
+        if row is None:
+            return None
+        return Pulled(id=row[0], key=key, body=row[1], files=json.loads(row[2]))
+
+    def put_result(self, sid: int, key: str, result: str) -> str:
+        """Record a grader's reply. The first accepted reply is queued for
+        delivery to the LMS; a second one with the same key is accepted and
+        counted but never delivered again."""
+        now = time.time()
+        with self.conn() as c:
+            c.execute("BEGIN IMMEDIATE")
+            row = c.execute("SELECT key, state FROM submissions WHERE id=?", (sid,)).fetchone()
+            if row is None:
+                c.execute("ROLLBACK")
+                return PutStatus.NO_SUCH
+            current, state = row
+            if not current or not secrets.compare_digest(current, key):
+                c.execute("ROLLBACK")
+                return PutStatus.BAD_KEY
+            if state == "pending":
+                c.execute("UPDATE submissions SET state='answered', answered=?, result=?, puts=puts+1,"
+                          " leased_until=0, delivery='pending', delivery_next=? WHERE id=?",
+                          (now, result, now, sid))
+                status = PutStatus.OK
+            elif state == "retired" and not row_has_result(c, sid):
+                # Superseded by a newer submission from the same LMS callback:
+                # keep the reply for the record, do not deliver it.
+                c.execute("UPDATE submissions SET answered=?, result=?, puts=puts+1, delivery='skipped',"
+                          " delivery_error='retired: a newer submission replaced it' WHERE id=?",
+                          (now, result, sid))
+                status = PutStatus.OK
+            else:
+                c.execute("UPDATE submissions SET puts=puts+1 WHERE id=?", (sid,))
+                status = PutStatus.DUPLICATE
+            c.execute("COMMIT")
+        return status
+
+    # -- delivery ------------------------------------------------------------
+    def due_deliveries(self, limit: int = 64, exclude: set[int] | frozenset[int] = frozenset()) -> list[Delivery]:
+        now = time.time()
+        with self.conn() as c:
+            rows = c.execute(
+                "SELECT id, lms_callback_url, header, result, delivery_tries FROM submissions"
+                " WHERE delivery='pending' AND delivery_next<=? ORDER BY delivery_next LIMIT ?",
+                (now, limit + len(exclude))).fetchall()
+        return [Delivery(*r) for r in rows if r[0] not in exclude][:limit]
+
+    def next_delivery_at(self) -> float | None:
+        with self.conn() as c:
+            row = c.execute("SELECT min(delivery_next) FROM submissions WHERE delivery='pending'").fetchone()
+        return row[0]
+
+    def delivery_done(self, sid: int, ok: bool, error: str, retry_at: float | None) -> None:
+        with self.conn() as c:
+            if ok:
+                state = "delivered"
+            elif retry_at is None:
+                state = "failed"
+            else:
+                state = "pending"
+            c.execute("UPDATE submissions SET delivery=?, delivery_tries=delivery_tries+1,"
+                      " delivery_next=?, delivery_error=? WHERE id=?",
+                      (state, retry_at or 0, error[:500], sid))
+
+    # -- files ---------------------------------------------------------------
+    def file(self, token: str) -> tuple[str, bytes] | None:
+        with self.conn() as c:
+            row = c.execute("SELECT name, data FROM files WHERE token=?", (token,)).fetchone()
+        return (row[0], bytes(row[1])) if row else None
+
+    def add_file(self, name: str, data: bytes) -> str:
+        token = secrets.token_hex(16)
+        with self.conn() as c:
+            c.execute("INSERT INTO files(token, name, data) VALUES (?, ?, ?)", (token, name, data))
+        return token
+
+    # -- sessions ------------------------------------------------------------
+    def new_session(self, user: str, ttl_s: float) -> tuple[str, float]:
+        token = secrets.token_hex(20)
+        expires = time.time() + ttl_s
+        with self.conn() as c:
+            c.execute("INSERT INTO sessions(token, user, expires) VALUES (?, ?, ?)", (token, user, expires))
+            c.execute("DELETE FROM sessions WHERE expires < ?", (time.time(),))
+        return token, expires
+
+    def session(self, token: str) -> tuple[str, float] | None:
+        with self.conn() as c:
+            row = c.execute("SELECT user, expires FROM sessions WHERE token=?", (token,)).fetchone()
+        return (row[0], row[1]) if row else None
+
+    def drop_session(self, token: str) -> None:
+        with self.conn() as c:
+            c.execute("DELETE FROM sessions WHERE token=?", (token,))
+
+    # -- read-only views -----------------------------------------------------
+    def overview(self, limit: int = 200) -> tuple[list[tuple], list[tuple]]:
+        """(per-queue counts, latest submissions) for the dashboard and `queue status`."""
+        now = time.time()
+        with self.conn() as c:
+            counts = c.execute(
+                "SELECT queue,"
+                " sum(state='pending' AND leased_until<=?), sum(state='pending' AND leased_until>?),"
+                " sum(state='answered'), sum(state='retired'),"
+                " sum(delivery='delivered'), sum(delivery='failed')"
+                " FROM submissions GROUP BY queue ORDER BY queue", (now, now)).fetchall()
+            rows = c.execute(
+                "SELECT id, queue, lms_key, state, leased_until, pulls, puts, result, delivery,"
+                " delivery_tries, delivery_error, created FROM submissions ORDER BY id DESC LIMIT ?",
+                (limit,)).fetchall()
+        return counts, rows
+
+
+def row_has_result(c: sqlite3.Connection, sid: int) -> bool:
+    return c.execute("SELECT result IS NOT NULL FROM submissions WHERE id=?", (sid,)).fetchone()[0] == 1
