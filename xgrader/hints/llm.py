@@ -1,0 +1,79 @@
+"""Chat Completions over any OpenAI-compatible endpoint (hosted, vLLM,
+llama.cpp, Ollama) through the `openai` client, with our own bounded retries
+so every call fits the submission's remaining time budget."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import openai
+import structlog
+
+log = structlog.get_logger(__name__)
+
+
+class LLMError(Exception):
+    """The endpoint failed (5xx, connection drop, bad response) after retries."""
+
+
+class LLMTimeout(LLMError):
+    """The time budget ran out before an answer came."""
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    tokens: int
+    seconds: float
+
+
+class LLMClient:
+    def __init__(self, base_url: str | None, model: str, api_key: str | None,
+                 request_timeout_s: float, max_retries: int, json_mode: bool = True) -> None:
+        self.model = model
+        self.request_timeout_s = request_timeout_s
+        self.max_retries = max_retries
+        self.json_mode = json_mode
+        # The openai client's own retries ignore our budget: we retry ourselves.
+        self._client = openai.OpenAI(base_url=base_url, api_key=api_key or "unused",
+                                     max_retries=0, timeout=request_timeout_s)
+
+    def chat(self, messages: list[dict[str, str]], deadline: float) -> Completion:
+        """One answer before `deadline` (time.monotonic), or LLMTimeout/LLMError.
+        Retries transport errors, 5xx and 429 up to max_retries times."""
+        started = time.monotonic()
+        last: Exception | None = None
+        for attempt in range(self.max_retries + 1):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0.05:
+                raise LLMTimeout(f"budget exhausted after {attempt} attempt(s): {last}")
+            timeout = min(self.request_timeout_s, remaining)
+            try:
+                kwargs = {"response_format": {"type": "json_object"}} if self.json_mode else {}
+                resp = self._client.chat.completions.create(
+                    model=self.model, messages=messages, temperature=0.2,  # type: ignore[arg-type]
+                    timeout=openai.Timeout(timeout, connect=min(timeout, 5.0)), **kwargs,
+                )
+            except openai.APITimeoutError as exc:
+                last = exc
+                if time.monotonic() >= deadline - 0.05:
+                    raise LLMTimeout("no answer within the time budget") from exc
+                log.info("hint_llm_retry", attempt=attempt + 1, error="timeout")
+                continue
+            except (openai.APIConnectionError, openai.InternalServerError, openai.RateLimitError) as exc:
+                last = exc
+                log.info("hint_llm_retry", attempt=attempt + 1, error=type(exc).__name__)
+                time.sleep(min(0.2 * (2 ** attempt), max(0.0, deadline - time.monotonic() - 0.05)))
+                continue
+            except openai.APIStatusError as exc:  # 4xx: retrying will not help
+                raise LLMError(f"endpoint answered {exc.status_code}") from exc
+            except openai.OpenAIError as exc:
+                raise LLMError(f"{type(exc).__name__}: {exc}") from exc
+            choice = resp.choices[0] if resp.choices else None
+            text = (choice.message.content if choice and choice.message else None) or ""
+            tokens = resp.usage.total_tokens if resp.usage else 0
+            return Completion(text=text, tokens=tokens, seconds=time.monotonic() - started)
+        if isinstance(last, openai.APITimeoutError):
+            raise LLMTimeout(f"timed out {self.max_retries + 1} time(s)")
+        raise LLMError(f"failed {self.max_retries + 1} time(s): {type(last).__name__}: {last}")

@@ -1,0 +1,428 @@
+"""One small store for everything hints share across processes and replicas:
+quotas (reserved atomically, counted only when delivered), the hint cache,
+the cross-process concurrency slots, the circuit breaker, per-assignment
+switches and the audit log.
+
+`open_store(url)`: `sqlite:///path.db` (default: one host, any number of
+processes) or `redis://host:port/db` (replicas). The daemon forks a child per
+submission, so connections are opened lazily per process id: a connection is
+never shared across a fork.
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+import os
+import sqlite3
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from xgrader.hints.models import AuditRecord, CachedHint
+
+
+class HintStore(abc.ABC):
+    """Every method is atomic on its own; callers never hold a lock across calls."""
+
+    # -- quotas -------------------------------------------------------------
+    @abc.abstractmethod
+    def reserve(self, student: str, assignment: str, hint_type: str,
+                per_assignment: int, per_type: int, hold_s: float) -> str | None:
+        """Reserve one hint if delivered + reserved stay within both limits.
+        A reservation not committed within hold_s lapses (a killed child)."""
+
+    @abc.abstractmethod
+    def commit(self, token: str) -> None:
+        """The reserved hint was delivered: it counts from now on."""
+
+    @abc.abstractmethod
+    def release(self, token: str) -> None:
+        """No hint was delivered: give the reservation back."""
+
+    @abc.abstractmethod
+    def delivered(self, student: str, assignment: str, hint_type: str | None = None) -> int: ...
+
+    # -- cache --------------------------------------------------------------
+    @abc.abstractmethod
+    def cache_get(self, key: str) -> CachedHint | None: ...
+
+    @abc.abstractmethod
+    def cache_put(self, key: str, entry: CachedHint) -> None: ...
+
+    # -- concurrency slots (a semaphore across processes) -------------------
+    @abc.abstractmethod
+    def acquire_slot(self, limit: int, hold_s: float) -> str | None: ...
+
+    @abc.abstractmethod
+    def release_slot(self, token: str) -> None: ...
+
+    # -- circuit breaker ----------------------------------------------------
+    @abc.abstractmethod
+    def breaker_open(self) -> bool:
+        """True while the endpoint is considered down (calls are skipped)."""
+
+    @abc.abstractmethod
+    def breaker_record(self, ok: bool, threshold: int, reset_s: float) -> None:
+        """A success closes it; `threshold` failures in a row open it for reset_s."""
+
+    # -- per-assignment switch ----------------------------------------------
+    @abc.abstractmethod
+    def set_disabled(self, assignment: str, disabled: bool) -> None: ...
+
+    @abc.abstractmethod
+    def disabled(self) -> list[str]: ...
+
+    def is_disabled(self, assignment: str) -> bool:
+        return assignment in self.disabled()
+
+    # -- audit --------------------------------------------------------------
+    @abc.abstractmethod
+    def audit_add(self, record: AuditRecord) -> int: ...
+
+    @abc.abstractmethod
+    def audit_get(self, audit_id: int) -> AuditRecord | None: ...
+
+    @abc.abstractmethod
+    def audit_list(self, limit: int = 50, assignment: str | None = None) -> list[AuditRecord]:
+        """Newest first."""
+
+    @abc.abstractmethod
+    def block(self, audit_id: int) -> bool:
+        """Mark the decision blocked and drop its hint from the cache, so it is
+        never served again. False if no such record."""
+
+    def close(self) -> None: ...
+
+
+def open_store(url: str) -> HintStore:
+    if url.startswith("sqlite:///"):
+        return SQLiteStore(Path(url[len("sqlite:///"):]))
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        return RedisStore(url)
+    raise ValueError(f"hint store URL must be sqlite:///PATH or redis://HOST:PORT/DB, not {url!r}")
+
+
+# ---------------------------------------------------------------------------
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS quota (
+    token TEXT PRIMARY KEY, student TEXT NOT NULL, assignment TEXT NOT NULL,
+    hint_type TEXT NOT NULL, expires REAL            -- NULL once delivered
+);
+CREATE INDEX IF NOT EXISTS quota_sa ON quota (student, assignment);
+CREATE TABLE IF NOT EXISTS cache (key TEXT PRIMARY KEY, entry TEXT NOT NULL, audit_id INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS slots (token TEXT PRIMARY KEY, expires REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS breaker (id INTEGER PRIMARY KEY CHECK (id = 1), failures INTEGER NOT NULL,
+    open_until REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS disabled (assignment TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, assignment TEXT NOT NULL,
+    outcome TEXT NOT NULL, record TEXT NOT NULL
+);
+"""
+
+
+class SQLiteStore(HintStore):
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._conns: dict[tuple[int, int], sqlite3.Connection] = {}
+        self._db()  # create the schema now: a bad path is an error at start, not per hint
+
+    def _db(self) -> sqlite3.Connection:
+        key = (os.getpid(), threading.get_ident())
+        db = self._conns.get(key)
+        if db is None:
+            if any(pid != key[0] for pid, _ in self._conns):
+                self._conns = {}  # inherited over a fork: never use the parent's connections
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self.path, timeout=10, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA busy_timeout=10000")
+            db.executescript(_SCHEMA)
+            self._conns[key] = db
+        return db
+
+    def _tx(self):
+        return _Immediate(self._db())
+
+    def reserve(self, student, assignment, hint_type, per_assignment, per_type, hold_s):
+        now = time.time()
+        with self._tx() as db:
+            db.execute("DELETE FROM quota WHERE expires IS NOT NULL AND expires < ?", (now,))
+            total = db.execute("SELECT COUNT(*) FROM quota WHERE student=? AND assignment=?",
+                               (student, assignment)).fetchone()[0]
+            typed = db.execute("SELECT COUNT(*) FROM quota WHERE student=? AND assignment=? AND hint_type=?",
+                               (student, assignment, hint_type)).fetchone()[0]
+            if total >= per_assignment or typed >= per_type:
+                return None
+            token = uuid.uuid4().hex
+            db.execute("INSERT INTO quota VALUES (?,?,?,?,?)", (token, student, assignment, hint_type, now + hold_s))
+            return token
+
+    def commit(self, token):
+        with self._tx() as db:
+            db.execute("UPDATE quota SET expires=NULL WHERE token=?", (token,))
+
+    def release(self, token):
+        with self._tx() as db:
+            db.execute("DELETE FROM quota WHERE token=? AND expires IS NOT NULL", (token,))
+
+    def delivered(self, student, assignment, hint_type=None):
+        sql = "SELECT COUNT(*) FROM quota WHERE expires IS NULL AND student=? AND assignment=?"
+        args: tuple = (student, assignment)
+        if hint_type is not None:
+            sql, args = sql + " AND hint_type=?", args + (hint_type,)
+        return self._db().execute(sql, args).fetchone()[0]
+
+    def cache_get(self, key):
+        row = self._db().execute("SELECT entry FROM cache WHERE key=?", (key,)).fetchone()
+        return CachedHint.model_validate_json(row[0]) if row else None
+
+    def cache_put(self, key, entry):
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO cache VALUES (?,?,?)", (key, entry.model_dump_json(), entry.audit_id))
+
+    def acquire_slot(self, limit, hold_s):
+        now = time.time()
+        with self._tx() as db:
+            db.execute("DELETE FROM slots WHERE expires < ?", (now,))
+            if db.execute("SELECT COUNT(*) FROM slots").fetchone()[0] >= limit:
+                return None
+            token = uuid.uuid4().hex
+            db.execute("INSERT INTO slots VALUES (?,?)", (token, now + hold_s))
+            return token
+
+    def release_slot(self, token):
+        with self._tx() as db:
+            db.execute("DELETE FROM slots WHERE token=?", (token,))
+
+    def breaker_open(self):
+        row = self._db().execute("SELECT open_until FROM breaker WHERE id=1").fetchone()
+        return bool(row) and row[0] > time.time()
+
+    def breaker_record(self, ok, threshold, reset_s):
+        with self._tx() as db:
+            row = db.execute("SELECT failures FROM breaker WHERE id=1").fetchone()
+            failures = 0 if ok else (row[0] if row else 0) + 1
+            open_until = time.time() + reset_s if failures >= threshold else 0.0
+            db.execute("INSERT OR REPLACE INTO breaker VALUES (1,?,?)", (failures, open_until))
+
+    def set_disabled(self, assignment, disabled):
+        with self._tx() as db:
+            if disabled:
+                db.execute("INSERT OR IGNORE INTO disabled VALUES (?)", (assignment,))
+            else:
+                db.execute("DELETE FROM disabled WHERE assignment=?", (assignment,))
+
+    def disabled(self):
+        return [r[0] for r in self._db().execute("SELECT assignment FROM disabled ORDER BY assignment")]
+
+    def audit_add(self, record):
+        with self._tx() as db:
+            cur = db.execute("INSERT INTO audit (at, assignment, outcome, record) VALUES (?,?,?,?)",
+                             (record.at, record.assignment, record.outcome.value, "{}"))
+            audit_id = int(cur.lastrowid)
+            db.execute("UPDATE audit SET record=? WHERE id=?",
+                       (record.model_copy(update={"id": audit_id}).model_dump_json(), audit_id))
+            return audit_id
+
+    def audit_get(self, audit_id):
+        row = self._db().execute("SELECT record FROM audit WHERE id=?", (audit_id,)).fetchone()
+        return AuditRecord.model_validate_json(row[0]) if row else None
+
+    def audit_list(self, limit=50, assignment=None):
+        sql, args = "SELECT record FROM audit", ()
+        if assignment is not None:
+            sql, args = sql + " WHERE assignment=?", (assignment,)
+        rows = self._db().execute(sql + " ORDER BY id DESC LIMIT ?", (*args, limit))
+        return [AuditRecord.model_validate_json(r[0]) for r in rows]
+
+    def block(self, audit_id):
+        with self._tx() as db:
+            row = db.execute("SELECT record FROM audit WHERE id=?", (audit_id,)).fetchone()
+            if not row:
+                return False
+            record = AuditRecord.model_validate_json(row[0])
+            db.execute("UPDATE audit SET record=? WHERE id=?",
+                       (record.model_copy(update={"blocked": True}).model_dump_json(), audit_id))
+            source = record.source_audit_id or audit_id  # blocking a cache hit blocks its source hint
+            db.execute("DELETE FROM cache WHERE audit_id IN (?,?)", (audit_id, source))
+            return True
+
+    def close(self):
+        for (pid, _), db in self._conns.items():
+            if pid == os.getpid():
+                db.close()
+        self._conns = {}
+
+
+class _Immediate:
+    """BEGIN IMMEDIATE ... COMMIT: the write lock is taken before the reads, so
+    check-then-insert (quotas, slots) is atomic across processes."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.db.execute("BEGIN IMMEDIATE")
+        return self.db
+
+    def __exit__(self, exc_type, *_: Any) -> None:
+        self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+# ---------------------------------------------------------------------------
+# Lua keeps check-and-reserve atomic on the Redis server.
+_RESERVE = """
+local now, hold = tonumber(ARGV[1]), tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) or redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[4]) then
+  return 0
+end
+redis.call('ZADD', KEYS[1], now + hold, ARGV[5])
+redis.call('ZADD', KEYS[2], now + hold, ARGV[5])
+redis.call('HSET', KEYS[3], ARGV[5], KEYS[1] .. '\\n' .. KEYS[2])
+return 1
+"""
+_SLOT = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', tonumber(ARGV[1]))
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then return 0 end
+redis.call('ZADD', KEYS[1], tonumber(ARGV[1]) + tonumber(ARGV[2]), ARGV[4])
+return 1
+"""
+_BREAKER = """
+local failures = 0
+if ARGV[1] == '0' then failures = redis.call('HINCRBY', KEYS[1], 'failures', 1)
+else redis.call('HSET', KEYS[1], 'failures', 0) end
+if failures >= tonumber(ARGV[2]) then
+  redis.call('HSET', KEYS[1], 'open_until', tonumber(ARGV[3]) + tonumber(ARGV[4]))
+else redis.call('HSET', KEYS[1], 'open_until', 0) end
+return failures
+"""
+_INF = "+inf"
+
+
+class RedisStore(HintStore):
+    def __init__(self, url: str, prefix: str = "xgrader:hints:") -> None:
+        import redis  # only needed for this store
+
+        self._redis = redis
+        self.url = url
+        self.p = prefix
+        self._client: tuple[int, Any] | None = None
+        self._r().ping()  # a wrong URL is an error at start
+
+    def _r(self):
+        if self._client is None or self._client[0] != os.getpid():
+            client = self._redis.Redis.from_url(self.url, socket_timeout=5, socket_connect_timeout=5,
+                                                decode_responses=True)
+            self._client = (os.getpid(), client)
+        return self._client[1]
+
+    def _qkeys(self, student: str, assignment: str, hint_type: str | None) -> tuple[str, str]:
+        base = f"{self.p}quota:{json.dumps([student, assignment])}"
+        return base, f"{base}:{hint_type}"
+
+    def reserve(self, student, assignment, hint_type, per_assignment, per_type, hold_s):
+        token = uuid.uuid4().hex
+        total, typed = self._qkeys(student, assignment, hint_type)
+        ok = self._r().eval(_RESERVE, 3, total, typed, f"{self.p}reservations",
+                            time.time(), hold_s, per_assignment, per_type, token)
+        return token if ok else None
+
+    def commit(self, token):
+        keys = self._r().hget(f"{self.p}reservations", token)
+        if keys:
+            pipe = self._r().pipeline()
+            for key in keys.split("\n"):
+                pipe.zadd(key, {token: _INF}, xx=True)
+            pipe.hdel(f"{self.p}reservations", token)
+            pipe.execute()
+
+    def release(self, token):
+        keys = self._r().hget(f"{self.p}reservations", token)
+        if keys:
+            pipe = self._r().pipeline()
+            for key in keys.split("\n"):
+                pipe.zrem(key, token)
+            pipe.hdel(f"{self.p}reservations", token)
+            pipe.execute()
+
+    def delivered(self, student, assignment, hint_type=None):
+        total, typed = self._qkeys(student, assignment, hint_type)
+        return int(self._r().zcount(typed if hint_type is not None else total, _INF, _INF))
+
+    def cache_get(self, key):
+        raw = self._r().get(f"{self.p}cache:{key}")
+        return CachedHint.model_validate_json(raw) if raw else None
+
+    def cache_put(self, key, entry):
+        pipe = self._r().pipeline()
+        pipe.set(f"{self.p}cache:{key}", entry.model_dump_json())
+        pipe.sadd(f"{self.p}cache_by_audit:{entry.audit_id}", key)
+        pipe.execute()
+
+    def acquire_slot(self, limit, hold_s):
+        token = uuid.uuid4().hex
+        ok = self._r().eval(_SLOT, 1, f"{self.p}slots", time.time(), hold_s, limit, token)
+        return token if ok else None
+
+    def release_slot(self, token):
+        self._r().zrem(f"{self.p}slots", token)
+
+    def breaker_open(self):
+        until = self._r().hget(f"{self.p}breaker", "open_until")
+        return bool(until) and float(until) > time.time()
+
+    def breaker_record(self, ok, threshold, reset_s):
+        self._r().eval(_BREAKER, 1, f"{self.p}breaker", "1" if ok else "0", threshold, time.time(), reset_s)
+
+    def set_disabled(self, assignment, disabled):
+        key = f"{self.p}disabled"
+        (self._r().sadd if disabled else self._r().srem)(key, assignment)
+
+    def disabled(self):
+        return sorted(self._r().smembers(f"{self.p}disabled"))
+
+    def is_disabled(self, assignment):
+        return bool(self._r().sismember(f"{self.p}disabled", assignment))
+
+    def audit_add(self, record):
+        r = self._r()
+        audit_id = int(r.incr(f"{self.p}audit_seq"))
+        pipe = r.pipeline()
+        pipe.set(f"{self.p}audit:{audit_id}", record.model_copy(update={"id": audit_id}).model_dump_json())
+        pipe.zadd(f"{self.p}audit_ids", {str(audit_id): audit_id})
+        pipe.zadd(f"{self.p}audit_ids:{record.assignment}", {str(audit_id): audit_id})
+        pipe.execute()
+        return audit_id
+
+    def audit_get(self, audit_id):
+        raw = self._r().get(f"{self.p}audit:{audit_id}")
+        return AuditRecord.model_validate_json(raw) if raw else None
+
+    def audit_list(self, limit=50, assignment=None):
+        key = f"{self.p}audit_ids" + (f":{assignment}" if assignment is not None else "")
+        ids = self._r().zrevrange(key, 0, max(limit, 1) - 1)
+        records = [self.audit_get(int(i)) for i in ids]
+        return [r for r in records if r is not None]
+
+    def block(self, audit_id):
+        record = self.audit_get(audit_id)
+        if record is None:
+            return False
+        r = self._r()
+        r.set(f"{self.p}audit:{audit_id}", record.model_copy(update={"blocked": True}).model_dump_json())
+        for source in {audit_id, record.source_audit_id or audit_id}:
+            for key in r.smembers(f"{self.p}cache_by_audit:{source}"):
+                r.delete(f"{self.p}cache:{key}")
+            r.delete(f"{self.p}cache_by_audit:{source}")
+        return True
+
+    def close(self):
+        if self._client is not None and self._client[0] == os.getpid():
+            self._client[1].close()
+        self._client = None
