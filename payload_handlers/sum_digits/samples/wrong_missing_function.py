@@ -1,0 +1,2 @@
+def sumDigits(n):
+    return sum(int(ch) for ch in str(abs(n)))

@@ -1,0 +1,3 @@
+def words(text):
+    # splits on spaces only: "Hello," and "hello" count as different words
+    return text.split()

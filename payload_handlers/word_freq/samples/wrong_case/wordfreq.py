@@ -1,0 +1,16 @@
+from cleaning import words
+
+
+def count_words(word_list):
+    """How many times each word occurs (word_list is left unchanged)."""
+    counts = {}
+    for word in word_list:
+        counts[word] = counts.get(word, 0) + 1
+    return counts
+
+
+def top_words(text, n):
+    """The n most frequent words as (word, count), ties alphabetical."""
+    counts = count_words(words(text))
+    ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    return ranked[:n]

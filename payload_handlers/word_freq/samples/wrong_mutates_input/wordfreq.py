@@ -1,0 +1,14 @@
+from cleaning import words
+
+
+def count_words(word_list):
+    counts = {}
+    while word_list:                 # empties the caller's list
+        word = word_list.pop()
+        counts[word] = counts.get(word, 0) + 1
+    return counts
+
+
+def top_words(text, n):
+    counts = count_words(words(text))
+    return sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:n]

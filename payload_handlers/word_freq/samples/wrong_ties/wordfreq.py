@@ -1,0 +1,14 @@
+from cleaning import words
+
+
+def count_words(word_list):
+    counts = {}
+    for word in word_list:
+        counts[word] = counts.get(word, 0) + 1
+    return counts
+
+
+def top_words(text, n):
+    counts = count_words(words(text))
+    # sorts by count only: ties keep the order of first appearance
+    return sorted(counts.items(), key=lambda item: item[1], reverse=True)[:n]
