@@ -29,6 +29,8 @@ class ChildReport(BaseModel):
     # Hook calls made in the child ([name, args, kwargs]), replayed by the
     # parent into its metrics (see HookChain.take_child_events).
     events: list[list] = Field(default_factory=list, max_length=1000)
+    # Push mode: the result body the child computed (the parent answers it).
+    reply: str | None = None
 
 
 class Reporter:
