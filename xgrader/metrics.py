@@ -44,6 +44,7 @@ class MetricsHooks(Hooks):
         # None until the first check: readiness needs a positive answer.
         self.backend_ok: tuple[bool, str] | None = None
         self.requires_login = True  # push mode has no queue session
+        self.requires_loop = True   # push mode has no pull loop
         self.pulled = Counter("xgrader_submissions_pulled", "Submissions pulled", ["queue"], registry=r)
         self.graded = Counter("xgrader_submissions_graded", "Submissions graded",
                               ["queue", "assignment", "outcome"], registry=r)
@@ -93,6 +94,8 @@ class MetricsHooks(Hooks):
         self.hint_tokens.inc(tokens)
 
     def liveness(self) -> tuple[bool, str]:
+        if not self.requires_loop:
+            return True, "ok"
         if self.last_progress is None:
             return False, "pull loop has not started"
         age = time.monotonic() - self.last_progress
