@@ -1,0 +1,5 @@
+def median(xs):
+    if not xs:
+        raise ValueError("empty")
+    s = sorted(xs)
+    return s[len(s) // 2]

@@ -1,0 +1,10 @@
+def median(xs):
+    s = sorted(xs)
+    n = len(s)
+    if n % 2:
+        return s[n // 2]
+    return (s[n // 2 - 1] + s[n // 2]) / 2
+
+
+xs = [int(x) for x in input("numbers: ").split()]
+print(median(xs))
