@@ -117,8 +117,9 @@ def extract_zip(data: bytes, opts: SubmissionOptions, budget: _Budget, archive: 
         seen: set[str] = set()
         out: dict[str, bytes] = {}
         for info in infos:
+            # zipfile cuts names at NUL; the original shows what the archive really holds.
+            check_name(info.orig_filename.rstrip("/") or info.orig_filename, opts, where)
             name = info.filename
-            check_name(name.rstrip("/") or name, opts, where)
             key = name.rstrip("/").casefold()
             if key in seen:
                 raise SubmissionError(f"{where} contains {name!r} twice; each file may appear only once.")
