@@ -173,6 +173,13 @@ def test_zip_bomb_with_lying_header_sizes() -> None:
         _files(files={"bomb.zip": bytes(data)})
 
 
+def test_stored_zip_counts_its_content_once() -> None:
+    data = _zip({"submission.py": b"#" * 3000}, method=zipfile.ZIP_STORED)
+    assert len(data) > 3000
+    assert _files(files={"s.zip": data}, max_bytes=4000) == {"submission.py": b"#" * 3000}
+    _rejected("zip archive 's.zip' is larger", files={"s.zip": data}, max_bytes=2048)
+
+
 def test_zip_too_many_files() -> None:
     entries = {"submission.py": "x = 1\n"} | {f"f{i}.txt": "x" for i in range(30)}
     _rejected("more than the allowed 20 files", files={"s.zip": _zip(entries)}, max_files=20)

@@ -323,11 +323,14 @@ def materialize(request: GradeRequest, assignment: Assignment) -> dict[str, byte
 
     for raw_name, data in request.files.items():
         name = check_name(raw_name, opts)
-        budget.take(len(data), f"upload {name!r}")
         if name.lower().endswith(".zip"):
+            # The archive itself is bounded too, but only what it holds counts toward the total.
+            if len(data) > opts.max_bytes:
+                raise SubmissionError(f"zip archive {name!r} is larger than the allowed {opts.max_bytes} bytes.")
             for inner, content in extract_zip(data, opts, budget, name).items():
                 put(inner, content, f"zip archive {name!r}")
         else:
+            budget.take(len(data), f"upload {name!r}")
             budget.add_file(f"upload {name!r}")
             put(name, data, f"upload {name!r}")
 
