@@ -1,0 +1,88 @@
+"""`xgrader hints` over the real store, the pipeline path (hint escaped and
+labelled in msg, grade untouched) and the daemon wiring."""
+
+from __future__ import annotations
+
+import json
+
+from tests.support.fake_llm import Reply
+from tests.test_hints import (  # noqa: F401 (fixtures shared with the stage tests)
+    make_stage, request, sqlite_url, squares, wrong_report,
+)
+from xgrader import pipeline
+from xgrader.cli.main import main
+from xgrader.config import HintSettings, Settings
+from xgrader.daemon import wiring
+from xgrader.feedback import HINT_LABEL
+from xgrader.hints import HintStage
+from xgrader.hooks import Hooks
+
+
+def test_staff_list_show_block_disable(squares, wrong_report, fake_llm, sqlite_url, capsys, tmp_path):  # noqa: F811
+    stage, _ = make_stage(squares, fake_llm, sqlite_url)
+    fake_llm.script = [Reply.hint("```x```")]
+    delivered = stage.apply(request(), wrong_report)
+    assert delivered.hint
+    capsys.readouterr()
+
+    assert main(["hints", "--store", sqlite_url, "list"]) == 0
+    out = capsys.readouterr().out
+    assert "squares" in out and "delivered" in out and delivered.hint[:40] in out
+    decision = stage.store.audit_list(limit=1)[0].id
+
+    assert main(["hints", "--store", sqlite_url, "show", str(decision)]) == 0
+    out = capsys.readouterr().out
+    assert "verdict: code block" in out and "verdict: ok" in out       # both calls, both verdicts
+    assert "[system]" in out and "student code" in out and "```x```" in out
+
+    assert main(["hints", "--store", sqlite_url, "show", str(decision), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["outcome"] == "delivered"
+
+    # The config file names the store (the daemon's own setting).
+    config = tmp_path / "xgrader.toml"
+    config.write_text(f'[hints]\nstore = "{sqlite_url}"\n')
+    assert main(["hints", "--config", str(config), "block", str(decision)]) == 0
+    assert "blocked" in capsys.readouterr().out
+    assert stage.store.audit_get(decision).blocked
+    stage.apply(request(student="anon-2"), wrong_report)          # not served from the cache
+    assert len(fake_llm.requests) == 3
+
+    assert main(["hints", "--store", sqlite_url, "disable", "squares"]) == 0
+    assert stage.apply(request(student="anon-3"), wrong_report).hint is None
+    assert main(["hints", "--store", sqlite_url, "list", "--limit", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "switched off for: squares" in out and "disabled" in out
+    assert main(["hints", "--store", sqlite_url, "enable", "squares"]) == 0
+    assert stage.apply(request(student="anon-3"), wrong_report).hint
+    capsys.readouterr()
+
+    assert main(["hints", "--store", sqlite_url, "list", "--json", "--assignment", "squares"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 4 and all(json.loads(line)["assignment"] == "squares" for line in lines)
+
+
+def test_cli_errors(sqlite_url, capsys):
+    assert main(["hints", "--store", sqlite_url, "show", "999"]) == 1
+    assert main(["hints", "--store", sqlite_url, "block", "999"]) == 1
+    assert main(["hints", "--store", "ftp://nowhere", "list"]) == 2
+    assert "cannot open the hint store" in capsys.readouterr().err
+
+
+def test_pipeline_posts_the_grade_with_an_escaped_labelled_hint(squares, fake_llm, sqlite_url):  # noqa: F811
+    fake_llm.default = Reply.hint("Compare what happens for x < 0 & think about <b>signs</b>.")
+    stage, _ = make_stage(squares, fake_llm, sqlite_url)
+    req = request()
+    report, reply = pipeline.grade_request(req, stage.settings, squares.backend, Hooks(), hints=stage)
+    plain, plain_reply = pipeline.grade_request(req, stage.settings, squares.backend, Hooks(), hints=None)
+    assert (reply.score, reply.correct) == (plain_reply.score, plain_reply.correct)
+    assert report.hint and not plain.hint
+    assert HINT_LABEL in reply.msg
+    assert "x &lt; 0 &amp; think about &lt;b&gt;signs&lt;/b&gt;" in reply.msg and "<b>signs" not in reply.msg
+
+
+def test_daemon_wiring_builds_the_stage_only_when_enabled(tmp_path):
+    store = f"sqlite:///{tmp_path / 'h.db'}"
+    off = Settings(hints=HintSettings(store=store))
+    assert wiring.build_hints(off, Hooks()) is None
+    on = Settings(hints=HintSettings(enabled=True, store=store, base_url="http://127.0.0.1:9/v1"))
+    assert isinstance(wiring.build_hints(on, Hooks()), HintStage)
