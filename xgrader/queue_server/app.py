@@ -166,7 +166,7 @@ class QueueApp:
             response = redirect(nxt, 302)
         else:
             response = self.reply(0, "Logged in")
-        response.set_cookie(SESSION_COOKIE, token, max_age=int(self.config.session_ttl_s), path="/",
+        response.set_cookie(SESSION_COOKIE, token, max_age=max(1, int(self.config.session_ttl_s)), path="/",
                             httponly=True, samesite="Lax")
         if self.edx:  # Django rotates the CSRF token at login
             response.set_cookie(CSRF_COOKIE, secrets.token_hex(16), path="/", samesite="Lax")

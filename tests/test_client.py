@@ -1,0 +1,220 @@
+"""XQueueClient against the bundled queue server over real HTTP: login and
+CSRF, re-login after session expiry, both server flavours (legacy envelopes,
+edx-submissions status codes), bounded retries, put_result never resent
+once it may have been processed, files."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+
+import pytest
+import requests
+
+from tests.support.queue import CountingHooks, make_client
+from xgrader.client import FilesPayloadError, LoginError, QueueError
+from xgrader.wire import GraderReply, parse_submission
+
+REPLY = GraderReply(correct=True, score=1, msg="<div>ok</div>")
+
+
+class Faults:
+    """WSGI middleware in front of the real app: answers the next requests
+    whose path ends with `endpoint` with `status` (before the app sees them),
+    or passes them through and then answers `status` (after), and records
+    every request's headers."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+        self.plan: list[tuple[str, int, str]] = []   # (endpoint, status, when)
+        self.seen: list[tuple[str, str, dict]] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, environ, start_response):
+        path, method = environ["PATH_INFO"], environ["REQUEST_METHOD"]
+        headers = {k[5:].replace("_", "-").title(): v for k, v in environ.items() if k.startswith("HTTP_")}
+        with self.lock:
+            self.seen.append((method, path, headers))
+            hit = next((p for p in self.plan if path.endswith(p[0])), None)
+            if hit:
+                self.plan.remove(hit)
+        if hit and hit[2] == "after":
+            body = b"".join(self.app(environ, lambda *a, **k: None))
+            del body
+        if hit:
+            start_response(f"{hit[1]} Injected", [("Content-Type", "text/html")])
+            return [b"<html>injected</html>"]
+        return self.app(environ, start_response)
+
+    def count(self, endpoint: str) -> int:
+        with self.lock:
+            return sum(1 for _, p, _ in self.seen if p.endswith(endpoint))
+
+
+@pytest.fixture
+def faults(queue):
+    f = Faults(queue.server.app)
+    queue.server.httpd.app = f
+    return f
+
+
+def test_login_gets_csrf_cookie_first_and_sends_token_and_referer(make_queue):
+    queue = make_queue(mode="edx")
+    f = Faults(queue.server.app)
+    queue.server.httpd.app = f
+    hooks = CountingHooks()
+    client = queue.client(hooks)
+    client.login()
+    assert [(m, p) for m, p, _ in f.seen[:2]] == [("GET", "/xqueue/login/"), ("POST", "/xqueue/login/")]
+    post_headers = f.seen[1][2]
+    assert post_headers["X-Csrftoken"] and post_headers["Referer"] == queue.url
+    assert hooks.logged_in == [True]
+    # every later POST carries the (rotated) token: put_result works under enforced CSRF
+    queue.submit()
+    sub = parse_submission(client.get_submission("q1"))
+    assert client.put_result(sub.header_raw, REPLY).accepted
+    # and the server really enforces it
+    raw = requests.Session()
+    raw.cookies.update(client.session.cookies)
+    r = raw.post(queue.url + "put_result/", data={"xqueue_header": sub.header_raw, "xqueue_body": "{}"}, timeout=5)
+    assert r.status_code == 403
+
+
+def test_edx_status_codes(make_queue):
+    queue = make_queue(mode="edx")
+    hooks = CountingHooks()
+    client = queue.client(hooks)
+    assert client.get_submission("q1") is None            # 404 "is empty": lazy login first (401)
+    assert hooks.relogins == 1
+    with pytest.raises(QueueError, match="not found"):
+        client.get_submission("nope")
+    queue.submit()
+    sub = parse_submission(client.get_submission("q1"))
+    forged = json.dumps({"submission_id": int(sub.submission_id), "submission_key": "0" * 32})
+    out = client.put_result(forged, REPLY)
+    assert out.foreign_key and not out.accepted
+    missing = client.put_result(json.dumps({"submission_id": 999, "submission_key": "0" * 32}), REPLY)
+    assert missing.rejected and missing.message == "Submission does not exist"
+    assert hooks.relogins == 1  # 403/404 answers are not login problems
+    assert client.put_result(sub.header_raw, REPLY).accepted
+
+
+def test_relogin_once_after_session_expiry(queue):
+    hooks = CountingHooks()
+    client = queue.client(hooks)
+    client.login()
+    queue.submit()
+    queue.app.expire_sessions()  # the server forgot every session
+    content = client.get_submission("q1")
+    assert content is not None and hooks.relogins == 1
+    queue.app.expire_sessions()
+    assert client.put_result(parse_submission(content).header_raw, REPLY).accepted
+    assert hooks.relogins == 2
+
+
+def test_short_session_ttl_relogs_in(make_queue):
+    queue = make_queue(session_ttl_s=0.3)
+    hooks = CountingHooks()
+    client = queue.client(hooks)
+    client.login()
+    time.sleep(0.4)
+    assert client.get_queuelen("q1") == 0 and hooks.relogins == 1
+
+
+def test_wrong_password_is_a_clear_login_error(queue):
+    hooks = CountingHooks()
+    client = queue.client(hooks, queue_password="wrong")
+    with pytest.raises(LoginError, match="Incorrect login credentials"):
+        client.login()
+    with pytest.raises(LoginError):
+        client.get_submission("q1")  # re-login once, then give up: no login storm
+    assert hooks.relogins == 1 and hooks.logged_in == [False, False]
+    assert "wrong" not in repr(client.settings)
+
+
+def test_login_then_still_unauthorised_raises(queue, faults):
+    client = queue.client()
+    client.login()
+    faults.plan = [("get_queuelen/", 401, "before"), ("get_queuelen/", 401, "before")]
+    with pytest.raises(LoginError, match="still not authorised"):
+        client.get_queuelen("q1")
+    assert faults.count("/login/") == 4  # the first login (GET+POST) and exactly one re-login
+
+
+def test_5xx_retried_with_backoff(queue, faults):
+    hooks = CountingHooks()
+    client = queue.client(hooks)
+    client.login()
+    queue.submit()
+    faults.plan = [("get_submission/", 503, "before"), ("get_submission/", 500, "before")]
+    assert client.get_submission("q1") is not None
+    assert faults.count("get_submission/") == 3 and hooks.errors.count("http_5xx") == 2
+
+
+def test_5xx_retries_are_bounded(queue, faults):
+    client = queue.client()
+    client.login()
+    faults.plan = [("get_queuelen/", 500, "before")] * 10
+    start = time.monotonic()
+    with pytest.raises(QueueError, match="HTTP 500"):
+        client.get_queuelen("q1")
+    assert faults.count("get_queuelen/") == 4 and time.monotonic() - start < 20
+
+
+def test_put_result_resent_after_gateway_error_but_never_after_a_500(queue, faults, receiver):
+    client = queue.client()
+    sub_id = queue.submit(callback=receiver.url + "a")["id"]
+    sub = parse_submission(client.get_submission("q1"))
+    # 502 before the app: the request never arrived, sending it again is safe
+    faults.plan = [("put_result/", 502, "before")]
+    assert client.put_result(sub.header_raw, REPLY).accepted
+    assert faults.count("put_result/") == 2
+    # a 500 after the app processed it: never sent again (exactly one post per pull)
+    queue.submit(key="b", callback=receiver.url + "b")
+    sub2 = parse_submission(client.get_submission("q1"))
+    faults.plan = [("put_result/", 500, "after")]
+    with pytest.raises(QueueError, match="HTTP 500"):
+        client.put_result(sub2.header_raw, REPLY)
+    assert faults.count("put_result/") == 3
+    assert len(receiver.wait(2)) == 2 and queue.row(sub_id)["puts"] == 1
+
+
+def test_connection_refused_retried_then_raised_quickly():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    hooks = CountingHooks()
+    client = make_client(f"http://127.0.0.1:{port}/xqueue/", hooks)
+    start = time.monotonic()
+    with pytest.raises(requests.ConnectionError):
+        client.get_submission("q1")
+    assert hooks.errors.count("connect") == 4 and time.monotonic() - start < 20
+
+
+def test_basic_auth_sent_for_a_proxy(queue, faults):
+    client = queue.client(basic_auth_user="proxy", basic_auth_password="proxy-pw")
+    client.get_queuelen("q1")
+    import base64
+    expected = "Basic " + base64.b64encode(b"proxy:proxy-pw").decode()
+    assert all(h.get("Authorization") == expected for _, _, h in faults.seen)
+
+
+def test_after_fork_keeps_the_session_with_fresh_connections(queue):
+    hooks = CountingHooks()
+    client = queue.client(hooks)
+    client.login()
+    old = client.session
+    client.after_fork()
+    assert client.session is not old
+    assert client.get_queuelen("q1") == 0 and hooks.relogins == 0
+
+
+def test_fetch_files_rejects_bad_maps(queue):
+    client = queue.client()
+    for files, match in [({"../x": "http://127.0.0.1:9/x"}, "bad file name"),
+                         ({"a.py": "file:///etc/passwd"}, "not http"),
+                         ({"URL_FOR_EXTERNAL_DICTS": "ftp://x/"}, "not http")]:
+        with pytest.raises(FilesPayloadError, match=match):
+            client.fetch_files(files)

@@ -1,0 +1,256 @@
+"""The bundled queue server: persistence across restarts, leases, atomic
+pulls, exactly-once delivery with retries, retiring, files, dashboard, CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import requests
+
+from tests.support.queue import GRADER, LMS, Receiver, wait_until
+from xgrader.client import FilesPayloadError
+from xgrader.wire import GraderReply, parse_submission
+
+REPLY = GraderReply(correct=True, score=2, msg="<div>ok</div>")
+
+
+def test_restart_loses_no_submission_lease_result_or_session(queue, receiver):
+    subs = [queue.submit(key=f"k{i}", callback=receiver.url + f"k{i}") for i in range(3)]
+    client = queue.client()
+    first = parse_submission(client.get_submission("q1"))
+    second = parse_submission(client.get_submission("q1"))
+    assert client.put_result(second.header_raw, REPLY).accepted
+    assert receiver.wait(1)[0]["xqueue_header"] == json.dumps(subs[1]["header"])
+
+    queue.restart()
+
+    assert client.get_queuelen("q1") == 1  # only k2 waits: k0 is still leased, k1 answered
+    third = parse_submission(client.get_submission("q1"))
+    assert third.submission_id == str(subs[2]["id"])
+    assert client.get_submission("q1") is None  # the lease on k0 survived the restart
+    # the lease key survived too, and the session: no re-login was needed
+    assert client.put_result(first.header_raw, REPLY).accepted
+    assert client.put_result(third.header_raw, REPLY).accepted
+    assert len(receiver.wait(3)) == 3
+    time.sleep(0.3)
+    assert sorted(p["xqueue_header"] for p in receiver.posts) == sorted(json.dumps(s["header"]) for s in subs)
+    assert queue.row(subs[1]["id"])["delivery"] == "delivered"
+
+
+def test_pending_delivery_resumes_after_restart(make_queue):
+    down = Receiver(status=503)
+    queue = make_queue()
+    sub = queue.submit(key="d", callback=down.url + "d")
+    client = queue.client()
+    pulled = parse_submission(client.get_submission("q1"))
+    assert client.put_result(pulled.header_raw, REPLY).accepted
+    assert wait_until(lambda: queue.row(sub["id"])["delivery_tries"] >= 1)
+    queue.stop()
+    down.status = 200
+    queue.restart()
+    assert len(down.wait(1)) == 1 and json.loads(down.posts[0]["xqueue_body"])["score"] == 2
+    assert wait_until(lambda: queue.row(sub["id"])["delivery"] == "delivered")
+    down.stop()
+
+
+def test_unanswered_pull_comes_back_after_the_lease_with_a_new_key(make_queue):
+    queue = make_queue(lease_timeout_s=0.6)
+    sub = queue.submit()
+    client = queue.client()
+    first = parse_submission(client.get_submission("q1"))
+    assert client.get_submission("q1") is None  # leased
+    assert client.get_queuelen("q1") == 0
+    time.sleep(0.7)
+    assert client.get_queuelen("q1") == 1
+    again = parse_submission(client.get_submission("q1"))
+    assert again.submission_id == first.submission_id == str(sub["id"])
+    assert again.header.submission_key != first.header.submission_key
+    stale = client.put_result(first.header_raw, REPLY)
+    assert stale.foreign_key and not stale.accepted and stale.message == "Incorrect key for submission"
+    assert client.put_result(again.header_raw, REPLY).accepted
+    assert queue.row(sub["id"])["pulls"] == 2
+
+
+def test_pulling_is_atomic_under_concurrency(queue):
+    n = 120
+    for i in range(n):
+        queue.submit(key=f"k{i}", callback=f"http://127.0.0.1:9/{i}")
+    got: list[str] = []
+    lock = threading.Lock()
+
+    def worker() -> None:
+        client = queue.client()
+        while True:
+            content = client.get_submission("q1")
+            if content is None:
+                return
+            sub = parse_submission(content)
+            with lock:
+                got.append(sub.submission_id)
+            assert client.put_result(sub.header_raw, REPLY).accepted
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(got) == n and len(set(got)) == n  # every submission served exactly once
+
+
+def test_second_put_is_accepted_but_never_delivered_twice(queue, receiver):
+    sub = queue.submit(key="x", callback=receiver.url + "x")
+    client = queue.client()
+    pulled = parse_submission(client.get_submission("q1"))
+    assert client.put_result(pulled.header_raw, REPLY).accepted
+    other = GraderReply(correct=False, score=0, msg="<div>second</div>")
+    assert client.put_result(pulled.header_raw, other).accepted  # legacy: return_code 0
+    assert len(receiver.wait(1)) == 1
+    time.sleep(0.5)
+    assert len(receiver.posts) == 1 and json.loads(receiver.posts[0]["xqueue_body"])["msg"] == "<div>ok</div>"
+    row = queue.row(sub["id"])
+    assert (row["puts"], row["delivery"]) == (2, "delivered")
+
+
+def test_callback_retried_until_delivered(queue):
+    flaky = Receiver(fail_first=2)
+    try:
+        sub = queue.submit(key="r", callback=flaky.url + "r")
+        client = queue.client()
+        pulled = parse_submission(client.get_submission("q1"))
+        assert client.put_result(pulled.header_raw, REPLY).accepted
+        posts = flaky.wait(1)
+        assert len(posts) == 1 and json.loads(posts[0]["xqueue_header"])["lms_key"] == "r"
+        assert flaky.paths == ["/cb/r"]
+        assert wait_until(lambda: queue.row(sub["id"])["delivery"] == "delivered")
+        assert queue.row(sub["id"])["delivery_tries"] == 3
+    finally:
+        flaky.stop()
+
+
+def test_callback_gives_up_after_bounded_tries(make_queue):
+    dead = Receiver(status=500)
+    queue = make_queue(delivery_tries=3)
+    try:
+        sub = queue.submit(key="f", callback=dead.url + "f")
+        bad_scheme = queue.submit(key="g", callback="ftp://127.0.0.1/g")
+        client = queue.client()
+        for _ in range(2):
+            pulled = parse_submission(client.get_submission("q1"))
+            assert client.put_result(pulled.header_raw, REPLY).accepted
+        assert wait_until(lambda: queue.row(sub["id"])["delivery"] == "failed")
+        row = queue.row(sub["id"])
+        assert row["delivery_tries"] == 3 and row["delivery_error"] == "HTTP 500"
+        assert wait_until(lambda: queue.row(bad_scheme["id"])["delivery"] == "failed")
+        assert queue.row(bad_scheme["id"])["delivery_tries"] == 1
+    finally:
+        dead.stop()
+
+
+def test_new_submission_from_same_callback_retires_the_unanswered_one(queue, receiver):
+    old = queue.submit(key="old", callback=receiver.url + "same")
+    new = queue.submit(key="new", callback=receiver.url + "same")
+    client = queue.client()
+    pulled = parse_submission(client.get_submission("q1"))
+    assert pulled.submission_id == str(new["id"])
+    assert client.get_submission("q1") is None
+    assert queue.row(old["id"])["state"] == "retired"
+
+
+def test_uploaded_files_served_at_handed_out_urls_with_size_cap(make_queue):
+    queue = make_queue()
+    files = {"a.py": b"print('a')\n", "data.bin": bytes(range(256)) * 40}
+    queue.submit(key="f", response="", files=files)
+    client = queue.client()
+    sub = parse_submission(client.get_submission("q1"))
+    assert sub.body.student_response == "" and set(sub.files) == set(files)
+    assert all(url.startswith(queue.url + "files/") for url in sub.files.values())
+    assert client.fetch_files(sub.files) == files
+    small = queue.client(max_file_bytes=1000)
+    try:
+        small.fetch_files(sub.files)
+        raise AssertionError("the size cap did not hold")
+    except FilesPayloadError as exc:
+        assert "data.bin" in str(exc) and "1000 bytes" in str(exc) and exc.layer == "xqueue_files"
+    assert requests.get(queue.url + "files/" + "0" * 32, timeout=5).status_code == 404
+
+
+def test_large_file_maps_go_through_url_for_external_dicts(make_queue):
+    queue = make_queue(external_dicts_over=2)
+    files = {f"f{i}.txt": f"file {i}".encode() for i in range(3)}
+    queue.submit(key="m", response="", files=files)
+    client = queue.client()
+    sub = parse_submission(client.get_submission("q1"))
+    assert list(sub.files) == ["URL_FOR_EXTERNAL_DICTS"]
+    assert client.fetch_files(sub.files) == files
+
+
+def test_dashboard_lists_everything_escaped(queue):
+    evil = "<script>alert(1)</script>"
+    sub = queue.submit(key=evil, callback="http://127.0.0.1:9/" + evil)
+    client = queue.client()
+    pulled = parse_submission(client.get_submission("q1"))
+    client.put_result(pulled.header_raw, GraderReply(correct=False, score=0, msg="<img src=x onerror=alert(2)>"))
+    anon = requests.get(queue.url.replace("/xqueue/", "/"), timeout=5)
+    assert anon.status_code == 200 and "password" in anon.text and evil not in anon.text
+    page = queue.lms.get(queue.url.replace("/xqueue/", "/"), timeout=5).text
+    assert evil not in page and "<img" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "&lt;img src=x onerror=alert(2)&gt;" in page
+    assert f"<td>{sub['id']}</td>" in page and "q2" in page  # every queue listed
+    # the browser login form posts `next` and lands on the dashboard
+    s = requests.Session()
+    r = s.post(queue.url + "login/", data={"username": LMS[0], "password": LMS[1], "next": "/"}, timeout=5)
+    assert r.status_code == 200 and "Latest submissions" in r.text
+
+
+def test_cli_serve_submit_status_and_clean_sigterm(tmp_path):
+    db = tmp_path / "cli.db"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "xgrader", "queue", "serve", "--host", "127.0.0.1", "--port", "0", "--db", str(db),
+         "--queue", "cq", "--user", ":".join(GRADER), "--user", ":".join(LMS), "--lease-timeout", "30"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("xgrader queue listening on http://127.0.0.1:"), line
+        url = line.split()[-1]
+        code = tmp_path / "sol.py"
+        code.write_text("def f():\n    return 1\n")
+        out = subprocess.run([sys.executable, "-m", "xgrader", "submit", "--server", url, "--user", ":".join(LMS),
+                              "--queue", "cq", "--payload", '{"grader": "hello"}', "--student", "s9", str(code)],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.startswith("submission_id=1 ") and "queue_length=1" in out.stdout
+        bad = subprocess.run([sys.executable, "-m", "xgrader", "submit", "--server", url, "--user", "lms:wrong",
+                              "--queue", "cq", "--payload", "x", str(code)], capture_output=True, text=True, timeout=60)
+        assert bad.returncode == 1 and "Incorrect login credentials" in bad.stderr
+        from tests.support.queue import make_client
+        client = make_client(url, queue_names=["cq"])
+        sub = parse_submission(client.get_submission("cq"))
+        assert sub.body.student_response == code.read_text() and sub.student.anonymous_student_id == "s9"
+        assert client.put_result(sub.header_raw, REPLY).accepted
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+        assert "xgrader queue stopped" in proc.stdout.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+    status = subprocess.run([sys.executable, "-m", "xgrader", "queue", "status", "--db", str(db)],
+                            capture_output=True, text=True, timeout=60)
+    assert status.returncode == 0 and "answered" in status.stdout and "True  2" in status.stdout
+
+
+def test_cli_serve_refuses_bad_config(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "xgrader", "queue", "serve", "--port", "0", "--db",
+                          str(tmp_path / "x.db"), "--user", "nopassword"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "NAME:PASSWORD" in out.stderr
+    cfg = tmp_path / "q.toml"
+    cfg.write_text('queues = ["a", "b"]\nlease_timeout_s = 5\n[users]\ng = "pw"\n')
+    from xgrader.queue_server import QueueServerConfig
+    c = QueueServerConfig.load(cfg, port=1234, queues=None)
+    assert (c.queues, c.lease_timeout_s, c.port, c.users["g"].get_secret_value()) == (["a", "b"], 5, 1234, "pw")
