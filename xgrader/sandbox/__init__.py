@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import structlog
+
 from xgrader.sandbox.base import (  # noqa: F401  (re-exported)
     Backend, Limits, RunningSandbox, SandboxError, SandboxJob, SandboxResult, Verdict, clean_text,
 )
 
 if TYPE_CHECKING:
     from xgrader.config import Settings
+
+_log = structlog.get_logger(__name__)
 
 
 def make_backend(settings: "Settings", *, unsafe_ok: bool = False) -> Backend:
@@ -22,13 +26,20 @@ def make_backend(settings: "Settings", *, unsafe_ok: bool = False) -> Backend:
         from xgrader.sandbox.unsafe import UnsafeBackend
         return UnsafeBackend(settings)
     if kind in ("auto", "docker"):
-        from xgrader.sandbox.docker_backend import DockerBackend
         try:
+            from xgrader.sandbox.docker_backend import DockerBackend
             backend = DockerBackend(settings)
             backend.check()
             return backend
-        except SandboxError:
+        except Exception as exc:  # noqa: BLE001  (ImportError, DockerException, no engine, no image)
             if kind == "docker":
-                raise
+                if isinstance(exc, SandboxError):
+                    raise
+                raise SandboxError(f"docker backend unusable: {exc}") from exc
+            _log.info("sandbox_auto_fallback", backend="bwrap", reason=str(exc)[:200])
     from xgrader.sandbox.bwrap import BwrapBackend
-    return BwrapBackend(settings)
+    bwrap = BwrapBackend(settings)
+    if getattr(settings, "warm_pool", 0) > 0 and bwrap.cgroups.usable:
+        from xgrader.sandbox.warm import WarmPool
+        return WarmPool(bwrap, settings.warm_pool, settings)
+    return bwrap
