@@ -5,6 +5,15 @@ The daemon runs as root here, so the child drops to nobody (65534) *before*
 exec'ing bwrap: bwrap then builds an unprivileged user namespace and sandbox
 root is never host root. bwrap itself gets an empty environment because its
 pid 1 would otherwise expose the daemon's secrets in /proc/1/environ.
+
+The sandbox's Python is `settings.sandbox_python` (under the read-only /usr
+bind), or, when `settings.sandbox_venv` is set, that virtualenv bound
+read-only at /opt/venv and run as /opt/venv/bin/python3 (docs/sandbox.md).
+
+Warm sandboxes (xgrader/sandbox/warm.py) use :meth:`BwrapBackend.prestart` and
+:meth:`BwrapBackend.activate`: the sandbox starts with no files and the job's
+rlimits and tmpfs size (the pool's key), and on activation its cgroup limits
+become the job's before any student file reaches it.
 """
 
 from __future__ import annotations
@@ -25,12 +34,13 @@ from xgrader.sandbox.cgroups import CgroupManager
 from xgrader.sandbox.channel import make_pipes
 from xgrader.sandbox.seccomp import build_filter, filter_fd
 from xgrader.sandbox.unsafe import (
-    BASE_PATH, ProcessSandbox, arrange_fds, safe_relpath, set_rlimits,
+    BASE_PATH, ProcessSandbox, arrange_fds, rlimit_key, safe_relpath, set_rlimits,
 )
 
 log = structlog.get_logger(__name__)
 
 NOBODY = 65534
+VENV_DIR = "/opt/venv"
 
 
 def _system_binds() -> list[str]:
@@ -62,10 +72,13 @@ class BwrapBackend(Backend):
         ]
         venv = getattr(settings, "sandbox_venv", None)
         if venv:
-            prefix += ["--ro-bind", str(Path(venv).resolve()), "/opt/venv"]
+            # The venv's bin/python3 is a symlink into /usr, which is bound too.
+            prefix += ["--ro-bind", str(Path(venv).resolve()), VENV_DIR]
+            self.python = f"{VENV_DIR}/bin/python3"
+        self.venv = Path(venv) if venv else None
         self._prefix = prefix
-        self._seccomp = build_filter()
-        self.cgroups = CgroupManager()
+        self._seccomp = build_filter()  # built once; each job gets a memfd copy
+        self.cgroups = CgroupManager(cpus=getattr(settings, "sandbox_cpus", 1.0))
 
     def _argv(self, job: SandboxJob, file_fds: list[tuple[int, str]], seccomp_fd: int) -> list[str]:
         argv = [*self._prefix, "--seccomp", str(seccomp_fd), "--size", str(job.limits.tmp_mb * 1024 * 1024), "--tmpfs", "/tmp",
@@ -89,6 +102,38 @@ class BwrapBackend(Backend):
         return argv + ["--", *cmd]
 
     def start(self, job: SandboxJob) -> RunningSandbox:
+        sandbox = self._spawn(job)
+        sandbox.arm()
+        return sandbox
+
+    def prestart(self, template: SandboxJob) -> ProcessSandbox:
+        """A sandbox started for `template` (no files) but not yet a job's:
+        no wall clock runs until :meth:`activate`. Needs cgroups (its limits
+        change on activation); raises SandboxError without them."""
+        if not self.cgroups.usable:
+            raise SandboxError("warm sandboxes need cgroups")
+        return self._spawn(template)
+
+    def activate(self, sandbox: ProcessSandbox, job: SandboxJob) -> None:
+        """Make a pre-started (idle, runner blocked on its channel) sandbox
+        `job`'s: its cgroup limits become the job's, its wall clock starts.
+        Rlimits and the tmpfs size were fixed at start and must already be the
+        job's (the pool keys sandboxes by them: unsafe.rlimit_key); changing
+        another uid's rlimits would need CAP_SYS_RESOURCE, which a container's
+        root often lacks."""
+        cg = sandbox.cgroup
+        if cg is None:
+            raise SandboxError("warm sandbox without a cgroup")
+        if rlimit_key(sandbox.job.limits) != rlimit_key(job.limits):
+            raise SandboxError("warm sandbox started with other rlimits or tmpfs size")
+        try:
+            cg.set_limits(job.limits)
+        except OSError as exc:  # e.g. a memory limit below what the idle runner uses
+            raise SandboxError(f"cannot set the warm sandbox's limits: {exc}") from None
+        sandbox.rebind(job)
+        sandbox.arm()
+
+    def _spawn(self, job: SandboxJob) -> ProcessSandbox:
         file_fds: list[tuple[int, str]] = []
         try:
             for name, data in job.files.items():
@@ -113,11 +158,15 @@ class BwrapBackend(Backend):
 
             cg = self.cgroups.create(job.label, job.limits)
 
+            # RLIMIT_NPROC is per host uid (every sandbox runs as nobody): only a
+            # coarse fork-bomb brake, used when no pids cgroup bounds the job.
+            nproc = None if cg is not None else job.limits.pids * 4
+
             def preexec() -> None:
                 if cg is not None:
                     cg.join()
                 arrange_fds(sources)
-                set_rlimits(job.limits)  # after: RLIMIT_NOFILE would refuse the high fds
+                set_rlimits(job.limits, nproc=nproc)  # after: RLIMIT_NOFILE would refuse the high fds
                 # Never host root inside: drop before bwrap builds its user namespace.
                 os.setgroups([])
                 os.setgid(NOBODY)
@@ -150,20 +199,34 @@ class BwrapBackend(Backend):
             cg.remove()
             return stats
 
-        return ProcessSandbox(proc, job, started, channel, exit_128_is_signal=True,
-                              on_kill=cg.kill if cg else None, on_done=done)
+        sandbox = ProcessSandbox(proc, job, started, channel, exit_128_is_signal=True,
+                                 on_kill=cg.kill if cg else None, on_done=done)
+        sandbox.cgroup = cg
+        return sandbox
 
     def kill_label(self, label: str) -> None:
+        """The label's cgroups, and orphans (their creator, e.g. the killed
+        job child that ran warm sandboxes, is dead): killed and removed."""
         for cg in self.cgroups.stale(label):
             cg.remove()
 
     def cleanup_stale(self) -> None:
+        """At daemon start: cgroups whose creator died (a crashed predecessor
+        or its job children) are killed and removed. Processes need nothing:
+        bwrap runs with --die-with-parent and its pid namespace dies with it;
+        files live in memfds and the sandbox's tmpfs, never on the host."""
+        removed = 0
         for cg in self.cgroups.stale():
+            removed += 1
             cg.remove()
+        if removed:
+            log.info("stale_cgroups_removed", count=removed)
 
     def check(self) -> None:
         if not os.access(self.bwrap, os.X_OK):
             raise SandboxError("bwrap not installed")
+        if self.venv is not None and not (self.venv / "bin" / "python3").exists():
+            raise SandboxError(f"sandbox_venv {self.venv} has no bin/python3")
         r = subprocess.run([self.bwrap, "--ro-bind", "/", "/", "true"], capture_output=True, env={})
         if r.returncode != 0:
             raise SandboxError("bwrap cannot start: " + r.stderr.decode(errors="replace")[:200])

@@ -1,8 +1,10 @@
 """Per-job cgroups (v1 split hierarchies or v2 unified): memory incl. swap, pids,
-CPU accounting; OOM detection, peak memory, kill-all and removal.
+CPU quota and accounting; OOM detection, peak memory, kill-all and removal.
 
 Job cgroups are created under the daemon's own cgroup (from /proc/self/cgroup),
-named `xgrader-<label>-<n>` so cleanup_stale() finds a crashed predecessor's.
+named `xgrader-<label>-<creator pid>-<n>`. The creator pid lets cleanup find
+orphans (creator dead: a crashed daemon or a SIGKILLed job child) without
+touching the live cgroups of another daemon or job sharing the hierarchy.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ log = structlog.get_logger(__name__)
 
 ROOT = Path("/sys/fs/cgroup")
 PREFIX = "xgrader-"
+CPU_PERIOD_US = 100_000
 _seq = itertools.count()
 
 
@@ -37,66 +40,134 @@ def _write(path: Path, value: str) -> None:
     path.write_text(value)
 
 
-class CgroupManager:
-    """Finds where job cgroups go; `None` dirs mean that controller is unusable."""
+def creator_pid(name: str) -> int | None:
+    """The pid encoded in a job cgroup's name (second-to-last dash field)."""
+    parts = name.rsplit("-", 2)
+    try:
+        return int(parts[-2]) if len(parts) == 3 else None
+    except ValueError:
+        return None
 
-    def __init__(self, root: Path = ROOT) -> None:
+
+def _safe(label: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in label)[:60]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie is dead for our purposes (its cgroups are orphans).
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            stat = fh.read()
+        return stat[stat.rfind(b")") + 2:][:1] != b"Z"
+    except OSError:
+        return False
+
+
+class CgroupManager:
+    """Finds where job cgroups go. `usable` is False when memory/pids cannot be
+    managed (then rlimits are the only bound). `cpus` is the CPU quota per job
+    (1.0 = one core's worth of time per period)."""
+
+    def __init__(self, root: Path = ROOT, cpus: float | None = 1.0) -> None:
         own = _own_paths()
         self.v2 = (root / "cgroup.controllers").exists()
+        self.cpus = cpus
         if self.v2:
             self.parents = {"unified": root / own.get("", "/").lstrip("/")}
+            required = ["unified"]
         else:
-            self.parents = {c: root / c / own.get(c, "/").lstrip("/") for c in ("memory", "pids", "cpuacct")}
-        self.usable = all(os.access(p, os.W_OK) for p in self.parents.values())
+            self.parents = {c: root / c / own.get(c, "/").lstrip("/") for c in ("memory", "pids", "cpuacct", "cpu")
+                            if (root / c).is_dir()}
+            required = ["memory", "pids"]
+            # cpu/cpuacct are extras: dropped (not fatal) when not writable.
+            for c in ("cpu", "cpuacct"):
+                if c in self.parents and not os.access(self.parents[c], os.W_OK):
+                    del self.parents[c]
+        self.usable = all(c in self.parents and os.access(self.parents[c], os.W_OK) for c in required)
         if not self.usable:
-            log.warning("cgroups_unavailable", reason="not writable; rlimits only", parents=[str(p) for p in self.parents.values()])
+            log.warning("cgroups_unavailable", reason="not writable; rlimits only",
+                        parents=[str(p) for p in self.parents.values()])
 
     def create(self, label: str, limits: Limits) -> "JobCgroup | None":
         if not self.usable:
             return None
-        safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in label)[:60]
-        name = f"{PREFIX}{safe}-{os.getpid()}-{next(_seq)}"
-        return JobCgroup({c: p / name for c, p in self.parents.items()}, self.v2, limits)
+        name = f"{PREFIX}{_safe(label)}-{os.getpid()}-{next(_seq)}"
+        return JobCgroup({c: p / name for c, p in self.parents.items()}, self.v2, limits, self.cpus)
 
-    def stale(self, label: str | None = None) -> list["JobCgroup"]:
+    def _found(self) -> dict[str, dict[str, Path]]:
         found: dict[str, dict[str, Path]] = {}
         for c, parent in self.parents.items():
             for d in parent.glob(PREFIX + "*"):
-                if label is None or d.name.startswith(f"{PREFIX}{label}-"):
-                    found.setdefault(d.name, {})[c] = d
-        return [JobCgroup(dirs, self.v2, None) for dirs in found.values()]
+                found.setdefault(d.name, {})[c] = d
+        return found
+
+    def stale(self, label: str | None = None) -> list["JobCgroup"]:
+        """Job cgroups whose creator process is gone (orphans), plus, when
+        `label` is given, every cgroup of that label."""
+        out = []
+        for name, dirs in self._found().items():
+            pid = creator_pid(name)
+            mine = label is not None and name.rsplit("-", 2)[0] == PREFIX + _safe(label)
+            if mine or pid is None or not _alive(pid):
+                out.append(JobCgroup(dirs, self.v2, None))
+        return out
+
+    def owned_by(self, pid: int) -> list[str]:
+        """Names of job cgroups created by `pid` (leak checks in tests, ops)."""
+        return [n for n in self._found() if creator_pid(n) == pid]
 
 
 class JobCgroup:
-    def __init__(self, dirs: dict[str, Path], v2: bool, limits: Limits | None) -> None:
+    def __init__(self, dirs: dict[str, Path], v2: bool, limits: Limits | None, cpus: float | None = None) -> None:
         self.dirs = dirs
         self.v2 = v2
+        self.cpus = cpus
+        self._mem: int | None = None
         if limits is not None:
             for d in dirs.values():
                 d.mkdir(exist_ok=True)
-            self._limit(limits)
+            self.set_limits(limits)
 
-    def _limit(self, limits: Limits) -> None:
+    def set_limits(self, limits: Limits) -> None:
+        """Applies (or changes: warm sandboxes) memory, swap, pids and CPU quota."""
         mem = limits.memory_mb * 1024 * 1024
+        quota = int(CPU_PERIOD_US * self.cpus) if self.cpus else None
         if self.v2:
             d = self.dirs["unified"]
             _write(d / "memory.max", str(mem))
             if (d / "memory.swap.max").exists():
                 _write(d / "memory.swap.max", "0")
             _write(d / "pids.max", str(limits.pids))
+            if quota and (d / "cpu.max").exists():
+                _write(d / "cpu.max", f"{quota} {CPU_PERIOD_US}")
             return
         m = self.dirs["memory"]
-        _write(m / "memory.limit_in_bytes", str(mem))
-        if (m / "memory.memsw.limit_in_bytes").exists():
-            _write(m / "memory.memsw.limit_in_bytes", str(mem))
+        memsw = m / "memory.memsw.limit_in_bytes"
+        # v1 requires limit_in_bytes <= memsw.limit_in_bytes at every step.
+        order = [m / "memory.limit_in_bytes", memsw]
+        if self._mem is not None and mem > self._mem:
+            order.reverse()
+        for path in order:
+            if path.exists():
+                _write(path, str(mem))
+        self._mem = mem
         _write(self.dirs["pids"] / "pids.max", str(limits.pids))
+        if quota and "cpu" in self.dirs:
+            _write(self.dirs["cpu"] / "cpu.cfs_period_us", str(CPU_PERIOD_US))
+            _write(self.dirs["cpu"] / "cpu.cfs_quota_us", str(quota))
 
     def join(self, pid: int = 0) -> None:
         """Called in the child before exec (pid 0 = the caller)."""
         for d in self.dirs.values():
             _write(d / "cgroup.procs", str(pid or os.getpid()))
 
-    def _pids(self) -> set[int]:
+    def pids(self) -> set[int]:
         pids: set[int] = set()
         for d in self.dirs.values():
             try:
@@ -113,8 +184,8 @@ class JobCgroup:
                 pass
         # v1 (and the v2 fallback): SIGKILL until empty; a forking job cannot outrun
         # the loop because pids.max bounds it and killed pids never come back.
-        for _ in range(200):
-            pids = self._pids()
+        for _ in range(1000):
+            pids = self.pids()
             if not pids:
                 return
             for pid in pids:
@@ -122,7 +193,8 @@ class JobCgroup:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
-            time.sleep(0.005)
+            time.sleep(0.001)
+        log.warning("cgroup_not_empty", cgroup=str(next(iter(self.dirs.values()))))
 
     def stats(self) -> dict:
         out: dict = {}
@@ -143,19 +215,31 @@ class JobCgroup:
                 else:
                     out["oom"] = int((m / "memory.failcnt").read_text()) > 0
                 out["peak_memory_mb"] = int((m / "memory.max_usage_in_bytes").read_text()) / 2**20
-                out["cpu_s"] = int((self.dirs["cpuacct"] / "cpuacct.usage").read_text()) / 1e9
+                if "cpuacct" in self.dirs:
+                    out["cpu_s"] = int((self.dirs["cpuacct"] / "cpuacct.usage").read_text()) / 1e9
         except (OSError, KeyError, ValueError) as exc:
             log.warning("cgroup_stats_failed", error=str(exc))
         return out
 
-    def remove(self) -> None:
+    def remove(self) -> bool:
+        """Kill what is left and rmdir every controller's directory, retrying
+        while the kernel still reports it busy (exiting tasks). False if any
+        directory survived (it is an orphan for the next cleanup_stale)."""
         self.kill()
+        ok = True
         for d in self.dirs.values():
-            for _ in range(100):
+            delay = 0.001
+            for _ in range(40):  # ~2 s in all, backing off
                 try:
                     d.rmdir()
                     break
                 except FileNotFoundError:
                     break
                 except OSError:  # EBUSY while the last task exits
-                    time.sleep(0.01)
+                    self.kill()
+                    time.sleep(delay)
+                    delay = min(delay * 2, 0.1)
+            else:
+                ok = False
+                log.warning("cgroup_remove_failed", cgroup=str(d))
+        return ok

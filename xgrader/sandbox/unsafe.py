@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -47,14 +48,32 @@ def place_files(root: Path, files: dict[str, bytes]) -> None:
         target.write_bytes(data)
 
 
-def set_rlimits(limits: Limits) -> None:
-    """In the child before exec: CPU soft < hard so SIGXCPU comes first, then SIGKILL."""
+def rlimit_values(limits: Limits) -> list[tuple[int, tuple[int, int]]]:
+    """(resource, (soft, hard)) for a job. CPU soft < hard so SIGXCPU comes
+    first, then SIGKILL; no core dumps."""
     cpu = max(1, int(limits.cpu_s + 0.999))
-    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
     fsize = limits.file_mb * 1024 * 1024
-    resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
-    resource.setrlimit(resource.RLIMIT_NOFILE, (limits.open_files, limits.open_files))
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    return [
+        (resource.RLIMIT_CPU, (cpu, cpu + 1)),
+        (resource.RLIMIT_FSIZE, (fsize, fsize)),
+        (resource.RLIMIT_NOFILE, (limits.open_files, limits.open_files)),
+        (resource.RLIMIT_CORE, (0, 0)),
+    ]
+
+
+def rlimit_key(limits: Limits) -> tuple:
+    """What is fixed when a sandbox starts (rlimits, tmpfs size): warm
+    sandboxes only serve jobs with the same key."""
+    return (*(v for _, v in rlimit_values(limits)), limits.tmp_mb)
+
+
+def set_rlimits(limits: Limits, nproc: int | None = None) -> None:
+    """In the child before exec. RLIMIT_NPROC only when asked: it counts every
+    process of the (host) uid, not the job's, and root ignores it."""
+    for res, value in rlimit_values(limits):
+        resource.setrlimit(res, value)
+    if nproc is not None:
+        resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
 
 
 def arrange_fds(sources: list[int]) -> None:
@@ -72,7 +91,13 @@ def install_channel_fds(child_r: int, child_w: int) -> None:
 
 
 class ProcessSandbox(RunningSandbox):
-    """Supervises one started process group: capped streamed output, wall timer, kill."""
+    """Supervises one started process group: capped streamed output, wall timer, kill.
+
+    The wall clock is enforced by the host even when nobody calls wait() (an
+    interactive job whose harness is stuck): :meth:`arm` starts a timer that
+    kills the job at its deadline."""
+
+    cgroup: Any = None  # the job's JobCgroup (bwrap), for warm activation
 
     def __init__(self, proc: subprocess.Popen, job: SandboxJob, started: float,
                  channel: FdChannel | None, on_kill: Any = None, on_done: Any = None,
@@ -89,8 +114,37 @@ class ProcessSandbox(RunningSandbox):
         # bwrap (pid 1 in the box) reports a child killed by signal N as exit 128+N.
         self._exit_128 = exit_128_is_signal
         self._stdin_left = memoryview(job.stdin)
+        self._timer: threading.Timer | None = None
+        self._expired = False
+        self._cpu_base = 0.0
+
+    def arm(self) -> None:
+        """Start the host-side wall clock (from self.started)."""
+        if self._timer is not None:
+            return
+        left = self.started + self.job.limits.wall_s - time.monotonic()
+        self._timer = threading.Timer(max(left, 0.0), self._expire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _expire(self) -> None:
+        if self._result is None and self.proc.poll() is None:
+            self._expired = True
+            log.info("sandbox_wall_expired", label=self.job.label)
+            self.kill()
+
+    def rebind(self, job: SandboxJob) -> None:
+        """A pre-started sandbox becomes `job`'s: its clock starts now, and
+        CPU time spent starting up is not charged to the job."""
+        self.job = job
+        self.started = time.monotonic()
+        self._stdin_left = memoryview(job.stdin)
+        if self.cgroup is not None:
+            self._cpu_base = self.cgroup.stats().get("cpu_s") or 0.0
 
     def kill(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
         try:
             os.killpg(self.proc.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
@@ -154,6 +208,8 @@ class ProcessSandbox(RunningSandbox):
         sel.close()
         if timed_out or over_output:
             self.kill()
+        if self._timer is not None:
+            self._timer.cancel()
         # Streams closed (or we killed): reap, bounded by what is left of the wall.
         try:
             self.proc.wait(timeout=max(deadline - time.monotonic(), 0.05))
@@ -176,9 +232,11 @@ class ProcessSandbox(RunningSandbox):
         if self._exit_128 and code is not None and 128 < code < 128 + 65:
             code, sig = None, code - 128
         cpu_s = extra.get("cpu_s")
+        if cpu_s is not None:
+            cpu_s = max(cpu_s - self._cpu_base, 0.0)
         if over_output:
             verdict = Verdict.output
-        elif timed_out:
+        elif timed_out or self._expired:
             verdict = Verdict.wall_time
         elif extra.get("oom"):
             verdict = Verdict.memory
@@ -252,7 +310,9 @@ class UnsafeBackend(Backend):
             usage = resource.getrusage(resource.RUSAGE_CHILDREN)
             return {"cpu_s": (usage.ru_utime + usage.ru_stime) - (usage0.ru_utime + usage0.ru_stime)}
 
-        return ProcessSandbox(proc, job, started, channel, on_done=done)
+        sandbox = ProcessSandbox(proc, job, started, channel, on_done=done)
+        sandbox.arm()
+        return sandbox
 
     def check(self) -> None:
         if not os.access(tempfile.gettempdir(), os.W_OK):

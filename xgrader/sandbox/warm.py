@@ -1,0 +1,253 @@
+"""Warm pool: sandboxes pre-started before a job needs them, each used once.
+
+A warm sandbox is a bwrap sandbox whose runner (sandbox/runner.py, serve mode)
+is already up and blocked on its channel, with no files and no job. A job
+that would start exactly that (the runner in serve mode with a channel: every
+StudentRunner start and restart) with the same rlimits and tmpfs size (fixed
+when a sandbox starts: unsafe.rlimit_key) takes one instead: the backend sets
+the job's cgroup limits (memory, pids, CPU quota), starts the job's wall
+clock, and the job's files go in through the runner's `files` op. Only
+then can student code run. The sandbox is never given back: nothing a
+submission did can reach the next one. The pool starts a replacement in the
+background. Jobs it cannot serve (other argv or env, large files, an empty
+pool) start cold, as without a pool. The pool pre-starts for the operator's
+default limits; an eligible job with another key switches it to that key.
+
+Process ownership (the daemon forks a child per job): sandboxes belong to the
+process, and the thread, that started them (bwrap --die-with-parent follows
+the starting *thread*, so one long-lived filler thread starts them all). A
+forked child cannot use its parent's sandboxes (it cannot wait() for them and
+the parent would hand them out again), so after a fork the pool forgets the
+parent's sandboxes and fills anew in the child, lazily: on the first start()
+or when the child calls :meth:`WarmPool.prewarm` right after the fork, so the
+sandbox starts while the child parses and fetches the submission. The
+daemon's parent never starts a job, hence never fills. A child's pool dies
+with it (--die-with-parent); its cgroups are orphans that check() and
+kill_label() remove (their creator pid is dead).
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import threading
+import weakref
+from collections import deque
+from typing import Any
+
+import structlog
+
+from xgrader.sandbox.base import Backend, ChannelError, RunningSandbox, SandboxError, SandboxJob
+from xgrader.sandbox.unsafe import ProcessSandbox, rlimit_key
+
+log = structlog.get_logger(__name__)
+
+PING_ID = -1
+FILES_ID = -2
+# The runner refuses lines over 4 MiB; files bigger than this go cold.
+MAX_WARM_FILE_BYTES = 2 * 1024 * 1024
+READY_TIMEOUT_S = 10.0
+
+
+class WarmPool(Backend):
+    """Wraps a backend with prestart()/activate() (bwrap); keeps `size` idle
+    sandboxes for the runner-serve template. Everything else is delegated."""
+
+    def __init__(self, inner: Any, size: int, settings: Any = None) -> None:
+        if not hasattr(inner, "prestart") or not hasattr(inner, "activate"):
+            raise SandboxError(f"backend {inner.name} has no warm start")
+        self.inner = inner
+        self.name = inner.name
+        self.size = size
+        limits = settings.limits_for(None) if settings is not None else SandboxJob(argv=["x"]).limits
+        self.template = SandboxJob(argv=inner.python_argv(), channel=True, limits=limits, label="warm")
+        self.hits = 0
+        self.misses = 0
+        self._reset()
+        ref = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: (p := ref()) is not None and p._after_fork())
+
+    # -- state per owning process ---------------------------------------------
+    def _reset(self) -> None:
+        self._owner = os.getpid()
+        self._cv = threading.Condition()
+        self._idle: deque[ProcessSandbox] = deque()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def _after_fork(self) -> None:
+        """In a forked child (also a subprocess child before exec): the
+        parent's idle sandboxes are not ours. Close our copies of their
+        descriptors (cheap, fork-safe) and start over; nothing is started here."""
+        for sb in self._idle:
+            for f in (sb.proc.stdin, sb.proc.stdout, sb.proc.stderr):
+                try:
+                    os.close(f.fileno())
+                except (OSError, ValueError, AttributeError):
+                    pass
+            ch = getattr(sb, "_channel", None)
+            for fd in (getattr(ch, "_r", None), getattr(ch, "_w", None)):
+                if fd is not None:
+                    try:
+                        os.close(fd)
+                    except OSError:
+                        pass
+        self._reset()
+
+    def prewarm(self) -> None:
+        """Start filling now (in this process); returns at once."""
+        with self._cv:
+            if self._closed or self.size <= 0:
+                return
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._fill, name="warm-pool", daemon=True)
+                self._thread.start()
+            self._cv.notify_all()
+
+    def wait_ready(self, n: int | None = None, timeout: float = 10.0) -> bool:
+        """Block until `n` (default: size) sandboxes are idle (benchmarks, tests)."""
+        n = self.size if n is None else n
+        self.prewarm()
+        with self._cv:
+            return self._cv.wait_for(lambda: len(self._idle) >= n or self._closed, timeout)
+
+    @property
+    def idle(self) -> int:
+        return len(self._idle)
+
+    def _fill(self) -> None:
+        failures = 0
+        while True:
+            with self._cv:
+                self._cv.wait_for(lambda: self._closed or len(self._idle) < self.size)
+                if self._closed:
+                    return
+            try:
+                sb = self._start_one()
+            except Exception as exc:  # never let the filler die: its sandboxes would die with it
+                failures += 1
+                log.warning("warm_start_failed", error=str(exc)[:300], failures=failures)
+                with self._cv:
+                    self._cv.wait_for(lambda: self._closed, min(0.5 * failures, 10.0))
+                continue
+            failures = 0
+            with self._cv:
+                if self._closed:
+                    _discard(sb)
+                    return
+                self._idle.append(sb)
+                self._cv.notify_all()
+
+    def _start_one(self) -> ProcessSandbox:
+        sb = self.inner.prestart(self.template)
+        try:
+            sb.channel.send({"op": "files", "files": {}, "id": PING_ID})
+            while True:  # the runner is up and idle once it answers
+                msg = sb.channel.recv(READY_TIMEOUT_S)
+                if isinstance(msg, dict) and msg.get("id") == PING_ID:
+                    break
+            if not msg.get("ok"):
+                raise SandboxError("warm runner refused the ping")
+        except (ChannelError, TimeoutError, OSError) as exc:
+            _discard(sb)
+            raise SandboxError(f"warm sandbox did not come up: {exc}") from None
+        except BaseException:
+            _discard(sb)
+            raise
+        return sb
+
+    # -- taking ------------------------------------------------------------------
+    def _eligible(self, job: SandboxJob) -> bool:
+        t = self.template
+        return (job.channel and job.argv == t.argv and job.env == t.env and not job.stdin
+                and sum(len(v) for v in job.files.values()) <= MAX_WARM_FILE_BYTES)
+
+    def _take(self, job: SandboxJob) -> ProcessSandbox | None:
+        if os.getpid() != self._owner:  # forked without the hook having run (defensive)
+            self._after_fork()
+        key = rlimit_key(job.limits)
+        stale: list[ProcessSandbox] = []
+        found = None
+        with self._cv:
+            if key != rlimit_key(self.template.limits):
+                # Jobs now want other rlimits: pre-start for them from now on.
+                self.template = self.template.model_copy(update={"limits": job.limits})
+                stale, self._idle = list(self._idle), deque()
+            while self._idle:
+                sb = self._idle.popleft()
+                if sb.proc.poll() is None:
+                    found = sb
+                    break
+                stale.append(sb)
+            self._cv.notify_all()  # the filler starts replacements
+        for sb in stale:
+            _discard(sb)
+        self.prewarm()
+        return found
+
+    def start(self, job: SandboxJob) -> RunningSandbox:
+        if self.size > 0 and self._eligible(job):
+            sb = self._take(job)
+            if sb is not None:
+                try:
+                    self.inner.activate(sb, job)
+                    self._send_files(sb, job)
+                    self.hits += 1
+                    log.debug("warm_sandbox_taken", label=job.label, pid=sb.proc.pid)
+                    return sb
+                except (SandboxError, ChannelError, TimeoutError, OSError) as exc:
+                    log.warning("warm_sandbox_failed", label=job.label, error=str(exc)[:300])
+                    _discard(sb)
+        self.misses += 1
+        return self.inner.start(job)
+
+    def _send_files(self, sb: ProcessSandbox, job: SandboxJob) -> None:
+        if not job.files:
+            return
+        files = {name: base64.b64encode(data).decode() for name, data in job.files.items()}
+        sb.channel.send({"op": "files", "files": files, "id": FILES_ID})
+        timeout = min(job.limits.wall_s, READY_TIMEOUT_S)
+        while True:
+            msg = sb.channel.recv(timeout)
+            if isinstance(msg, dict) and msg.get("id") == FILES_ID:
+                break
+        if not msg.get("ok"):
+            raise SandboxError(f"warm sandbox refused the files: {str(msg.get('error'))[:200]}")
+
+    # -- delegated -----------------------------------------------------------------
+    def python_argv(self, *args: str) -> list[str]:
+        return self.inner.python_argv(*args)
+
+    def check(self) -> None:
+        self.inner.check()
+        # The daemon's parent runs this periodically: reap the cgroups of job
+        # children's pools (their creator died; see the module docstring).
+        self.inner.cleanup_stale()
+
+    def cleanup_stale(self) -> None:
+        self.inner.cleanup_stale()
+
+    def kill_label(self, label: str) -> None:
+        self.inner.kill_label(label)
+
+    def close(self) -> None:
+        """Kill the idle sandboxes and stop the filler (this process's only)."""
+        with self._cv:
+            self._closed = True
+            idle, self._idle = list(self._idle), deque()
+            self._cv.notify_all()
+            thread = self._thread
+        if os.getpid() == self._owner:
+            for sb in idle:
+                _discard(sb)
+            if thread is not None and thread is not threading.current_thread():
+                thread.join(timeout=READY_TIMEOUT_S + 1)
+        self.inner.close()
+
+
+def _discard(sb: ProcessSandbox) -> None:
+    sb.kill()
+    try:
+        sb.wait(timeout=1.0)
+    except Exception as exc:  # cleanup must go on
+        log.warning("warm_discard_failed", error=str(exc)[:200])
