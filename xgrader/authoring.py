@@ -128,6 +128,16 @@ class Graded(BaseModel):
     seconds: float = 0.0
 
 
+def grade_one(grader: grading.Grader, request: GradeRequest) -> GradeReport:
+    """Grade like the pipeline does: an unusable upload (bad zip, broken
+    notebook) is a graded answer, 0 points and why; InfraError propagates."""
+    try:
+        return grader.grade(request)
+    except SubmissionError as exc:
+        from xgrader.pipeline import submission_error_report
+        return submission_error_report(request.grader, str(exc))
+
+
 def grade_many(grader: grading.Grader, items: list[tuple[str, GradeRequest]], jobs: int = 2,
                progress: Callable[[int, int], None] | None = None) -> list[Graded]:
     """Grade (name, request) pairs with `jobs` threads; results in input order.
@@ -139,11 +149,7 @@ def grade_many(grader: grading.Grader, items: list[tuple[str, GradeRequest]], jo
     def one(name: str, request: GradeRequest) -> Graded:
         started = time.monotonic()
         try:
-            try:
-                report = grader.grade(request)
-            except SubmissionError as exc:  # an unusable upload is graded: 0 points and why
-                from xgrader.pipeline import submission_error_report
-                report = submission_error_report(request.grader, str(exc))
+            report = grade_one(grader, request)
             result = Graded(name=name, report=report, seconds=time.monotonic() - started)
         except (InfraError, AssignmentError, OSError) as exc:
             result = Graded(name=name, error=f"{type(exc).__name__}: {exc}", seconds=time.monotonic() - started)

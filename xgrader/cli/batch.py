@@ -41,9 +41,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 class Progress:
     """A one-line "\\r[12/40]" progress display on stderr (plain lines when not a TTY)."""
 
-    def __init__(self, stream: Any = sys.stderr) -> None:
-        self.stream = stream
-        self.tty = stream.isatty()
+    def __init__(self, stream: Any = None) -> None:
+        self.stream = stream or sys.stderr   # looked up now: sys.stderr may have been replaced
+        self.tty = self.stream.isatty()
         self.started = time.monotonic()
 
     def __call__(self, done: int, total: int) -> None:
