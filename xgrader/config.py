@@ -10,10 +10,10 @@ from __future__ import annotations
 import json
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from xgrader.sandbox.base import Limits
 
@@ -50,7 +50,8 @@ class Settings(BaseSettings):
 
     # -- queue ---------------------------------------------------------------
     queue_url: str = "http://127.0.0.1:18040/xqueue/"
-    queue_names: list[str] = Field(default_factory=lambda: ["xgrader"])
+    # NoDecode: XGRADER_QUEUE_NAMES=a,b is split by _split_names (not parsed as JSON first).
+    queue_names: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["xgrader"])
     queue_user: str = "xgrader"
     queue_password: SecretStr = SecretStr("")
     queue_password_file: Path | None = None
