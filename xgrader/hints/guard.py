@@ -17,7 +17,7 @@ from xgrader.hints.models import HintReply, HintType
 
 MAX_CHARS = {HintType.planning: 700, HintType.debugging: 400, HintType.optimisation: 400}
 NGRAM = 4
-MAX_LEAKED_NGRAMS = 2       # more shared 4-grams of solution-only tokens than this: a leak
+MAX_LEAKED_NGRAMS = 1       # more shared 4-grams of solution-only tokens (a 5-token run): a leak
 MIN_VALUE_CHARS = 3         # shorter hidden literals (0, 1, "a") are too common to police
 
 _TOKEN = re.compile(r"\w+|[^\w\s]")
