@@ -16,7 +16,9 @@ from hypothesis import given, settings, strategies as st
 from xgrader import feedback
 from xgrader.feedback import Caps
 from xgrader.pipeline import reply_for
-from xgrader.report import Explanation, GradeReport, Outcome, TestReport, TestStatus
+from xgrader.report import Explanation, GradeReport, Outcome
+from xgrader.report import TestReport as Result
+from xgrader.report import TestStatus as Status
 
 ALLOWED_TAGS = {"div", "p", "strong", "em", "pre", "ul", "li", "br"}
 ALLOWED_ATTRS = {"class", "style"}
@@ -40,12 +42,12 @@ ATTACKS = {
 
 def _report(s: str, *, hidden_too: bool = True) -> GradeReport:
     tests = [
-        TestReport(name=s, status=TestStatus.failed, input=s, expected=s + "1", actual=s,
+        Result(name=s, status=Status.failed, input=s, expected=s + "1", actual=s,
                    message=s, output=s, exception_type="ValueError"),
-        TestReport(name="test_ok", status=TestStatus.passed, points=1.0),
+        Result(name="test_ok", status=Status.passed, points=1.0),
     ]
     if hidden_too:
-        tests.append(TestReport(name="hidden test 1", status=TestStatus.error, visible=False))
+        tests.append(Result(name="hidden test 1", status=Status.error, visible=False))
     return GradeReport(
         assignment="a", title=s, outcome=Outcome.partial, score=1, max_score=3, tests=tests,
         explanations=[Explanation(title=s, detail=s, line=2, column=3, source_line=s, traceback=s)],
@@ -95,7 +97,7 @@ def test_clean_keeps_tabs_newlines_and_unicode() -> None:
 
 
 def test_summary_line_and_outcomes() -> None:
-    tests = [TestReport(name=f"t{i}", status=TestStatus.passed if i < 3 else TestStatus.failed)
+    tests = [Result(name=f"t{i}", status=Status.passed if i < 3 else Status.failed)
              for i in range(5)]
     r = GradeReport(assignment="a", outcome=Outcome.partial, score=7, max_score=10, tests=tests)
     assert feedback.summary_line(r) == "7/10 points — 3 of 5 tests passed"
@@ -144,7 +146,7 @@ def test_visible_test_shows_values_and_compact_diff_for_long_outputs() -> None:
     expected = "\n".join(str(i) for i in range(200))
     actual = "\n".join(str(i) for i in range(1, 201))
     r = GradeReport(assignment="a", outcome=Outcome.failed, score=0, max_score=1, tests=[
-        TestReport(name="count", status=TestStatus.failed, input="count(200)", expected=expected, actual=actual,
+        Result(name="count", status=Status.failed, input="count(200)", expected=expected, actual=actual,
                    output="debug\n")])
     root = _check_safe(feedback.render_html(r))
     text = _text(root)
@@ -156,15 +158,15 @@ def test_visible_test_shows_values_and_compact_diff_for_long_outputs() -> None:
 
 def test_whitespace_only_difference_is_pointed_out() -> None:
     r = GradeReport(assignment="a", outcome=Outcome.failed, score=0, max_score=1, tests=[
-        TestReport(name="t", status=TestStatus.failed, expected="1 2 3", actual="1 2 3 ")])
+        Result(name="t", status=Status.failed, expected="1 2 3", actual="1 2 3 ")])
     assert "differs only in spaces" in feedback.render_html(r)
 
 
 def test_hidden_tests_leak_nothing() -> None:
     canary = "CANARY_7f3a"
-    hidden = [TestReport(name=f"hidden test {i}", status=s, visible=False, input=canary, expected=canary,
+    hidden = [Result(name=f"hidden test {i}", status=s, visible=False, input=canary, expected=canary,
                          actual=canary, message=canary, output=canary, exception_type="ZeroDivisionError")
-              for i, s in enumerate(TestStatus)]
+              for i, s in enumerate(Status)]
     r = GradeReport(assignment="a", outcome=Outcome.partial, score=0.2, max_score=1, tests=hidden)
     for out in (feedback.render_html(r), feedback.render_text(r)):
         assert canary not in out
@@ -187,7 +189,7 @@ def test_ai_hint_is_labelled_and_escaped() -> None:
 def test_field_cap_has_visible_note() -> None:
     huge = "A" * 5_000_000
     r = GradeReport(assignment="a", outcome=Outcome.output_limit, score=0, max_score=1, tests=[
-        TestReport(name="t", status=TestStatus.failed, actual=huge, output="<" * 1_000_000, expected="B")])
+        Result(name="t", status=Status.failed, actual=huge, output="<" * 1_000_000, expected="B")])
     msg = feedback.render_html(r)
     assert len(msg) <= feedback.DEFAULT_CAPS.total
     text = _text(_check_safe(msg))
@@ -200,7 +202,7 @@ def test_field_cap_has_visible_note() -> None:
 @pytest.mark.parametrize("total", [2_000, 10_000, 60_000])
 def test_total_cap_keeps_xml_well_formed(total: int) -> None:
     caps = Caps(total=total)
-    tests = [TestReport(name=f"test_{i}", status=TestStatus.failed, input="&" * 500, expected="<" * 500,
+    tests = [Result(name=f"test_{i}", status=Status.failed, input="&" * 500, expected="<" * 500,
                         actual="]]>" * 300, output="\"'" * 300) for i in range(500)]
     r = GradeReport(assignment="a", outcome=Outcome.failed, score=0, max_score=1, tests=tests,
                     hint="h" * 100)
@@ -231,8 +233,8 @@ _anything = st.text(alphabet=st.characters(min_codepoint=0, max_codepoint=0x10FF
 def test_property_random_strings_stay_inert(name: str, value: str, hint: str) -> None:
     caps = Caps(field_lines=10_000)
     r = GradeReport(assignment="a", outcome=Outcome.failed, score=0, max_score=1, hint=hint or None, tests=[
-        TestReport(name=name, status=TestStatus.failed, input=value, actual=value, expected=name),
-        TestReport(name=value, status=TestStatus.passed, visible=False, input="SECRET_IN")])
+        Result(name=name, status=Status.failed, input=value, actual=value, expected=name),
+        Result(name=value, status=Status.passed, visible=False, input="SECRET_IN")])
     msg = feedback.render_html(r, caps)
     root = _check_safe(msg)
     pres = ["".join(p.itertext()) for p in root.iter("pre")]
@@ -241,3 +243,35 @@ def test_property_random_strings_stay_inert(name: str, value: str, hint: str) ->
     assert shown in pres
     assert "SECRET_IN" not in msg
     feedback.render_text(r, caps)
+
+
+def test_a_test_full_of_quotes_shrinks_to_fit_its_block_instead_of_vanishing() -> None:
+    q = '"' * 10_000   # each escapes to 6 characters
+    r = GradeReport(assignment="a", outcome=Outcome.failed, score=0, max_score=1, tests=[
+        Result(name="t", status=Status.failed, input=q, expected=q, actual=q + "x", message=q, output=q)])
+    caps = feedback.DEFAULT_CAPS
+    msg = feedback.render_html(r)
+    root = _check_safe(msg)
+    assert root.find(".//li") is not None and len(msg) <= caps.block + 500
+    assert "tests (feedback size limit)" not in _text(root) and "truncated" in _text(root)
+
+
+def test_many_huge_explanations_stay_within_the_total() -> None:
+    big = "<&>" * 100_000
+    r = GradeReport(assignment="a", outcome=Outcome.runtime_error, score=0, max_score=1,
+                    explanations=[Explanation(title=f"note {i}", detail=big, source_line=big, traceback=big)
+                                  for i in range(25)],
+                    tests=[Result(name="t", status=Status.failed)], hint=big)
+    msg = feedback.render_html(r)
+    assert len(msg) <= feedback.DEFAULT_CAPS.total
+    text = _text(_check_safe(msg))
+    assert "AI-generated hint" in text and "more notes not shown" in text
+    assert text.startswith("0/1 points — 0 of 1 test passed (your code raised an error)")
+    assert len(feedback.render_text(r)) <= feedback.DEFAULT_CAPS.total
+
+
+def test_hint_dropped_with_a_note_when_nothing_fits() -> None:
+    r = GradeReport(assignment="a", outcome=Outcome.failed, score=0, max_score=1, hint="h" * 5000)
+    msg = feedback.render_html(r, Caps(total=1200, block=16_000))
+    assert len(msg) <= 1200
+    assert "the AI hint is not shown" in _text(_check_safe(msg))

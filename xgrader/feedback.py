@@ -19,9 +19,11 @@ Hidden tests show their display name (chosen by the handler) and pass/fail only.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import html
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from xgrader.report import Explanation, GradeReport, Outcome, TestReport, TestStatus
@@ -42,6 +44,7 @@ class Caps:
     field_lines: int = 30      # leading lines of one such field
     diff_lines: int = 40       # lines of a unified diff
     traceback_lines: int = 40  # trailing lines of a traceback
+    block: int = 16_000        # one rendered test/explanation/hint (fields shrink to fit)
     total: int = 60_000        # the whole message
     explanations: int = 10     # explanations shown
     long_output: int = 200     # chars (or 6+ lines) from which a diff is added
@@ -230,14 +233,6 @@ def _hint_block(report: GradeReport, caps: Caps) -> Block | None:
     return Block("hint", HINT_LABEL, (Part("", text, dropped, pre=True),))
 
 
-def _blocks(report: GradeReport, caps: Caps) -> tuple[list[Block], list[Block], Block | None, int]:
-    """(explanations, tests, hint, explanations dropped)."""
-    shown = report.explanations[: caps.explanations]
-    expl = [_explanation_block(e, caps) for e in shown]
-    tests = [_test_block(t, caps) for t in report.tests]
-    return expl, tests, _hint_block(report, caps), len(report.explanations) - len(shown)
-
-
 def _truncated_note(dropped: int, unit: str) -> str:
     return f"[truncated: {dropped} more {unit} not shown]"
 
@@ -273,34 +268,18 @@ def _html_block(b: Block) -> str:
     return f'<div class="xgrader-{b.kind}"><p><strong>{_e(b.heading)}</strong></p>{inner}</div>'
 
 
+def _html_line(kind: str, text: str) -> str:
+    return f'<p class="xgrader-{kind}">{_e(text)}</p>'
+
+
 def render_html(report: GradeReport, caps: Caps = DEFAULT_CAPS) -> str:
-    """The LMS `msg`: one root <div>, well-formed XML, bounded by caps.total."""
-    expl, tests, hint, expl_dropped = _blocks(report, caps)
-    head = [f'<p class="xgrader-summary"><strong>{_e(clean(summary_line(report)))}</strong></p>']
-    if report.title:
-        head.append(f'<p class="xgrader-title">{_e(clean(report.title))}</p>')
-    head += [_html_block(b) for b in expl]
-    if expl_dropped:
-        head.append(f'<p class="xgrader-truncated">{_e(_truncated_note(expl_dropped, "notes"))}</p>')
-    tail = [_html_block(hint)] if hint else []
-    open_, close = '<div class="xgrader-feedback">', "</div>"
-    # Room for the tests list wrapper and a truncation note is reserved up front.
-    reserve = len('<ul class="xgrader-tests"></ul>') + 200
-    budget = caps.total - len(open_) - len(close) - reserve - sum(map(len, head)) - sum(map(len, tail))
-    items: list[str] = []
-    for b in tests:
-        piece = _html_block(b)
-        if len(piece) > budget:
-            break
-        items.append(piece)
-        budget -= len(piece)
-    body = head
-    if items:
-        body.append('<ul class="xgrader-tests">' + "".join(items) + "</ul>")
-    if len(items) < len(tests):
-        body.append(f'<p class="xgrader-truncated">'
-                    f'{_e(_truncated_note(len(tests) - len(items), "tests (feedback size limit)"))}</p>')
-    return open_ + "".join(body + tail) + close
+    """The LMS `msg`: one root <div>, well-formed XML, at most caps.total characters."""
+    fmt = _Format(block=_html_block, line=_html_line, sep="",
+                  tests=lambda items: '<ul class="xgrader-tests">' + "".join(items) + "</ul>",
+                  tests_overhead=len('<ul class="xgrader-tests"></ul>'),
+                  open='<div class="xgrader-feedback">', close="</div>")
+    head = f'<p class="xgrader-summary"><strong>{_e(clean(summary_line(report)))}</strong></p>'
+    return _layout(report, caps, fmt, head)
 
 
 # ------------------------------------------------------------------------ text
@@ -325,25 +304,89 @@ def _text_block(b: Block) -> str:
 
 def render_text(report: GradeReport, caps: Caps = DEFAULT_CAPS) -> str:
     """The same content as render_html, as plain text for the terminal."""
-    expl, tests, hint, expl_dropped = _blocks(report, caps)
-    parts = [clean(summary_line(report))]
+    fmt = _Format(block=_text_block, line=lambda _kind, text: text, sep="\n",
+                  tests=lambda items: "\n".join(["Tests:", *items]), tests_overhead=len("Tests:\n"),
+                  open="", close="\n")
+    return _layout(report, caps, fmt, clean(summary_line(report)))
+
+
+# ---------------------------------------------------------------------- layout
+
+@dataclass(frozen=True)
+class _Format:
+    block: Callable[[Block], str]
+    line: Callable[[str, str], str]          # (kind, text) -> a one-line piece
+    sep: str                                 # between pieces and between test items
+    tests: Callable[[list[str]], str]        # test items -> the tests piece
+    tests_overhead: int
+    open: str
+    close: str
+
+
+def _shrunk(caps: Caps) -> Caps:
+    return dataclasses.replace(caps, field=caps.field // 4, field_lines=max(3, caps.field_lines // 3),
+                               diff_lines=max(5, caps.diff_lines // 3),
+                               traceback_lines=max(5, caps.traceback_lines // 3))
+
+
+def _bounded(make: Callable[[Caps], Block], caps: Caps, fmt: _Format) -> str:
+    """One block rendered within caps.block: escaping can grow text up to 6x,
+    so the fields shrink until the rendered piece fits."""
+    current = caps
+    piece = fmt.block(make(current))
+    while len(piece) > caps.block and current.field > 50:
+        current = _shrunk(current)
+        piece = fmt.block(make(current))
+    return piece
+
+
+def _layout(report: GradeReport, caps: Caps, fmt: _Format, head: str) -> str:
+    """Whole, closed pieces in order until caps.total is spent; then a note.
+    Summary, title, hint and explanations come before tests."""
+    def cost(piece: str) -> int:
+        return len(piece) + len(fmt.sep)
+
+    note_room = cost(fmt.line("truncated", _truncated_note(10**9, "tests (feedback size limit)")))
+    pieces = [head]
     if report.title:
-        parts.append(clean(report.title))
-    parts += [_text_block(b) for b in expl]
-    if expl_dropped:
-        parts.append(_truncated_note(expl_dropped, "notes"))
-    tail = [_text_block(hint)] if hint else []
-    budget = caps.total - sum(len(p) + 1 for p in parts + tail) - 200
-    shown = 0
-    if tests:
-        parts.append("Tests:")
-    for b in tests:
-        piece = _text_block(b)
-        if len(piece) + 1 > budget:
+        pieces.append(fmt.line("title", _cap_text(clean(report.title), 200)[0]))
+    budget = (caps.total - len(fmt.open) - len(fmt.close) - sum(map(cost, pieces))
+              - fmt.tests_overhead - 3 * note_room)
+    notes: list[str] = []
+
+    hint = ""
+    if report.hint:
+        hint = _bounded(lambda c: _hint_block(report, c), caps, fmt)
+        if cost(hint) > budget:
+            hint = ""
+            notes.append(fmt.line("truncated", "[truncated: the AI hint is not shown (feedback size limit)]"))
+        else:
+            budget -= cost(hint)
+
+    shown_expl = 0
+    for e in report.explanations[: caps.explanations]:
+        piece = _bounded(lambda c, e=e: _explanation_block(e, c), caps, fmt)
+        if cost(piece) > budget:
             break
-        parts.append(piece)
-        budget -= len(piece) + 1
-        shown += 1
-    if shown < len(tests):
-        parts.append(_truncated_note(len(tests) - shown, "tests (feedback size limit)"))
-    return "\n".join(parts + tail) + "\n"
+        pieces.append(piece)
+        budget -= cost(piece)
+        shown_expl += 1
+    if shown_expl < len(report.explanations):
+        pieces.append(fmt.line("truncated", _truncated_note(len(report.explanations) - shown_expl, "notes")))
+
+    items: list[str] = []
+    for t in report.tests:
+        piece = _bounded(lambda c, t=t: _test_block(t, c), caps, fmt)
+        if cost(piece) > budget:
+            break
+        items.append(piece)
+        budget -= cost(piece)
+    if items:
+        pieces.append(fmt.tests(items))
+    if len(items) < len(report.tests):
+        pieces.append(fmt.line("truncated", _truncated_note(len(report.tests) - len(items),
+                                                           "tests (feedback size limit)")))
+    pieces += notes
+    if hint:
+        pieces.append(hint)
+    return fmt.open + fmt.sep.join(pieces) + fmt.close
