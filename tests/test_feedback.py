@@ -275,3 +275,11 @@ def test_hint_dropped_with_a_note_when_nothing_fits() -> None:
     msg = feedback.render_html(r, Caps(total=1200, block=16_000))
     assert len(msg) <= 1200
     assert "the AI hint is not shown" in _text(_check_safe(msg))
+
+
+def test_passed_visible_test_is_compact() -> None:
+    r = GradeReport(assignment="a", outcome=Outcome.passed, score=1, max_score=1, tests=[
+        Result(name="t", status=Status.passed, points=1, input="f(2)", expected="4", actual="4", output="dbg")])
+    text = _text(_check_safe(feedback.render_html(r)))
+    assert "t: passed (1 point)" in text and "f(2)" in text and "4" in text
+    assert "Your result" not in text and "dbg" not in text
