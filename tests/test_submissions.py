@@ -327,6 +327,18 @@ def test_marimo_with_syntax_error_is_left_for_the_normal_explanation() -> None:
     assert _files(broken) == {"submission.py": broken.encode()}
 
 
+@pytest.mark.parametrize("text", [
+    '{"nbformat": 4, "cells": ' + "[" * 100_000 + "]" * 100_000 + "}",
+    "import marimo\napp = marimo.App()\n@app.function\ndef f():\n    return " + "-" * 100_000 + "1\n",
+])
+def test_pathological_nesting_is_kept_as_text_not_a_crash(text: str) -> None:
+    assert _files(text) == {"submission.py": text.encode()}
+
+
+def test_deeply_nested_notebook_file_is_a_clear_error() -> None:
+    _rejected("cannot be read", files={"n.ipynb": b'{"cells": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"})
+
+
 def test_plain_python_mentioning_marimo_is_untouched() -> None:
     code = "# not marimo: import marimo\napp = 1\n"
     assert _files(code) == {"submission.py": code.encode()}

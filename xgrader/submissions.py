@@ -214,7 +214,7 @@ def looks_like_notebook_json(text: str) -> bool:
         return False
     try:
         obj = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         return False
     return isinstance(obj, dict) and "cells" in obj and "nbformat" in obj
 
@@ -303,7 +303,12 @@ def convert_marimo(data: bytes) -> bytes | None:
         tree = ast.parse(data.decode("utf-8"))
     except (UnicodeDecodeError, SyntaxError, ValueError, MemoryError, RecursionError):
         return None
-    return marimo_to_module(tree) if _is_marimo(tree) else None
+    if not _is_marimo(tree):
+        return None
+    try:
+        return marimo_to_module(tree)
+    except (RecursionError, MemoryError, ValueError):   # ast.unparse on a pathological tree
+        return None
 
 
 # ---------------------------------------------------------------- the forms
