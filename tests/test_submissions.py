@@ -394,3 +394,22 @@ def area(r):
 if __name__ == "__main__":
     app.run()
 """
+
+
+def test_corrupted_zips_fail_only_with_submission_error() -> None:
+    """Seeded byte flips of a real archive: every outcome is files or a SubmissionError."""
+    import random
+    rng = random.Random(1234)
+    base = _zip({"proj/submission.py": "def f():\n    return 1\n" * 20, "proj/data.txt": "x" * 500,
+                 "proj/nb.ipynb": NOTEBOOK})
+    outcomes = {"ok": 0, "rejected": 0}
+    for _ in range(400):
+        data = bytearray(base)
+        for _ in range(rng.randint(1, 8)):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+        try:
+            _files(files={"p.zip": bytes(data)})
+            outcomes["ok"] += 1
+        except SubmissionError:
+            outcomes["rejected"] += 1
+    assert outcomes["rejected"] > 0

@@ -108,8 +108,9 @@ def extract_zip(data: bytes, opts: SubmissionOptions, budget: _Budget, archive: 
     where = f"zip archive {archive!r}"
     try:
         zf = zipfile.ZipFile(io.BytesIO(data))
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError) as exc:
-        raise SubmissionError(f"{where} cannot be opened ({exc}); upload a valid .zip file.") from None
+    except Exception as exc:  # zipfile on hostile bytes raises many kinds (struct, Unicode, Key...)
+        raise SubmissionError(f"{where} cannot be opened ({type(exc).__name__}: {str(exc)[:200]}); "
+                              "upload a valid .zip file.") from None
     with zf:
         infos = zf.infolist()
         if len(infos) > opts.max_files * 2 + 16:   # directories count too, but not unboundedly
@@ -147,8 +148,9 @@ def _read_entry(zf: zipfile.ZipFile, info: zipfile.ZipInfo, budget: _Budget, whe
                 chunks.append(chunk)
     except SubmissionError:
         raise
-    except (zipfile.BadZipFile, NotImplementedError, RuntimeError, ValueError, OSError, EOFError) as exc:
-        raise SubmissionError(f"{where}: {info.filename!r} cannot be read ({exc}).") from None
+    except Exception as exc:  # BadZipFile, zlib/lzma/bz2 errors, unsupported methods, EOF...
+        raise SubmissionError(f"{where}: {info.filename!r} cannot be read "
+                              f"({type(exc).__name__}: {str(exc)[:200]}).") from None
     return b"".join(chunks)
 
 
