@@ -16,7 +16,6 @@ from tests.support.grading import GradingKit
 from xgrader.config import HintSettings, Settings
 from xgrader.hints import HintStage
 from xgrader.hints.models import HintOutcome
-from xgrader.hints.store import open_store
 from xgrader.hooks import Hooks
 from xgrader.job import GradeRequest
 
