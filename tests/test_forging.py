@@ -150,6 +150,24 @@ ATTACKS = {
         def is_prime(n):
             return Sly("True")
     """,
+    "raise_base_exceptions": """
+        def is_prime(n):
+            if n % 3 == 0:
+                raise KeyboardInterrupt("stop the test run")
+            if n % 3 == 1:
+                raise SystemExit(0)
+            raise GeneratorExit()
+    """,
+    "raise_pytest_outcomes": """
+        class Skipped(BaseException):   # the names pytest uses for skip/xfail/exit
+            pass
+        class XFailed(Exception):
+            pass
+        class Exit(Exception):
+            pass
+        def is_prime(n):
+            raise (Skipped, XFailed, Exit)[n % 3]("not applicable")
+    """,
     "import_tests_and_solution": """
         import importlib, sys
         def is_prime(n):
