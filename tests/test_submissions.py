@@ -230,6 +230,7 @@ def _load(code: bytes) -> dict:
 def test_ipynb_code_cells_with_magics_become_an_importable_module(capsys) -> None:
     got = _files(files={"homework.ipynb": NOTEBOOK})
     assert list(got) == ["submission.py"]
+    capsys.readouterr()   # drop the log line
     ns = _load(got["submission.py"])
     assert ns["add"](2, 3) == 5 and round(ns["area"](1), 4) == 3.1416
     assert capsys.readouterr().out == "3\n"   # display() prints outside Jupyter

@@ -40,9 +40,13 @@ import warnings
 import zipfile
 from pathlib import PurePosixPath
 
+import structlog
+
 from xgrader.assignment import Assignment, SubmissionOptions
 from xgrader.errors import SubmissionError
 from xgrader.job import GradeRequest
+
+log = structlog.get_logger(__name__)
 
 _CHUNK = 64 * 1024
 _MAX_DEPTH = 8
@@ -322,6 +326,7 @@ def materialize(request: GradeRequest, assignment: Assignment) -> dict[str, byte
     budget = _Budget(opts)
     files: dict[str, bytes] = {}
     notebooks: set[str] = set()
+    forms: list[str] = []
 
     def put(name: str, data: bytes, where: str) -> None:
         if name.casefold() in {n.casefold() for n in files}:
@@ -334,11 +339,13 @@ def materialize(request: GradeRequest, assignment: Assignment) -> dict[str, byte
             # The archive itself is bounded too, but only what it holds counts toward the total.
             if len(data) > opts.max_bytes:
                 raise SubmissionError(f"zip archive {name!r} is larger than the allowed {opts.max_bytes} bytes.")
+            forms.append("zip")
             for inner, content in extract_zip(data, opts, budget, name).items():
                 put(inner, content, f"zip archive {name!r}")
         else:
             budget.take(len(data), f"upload {name!r}")
             budget.add_file(f"upload {name!r}")
+            forms.append("upload")
             put(name, data, f"upload {name!r}")
 
     for name in [n for n in files if n.lower().endswith(".ipynb")]:
@@ -349,14 +356,17 @@ def materialize(request: GradeRequest, assignment: Assignment) -> dict[str, byte
                                   "submit only one of them.")
         files[target] = module
         notebooks.add(target)
+        forms.append("ipynb")
 
     response = request.student_response
     if response.strip():
         budget.take(len(response.encode()), "the answer text")
         if looks_like_notebook_json(response):
             files[cfg.entry] = notebook_to_module(response, "the pasted notebook")
+            forms.append("ipynb")
         else:
             files[cfg.entry] = response.encode()
+            forms.append("text")
     elif not files:
         raise SubmissionError("The submission is empty: no code was typed and no file was uploaded.")
 
@@ -366,6 +376,9 @@ def materialize(request: GradeRequest, assignment: Assignment) -> dict[str, byte
             converted = convert_marimo(data)
             if converted is not None:
                 files[name] = converted
+                forms.append("marimo")
+    log.info("submission_materialized", submission_id=request.submission_id, forms=sorted(set(forms)),
+             files=len(files), bytes=budget.bytes)
     return files
 
 
