@@ -1,0 +1,621 @@
+"""Docker backend: one container per job through the docker SDK, against a
+Docker engine or podman's Docker-compatible API socket.
+
+Every container: no network, memory == memory+swap, pids limit, one CPU,
+read-only root, a size-capped noexec/nosuid tmpfs at /tmp as the only writable
+place, uid 65534, all capabilities dropped, no-new-privileges, rlimits
+(CPU, FSIZE, NOFILE, CORE=0), an explicit environment and an init process.
+
+The job's folder on the host (files, stdin, channel socket) is bind-mounted
+read-only at /run/xgrader. A small `sh` prologue copies the files into
+/tmp/work, redirects stdin from the folder and execs the job: the files land
+on the size-capped tmpfs without put_archive (which would write *under* the
+tmpfs, where the job cannot see it). The harness channel is a Unix socket in
+that folder (XGRADER_CHANNEL=unix:/run/xgrader/channel.sock): the runner
+connects before any student code runs, the host accepts exactly one
+connection, and stdout/stderr travel separately on the attach stream, so
+printing can never forge channel messages.
+
+Output is read from the attach stream (attached before start, so nothing is
+missed) and capped as it arrives; nothing is read whole into memory. Every
+engine call has a client timeout (Settings.docker_api_timeout_s), the wall
+limit is a host-side deadline, and the container is removed in all cases.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import select
+import shutil
+import signal
+import socket
+import struct
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from xgrader.sandbox.base import (
+    WORKDIR, Backend, Channel, ChannelError, RunningSandbox, SandboxError, SandboxJob,
+    SandboxResult, Verdict, clean_text,
+)
+from xgrader.sandbox.channel import FdChannel
+from xgrader.sandbox.unsafe import BASE_PATH, safe_relpath
+
+log = structlog.get_logger(__name__)
+
+TMP_PREFIX = "xgrader-docker-"
+LABEL = "xgrader.label"          # SandboxJob.label
+OWNER = "xgrader.owner"          # "<hostname>:<pid>" of the process that started the container
+BOX = "/run/xgrader"             # the job's folder inside the container
+CHANNEL_SOCK = f"{BOX}/channel.sock"
+DEFAULT_URL = "unix:///var/run/docker.sock"
+API_VERSION = "1.41"             # fixed: no version round trip (which could hang) per client
+SANDBOX_USER = "65534:65534"
+NPROC = 16384
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+CGROUP_PREFIX = "xgrader-docker-"
+# Copies the job's files onto the tmpfs, then becomes the job (no extra process).
+PROLOGUE = (f'mkdir {WORKDIR} && cp -R {BOX}/files/. {WORKDIR}/ && cd {WORKDIR} '
+            f'&& exec "$@" < {BOX}/stdin')
+
+
+def _owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _safe(label: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "_." else "_" for ch in label)[:40]
+
+
+def _import_docker() -> Any:
+    try:
+        import docker  # noqa: PLC0415  (optional at import time: auto falls back to bwrap)
+    except ImportError as exc:
+        raise SandboxError(f"the docker SDK is not installed: {exc}") from None
+    return docker
+
+
+def _engine_error(what: str, exc: BaseException) -> SandboxError:
+    text = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+    return SandboxError(f"container engine: {what} failed: {text}")
+
+
+class JobCgroupParent:
+    """A per-job cgroup parent for engines with the cgroupfs driver on this host:
+    the engine puts the container (and podman its conmon) below it, and since
+    it outlives the container we can read peak memory, CPU time and OOM kills
+    after the exit, then remove it. (Docker's OOMKilled flag is not set by
+    podman on cgroup v1 hosts.)"""
+
+    def __init__(self, name: str, v2: bool) -> None:
+        self.name = name
+        self.v2 = v2
+
+    @property
+    def path(self) -> str:
+        return "/" + self.name
+
+    def _dir(self, controller: str) -> Path:
+        return CGROUP_ROOT / self.name if self.v2 else CGROUP_ROOT / controller / self.name
+
+    def _read(self, controller: str, file: str) -> str | None:
+        try:
+            return (self._dir(controller) / file).read_text()
+        except OSError:
+            return None
+
+    def stats(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.v2:
+            peak = self._read("", "memory.peak")
+            usage = self._read("", "cpu.stat")
+            events = self._read("", "memory.events") or ""
+            for line in events.splitlines():
+                key, _, val = line.partition(" ")
+                if key == "oom_kill" and val.strip().isdigit():
+                    out["oom"] = int(val) > 0
+            if usage:
+                for line in usage.splitlines():
+                    if line.startswith("usage_usec "):
+                        out["cpu_s"] = int(line.split()[1]) / 1e6
+        else:
+            peak = self._read("memory", "memory.max_usage_in_bytes")
+            usage = self._read("cpuacct", "cpuacct.usage")
+            if usage and usage.strip().isdigit():
+                out["cpu_s"] = int(usage) / 1e9
+        if peak and peak.strip().isdigit():
+            out["peak_memory_mb"] = int(peak) / (1024 * 1024)
+        return out
+
+    def _try_remove(self) -> bool:
+        roots = [CGROUP_ROOT / self.name] if self.v2 else list(CGROUP_ROOT.glob(f"*/{self.name}"))
+        done = True
+        for root in roots:
+            try:
+                for sub in sorted((p for p in root.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+                    sub.rmdir()
+                root.rmdir()
+            except FileNotFoundError:
+                pass
+            except OSError:
+                done = False
+        return done
+
+    def remove(self, patience: float = 0.5) -> None:
+        """rmdir bottom-up in every hierarchy. podman's conmon may linger in its
+        sub-cgroup after the container is gone: retried briefly here, then by a
+        background thread (and cleanup_stale after a crash)."""
+        deadline = time.monotonic() + patience
+        while not self._try_remove():
+            if time.monotonic() > deadline:
+                threading.Thread(target=self._remove_later, name=f"cgroup-rm-{self.name}", daemon=True).start()
+                return
+            time.sleep(0.05)
+
+    def _remove_later(self, patience: float = 30.0) -> None:
+        deadline = time.monotonic() + patience
+        while not self._try_remove():
+            if time.monotonic() > deadline:
+                log.warning("docker_cgroup_busy", cgroup=self.name)
+                return
+            time.sleep(0.2)
+
+
+class SocketChannel(Channel):
+    """Host side of the harness channel: a listening Unix socket that accepts
+    the runner's one connection, lazily (the runner connects once started).
+    Waits give up when the container has exited (`gone`) or on timeout."""
+
+    def __init__(self, listener: socket.socket, gone: threading.Event, connect_timeout: float) -> None:
+        self._listener: socket.socket | None = listener
+        self._gone = gone
+        self._connect_timeout = connect_timeout
+        self._conn: socket.socket | None = None
+        self._inner: FdChannel | None = None
+        self._closed = False
+
+    def _connected(self, timeout: float) -> FdChannel:
+        if self._inner is not None:
+            return self._inner
+        deadline = time.monotonic() + timeout
+        while True:
+            if self._closed or self._listener is None:
+                raise ChannelError("channel closed")
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("the sandbox did not connect in time")
+            ready, _, _ = select.select([self._listener], [], [], min(left, 0.05))
+            if ready:
+                conn, _ = self._listener.accept()
+                conn.setblocking(True)
+                # One connection only: whoever connects later (student code) finds nothing.
+                self._listener.close()
+                self._listener = None
+                self._conn = conn
+                self._inner = FdChannel(conn.fileno(), conn.fileno())
+                return self._inner
+            if self._gone.is_set():
+                raise ChannelError("the sandbox exited before connecting")
+
+    def send(self, message: Any) -> None:
+        try:
+            inner = self._connected(self._connect_timeout)
+        except TimeoutError:
+            raise ChannelError("the sandbox did not connect in time") from None
+        inner.send(message)
+
+    def recv(self, timeout: float) -> Any:
+        started = time.monotonic()
+        inner = self._connected(timeout)
+        return inner.recv(max(timeout - (time.monotonic() - started), 0.0))
+
+    def close(self) -> None:
+        self._closed = True
+        for s in (self._listener, self._conn):
+            if s is not None:
+                try:
+                    s.close()
+                except OSError:
+                    pass
+        self._listener = self._conn = None
+
+
+class OutputReader(threading.Thread):
+    """Reads the multiplexed attach stream (8-byte frame headers: stream id,
+    size) into two buffers under one cap. Sets `done` at EOF or when the cap
+    is exceeded (`over`); never holds more than the cap."""
+
+    def __init__(self, sock: socket.socket, cap: int, label: str) -> None:
+        super().__init__(name=f"docker-output-{label}", daemon=True)
+        self.sock = sock
+        self.cap = cap
+        self.bufs = {1: bytearray(), 2: bytearray()}
+        self.over = False
+        self.error: str | None = None
+        self.done = threading.Event()
+        self._halt = threading.Event()
+
+    def stop(self) -> None:
+        self._halt.set()
+
+    def _read(self, n: int) -> bytes | None:
+        out = bytearray()
+        while len(out) < n:
+            if self._halt.is_set():
+                return None
+            ready, _, _ = select.select([self.sock], [], [], 0.1)
+            if not ready:
+                continue
+            chunk = self.sock.recv(min(n - len(out), 65536))
+            if not chunk:
+                return None
+            out += chunk
+        return bytes(out)
+
+    def run(self) -> None:
+        try:
+            while True:
+                header = self._read(8)
+                if header is None:
+                    return
+                stream, size = header[0], struct.unpack(">I", header[4:])[0]
+                while size:
+                    chunk = self._read(min(size, 65536))
+                    if chunk is None:
+                        return
+                    size -= len(chunk)
+                    room = self.cap - len(self.bufs[1]) - len(self.bufs[2])
+                    if stream in self.bufs:
+                        self.bufs[stream] += chunk[: max(room, 0)]
+                        if len(chunk) > room:
+                            self.over = True
+                            return
+        except OSError as exc:
+            self.error = f"output stream: {exc}"
+        finally:
+            self.done.set()
+
+
+class DockerSandbox(RunningSandbox):
+    def __init__(self, backend: "DockerBackend", job: SandboxJob, cid: str, tmp: Path,
+                 reader: OutputReader, attach: Any, channel: SocketChannel | None,
+                 cgroup: JobCgroupParent | None, started: float) -> None:
+        self.backend = backend
+        self.job = job
+        self.cid = cid
+        self.tmp = tmp
+        self.reader = reader
+        self._attach = attach
+        self.cgroup = cgroup
+        self.started = started
+        self._channel = channel
+        if channel is not None:
+            self.channel = channel
+        self._killed = False
+        self._released = False
+        self._result: SandboxResult | None = None
+        self._lock = threading.Lock()
+        # The wall limit holds even when nobody is in wait() (interactive jobs).
+        self._expired_at: float | None = None
+        self._timer = threading.Timer(job.limits.wall_s, self._expire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _expire(self) -> None:
+        if self._killed or self.reader.done.is_set():
+            return
+        self._expired_at = time.monotonic()
+        try:
+            self.backend.api.kill(self.cid)
+        except Exception as exc:  # noqa: BLE001  (wait()/kill() remove it anyway)
+            log.warning("docker_expire_kill_failed", container=self.cid[:12], error=str(exc)[:200])
+
+    def kill(self) -> None:
+        with self._lock:
+            if self._killed:
+                return
+            self._killed = True
+        self.backend._remove(self.cid)
+        self.reader.stop()
+        if self._channel is not None:
+            self._channel.close()
+        if self._result is None:
+            # Killed without wait(): host-side leftovers go now (wait() does it otherwise).
+            self._release()
+
+    def _release(self) -> None:
+        with self._lock:
+            if self._released:
+                return
+            self._released = True
+        self._timer.cancel()
+        try:
+            self._attach.close()
+        except Exception:  # noqa: BLE001  (best effort: the engine may be gone)
+            pass
+        if self.cgroup is not None:
+            self.cgroup.remove()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def wait(self, timeout: float | None = None) -> SandboxResult:
+        if self._result is not None:
+            return self._result
+        limits = self.job.limits
+        wall = limits.wall_s if timeout is None else min(timeout, limits.wall_s)
+        deadline = self.started + wall
+        killed_before = self._killed
+        finished = self.reader.done.wait(max(deadline - time.monotonic(), 0.0))
+        self._timer.cancel()
+        timed_out = (not finished or self._expired_at is not None) and not killed_before
+        over = self.reader.over
+        state: dict[str, Any] = {}
+        error: str | None = None
+        api = self.backend.api
+        try:
+            if (timed_out or over) and not self._killed:
+                api.kill(self.cid)  # SIGKILL; the output stream ends with the container
+            if not self._killed:
+                # The stream ended, so the container has exited (or is exiting).
+                api.wait(self.cid, timeout=self.backend.api_timeout)
+                state = api.inspect_container(self.cid).get("State", {})
+        except Exception as exc:  # noqa: BLE001  (engine failure -> sandbox_error, never student)
+            if not self._killed:
+                error = str(_engine_error("collecting the result", exc))
+        elapsed = (self._expired_at or time.monotonic()) - self.started
+        self.reader.stop()
+        self.reader.join(timeout=1.0)
+        stats = self.cgroup.stats() if self.cgroup is not None else {}
+        self.kill()
+        self._release()
+        if self.reader.error and not (timed_out or over or error or self._killed and killed_before):
+            error = self.reader.error
+        code = state.get("ExitCode") if isinstance(state.get("ExitCode"), int) else None
+        sig = None
+        # The init process reports a child killed by signal N as 128+N.
+        if code is not None and 128 < code < 128 + 65:
+            code, sig = None, code - 128
+        cpu_s = stats.get("cpu_s")
+        peak = stats.get("peak_memory_mb")
+        # cgroup v1 has no hierarchical OOM counter: a SIGKILL at the memory limit is one.
+        oom = bool(state.get("OOMKilled") or stats.get("oom")
+                   or (sig == signal.SIGKILL and peak is not None and peak >= 0.9 * limits.memory_mb))
+        cpu_out = cpu_s is not None and cpu_s >= 0.9 * limits.cpu_s
+        if over:
+            verdict = Verdict.output
+        elif timed_out:
+            verdict = Verdict.wall_time
+        elif error is not None:
+            verdict = Verdict.sandbox_error
+        elif killed_before and not state:
+            verdict = Verdict.killed
+        elif oom:
+            verdict = Verdict.memory
+        elif sig == signal.SIGXCPU or (sig == signal.SIGKILL and cpu_out):
+            verdict = Verdict.cpu_time
+        elif sig is not None:
+            verdict = Verdict.killed
+        else:
+            verdict = Verdict.ok
+        out, err = self.reader.bufs[1], self.reader.bufs[2]
+        self._result = SandboxResult(
+            verdict=verdict, exit_code=code, signal=sig,
+            stdout=clean_text(bytes(out)), stderr=clean_text(bytes(err)),
+            stdout_truncated=over, stderr_truncated=over, wall_s=elapsed,
+            cpu_s=cpu_s, peak_memory_mb=peak, error=error,
+        )
+        if verdict == Verdict.sandbox_error:
+            log.warning("docker_job_failed", label=self.job.label, error=error)
+        return self._result
+
+
+class DockerBackend(Backend):
+    name = "docker"
+
+    def __init__(self, settings: Any, *, api_timeout: float | None = None) -> None:
+        docker = _import_docker()
+        self.settings = settings
+        self.image = settings.docker_image
+        self.runtime = getattr(settings, "docker_runtime", None)
+        self.url = getattr(settings, "docker_url", None) or os.environ.get("DOCKER_HOST") or DEFAULT_URL
+        self.api_timeout = float(api_timeout or getattr(settings, "docker_api_timeout_s", 10.0))
+        self.owner = _owner()
+        try:
+            self.client = docker.DockerClient(base_url=self.url, version=API_VERSION,
+                                              timeout=self.api_timeout)
+        except Exception as exc:  # noqa: BLE001  (DockerException, bad URL...)
+            raise _engine_error("connecting", exc) from None
+        self.api = self.client.api
+        self._types = docker.types
+        self._cgroup_v2: bool | None = None   # None: unknown yet; see _cgroup_mode
+        self._cgroups_usable: bool | None = None
+        self._seq = itertools.count()
+
+    def _cgroup_mode(self) -> bool:
+        """Per-job cgroup parents need the cgroupfs driver and the engine on this
+        host (a local socket, /sys/fs/cgroup writable). Asked once."""
+        if self._cgroups_usable is None:
+            usable = False
+            try:
+                info = self.api.info()
+                usable = (info.get("CgroupDriver") == "cgroupfs" and self.url.startswith("unix://")
+                          and os.geteuid() == 0 and CGROUP_ROOT.is_dir())
+                self._cgroup_v2 = str(info.get("CgroupVersion")) == "2"
+            except Exception as exc:  # noqa: BLE001
+                log.warning("docker_info_failed", error=str(exc)[:200])
+            self._cgroups_usable = usable
+        return self._cgroups_usable
+
+    # -- jobs --------------------------------------------------------------------
+    def _host_config(self, job: SandboxJob, tmp: Path, cgroup: JobCgroupParent | None) -> dict[str, Any]:
+        lim = job.limits
+        cpu = max(1, int(lim.cpu_s + 0.999))
+        fsize = lim.file_mb * 1024 * 1024
+        Ulimit = self._types.Ulimit
+        return self.api.create_host_config(
+            network_mode="none",
+            mem_limit=f"{lim.memory_mb}m", memswap_limit=f"{lim.memory_mb}m",
+            pids_limit=lim.pids, nano_cpus=1_000_000_000,
+            read_only=True,
+            tmpfs={"/tmp": f"rw,size={lim.tmp_mb}m,noexec,nosuid,nodev,mode=1777"},
+            shm_size=f"{lim.tmp_mb}m",
+            cap_drop=["ALL"], security_opt=["no-new-privileges"],
+            ulimits=[Ulimit(name="cpu", soft=cpu, hard=cpu + 1),
+                     Ulimit(name="fsize", soft=fsize, hard=fsize),
+                     Ulimit(name="nofile", soft=lim.open_files, hard=lim.open_files),
+                     Ulimit(name="core", soft=0, hard=0),
+                     # Per uid across the host, so not the job's bound (pids_limit is);
+                     # explicit because the engine's default may exceed what runc may set.
+                     Ulimit(name="nproc", soft=NPROC, hard=NPROC)],
+            init=True,
+            binds={str(tmp / "box"): {"bind": BOX, "mode": "ro"}},
+            runtime=self.runtime or None,
+            cgroup_parent=cgroup.path if cgroup is not None else None,
+        )
+
+    def _prepare(self, job: SandboxJob) -> tuple[Path, socket.socket | None]:
+        # The parent stays 0700 (other host users cannot look in); only box/ is mounted.
+        tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{os.getpid()}-{job.label[:40]}-"))
+        box = tmp / "box"
+        files = box / "files"
+        files.mkdir(parents=True)
+        for name, data in job.files.items():
+            target = files / safe_relpath(name)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+        (box / "stdin").write_bytes(job.stdin)
+        listener = None
+        if job.channel:
+            listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            listener.bind(str(box / "channel.sock"))
+            listener.listen(1)
+        # The job runs as 65534: it must read (never write) everything in box/.
+        for root, dirs, names in os.walk(box):
+            os.chmod(root, 0o755)
+            for n in names:
+                os.chmod(os.path.join(root, n), 0o666 if n == "channel.sock" and root == str(box) else 0o644)
+        return tmp, listener
+
+    def start(self, job: SandboxJob) -> RunningSandbox:
+        env = {"PATH": BASE_PATH, "LANG": "C.UTF-8", **job.env}
+        if job.channel:
+            env["XGRADER_CHANNEL"] = f"unix:{CHANNEL_SOCK}"
+        try:
+            tmp, listener = self._prepare(job)
+        except SandboxError:
+            raise
+        except OSError as exc:
+            raise SandboxError(f"cannot prepare the job folder: {exc}") from None
+        cid: str | None = None
+        attach = None
+        cgroup = None
+        try:
+            if self._cgroup_mode():
+                cgroup = JobCgroupParent(
+                    f"{CGROUP_PREFIX}{os.getpid()}-{_safe(job.label)}-{next(self._seq)}", bool(self._cgroup_v2))
+            container = self.api.create_container(
+                self.image, command=["/bin/sh", "-c", PROLOGUE, "sh", *job.argv],
+                user=SANDBOX_USER, environment=env, working_dir="/tmp", hostname="sandbox",
+                network_disabled=True, labels={LABEL: job.label, OWNER: self.owner},
+                host_config=self._host_config(job, tmp, cgroup), stdin_open=False, tty=False,
+            )
+            cid = container["Id"]
+            # Attached before start: the stream carries everything from the first byte.
+            attach = self.api.attach_socket(cid, params={"stdout": 1, "stderr": 1, "stream": 1, "logs": 0})
+            sock = getattr(attach, "_sock", attach)
+            reader = OutputReader(sock, job.limits.output_bytes, job.label)
+            reader.start()
+            started = time.monotonic()
+            self.api.start(cid)
+        except Exception as exc:  # noqa: BLE001  (engine/API failures are infrastructure)
+            if listener is not None:
+                listener.close()
+            if cid is not None:
+                self._remove(cid)
+            if attach is not None:
+                try:
+                    attach.close()
+                except Exception:  # noqa: BLE001
+                    pass
+            if cgroup is not None:
+                cgroup.remove()
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise _engine_error("starting the container", exc) from None
+        log.debug("docker_started", label=job.label, container=cid[:12])
+        channel = None
+        if listener is not None:
+            channel = SocketChannel(listener, reader.done, job.limits.wall_s)
+        return DockerSandbox(self, job, cid, tmp, reader, attach, channel, cgroup, started)
+
+    def _remove(self, cid: str) -> None:
+        """Force-remove (kills first); retried once, logged if the engine refuses."""
+        for attempt in range(2):
+            try:
+                self.api.remove_container(cid, force=True, v=True)
+                return
+            except Exception as exc:  # noqa: BLE001
+                if getattr(exc, "status_code", None) == 404:
+                    return
+                if attempt:
+                    log.warning("docker_remove_failed", container=cid[:12], error=str(exc)[:200])
+
+    # -- housekeeping -----------------------------------------------------------
+    def _labelled(self, *filters: str) -> list[dict[str, Any]]:
+        try:
+            return self.api.containers(all=True, filters={"label": list(filters)})
+        except Exception as exc:  # noqa: BLE001
+            raise _engine_error("listing containers", exc) from None
+
+    def kill_label(self, label: str) -> None:
+        for c in self._labelled(f"{LABEL}={label}"):
+            self._remove(c["Id"])
+
+    def cleanup_stale(self) -> None:
+        """Remove containers and folders whose starting process on this host is
+        gone (a crashed predecessor or a killed job child); live jobs stay."""
+        host = socket.gethostname()
+        for c in self._labelled(OWNER):
+            owner = (c.get("Labels") or {}).get(OWNER, "")
+            name, _, pid = owner.rpartition(":")
+            if name == host and pid.isdigit() and not _pid_alive(int(pid)):
+                self._remove(c["Id"])
+        v2 = (CGROUP_ROOT / "cgroup.controllers").exists()
+        pattern = f"{CGROUP_PREFIX}*" if v2 else f"*/{CGROUP_PREFIX}*"
+        for path in CGROUP_ROOT.glob(pattern):
+            pid = path.name[len(CGROUP_PREFIX):].split("-", 1)[0]
+            if pid.isdigit() and not _pid_alive(int(pid)):
+                JobCgroupParent(path.name, v2).remove()
+        for path in Path(tempfile.gettempdir()).glob(TMP_PREFIX + "*"):
+            pid = path.name[len(TMP_PREFIX):].split("-", 1)[0]
+            if pid.isdigit() and not _pid_alive(int(pid)):
+                shutil.rmtree(path, ignore_errors=True)
+
+    def check(self) -> None:
+        """The engine answers and has the grading image."""
+        try:
+            self.api.ping()
+            self.api.inspect_image(self.image)
+        except Exception as exc:  # noqa: BLE001
+            if getattr(exc, "status_code", None) == 404:
+                raise SandboxError(f"grading image {self.image} not found: run sandbox/image/build.sh") from None
+            raise _engine_error(f"ping {self.url}", exc) from None
+
+    def close(self) -> None:
+        try:
+            self.client.close()
+        except Exception:  # noqa: BLE001
+            pass
