@@ -1,4 +1,8 @@
-import sys
+"""The sandbox contract on every backend (tests/support/sandbox.py BACKEND_PARAMS).
+
+Only what every backend, the unsafe debug one included, must do: isolation
+properties are in tests/attacks/ (sandboxed backends only)."""
+
 import time
 
 from xgrader.sandbox.base import Limits, SandboxJob, Verdict
@@ -15,10 +19,28 @@ def test_ok_stdout_stdin(backend):
     assert r.verdict == Verdict.ok and r.exit_code == 3 and r.stdout == "HI\n"
 
 
+def test_files_in_subfolders_and_control_chars_stripped(backend):
+    r = backend.run(SandboxJob(argv=["python3", "-I", "-S", "pkg/main.py"],
+                               files={"pkg/main.py": b"print(open('pkg/data.txt').read() + '\\x00\\x1b[31m')",
+                                      "pkg/data.txt": b"payload"}))
+    assert r.verdict == Verdict.ok and r.stdout == "payload[31m\n", r
+
+
 def test_wall_time(backend):
     t = time.monotonic()
     r = backend.run(job("import time; time.sleep(60)", limits=Limits(wall_s=1)))
     assert r.verdict == Verdict.wall_time and time.monotonic() - t < 5
+
+
+def test_wall_time_enforced_without_wait(backend):
+    """An interactive job nobody waits for is still killed at its wall limit."""
+    sb = backend.start(job("import time; time.sleep(60)", channel=True, limits=Limits(wall_s=1)))
+    try:
+        time.sleep(2.0)
+        r = sb.wait(timeout=5)
+        assert r.verdict == Verdict.wall_time and r.wall_s < 4, r
+    finally:
+        sb.kill()
 
 
 def test_output_flood(backend):
@@ -28,36 +50,26 @@ def test_output_flood(backend):
 
 def test_cpu_spin(backend):
     r = backend.run(job("while True: pass", limits=Limits(cpu_s=1, wall_s=10)))
-    assert r.verdict == Verdict.cpu_time
+    assert r.verdict == Verdict.cpu_time and r.cpu_s is not None and r.cpu_s >= 0.9, r
 
 
-def test_channel_roundtrip(backend):
-    src = (
-        "import os, json\n"
-        "assert os.environ['XGRADER_CHANNEL'] == 'fd:3,4'\n"
-        "r = os.fdopen(3, 'rb'); w = os.fdopen(4, 'wb')\n"
-        "m = json.loads(r.readline()); w.write((json.dumps({'echo': m}) + '\\n').encode()); w.flush()\n"
-        "w.write(b'[' * 100 + b'\\n'); w.flush()\n"
-    )
-    with backend.start(job(src, channel=True)) as sb:
-        sb.channel.send({"op": "ping", "id": 1})
-        assert sb.channel.recv(5) == {"echo": {"op": "ping", "id": 1}}
-        import pytest
-        from xgrader.sandbox.base import ChannelError
-        with pytest.raises(ChannelError):
-            sb.channel.recv(5)
-        assert sb.wait().verdict == Verdict.ok
+def test_runner_roundtrip(backend):
+    """The real runner over the backend's channel: load, call, exit."""
+    j = SandboxJob(argv=backend.python_argv(), files={"sub.py": b"def f(x):\n    print('hi')\n    return x * 2\n"},
+                   channel=True)
+    with backend.start(j) as sb:
+        sb.channel.send({"op": "load", "module": "sub", "path": "sub.py", "id": 1})
+        assert sb.channel.recv(10)["names"] == {"f": "function"}
+        sb.channel.send({"op": "call", "target": "f", "args": [21], "kwargs": {}, "id": 2})
+        reply = sb.channel.recv(10)
+        assert reply["value"] == 42 and reply["stdout"] == "hi\n", reply
+        sb.channel.send({"op": "exit", "id": 3})
+        assert sb.channel.recv(10) == {"id": 3, "ok": True}
+        r = sb.wait()
+    assert r.verdict == Verdict.ok and r.exit_code == 0, r
 
 
-def test_memory_bomb(backend):
-    if backend.name == "unsafe":
-        import pytest
-        pytest.skip("unsafe backend has no memory limit by design (rlimits only)")
-    r = backend.run(job("x = []\nwhile True: x.append(b'x' * 10_000_000)", limits=Limits(memory_mb=64, wall_s=10)))
-    assert r.verdict == Verdict.memory, r
-
-
-def test_fork_bomb_and_no_leftovers(backend):
+def test_fork_bomb_and_next_job(backend):
     src = "import os\nwhile True:\n    try: os.fork()\n    except OSError: pass\n"
     r = backend.run(job(src, limits=Limits(wall_s=2, pids=16)))
     assert r.verdict in (Verdict.wall_time, Verdict.cpu_time, Verdict.killed)

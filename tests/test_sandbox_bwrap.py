@@ -5,7 +5,7 @@ import os
 import pytest
 
 from xgrader.config import Settings
-from xgrader.sandbox.base import Limits, SandboxJob, Verdict
+from xgrader.sandbox.base import Limits, SandboxError, SandboxJob, Verdict
 from xgrader.sandbox.bwrap import BwrapBackend
 
 
@@ -50,3 +50,142 @@ def test_filesystem_readonly_and_tmp_capped(bw):
     r = run(bw, src, limits=Limits(tmp_mb=4, file_mb=64))
     assert "WROTE" not in r.stdout and "FILLED" not in r.stdout, r
     assert "full 28" in r.stdout  # ENOSPC from the size-capped tmpfs
+
+
+def test_rlimits_complete_and_file_size(bw):
+    src = ("import resource as r\n"
+           "for n in ['RLIMIT_CPU', 'RLIMIT_FSIZE', 'RLIMIT_NOFILE', 'RLIMIT_CORE']:\n"
+           "    print(n, *r.getrlimit(getattr(r, n)))\n"
+           "try:\n    open('/tmp/f', 'wb').write(b'x' * (3 * 1024 * 1024)); print('BIG')\n"
+           "except OSError as e: print('efbig', e.errno)\n")
+    r = run(bw, src, limits=Limits(cpu_s=2, file_mb=2, open_files=32, tmp_mb=16))
+    got = {l.split()[0]: l.split()[1:] for l in r.stdout.splitlines()}
+    assert got["RLIMIT_CPU"] == ["2", "3"] and got["RLIMIT_FSIZE"] == [str(2 * 2**20)] * 2, r
+    assert got["RLIMIT_NOFILE"] == ["32", "32"] and got["RLIMIT_CORE"] == ["0", "0"]
+    assert got["efbig"] == ["27"] and "BIG" not in got
+
+
+def test_cgroup_limits_written_and_removed(bw):
+    if not bw.cgroups.usable:
+        pytest.fail("cgroups not writable: the bwrap backend needs them for memory/pids/cpu")
+    sb = bw.start(SandboxJob(argv=["python3", "-I", "-S", "-c", "import time; time.sleep(30)"],
+                             limits=Limits(memory_mb=96, pids=12)))
+    cg = sb.cgroup
+    try:
+        if cg.v2:
+            d = cg.dirs["unified"]
+            assert (d / "memory.max").read_text().strip() == str(96 * 2**20)
+            assert (d / "pids.max").read_text().strip() == "12"
+            assert (d / "cpu.max").read_text().split()[0] == "100000"
+        else:
+            assert (cg.dirs["memory"] / "memory.limit_in_bytes").read_text().strip() == str(96 * 2**20)
+            assert (cg.dirs["memory"] / "memory.memsw.limit_in_bytes").read_text().strip() == str(96 * 2**20)
+            assert (cg.dirs["pids"] / "pids.max").read_text().strip() == "12"
+            assert (cg.dirs["cpu"] / "cpu.cfs_quota_us").read_text().strip() == "100000"
+        import time
+        deadline = time.monotonic() + 3
+        while len(cg.pids()) < 3 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert len(cg.pids()) >= 3  # bwrap, its pid-1 and the job: all inside
+    finally:
+        sb.kill()
+        sb.wait()
+    assert not any(d.exists() for d in cg.dirs.values())
+
+
+CRASHER = """
+import sys, time
+from xgrader.config import Settings
+from xgrader.sandbox.bwrap import BwrapBackend
+from xgrader.sandbox.base import SandboxJob
+b = BwrapBackend(Settings(sandbox="bwrap"))
+sb = b.start(SandboxJob(argv=["python3", "-I", "-S", "-c", "import time; time.sleep(300)"], label="crashme"))
+time.sleep(0.3)
+print("CG", sb.proc.pid, next(iter(sb.cgroup.dirs.values())), flush=True)
+time.sleep(300)
+"""
+
+
+def test_restart_cleans_crashed_predecessor(bw):
+    """A SIGKILLed daemon leaves an orphan cgroup (its sandbox dies with it:
+    --die-with-parent); the next one's cleanup_stale removes it."""
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+    proc = subprocess.Popen([sys.executable, "-c", CRASHER], stdout=subprocess.PIPE, text=True)
+    try:
+        line = ""
+        while not line.startswith("CG "):  # structlog may print first
+            line = proc.stdout.readline()
+            assert line, "crasher died"
+        _, pid, cgdir = line.split()
+    finally:
+        proc.kill()
+        proc.wait()
+    cgdir = Path(cgdir)
+    deadline = time.monotonic() + 5
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not Path(f"/proc/{pid}").exists(), "bwrap outlived its killed parent"
+    assert cgdir.exists()
+    BwrapBackend(Settings(sandbox="bwrap")).cleanup_stale()
+    assert not cgdir.exists()
+
+
+def test_cleanup_stale_spares_live_cgroups(bw):
+    sb = bw.start(SandboxJob(argv=["python3", "-I", "-S", "-c", "import time; time.sleep(30)"]))
+    try:
+        bw.cleanup_stale()  # our own job's creator (this process) is alive
+        assert all(d.exists() for d in sb.cgroup.dirs.values())
+        assert sb.proc.poll() is None
+    finally:
+        sb.kill()
+        sb.wait()
+
+
+def test_kill_label_removes_its_cgroups(bw):
+    sb = bw.start(SandboxJob(argv=["python3", "-I", "-S", "-c", "import time; time.sleep(30)"], label="xg-1-lbl"))
+    other = bw.start(SandboxJob(argv=["python3", "-I", "-S", "-c", "import time; time.sleep(30)"], label="xg-1-lbl2"))
+    try:
+        bw.kill_label("xg-1-lbl")
+        assert not any(d.exists() for d in sb.cgroup.dirs.values())
+        assert all(d.exists() for d in other.cgroup.dirs.values())
+        assert sb.wait(timeout=5).verdict is Verdict.killed
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_sandbox_venv_bound_read_only():
+    import shutil
+    import subprocess
+    import tempfile
+    from pathlib import Path
+    top = Path(tempfile.mkdtemp(prefix="xgrader-venv-test-"))
+    top.chmod(0o755)  # bwrap runs as nobody: the venv must be readable by it
+    try:
+        _venv_case(top / "venv")
+    finally:
+        shutil.rmtree(top)
+    # Not readable by nobody: check() says so instead of every job failing.
+    hidden = Path(tempfile.mkdtemp(prefix="xgrader-venv-test-"))
+    try:
+        subprocess.run(["/usr/bin/python3", "-m", "venv", "--without-pip", str(hidden / "v")], check=True)
+        with pytest.raises(SandboxError, match="not readable"):
+            BwrapBackend(Settings(sandbox="bwrap", sandbox_venv=hidden / "v")).check()
+    finally:
+        shutil.rmtree(hidden)
+
+
+def _venv_case(venv):
+    import subprocess
+    subprocess.run(["/usr/bin/python3", "-m", "venv", "--without-pip", "--system-site-packages", str(venv)], check=True)
+    site = next(venv.glob("lib/python3*/site-packages"))
+    (site / "course_pkg.py").write_text("VALUE = 'from-the-venv'\n")
+    b = BwrapBackend(Settings(sandbox="bwrap", sandbox_venv=venv))
+    b.check()
+    src = ("import sys, course_pkg, pytest\nprint(course_pkg.VALUE, sys.prefix)\n"
+           "try: open(course_pkg.__file__, 'a'); print('WRITABLE')\nexcept OSError: print('ro')\n")
+    r = b.run(SandboxJob(argv=["python3", "-I", "x.py"], files={"x.py": src.encode()}))
+    assert r.stdout.split() == ["from-the-venv", "/opt/venv", "ro"], r

@@ -55,6 +55,15 @@ def _system_binds() -> list[str]:
     return args
 
 
+def _nobody_can_enter(path: Path) -> bool:
+    """Every directory down to `path` searchable by others (bwrap binds as nobody)."""
+    for p in [*reversed(path.parents), path]:
+        st = p.stat()
+        if not (st.st_mode & 0o001 or st.st_uid == NOBODY):
+            return False
+    return True
+
+
 class BwrapBackend(Backend):
     name = "bwrap"
 
@@ -225,8 +234,11 @@ class BwrapBackend(Backend):
     def check(self) -> None:
         if not os.access(self.bwrap, os.X_OK):
             raise SandboxError("bwrap not installed")
-        if self.venv is not None and not (self.venv / "bin" / "python3").exists():
-            raise SandboxError(f"sandbox_venv {self.venv} has no bin/python3")
+        if self.venv is not None:
+            if not (self.venv / "bin" / "python3").exists():
+                raise SandboxError(f"sandbox_venv {self.venv} has no bin/python3")
+            if not _nobody_can_enter(self.venv.resolve()):
+                raise SandboxError(f"sandbox_venv {self.venv} is not readable by uid {NOBODY} (check its parents' modes)")
         r = subprocess.run([self.bwrap, "--ro-bind", "/", "/", "true"], capture_output=True, env={})
         if r.returncode != 0:
             raise SandboxError("bwrap cannot start: " + r.stderr.decode(errors="replace")[:200])

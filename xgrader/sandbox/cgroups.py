@@ -22,7 +22,7 @@ from xgrader.sandbox.base import Limits
 log = structlog.get_logger(__name__)
 
 ROOT = Path("/sys/fs/cgroup")
-PREFIX = "xgrader-"
+PREFIX = "xgrader-bw-"  # distinct from other tools (the docker backend's cgroup parents)
 CPU_PERIOD_US = 100_000
 _seq = itertools.count()
 
@@ -43,10 +43,9 @@ def _write(path: Path, value: str) -> None:
 def creator_pid(name: str) -> int | None:
     """The pid encoded in a job cgroup's name (second-to-last dash field)."""
     parts = name.rsplit("-", 2)
-    try:
-        return int(parts[-2]) if len(parts) == 3 else None
-    except ValueError:
+    if len(parts) != 3 or not parts[0].startswith(PREFIX) or not (parts[1].isdigit() and parts[2].isdigit()):
         return None
+    return int(parts[1])
 
 
 def _safe(label: str) -> str:
@@ -113,8 +112,10 @@ class CgroupManager:
         out = []
         for name, dirs in self._found().items():
             pid = creator_pid(name)
+            if pid is None:
+                continue  # not a job cgroup of ours (another tool's, e.g. a container engine's)
             mine = label is not None and name.rsplit("-", 2)[0] == PREFIX + _safe(label)
-            if mine or pid is None or not _alive(pid):
+            if mine or not _alive(pid):
                 out.append(JobCgroup(dirs, self.v2, None))
         return out
 

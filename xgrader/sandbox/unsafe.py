@@ -24,7 +24,7 @@ from typing import Any
 import structlog
 
 from xgrader.sandbox.base import (
-    Backend, Limits, RunningSandbox, SandboxError, SandboxJob, SandboxResult, Verdict, clean_text,
+    RUNNER_DIR, Backend, Limits, RunningSandbox, SandboxError, SandboxJob, SandboxResult, Verdict, clean_text,
 )
 from xgrader.sandbox.channel import FdChannel, make_pipes
 
@@ -288,6 +288,10 @@ class UnsafeBackend(Backend):
         argv = list(job.argv)
         if argv[0] == "python3" and self.settings is not None:
             argv[0] = getattr(self.settings, "sandbox_python", "python3")
+        # No mount namespace here: the runner is used where it lies in the repository.
+        runner_dir = str(getattr(self.settings, "runner_dir", "") or RUNNER_DIR)
+        argv = [runner_dir + a[len(RUNNER_DIR):] if a == RUNNER_DIR or a.startswith(RUNNER_DIR + "/") else a
+                for a in argv]
         # Debug-grade CPU accounting: children's rusage delta (racy with concurrent jobs).
         usage0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.monotonic()

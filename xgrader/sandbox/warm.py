@@ -132,11 +132,17 @@ class WarmPool(Backend):
                 continue
             failures = 0
             with self._cv:
-                if self._closed:
-                    _discard(sb)
-                    return
-                self._idle.append(sb)
-                self._cv.notify_all()
+                closed = self._closed
+                # Started for a template that was replaced meanwhile: not usable.
+                current = rlimit_key(sb.job.limits) == rlimit_key(self.template.limits)
+                if current and not closed:
+                    self._idle.append(sb)
+                    self._cv.notify_all()
+            if closed:
+                _discard(sb)
+                return
+            if not current:
+                _discard(sb)
 
     def _start_one(self) -> ProcessSandbox:
         sb = self.inner.prestart(self.template)
@@ -175,7 +181,7 @@ class WarmPool(Backend):
                 stale, self._idle = list(self._idle), deque()
             while self._idle:
                 sb = self._idle.popleft()
-                if sb.proc.poll() is None:
+                if sb.proc.poll() is None and rlimit_key(sb.job.limits) == key:
                     found = sb
                     break
                 stale.append(sb)
