@@ -38,7 +38,6 @@ import re
 import stat
 import warnings
 import zipfile
-from pathlib import PurePosixPath
 
 import structlog
 
