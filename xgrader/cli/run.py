@@ -22,6 +22,7 @@ Environment (every Settings field is XGRADER_<FIELD>, nested XGRADER_HINTS__<FIE
   XGRADER_STALL_TIMEOUT_S      no loop progress for this long -> exit 70 (default 300)
   XGRADER_POLL_MIN_S / XGRADER_POLL_MAX_S   empty-queue backoff bounds (default 0.05 / 5)
   XGRADER_METRICS_PORT         /metrics, /healthz, /readyz (default off)
+  XGRADER_METRICS_HOST         their listen address (default 127.0.0.1; 0.0.0.0 in containers)
   XGRADER_LOG_FORMAT / XGRADER_LOG_LEVEL    auto|json|console / info
 Signals: first SIGTERM/SIGINT stops pulling and lets in-flight jobs post (exit 0);
 a second one kills them at once (their leases expire, nothing is lost; exit 1).
@@ -39,6 +40,7 @@ FLAGS = [
     ("--max-attempts", "max_attempts", int, "infrastructure failures before could-not-grade"),
     ("--shutdown-grace", "shutdown_grace_s", float, "seconds in-flight jobs get on SIGTERM"),
     ("--metrics-port", "metrics_port", int, "serve /metrics, /healthz, /readyz on this port"),
+    ("--metrics-host", "metrics_host", str, "listen address of the metrics port (default 127.0.0.1)"),
     ("--log-level", "log_level", str, "debug | info | warning | error"),
     ("--log-format", "log_format", str, "auto | json | console"),
 ]
