@@ -283,3 +283,14 @@ def test_passed_visible_test_is_compact() -> None:
     text = _text(_check_safe(feedback.render_html(r)))
     assert "t: passed (1 point)" in text and "f(2)" in text and "4" in text
     assert "Your result" not in text and "dbg" not in text
+
+
+def test_long_names_and_titles_are_bounded_headings() -> None:
+    long = "E" * 100_000
+    r = GradeReport(assignment="a", title=long, outcome=Outcome.runtime_error, score=0, max_score=1,
+                    explanations=[Explanation(title=f"Your code raised {long}", detail="x")],
+                    tests=[Result(name=long + "\nsecond line", status=Status.failed, actual="1")])
+    msg = feedback.render_html(r)
+    text = _text(_check_safe(msg))
+    assert len(msg) < 3_000 and text.count("… [truncated]") == 3
+    assert "second line" not in text

@@ -159,6 +159,12 @@ class Block:
     fields: tuple[Part, ...] = ()
 
 
+def _short(text: str, limit: int = 300) -> str:
+    """A heading (test name, explanation title): one bounded line."""
+    text = " ".join(clean(text).split())
+    return text if len(text) <= limit else text[:limit] + "… [truncated]"
+
+
 def _head_lines(text: str, keep: int) -> tuple[str, int]:
     lines = text.split("\n")
     if len(lines) <= keep:
@@ -193,7 +199,7 @@ def _explanation_block(e: Explanation, caps: Caps) -> Block:
             fields.append(Part("Traceback (last lines)", tb, dropped_lines, unit="lines"))
         else:
             fields.append(Part("Traceback", tb, dropped))
-    return Block("explanation", clean(e.title), tuple(f for f in fields if f))
+    return Block("explanation", _short(e.title), tuple(f for f in fields if f))
 
 
 def _points(t: TestReport) -> str:
@@ -201,7 +207,7 @@ def _points(t: TestReport) -> str:
 
 
 def _test_block(t: TestReport, caps: Caps) -> Block:
-    name = clean(t.name)
+    name = _short(t.name)
     if not t.visible:
         # Pass/fail only: no status detail, no timing, no values, no messages.
         verdict = "passed" if t.status is TestStatus.passed else "failed"
@@ -353,7 +359,7 @@ def _layout(report: GradeReport, caps: Caps, fmt: _Format, head: str) -> str:
     note_room = cost(fmt.line("truncated", _truncated_note(10**9, "tests (feedback size limit)")))
     pieces = [head]
     if report.title:
-        pieces.append(fmt.line("title", _cap_text(clean(report.title), 200)[0]))
+        pieces.append(fmt.line("title", _short(report.title)))
     budget = (caps.total - len(fmt.open) - len(fmt.close) - sum(map(cost, pieces))
               - fmt.tests_overhead - 3 * note_room)
     notes: list[str] = []
