@@ -97,9 +97,10 @@ class SubmissionOptions(_Strict):
 
 
 class HintOptions(_Strict):
-    """[hints]: only matters when the operator enabled hints (docs/hints.md)."""
+    """[hints] (docs/hints.md): a hint needs both the operator's switch
+    (XGRADER_HINTS__ENABLED) and this one."""
 
-    enabled: bool = True
+    enabled: bool = False
     # planning (steps), debugging (one bug), optimisation (speed/readability);
     # a payload may choose another with a `hint` key.
     hint_type: Literal["planning", "debugging", "optimisation"] = "debugging"
