@@ -56,6 +56,7 @@ def squares(kit: GradingKit) -> GradingKit:
             max_points = 4
             functions = ["square_sum"]
             [hints]
+            enabled = true
             hint_type = "debugging"
         """,
         "description.md": "Write `square_sum(xs)`: the sum of the squares of the numbers in `xs`.\n",
@@ -76,7 +77,7 @@ def squares(kit: GradingKit) -> GradingKit:
         "solution/submission.py": SOLUTION,
     })
     kit.add("quiet", {
-        "assignment.toml": 'title = "No hints"\nkind = "io"\n[hints]\nenabled = false\n',
+        "assignment.toml": 'title = "No hints"\nkind = "io"\n',   # [hints] off by default
         "tests/cases.toml": '[[case]]\nexpr = "f()"\nexpected = "1"\nvisible = true\n',
     })
     return kit

@@ -38,7 +38,7 @@ def test_daemon_posts_grades_with_hints_and_audits_them(tmp_path, fake_llm):
     fake_llm.default = Reply.hint(HINT)
     handlers = tmp_path / "handlers"
     write_assignment(handlers, "squares", {
-        "assignment.toml": 'title = "Sum of squares"\nkind = "io"\nmax_points = 2\n',
+        "assignment.toml": 'title = "Sum of squares"\nkind = "io"\nmax_points = 2\n[hints]\nenabled = true\n',
         "description.md": "Write square_sum(xs): the sum of the squares of xs.\n",
         "tests/cases.toml": '[[case]]\nexpr = "square_sum([1, 2])"\nvisible = true\n'
                             '[[case]]\nexpr = "square_sum([31337])"\n',
