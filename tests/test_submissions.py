@@ -237,6 +237,23 @@ def test_ipynb_code_cells_with_magics_become_an_importable_module(capsys) -> Non
     assert b"# %%bash" in got["submission.py"] and b"Homework" not in got["submission.py"]
 
 
+WRITEFILE_NOTEBOOK = _nb(
+    ("code", "%%writefile helper.py\ndef add(a, b):\n    return a + b\n"),
+    ("code", "%%writefile -a helper.py\nimport math\ndef area(r):\n    return math.pi * r * r\n"),
+    ("code", "from helper import add, area\n"),
+)
+
+
+def test_writefile_cells_add_their_files() -> None:
+    got = _files(files={"hw.ipynb": WRITEFILE_NOTEBOOK})
+    assert set(got) == {"submission.py", "helper.py"}
+    assert got["helper.py"] == (b"def add(a, b):\n    return a + b\n\n"
+                                b"import math\ndef area(r):\n    return math.pi * r * r\n\n")
+    assert b"from helper import add, area" in got["submission.py"]
+    assert b"# %%writefile helper.py" in got["submission.py"]
+    _rejected("contains '..'", files={"hw.ipynb": _nb(("code", "%%writefile ../x.py\nx = 1\n"))})
+
+
 def test_pasted_notebook_json_is_converted() -> None:
     got = _files(NOTEBOOK.decode())
     assert _load(got["submission.py"])["add"](1, 1) == 2
@@ -367,6 +384,8 @@ def test_notebook_and_zip_graded_end_to_end_on_bwrap(kit: GradingKit) -> None:
     wrong = NOTEBOOK.replace(b"return a + b", b"return a - b")
     report = kit.grade("nb_add", files={"hw.zip": _zip({"hw/homework.ipynb": wrong})})
     assert report.outcome is Outcome.partial and report.score == 1, report
+    report = kit.grade("nb_add", files={"hw.ipynb": WRITEFILE_NOTEBOOK})
+    assert report.outcome is Outcome.passed and report.score == 3, report
     report = kit.grade("nb_add", MARIMO_ADD)
     assert report.outcome is Outcome.passed and report.score == 3, report
     report = kit.grade("nb_add", files={"add_nb.py": MARIMO_ADD.replace("a + b", "a * b").encode()})

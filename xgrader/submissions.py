@@ -16,7 +16,8 @@ Forms (see docs/assignments.md, "Submission forms"):
 - Jupyter ``.ipynb``: the code cells, in order, as a module. IPython-only lines
   (``%magic``, ``!shell``, ``x = !cmd``) become ``pass`` with the original as a
   comment, and ``%%cell`` magics are commented out whole (``%%time`` and
-  ``%%capture`` keep their Python body), so the module imports.
+  ``%%capture`` keep their Python body), so the module imports. A
+  ``%%writefile helper.py`` cell adds the file it would have written.
 - marimo notebooks (a ``.py`` with ``import marimo`` and ``app = marimo.App()``):
   the top-level imports, the ``with app.setup:`` body, ``@app.function`` and
   ``@app.class_definition`` definitions, and from ``@app.cell`` cells their
@@ -175,20 +176,30 @@ def _magic_free(line: str) -> str:
     return line
 
 
-def _cell_code(source: str) -> str:
+def _cell_code(source: str, written: dict[str, str]) -> str:
     lines = source.split("\n")
     first = next((i for i, ln in enumerate(lines) if ln.strip()), None)
     if first is not None and lines[first].lstrip().startswith("%%"):
-        magic = lines[first].strip()[2:].split(maxsplit=1)
+        magic = lines[first].strip()[2:].split()
         body = lines[first + 1:]
         if magic and magic[0] in _KEEP_CELL_MAGICS:
             return "\n".join(_magic_free(ln) for ln in body)
+        if magic and magic[0] == "writefile" and len(magic) >= 2:
+            # %%writefile [-a] helper.py: the file the notebook would have written.
+            text = "\n".join(body) + "\n"
+            target = magic[-1]
+            written[target] = (written.get(target, "") + text) if "-a" in magic[1:-1] else text
         return "\n".join("# " + ln for ln in lines)
     return "\n".join(_magic_free(ln) for ln in lines)
 
 
 def notebook_to_module(data: bytes | str, name: str) -> bytes:
     """The code cells of a Jupyter notebook as one importable module."""
+    return notebook_files(data, name)[0]
+
+
+def notebook_files(data: bytes | str, name: str) -> tuple[bytes, dict[str, bytes]]:
+    """(the module, the files its `%%writefile` cells write)."""
     import nbformat  # imported here: only notebook submissions pay for it
 
     try:
@@ -200,17 +211,18 @@ def notebook_to_module(data: bytes | str, name: str) -> bytes:
         raise SubmissionError(f"the notebook {name!r} cannot be read ({type(exc).__name__}: "
                               f"{str(exc)[:200]}); save it again from Jupyter and re-upload.") from None
     parts = []
+    written: dict[str, str] = {}
     for number, cell in enumerate(nb.cells, 1):
         if cell.get("cell_type") != "code":
             continue
         source = cell.get("source", "")
         if isinstance(source, list):
             source = "".join(source)
-        parts.append(f"# --- notebook cell {number} ---\n{_cell_code(str(source))}\n")
+        parts.append(f"# --- notebook cell {number} ---\n{_cell_code(str(source), written)}\n")
     code = "\n".join(parts)
     if re.search(r"\bdisplay\(", code) and not re.search(r"^def display\b", code, re.M):
         code = "display = print  # xgrader: IPython's display() outside Jupyter\n" + code
-    return code.encode()
+    return code.encode(), {k: v.encode() for k, v in written.items()}
 
 
 def looks_like_notebook_json(text: str) -> bool:
@@ -347,22 +359,32 @@ def materialize(request: GradeRequest, assignment: Assignment) -> dict[str, byte
             forms.append("upload")
             put(name, data, f"upload {name!r}")
 
+    def add_written(written: dict[str, bytes], notebook: str) -> None:
+        for inner, content in written.items():
+            where = f"notebook {notebook!r} (%%writefile)"
+            check_name(inner, opts, where)
+            budget.take(len(content), where)
+            budget.add_file(where)
+            put(inner, content, where)
+
     for name in [n for n in files if n.lower().endswith(".ipynb")]:
         target = name[: -len(".ipynb")] + ".py"
-        module = notebook_to_module(files.pop(name), name)
+        module, written = notebook_files(files.pop(name), name)
         if target in files:
             raise SubmissionError(f"the notebook {name!r} and the file {target!r} are both submitted; "
                                   "submit only one of them.")
         files[target] = module
         notebooks.add(target)
         forms.append("ipynb")
+        add_written(written, name)
 
     response = request.student_response
     if response.strip():
         budget.take(len(response.encode()), "the answer text")
         if looks_like_notebook_json(response):
-            files[cfg.entry] = notebook_to_module(response, "the pasted notebook")
+            files[cfg.entry], written = notebook_files(response, "the pasted notebook")
             forms.append("ipynb")
+            add_written(written, "the pasted notebook")
         else:
             files[cfg.entry] = response.encode()
             forms.append("text")
