@@ -1,8 +1,10 @@
 """A fault-injecting HTTP proxy for chaos runs: sits between grader replicas
 and the queue server and, per request, forwards it, resets the connection,
-answers 5xx, or stalls before forwarding. Loopback only.
+answers 5xx, stalls before forwarding, or forwards and then loses the reply
+(the request took effect upstream but the client sees a reset: the case that
+tests "nothing answered twice"). Loopback only.
 
-    proxy = FaultProxy("http://127.0.0.1:18040", reset=0.02, error=0.03, stall=0.01)
+    proxy = FaultProxy("http://127.0.0.1:18040", reset=0.02, error=0.03, stall=0.01, lost_reply=0.01)
     proxy.start(); ... proxy.url ...; proxy.stop(); print(proxy.counts)
 """
 
@@ -21,6 +23,14 @@ from urllib.parse import urlsplit
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "proxy-connection", "upgrade", "te", "trailer"}
 
 
+class QuietServer(ThreadingHTTPServer):
+    """Clients that vanish mid-request (a SIGKILLed replica) are part of the
+    chaos, not an error worth a traceback on stderr."""
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        pass
+
+
 class FaultProxy:
     def __init__(
         self,
@@ -30,6 +40,7 @@ class FaultProxy:
         error: float = 0.0,
         stall: float = 0.0,
         stall_s: float = 2.0,
+        lost_reply: float = 0.0,
         seed: int | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
@@ -40,12 +51,13 @@ class FaultProxy:
         self.upstream_host = parts.hostname
         self.upstream_port = parts.port or 80
         self.reset, self.error, self.stall, self.stall_s = reset, error, stall, stall_s
+        self.lost_reply = lost_reply
         self.enabled = threading.Event()
         self.enabled.set()
         self.counts: Counter[str] = Counter()
         self._lock = threading.Lock()
         self._rng = random.Random(seed)
-        self._server = ThreadingHTTPServer((host, port), self._handler_class())
+        self._server = QuietServer((host, port), self._handler_class())
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name="faultproxy", daemon=True)
 
@@ -67,7 +79,8 @@ class FaultProxy:
             return "forward"
         with self._lock:
             r = self._rng.random()
-        for fault, p in (("reset", self.reset), ("error", self.error), ("stall", self.stall)):
+        for fault, p in (("reset", self.reset), ("error", self.error), ("stall", self.stall),
+                         ("lost_reply", self.lost_reply)):
             if r < p:
                 return fault
             r -= p
@@ -121,6 +134,11 @@ class FaultProxy:
                     return
                 finally:
                     conn.close()
+                if fault == "lost_reply":
+                    self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    self.close_connection = True
+                    self.connection.close()
+                    return
                 self.send_response(resp.status)
                 for k, v in resp.getheaders():
                     if k.lower() not in HOP_BY_HOP and k.lower() != "content-length":
