@@ -1,20 +1,94 @@
+"""structlog setup: JSON lines (with submission context and redaction),
+console output on a terminal, level filtering, and stdlib loggers routed
+through the same renderer."""
+
+import io
 import json
+import logging
+import sys
 from types import SimpleNamespace
 
+import pytest
 import structlog
 from pydantic import SecretStr
 
-from xgrader.logs import bind_submission, configure
+from xgrader.logs import bind_submission, configure, unconfigure, use_json
 
 
-def test_json_lines_carry_submission_and_redact(capsys):
+class Err:
+    """capsys's stderr, read as JSON lines (configure() binds sys.stderr as
+    it is during the test call, which is pytest's capture)."""
+
+    def __init__(self, capsys) -> None:
+        self.capsys = capsys
+
+    def getvalue(self) -> str:
+        return self.capsys.readouterr().err
+
+
+@pytest.fixture
+def stderr(capsys):
+    yield Err(capsys)
+    unconfigure()  # process-global: leave no trace for other tests
+
+
+def lines(buf) -> list[dict]:
+    return [json.loads(line) for line in buf.getvalue().splitlines() if line.strip()]
+
+
+def test_json_lines_carry_submission_and_redact(stderr):
     configure(SimpleNamespace(log_format="json", log_level="info"))
+    with bind_submission("q1", "42", "hello"):
+        structlog.get_logger("t").info("graded", password="hunter2", key=SecretStr("s3"))
+    structlog.get_logger("t").info("outside")
+    text = stderr.getvalue()
+    first, second = lines(io.StringIO(text))
+    assert first["submission_id"] == "42" and first["queue"] == "q1" and first["assignment"] == "hello"
+    assert first["password"] == "***" and first["key"] == "***" and first["level"] == "info"
+    assert "hunter2" not in text and "s3" not in text
+    assert "submission_id" not in second  # the context ends with the block
+
+
+def test_level_filtering(stderr):
+    configure(SimpleNamespace(log_format="json", log_level="warning"))
+    log = structlog.get_logger("t")
+    log.info("quiet")
+    log.warning("loud")
+    assert [line["event"] for line in lines(stderr)] == ["loud"]
+
+
+def test_stdlib_loggers_become_json_lines_too(stderr):
+    configure(SimpleNamespace(log_format="json", log_level="info"))
+    with bind_submission("q1", "7"):
+        logging.getLogger("urllib3.connectionpool").warning("Retrying %s", "GET /x")
+        logging.getLogger("werkzeug").info("127.0.0.1 - GET /metrics 200")  # below WARNING: dropped
+    (line,) = lines(stderr)
+    assert line["event"] == "Retrying GET /x" and line["logger"] == "urllib3.connectionpool"
+    assert line["submission_id"] == "7" and line["level"] == "warning"
+
+
+def test_console_on_a_terminal(monkeypatch):
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    buf = Tty()
+    monkeypatch.setattr(sys, "stderr", buf)
     try:
-        with bind_submission("q1", "42", "hello"):
-            structlog.get_logger("t").info("graded", password="hunter2", key=SecretStr("s3"))
+        assert use_json("auto", buf) is False and use_json("auto", io.StringIO()) is True
+        assert use_json("json", buf) is True and use_json("console", io.StringIO()) is False
+        configure(SimpleNamespace(log_format="auto", log_level="info"))
+        structlog.get_logger("t").info("graded", score=3)
     finally:
-        structlog.reset_defaults()  # configure() is process-global; leave no trace for other tests
-    line = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
-    assert line["submission_id"] == "42" and line["queue"] == "q1" and line["assignment"] == "hello"
-    assert line["password"] == "***" and line["key"] == "***"
-    assert "hunter2" not in json.dumps(line)
+        unconfigure()
+    text = buf.getvalue()
+    assert "graded" in text and "score=3" in text
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(text.strip().splitlines()[-1])
+
+
+def test_configure_twice_keeps_one_handler(stderr):
+    configure(SimpleNamespace(log_format="json", log_level="info"))
+    configure(SimpleNamespace(log_format="json", log_level="info"))
+    logging.getLogger("x").error("once")
+    assert [line["event"] for line in lines(stderr)] == ["once"]

@@ -1,4 +1,13 @@
-"""structlog setup: JSON lines in production, console on a TTY; secrets redacted."""
+"""structlog setup: JSON lines in production, console on a TTY; secrets redacted.
+
+`log_format`: auto (JSON unless stderr is a terminal) | json | console.
+Standard-library loggers (werkzeug, urllib3, tenacity...) are routed through
+the same processors, so a production log is JSON lines only.
+
+What never reaches the log at info level: student code, program output and
+secrets. Call sites log ids, names, outcomes and sizes; :func:`redact_secrets`
+is the last line of defence for secret-looking keys and SecretStr values.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +20,9 @@ import structlog
 from pydantic import SecretStr
 
 SECRET_KEYS = frozenset({"password", "api_key", "token", "authorization", "queue_password",
-                         "basic_auth_password"})
+                         "basic_auth_password", "secret", "cookie", "session_key"})
 REDACTED = "***"
+_HANDLER_MARK = "_xgrader_handler"
 
 
 def redact_secrets(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
@@ -23,27 +33,65 @@ def redact_secrets(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str,
     return event
 
 
+def use_json(fmt: str, stream: Any = None) -> bool:
+    stream = stream if stream is not None else sys.stderr
+    if fmt == "json":
+        return True
+    if fmt == "console":
+        return False
+    isatty = getattr(stream, "isatty", None)
+    return not (callable(isatty) and isatty())
+
+
 def configure(settings: Any) -> None:
+    """Process-wide logging setup (the CLI calls it once per process)."""
     fmt = getattr(settings, "log_format", "auto")
     level = logging.getLevelName(str(getattr(settings, "log_level", "info")).upper())
     if not isinstance(level, int):
         level = logging.INFO
-    json_out = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
-    renderer: Any = (structlog.processors.JSONRenderer() if json_out
+    renderer: Any = (structlog.processors.JSONRenderer() if use_json(fmt)
                      else structlog.dev.ConsoleRenderer(colors=False))
+    shared = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        redact_secrets,
+    ]
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            redact_secrets,
-            structlog.processors.format_exc_info,
-            renderer,
-        ],
+        processors=[*shared, structlog.processors.format_exc_info, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(level),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=False,
     )
+    _route_stdlib(shared, renderer, level)
+
+
+def _route_stdlib(shared: list, renderer: Any, level: int) -> None:
+    """Standard-library records get the same context, redaction and format."""
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                    structlog.processors.format_exc_info, renderer],
+    )
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if getattr(handler, _HANDLER_MARK, False):  # configure() again: replace ours only
+            root.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stderr)
+    setattr(handler, _HANDLER_MARK, True)
+    handler.setFormatter(formatter)
+    root.addHandler(handler)
+    # Libraries are chatty at info (one line per HTTP request): warnings and up.
+    root.setLevel(max(level, logging.WARNING))
+
+
+def unconfigure() -> None:
+    """Undo :func:`configure` (tests)."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if getattr(handler, _HANDLER_MARK, False):
+            root.removeHandler(handler)
+    structlog.reset_defaults()
 
 
 @contextlib.contextmanager
