@@ -136,3 +136,17 @@ def test_metric_names_cover_the_exposition():
     for line in generate_latest(metrics.registry).decode().splitlines():
         if line and not line.startswith("#"):
             assert line.split("{")[0].split(" ")[0] in names
+
+
+def test_assignment_label_cardinality_is_bounded(monkeypatch):
+    import xgrader.metrics as m
+    monkeypatch.setattr(m, "MAX_ASSIGNMENT_LABELS", 3)
+    metrics = MetricsHooks()
+    for i in range(6):
+        metrics.on_graded("q", f"a{i}" + "x" * 200, "passed", 0.1)
+    metrics.on_graded("q", "a0" + "x" * 200, "failed", 0.1)   # an already-seen name keeps its label
+    text = generate_latest(metrics.registry).decode()
+    graded = [line for line in text.splitlines() if line.startswith("xgrader_submissions_graded_total")]
+    assert len(graded) == 5, graded  # a0 passed, a0 failed, a1, a2, other
+    assert 'assignment="other",outcome="passed",queue="q"} 3.0' in text
+    assert all(len(line) < 200 for line in graded)

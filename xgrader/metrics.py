@@ -27,6 +27,9 @@ from xgrader.hooks import Hooks
 log = structlog.get_logger(__name__)
 
 
+MAX_ASSIGNMENT_LABELS = 500   # distinct assignment label values; later ones count as "other"
+MAX_LABEL_CHARS = 80
+
 PHASE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 GRADE_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300)
 
@@ -45,6 +48,10 @@ class MetricsHooks(Hooks):
         self.backend_ok: tuple[bool, str] | None = None
         self.requires_login = True  # push mode has no queue session
         self.requires_loop = True   # push mode has no pull loop
+        # The assignment name comes from the problem's grader_payload: bound
+        # the label's cardinality so a broken course cannot blow up the TSDB.
+        self._assignments: set[str] = set()
+        self._labels_lock = threading.Lock()
         self.pulled = Counter("xgrader_submissions_pulled", "Submissions pulled", ["queue"], registry=r)
         self.graded = Counter("xgrader_submissions_graded", "Submissions graded",
                               ["queue", "assignment", "outcome"], registry=r)
@@ -73,7 +80,18 @@ class MetricsHooks(Hooks):
         Info("xgrader_build", "Build info", registry=r).info({"version": ver})
 
     def on_pulled(self, queue, submission_id): self.pulled.labels(queue).inc()
+    def assignment_label(self, assignment: str) -> str:
+        name = str(assignment)[:MAX_LABEL_CHARS]
+        with self._labels_lock:
+            if name in self._assignments:
+                return name
+            if len(self._assignments) >= MAX_ASSIGNMENT_LABELS:
+                return "other"
+            self._assignments.add(name)
+            return name
+
     def on_graded(self, queue, assignment, outcome, seconds):
+        assignment = self.assignment_label(assignment)
         self.graded.labels(queue, assignment, outcome).inc()
         self.grade_seconds.labels(queue, assignment).observe(seconds)
     def on_phase(self, queue, phase, seconds): self.phase_seconds.labels(queue, phase).observe(seconds)
