@@ -32,6 +32,7 @@ def test_quota_counts_only_delivered_and_limits_both_ways(store):
     assert store.reserve("s1", "sq", "debugging", 3, 2, hold_s=30) is None   # per type: 2 held
     store.release(b)                                                          # not delivered: back
     store.commit(a)
+    store.release(a)                                                          # delivered stays delivered
     assert store.delivered("s1", "sq") == 1 and store.delivered("s1", "sq", "debugging") == 1
     c = store.reserve("s1", "sq", "debugging", 3, 2, hold_s=30)
     d = store.reserve("s1", "sq", "planning", 3, 2, hold_s=30)

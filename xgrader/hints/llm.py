@@ -4,6 +4,7 @@ so every call fits the submission's remaining time budget."""
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 
@@ -35,9 +36,15 @@ class LLMClient:
         self.request_timeout_s = request_timeout_s
         self.max_retries = max_retries
         self.json_mode = json_mode
-        # The openai client's own retries ignore our budget: we retry ourselves.
-        self._client = openai.OpenAI(base_url=base_url, api_key=api_key or "unused",
-                                     max_retries=0, timeout=request_timeout_s)
+        self._args = dict(base_url=base_url, api_key=api_key or "unused", timeout=request_timeout_s,
+                          max_retries=0)  # the client's own retries ignore our budget: we retry ourselves
+        self._client: tuple[int, openai.OpenAI] | None = None
+
+    def _openai(self) -> openai.OpenAI:
+        # One client (connection pool) per process: the daemon forks a child per submission.
+        if self._client is None or self._client[0] != os.getpid():
+            self._client = (os.getpid(), openai.OpenAI(**self._args))  # type: ignore[arg-type]
+        return self._client[1]
 
     def chat(self, messages: list[dict[str, str]], deadline: float) -> Completion:
         """One answer before `deadline` (time.monotonic), or LLMTimeout/LLMError.
@@ -51,7 +58,7 @@ class LLMClient:
             timeout = min(self.request_timeout_s, remaining)
             try:
                 kwargs = {"response_format": {"type": "json_object"}} if self.json_mode else {}
-                resp = self._client.chat.completions.create(
+                resp = self._openai().chat.completions.create(
                     model=self.model, messages=messages, temperature=0.2,  # type: ignore[arg-type]
                     timeout=openai.Timeout(timeout, connect=min(timeout, 5.0)), **kwargs,
                 )

@@ -259,3 +259,4 @@ class HintStage:
                  outcome=rec.outcome.value, reason=rec.reason, audit_id=audit_id, tokens=rec.tokens,
                  seconds=rec.seconds)
         safe_call(self.hooks.on_hint, rec.outcome.value, rec.seconds, rec.tokens)
+        safe_call(self.hooks.on_phase, "", "hint", rec.seconds)

@@ -284,7 +284,6 @@ if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) or redis.call('ZCARD', KEYS
 end
 redis.call('ZADD', KEYS[1], now + hold, ARGV[5])
 redis.call('ZADD', KEYS[2], now + hold, ARGV[5])
-redis.call('HSET', KEYS[3], ARGV[5], KEYS[1] .. '\\n' .. KEYS[2])
 return 1
 """
 _SLOT = """
@@ -327,29 +326,30 @@ class RedisStore(HintStore):
         return base, f"{base}:{hint_type}"
 
     def reserve(self, student, assignment, hint_type, per_assignment, per_type, hold_s):
-        token = uuid.uuid4().hex
+        member = uuid.uuid4().hex
         total, typed = self._qkeys(student, assignment, hint_type)
-        ok = self._r().eval(_RESERVE, 3, total, typed, f"{self.p}reservations",
-                            time.time(), hold_s, per_assignment, per_type, token)
-        return token if ok else None
+        ok = self._r().eval(_RESERVE, 2, total, typed, time.time(), hold_s, per_assignment, per_type, member)
+        # The token names its keys: nothing else to keep (or leak) per reservation.
+        return json.dumps([total, typed, member]) if ok else None
 
     def commit(self, token):
-        keys = self._r().hget(f"{self.p}reservations", token)
-        if keys:
-            pipe = self._r().pipeline()
-            for key in keys.split("\n"):
-                pipe.zadd(key, {token: _INF}, xx=True)
-            pipe.hdel(f"{self.p}reservations", token)
-            pipe.execute()
+        total, typed, member = json.loads(token)
+        pipe = self._r().pipeline()
+        for key in (total, typed):
+            pipe.zadd(key, {member: _INF}, xx=True)
+        pipe.execute()
 
     def release(self, token):
-        keys = self._r().hget(f"{self.p}reservations", token)
-        if keys:
-            pipe = self._r().pipeline()
-            for key in keys.split("\n"):
-                pipe.zrem(key, token)
-            pipe.hdel(f"{self.p}reservations", token)
-            pipe.execute()
+        total, typed, member = json.loads(token)
+        pipe = self._r().pipeline()
+        for key in (total, typed):
+            pipe.zscore(key, member)
+        scores = pipe.execute()
+        pipe = self._r().pipeline()
+        for key, score in zip((total, typed), scores):
+            if score is not None and score != float("inf"):  # a delivered hint is never given back
+                pipe.zrem(key, member)
+        pipe.execute()
 
     def delivered(self, student, assignment, hint_type=None):
         total, typed = self._qkeys(student, assignment, hint_type)
