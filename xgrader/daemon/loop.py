@@ -250,8 +250,9 @@ class Daemon:
         self.in_flight[pull.queue] -= 1
         self.hooks.on_in_flight(pull.queue, self.in_flight[pull.queue])
         seconds = (handle.finished or time.monotonic()) - handle.started
-        bound = log.bind(submission_id=pull.submission_id, queue=pull.queue, pid=handle.pid)
         report = handle.report
+        bound = log.bind(submission_id=pull.submission_id, queue=pull.queue, pid=handle.pid,
+                         assignment=report.assignment if report is not None else "")
         if report is not None:
             self.hooks.replay(report.events)
             for phase, secs in report.phases.items():
