@@ -384,6 +384,13 @@ def _layout(report: GradeReport, caps: Caps, fmt: _Format, head: str) -> str:
     if shown_expl < len(report.explanations):
         pieces.append(fmt.line("truncated", _truncated_note(len(report.explanations) - shown_expl, "notes")))
 
+    hidden = [t for t in report.tests if not t.visible]
+    if hidden:
+        passed = sum(t.status is TestStatus.passed for t in hidden)
+        line = fmt.line("hidden-summary", f"Hidden tests: {passed} of {len(hidden)} passed "
+                                          "(their inputs and results are not shown).")
+        pieces.append(line)
+        budget -= cost(line)
     items: list[str] = []
     for t in report.tests:
         piece = _bounded(lambda c, t=t: _test_block(t, c), caps, fmt)
