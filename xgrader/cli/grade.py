@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -106,11 +107,12 @@ def run(args: argparse.Namespace) -> int:
         return 3
     finally:
         backend.close()
-    if args.text:
-        from xgrader import feedback
-        print(feedback.render_text(report))
-    else:
-        print(reply.to_body())
+    from xgrader import feedback
+
+    try:
+        print(feedback.render_text(report) if args.text else reply.to_body(), flush=True)
+    except BrokenPipeError:  # `| head`: the reader left; not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     if report.outcome is Outcome.error:
         # The reply above is what a student would get; for staff it is a setup problem.
         print(f"xgrader: assignment {payload.grader!r} could not be used; see the message above",
