@@ -167,7 +167,7 @@ class JobCgroupParent:
                 return
             time.sleep(0.05)
 
-    def _remove_later(self, patience: float = 30.0) -> None:
+    def _remove_later(self, patience: float = 300.0) -> None:
         deadline = time.monotonic() + patience
         while not self._try_remove():
             if time.monotonic() > deadline:

@@ -1,0 +1,295 @@
+"""Docker backend specifics on the real podman engine (marker `docker`): the
+container's hardening, limits -> verdicts, the channel, removal of everything
+a job started, stale cleanup, and a hung engine API. The generic contract is
+in test_sandbox_backends.py and tests/attacks/ (the `backend` fixture)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.support.sandbox import docker_settings
+from xgrader.config import Settings
+from xgrader.sandbox import make_backend
+from xgrader.sandbox.base import Limits, SandboxError, SandboxJob, Verdict
+from xgrader.sandbox.docker_backend import CGROUP_PREFIX, LABEL, OWNER, TMP_PREFIX, DockerBackend
+
+pytestmark = pytest.mark.docker
+
+PY = ["python3", "-I", "-S", "x.py"]
+
+
+def job(src: str, **kw) -> SandboxJob:
+    return SandboxJob(argv=PY, files={"x.py": src.encode()}, **kw)
+
+
+@pytest.fixture(scope="module")
+def docker(podman_engine):
+    b = DockerBackend(docker_settings(podman_engine))
+    b.check()
+    yield b
+    b.close()
+
+
+def leftovers(b: DockerBackend, label: str) -> dict[str, list]:
+    """Containers, host folders and cgroups a job labelled `label` could leave."""
+    containers = b.api.containers(all=True, filters={"label": f"{LABEL}={label}"})
+    safe = label.replace("-", "_")
+    folders = list(Path("/tmp").glob(f"{TMP_PREFIX}{os.getpid()}-{label}-*"))
+    cgroups = [p for p in Path("/sys/fs/cgroup").glob(f"*/{CGROUP_PREFIX}{os.getpid()}-{safe}-*") if live_procs(p)]
+    return {"containers": containers, "folders": folders, "cgroups": cgroups}
+
+
+def live_procs(cgroup: Path) -> list[int]:
+    """Processes in a cgroup tree that are not zombies. podman's conmon exits
+    as a zombie of pid 1; an init that reaps lazily (like this VM's) leaves it
+    in the job's cgroup for a while: the backend then removes the cgroup later."""
+    live = []
+    for procs in cgroup.rglob("cgroup.procs"):
+        for pid in procs.read_text().split():
+            try:
+                stat = Path(f"/proc/{pid}/stat").read_bytes()
+            except OSError:
+                continue
+            if stat[stat.rfind(b")") + 2:][:1] != b"Z":
+                live.append(int(pid))
+    return live
+
+
+def assert_clean(b: DockerBackend, label: str) -> None:
+    # podman's conmon (and the cleanup it runs) may linger in its sub-cgroup for a
+    # few seconds on a loaded host; the backend removes the cgroup once it is empty.
+    deadline = time.monotonic() + 20
+    while True:
+        left = leftovers(b, label)
+        if not any(left.values()) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert not any(left.values()), left
+
+
+def test_hardening_inside_the_container(docker):
+    src = r"""
+import os, socket
+print("uid", os.getuid(), os.getgid())
+st = dict(l.split(":\t", 1) for l in open("/proc/self/status").read().splitlines() if ":\t" in l)
+print("caps", st["CapEff"].strip(), st["CapBnd"].strip(), "nnp", st["NoNewPrivs"].strip())
+print("ifaces", sorted(n for _, n in socket.if_nameindex()))
+for p in ["/etc/x", "/opt/xgrader/x", "/run/xgrader/x", "/usr/x", "/x", "/tmp/work/x.py"]:
+    try:
+        open(p, "a").close(); print("wrote", p)
+    except OSError as e:
+        print("ro", p, e.errno)
+open("/tmp/t.sh", "w").write("#!/bin/sh\necho ran\n"); os.chmod("/tmp/t.sh", 0o755)
+try:
+    os.execv("/tmp/t.sh", ["/tmp/t.sh"])
+except OSError as e:
+    print("noexec", e.errno)
+"""
+    r = docker.run(job(src))
+    assert r.verdict == Verdict.ok, r
+    out = r.stdout
+    assert "uid 65534 65534" in out
+    assert "caps 0000000000000000 0000000000000000 nnp 1" in out
+    assert "ifaces ['lo']" in out
+    # Only the job's own folder on the tmpfs is writable.
+    assert [line.split()[1] for line in out.splitlines() if line.startswith("wrote")] == ["/tmp/work/x.py"], out
+    assert "noexec 13" in out
+
+
+def test_environment_is_only_what_the_job_sets(docker, monkeypatch):
+    monkeypatch.setenv("XGRADER_QUEUE_PASSWORD", "CANARY-docker-env-77")
+    r = docker.run(job("import os; print(sorted(os.environ.items()))", env={"MY": "v"}))
+    assert "CANARY" not in r.stdout and "('MY', 'v')" in r.stdout and "XGRADER" not in r.stdout, r
+
+
+@pytest.mark.parametrize("src,limits,verdict", [
+    ("x = []\nwhile True: x.append(b'x' * 10_000_000)", Limits(memory_mb=64, wall_s=20), Verdict.memory),
+    ("while True: pass", Limits(cpu_s=1, wall_s=20), Verdict.cpu_time),
+    ("import time; time.sleep(60)", Limits(wall_s=1.5), Verdict.wall_time),
+    ("import sys\nwhile True: sys.stderr.write('e' * 4096)", Limits(output_bytes=20_000), Verdict.output),
+    ("import os, signal; os.kill(os.getpid(), signal.SIGSEGV)", Limits(), Verdict.killed),
+], ids=["memory", "cpu", "wall", "output", "signal"])
+def test_limits_give_verdicts_and_leave_nothing(docker, src, limits, verdict):
+    label = f"lim-{verdict.value}"
+    t0 = time.monotonic()
+    r = docker.run(job(src, limits=limits, label=label))
+    assert r.verdict == verdict, r
+    assert time.monotonic() - t0 < limits.wall_s + 10
+    if verdict == Verdict.memory:
+        assert r.peak_memory_mb is not None and r.peak_memory_mb >= 0.9 * 64
+    if verdict == Verdict.cpu_time:
+        assert r.cpu_s is not None and r.cpu_s >= 0.9
+    if verdict == Verdict.output:
+        assert r.stderr_truncated and len(r.stderr) <= 20_000
+    if verdict == Verdict.killed:
+        assert r.signal == 11
+    assert_clean(docker, label)
+
+
+def test_file_size_tmp_size_and_pids(docker):
+    src = r"""
+import os, threading, time
+try:
+    with open("/tmp/work/big", "wb") as f:
+        f.write(b"x" * (3 * 1024 * 1024))
+    print("fsize not enforced")
+except OSError as e:
+    print("fsize", e.errno)
+os.remove("/tmp/work/big")
+n = 0
+try:
+    for i in range(20):
+        with open(f"/tmp/work/f{i}", "wb") as f:
+            f.write(b"y" * (1024 * 1024)); n += 1
+except OSError as e:
+    print("tmp full", e.errno, n)
+threads = 0
+try:
+    while True:
+        threading.Thread(target=time.sleep, args=(30,), daemon=True).start(); threads += 1
+except RuntimeError:
+    print("pids", threads)
+"""
+    r = docker.run(job(src, limits=Limits(file_mb=2, tmp_mb=8, pids=24, wall_s=20)))
+    assert "fsize 27" in r.stdout, r  # EFBIG (SIGXFSZ is ignored by Python)
+    full = [line for line in r.stdout.splitlines() if line.startswith("tmp full")]
+    assert full and full[0].split()[2] == "28" and int(full[0].split()[3]) <= 8, r  # ENOSPC at 8 MiB
+    pids = [line for line in r.stdout.splitlines() if line.startswith("pids")]
+    assert pids and int(pids[0].split()[1]) < 24, r
+
+
+def test_channel_is_the_socket_not_stdout(docker):
+    """The runner's replies come on the channel; printing JSON forges nothing,
+    and student code cannot open a second connection to the channel."""
+    sub = (b"import json, socket\n"
+           b"print(json.dumps({'id': 1, 'ok': True, 'names': {'forged': 'function'}}))\n"
+           b"s = socket.socket(socket.AF_UNIX)\n"
+           b"try:\n    s.connect('/run/xgrader/channel.sock'); print('CONNECTED')\n"
+           b"except OSError as e:\n    print('refused', e.errno)\n"
+           b"def f():\n    return 7\n")
+    j = SandboxJob(argv=docker.python_argv(), files={"sub.py": sub}, channel=True, label="chan")
+    with docker.start(j) as sb:
+        sb.channel.send({"op": "load", "module": "sub", "path": "sub.py", "id": 1})
+        reply = sb.channel.recv(20)
+        assert reply["ok"] and "forged" not in reply["names"] and "f" in reply["names"], reply
+        assert "refused" in reply["stdout"] and "CONNECTED" not in reply["stdout"], reply
+        sb.channel.send({"op": "call", "target": "f", "args": [], "kwargs": {}, "id": 2})
+        assert sb.channel.recv(20)["value"] == 7
+        sb.channel.send({"op": "exit", "id": 3})
+        sb.channel.recv(20)
+        r = sb.wait()
+    assert r.verdict == Verdict.ok and r.exit_code == 0, r
+    assert_clean(docker, "chan")
+
+
+def test_runner_that_dies_before_connecting_is_a_channel_error(docker):
+    from xgrader.sandbox.base import ChannelError
+    j = SandboxJob(argv=["python3", "-c", "raise SystemExit(4)"], channel=True, label="noconn")
+    t0 = time.monotonic()
+    with docker.start(j) as sb:
+        with pytest.raises(ChannelError):
+            sb.channel.send({"op": "load", "id": 1})
+        assert sb.wait().exit_code == 4
+    assert time.monotonic() - t0 < 8
+    assert_clean(docker, "noconn")
+
+
+def test_kill_label_removes_a_running_job(docker):
+    sb = docker.start(job("import time; time.sleep(60)", label="victim", limits=Limits(wall_s=30)))
+    try:
+        time.sleep(0.5)
+        docker.kill_label("victim")
+        t0 = time.monotonic()
+        r = sb.wait()
+        assert time.monotonic() - t0 < 5 and r.verdict != Verdict.ok, r
+    finally:
+        sb.kill()
+    assert_clean(docker, "victim")
+
+
+def test_cleanup_stale_removes_a_dead_owners_containers_only(docker):
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    host = socket.gethostname()
+    ids = {}
+    for who, pid in (("dead", dead.pid), ("live", os.getpid())):
+        c = docker.api.create_container(docker.image, command=["sleep", "60"],
+                                        labels={LABEL: f"stale-{who}", OWNER: f"{host}:{pid}"})
+        docker.api.start(c["Id"])
+        ids[who] = c["Id"]
+    folder = Path(f"/tmp/{TMP_PREFIX}{dead.pid}-stale-x")
+    folder.mkdir()
+    try:
+        docker.cleanup_stale()
+        alive = {c["Id"] for c in docker.api.containers(all=True, filters={"label": OWNER})}
+        assert ids["dead"] not in alive and ids["live"] in alive
+        assert not folder.exists()
+    finally:
+        docker.kill_label("stale-live")
+        docker.kill_label("stale-dead")
+        if folder.exists():
+            folder.rmdir()
+
+
+class HungEngine:
+    """A Unix socket that accepts connections and never answers."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.bind(str(path))
+        self.sock.listen(16)
+        self.conns: list[socket.socket] = []
+        self.stop = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        self.sock.settimeout(0.1)
+        while not self.stop.is_set():
+            try:
+                self.conns.append(self.sock.accept()[0])
+            except OSError:
+                continue
+
+    def close(self) -> None:
+        self.stop.set()
+        for c in [self.sock, *self.conns]:
+            c.close()
+
+
+def test_hung_engine_is_a_sandbox_error_within_the_timeout(tmp_path):
+    hung = HungEngine(tmp_path / "hung.sock")
+    try:
+        settings = Settings(sandbox="docker", docker_url=f"unix://{hung.path}", docker_api_timeout_s=1.0)
+        b = DockerBackend(settings)
+        t0 = time.monotonic()
+        with pytest.raises(SandboxError):
+            b.check()
+        assert time.monotonic() - t0 < 4
+        t0 = time.monotonic()
+        with pytest.raises(SandboxError):
+            b.run(job("print(1)", limits=Limits(wall_s=2)))
+        assert time.monotonic() - t0 < 6
+        assert not list(Path("/tmp").glob(f"{TMP_PREFIX}{os.getpid()}-job-*"))
+        # auto: the engine does not answer -> bwrap, without hanging.
+        t0 = time.monotonic()
+        assert make_backend(settings.model_copy(update={"sandbox": "auto"})).name == "bwrap"
+        assert time.monotonic() - t0 < 4
+        with pytest.raises(SandboxError):
+            make_backend(settings)
+    finally:
+        hung.close()
+
+
+def test_missing_engine_or_image(podman_engine):
+    with pytest.raises(SandboxError, match="not found"):
+        DockerBackend(docker_settings(podman_engine, docker_image="xgrader-no-such-image:1")).check()
+    nowhere = Settings(sandbox="auto", docker_url="unix:///nonexistent/docker.sock")
+    assert make_backend(nowhere).name == "bwrap"
