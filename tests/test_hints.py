@@ -380,6 +380,15 @@ def test_store_failure_costs_the_hint_not_the_grade(squares, wrong_report, fake_
     redis.Redis.from_url(db).flushdb()
 
 
+def test_unreachable_store_costs_the_hint_not_the_grade(squares, wrong_report, fake_llm):
+    from tests.support.fake_llm import _free_port
+
+    stage, hooks = make_stage(squares, fake_llm, f"redis://127.0.0.1:{_free_port()}/0")  # nothing listens
+    out = stage.apply(request(), wrong_report)
+    assert out.hint is None and out.score == wrong_report.score and out.outcome == wrong_report.outcome
+    assert hooks.calls[-1][0] == "error" and fake_llm.requests == []
+
+
 # -- repair step ---------------------------------------------------------------------
 
 

@@ -86,3 +86,6 @@ def test_daemon_wiring_builds_the_stage_only_when_enabled(tmp_path):
     assert wiring.build_hints(off, Hooks()) is None
     on = Settings(hints=HintSettings(enabled=True, store=store, base_url="http://127.0.0.1:9/v1"))
     assert isinstance(wiring.build_hints(on, Hooks()), HintStage)
+    # Unusable hint settings cost the hints, not the daemon.
+    bad = Settings(hints=HintSettings(enabled=True, store="postgres://x"))
+    assert wiring.build_hints(bad, Hooks()) is None

@@ -9,16 +9,26 @@ from __future__ import annotations
 
 from typing import Any
 
+import structlog
+
 from xgrader.hints.models import HintOutcome, HintType, PROMPT_VERSION
 from xgrader.hints.stage import HintStage
-from xgrader.hints.store import HintStore, RedisStore, SQLiteStore, open_store
+from xgrader.hints.store import HintStore, RedisStore, SQLiteStore, check_store_url, open_store
 from xgrader.hooks import Hooks
+
+log = structlog.get_logger(__name__)
 
 __all__ = ["HintStage", "HintStore", "SQLiteStore", "RedisStore", "open_store", "build_stage",
            "HintType", "HintOutcome", "PROMPT_VERSION"]
 
 
-def build_stage(settings: Any, hooks: Hooks | None = None) -> HintStage:
-    """The stage the daemon wires in (opens the store now: a bad store URL
-    fails at start, where the wiring logs it)."""
-    return HintStage(settings, hooks)
+def build_stage(settings: Any, hooks: Hooks | None = None) -> HintStage | None:
+    """The stage the daemon wires in, or None (logged) when the hint settings
+    are unusable: hints are optional, the daemon grades without them. The
+    store is opened per process on first use (the daemon forks per job)."""
+    try:
+        check_store_url(settings.hints.store)
+        return HintStage(settings, hooks)
+    except Exception as exc:
+        log.error("hints_unavailable", error=str(exc)[:300])
+        return None

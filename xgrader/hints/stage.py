@@ -82,7 +82,7 @@ class HintStage:
         self.settings = settings
         self.cfg = settings.hints
         self.hooks = hooks or Hooks()
-        self.store = store or open_store(self.cfg.store)
+        self._store = store   # opened on first use: a store briefly down at start costs hints, not the daemon
         key = self.cfg.api_key.get_secret_value() if self.cfg.api_key else None
         self.llm = llm or LLMClient(self.cfg.base_url, self.cfg.model, key,
                                     self.cfg.request_timeout_s, self.cfg.max_retries)
@@ -92,6 +92,12 @@ class HintStage:
         self.registry = registry
         self._grade_files = grade_files
         self.secrets = secret_values(settings)
+
+    @property
+    def store(self) -> HintStore:
+        if self._store is None:
+            self._store = open_store(self.cfg.store)
+        return self._store
 
     # -- the HintStage protocol ----------------------------------------------
     def apply(self, request: GradeRequest, report: GradeReport) -> GradeReport:

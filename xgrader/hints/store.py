@@ -97,12 +97,16 @@ class HintStore(abc.ABC):
     def close(self) -> None: ...
 
 
+def check_store_url(url: str) -> None:
+    if not url.startswith(("sqlite:///", "redis://", "rediss://", "unix://")) or url == "sqlite:///":
+        raise ValueError(f"hint store URL must be sqlite:///PATH or redis://HOST:PORT/DB, not {url!r}")
+
+
 def open_store(url: str) -> HintStore:
+    check_store_url(url)
     if url.startswith("sqlite:///"):
         return SQLiteStore(Path(url[len("sqlite:///"):]))
-    if url.startswith(("redis://", "rediss://", "unix://")):
-        return RedisStore(url)
-    raise ValueError(f"hint store URL must be sqlite:///PATH or redis://HOST:PORT/DB, not {url!r}")
+    return RedisStore(url)
 
 
 # ---------------------------------------------------------------------------
