@@ -308,3 +308,10 @@ def test_systemd_unit_verifies_and_is_hardened(unit):
     # the drain fits in the stop timeout
     stop = int(re.search(r"TimeoutStopSec=(\d+)s", text).group(1))
     assert stop > Settings().shutdown_grace_s
+
+
+def test_operator_guide_lists_every_setting():
+    text = (DEPLOY.parent / "docs" / "operators.md").read_text()
+    missing = [f"XGRADER_{name.upper()}" for name in Settings.model_fields
+               if f"XGRADER_{name.upper()}" not in text]
+    assert missing == [], f"docs/operators.md does not document {missing}"
