@@ -52,8 +52,9 @@ def test_check_passes_on_example(example_grader, name):
     assert result.samples[0].name == "(reference solution)" and result.samples[0].ok
     assert any(c.want_full for c in result.samples[1:]) and any(not c.want_full for c in result.samples)
     # Each sample was graded for real: wrong ones below full marks, correct ones at it.
+    max_points = example_grader.registry.get(name).max_points
     for c in result.samples:
-        assert c.score is not None
+        assert c.score is not None and c.max_score == max_points, c  # a rejected upload too
         assert (c.score >= c.max_score) == c.want_full, report
 
 

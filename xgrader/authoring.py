@@ -135,7 +135,9 @@ def grade_one(grader: grading.Grader, request: GradeRequest) -> GradeReport:
         return grader.grade(request)
     except SubmissionError as exc:
         from xgrader.pipeline import submission_error_report
-        return submission_error_report(request.grader, str(exc))
+        report = submission_error_report(request.grader, str(exc))
+        # Out of the assignment's points, so gradebook rows line up (the loader succeeded).
+        return report.model_copy(update={"max_score": grader.registry.get(request.grader).max_points})
 
 
 def grade_many(grader: grading.Grader, items: list[tuple[str, GradeRequest]], jobs: int = 2,
