@@ -33,6 +33,7 @@ def test_the_examples_cover_every_kind_and_form():
     samples = [p for n in EXAMPLES for p in authoring.submission_paths(DEFAULT_HANDLERS / n / "samples")]
     suffixes = {p.suffix if p.is_file() else "/" for p in samples}
     assert {".py", ".ipynb", ".zip", "/"} <= suffixes
+    assert any(b"marimo.App" in p.read_bytes() for p in samples if p.suffix == ".py")
     names = {p.stem for p in samples}
     # The demo must show these outcomes: a correct, a wrong, a crashing, an infinite-loop and a syntax-error sample.
     for needed in ("correct", "wrong_offbyone", "wrong_infinite_loop", "wrong_syntax", "wrong_negative_crash"):
