@@ -423,3 +423,36 @@ def test_hint_repeating_the_fix_is_rejected(squares, wrong_report, fake_llm, sql
     stage, _ = make_stage(squares, fake_llm, sqlite_url, repair=True, budget_s=30)
     assert stage.apply(request(), wrong_report).hint is None
     assert "overlaps with the fix" in last_audit(stage).attempts[-1].verdict
+
+
+# -- pytest kind -------------------------------------------------------------------
+
+PY_SOLUTION = f"""
+# {SOLUTION_CANARY}
+def shout(word):
+    return word.upper() + "!"
+"""
+
+
+def test_pytest_kind_hidden_test_values_stay_out(squares, fake_llm, sqlite_url):
+    squares.add("shout", {
+        "assignment.toml": 'title = "Shout"\nkind = "pytest"\nmax_points = 2\n[hints]\nenabled = true\n',
+        "description.md": "Write shout(word): the word in capitals with an exclamation mark.\n",
+        "public_tests/test_public.py": "from submission import shout\n\n"
+                                       "def test_hi():\n    assert shout('hi') == 'HI!'\n",
+        "tests/test_hidden.py": "from submission import shout\n\n"
+                                f"def test_canary():\n    assert shout('{HIDDEN_CANARY}') == '{HIDDEN_CANARY.upper()}!'\n",
+        "solution/submission.py": PY_SOLUTION,
+    })
+    code = "def shout(word):\n    return word + '!'\n"
+    report = squares.grade("shout", code)
+    assert report.score == 0 and any(not t.visible for t in report.tests)
+    fake_llm.default = Reply.hint(f"Think about {HIDDEN_CANARY.upper()}!")   # leaks the hidden expected value
+    stage, _ = make_stage(squares, fake_llm, sqlite_url)
+    out = stage.apply(GradeRequest(grader="shout", student_response=code, student_id="p1"), report)
+    assert out.hint is None and last_audit(stage).outcome is HintOutcome.guard_rejected
+    assert "contains a hidden test value" in last_audit(stage).attempts[0].verdict
+    prompt = fake_llm.prompts()[0]
+    assert "shout('hi')" in prompt or "test_hi" in prompt        # the visible failure is there
+    assert_no_canaries(fake_llm, out.hint)
+    assert HIDDEN_CANARY.upper() not in prompt
