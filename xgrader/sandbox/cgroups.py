@@ -197,6 +197,20 @@ class JobCgroup:
             time.sleep(0.001)
         log.warning("cgroup_not_empty", cgroup=str(next(iter(self.dirs.values()))))
 
+    def cpu_usage(self) -> float | None:
+        """CPU seconds used by the whole job so far (None: not accounted)."""
+        try:
+            if self.v2:
+                for line in (self.dirs["unified"] / "cpu.stat").read_text().splitlines():
+                    if line.startswith("usage_usec "):
+                        return int(line.split()[1]) / 1e6
+                return None
+            if "cpuacct" in self.dirs:
+                return int((self.dirs["cpuacct"] / "cpuacct.usage").read_text()) / 1e9
+        except (OSError, ValueError):
+            pass
+        return None
+
     def stats(self) -> dict:
         out: dict = {}
         try:

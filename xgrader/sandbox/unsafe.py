@@ -173,12 +173,21 @@ class ProcessSandbox(RunningSandbox):
         else:
             self.proc.stdin.close()
         open_streams = 2
+        over_cpu = False
+        # With a cgroup the host also enforces CPU time itself: exact, whatever
+        # the job does with SIGXCPU, and summed over all its processes.
+        poll = 0.1 if self.cgroup is not None else 0.5
         while open_streams:
             left = deadline - time.monotonic()
             if left <= 0:
                 timed_out = True
                 break
-            for key, _ in sel.select(min(left, 0.5)):
+            if self.cgroup is not None:
+                used = self.cgroup.cpu_usage()
+                if used is not None and used - self._cpu_base > limits.cpu_s:
+                    over_cpu = True
+                    break
+            for key, _ in sel.select(min(left, poll)):
                 if key.data == "stdin":
                     try:
                         n = os.write(stdin_fd, self._stdin_left[:65536])
@@ -206,7 +215,7 @@ class ProcessSandbox(RunningSandbox):
             if over_output:
                 break
         sel.close()
-        if timed_out or over_output:
+        if timed_out or over_output or over_cpu:
             self.kill()
         if self._timer is not None:
             self._timer.cancel()
@@ -236,10 +245,12 @@ class ProcessSandbox(RunningSandbox):
             cpu_s = max(cpu_s - self._cpu_base, 0.0)
         if over_output:
             verdict = Verdict.output
+        elif over_cpu or (cpu_s is not None and cpu_s > limits.cpu_s and sig is not None):
+            verdict = Verdict.cpu_time
+        elif extra.get("oom"):  # a process was OOM-killed: the job hit its memory limit
+            verdict = Verdict.memory
         elif timed_out or self._expired:
             verdict = Verdict.wall_time
-        elif extra.get("oom"):
-            verdict = Verdict.memory
         elif sig in (signal.SIGXCPU, signal.SIGKILL) and cpu_s is not None and cpu_s >= limits.cpu_s * 0.9:
             verdict = Verdict.cpu_time
         elif sig == signal.SIGXCPU:
