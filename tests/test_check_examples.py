@@ -152,3 +152,25 @@ def test_check_all_and_missing_solution(handlers, capsys):
 def test_check_needs_one_assignment_or_all(handlers, capsys):
     assert main(["check", "--handlers", str(handlers)]) == 2
     assert "ASSIGNMENT or --all" in capsys.readouterr().err
+
+
+def test_lint_warnings_do_not_fail_the_check(handlers, capsys):
+    files = {k: v for k, v in GOOD.items() if not k.startswith("samples/wrong_") and k != "description.md"}
+    files["tests/cases.toml"] = GOOD["tests/cases.toml"].replace("visible = true\n", "")
+    write_assignment(handlers, "double", files)
+    pytest_kind = {
+        "assignment.toml": 'title = "p"\nkind = "pytest"\n[[tests]]\npattern = "test_nothing_like_this"\nweight = 2\n',
+        "description.md": "Write double(x).",
+        "solution/submission.py": GOOD["solution/submission.py"],
+        "tests/test_double.py": "from submission import double\ndef test_two():\n    assert double(2) == 4\n",
+        "samples/correct.py": GOOD["samples/correct.py"],
+    }
+    write_assignment(handlers, "pdouble", pytest_kind)
+    code = main(["check", "--handlers", str(handlers), "--sandbox", "bwrap", "--all"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    warnings = [ln for ln in out.splitlines() if "warning:" in ln]
+    assert any("description.md" in w for w in warnings)
+    assert any("no visible case" in w for w in warnings)
+    assert any("0 known-wrong samples" in w for w in warnings)
+    assert any("test_nothing_like_this" in w for w in warnings)
