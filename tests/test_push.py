@@ -182,25 +182,34 @@ def test_parse_push_names_the_layer():
     assert sub.payload.grader == "add" and sub.submission_id == "push-2"
 
 
+def pgrep(pattern: str) -> list[str]:
+    out = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True, timeout=10)
+    return out.stdout.split()
+
+
 def test_busy_gets_503_and_deadline_gets_could_not_grade(handlers, env_cache):
-    """One slot, a 2 s deadline: a submission that sleeps at import (the
-    assignment allows 20 s wall) is killed at the deadline and answered with
-    xqueue's could-not-grade body; a request arriving meanwhile gets 503."""
+    """One slot, a 2 s deadline: a submission that starts a grandchild and
+    sleeps at import (the assignment allows 20 s wall) is killed at the
+    deadline with everything it started, and answered with xqueue's
+    could-not-grade body; a request arriving meanwhile gets 503."""
     settings = Settings(handlers=handlers, sandbox="bwrap", concurrency=1)
     server, url, thread = start(settings, deadline_s=2.0)
+    marker = f"sleep {os.getpid() % 1000 + 1000}.{threading.get_ident() % 997}"
+    code = f"import subprocess, time\nsubprocess.Popen({marker.split()!r})\ntime.sleep(15)\n" + CORRECT
     try:
         slow: dict = {}
 
         def first():
-            slow["resp"] = post(url, body("import time\ntime.sleep(15)\n" + CORRECT))
+            slow["resp"] = post(url, body(code))
 
         t = threading.Thread(target=first)
         started = time.monotonic()
         t.start()
         end = time.monotonic() + 10
-        while server._in_flight == 0:  # wait until the slow one holds the slot
-            assert time.monotonic() < end
-            time.sleep(0.02)
+        while not pgrep(marker):  # the grandchild runs: the slot is taken
+            assert time.monotonic() < end and t.is_alive()
+            time.sleep(0.05)
+        assert server._in_flight == 1
         r = post(url, body(CORRECT))
         assert r.status_code == 503 and "busy" in r.json()["error"]
         t.join(30)
@@ -209,14 +218,17 @@ def test_busy_gets_503_and_deadline_gets_could_not_grade(handlers, env_cache):
         assert slow["resp"].status_code == 200 and reply["correct"] is None
         assert "could not be graded" in reply["msg"]
         assert elapsed < 10, elapsed
+        # nothing the killed request started is left running
+        end = time.monotonic() + 5
+        while pgrep(marker):
+            assert time.monotonic() < end, "the sandbox's grandchild outlived the deadline kill"
+            time.sleep(0.1)
         text = requests.get(url + "/metrics", timeout=5).text
         assert 'xgrader_infra_failures_total{kind="timeout",queue="push"} 1.0' in text
         assert 'xgrader_push_requests_total{status="503"} 1.0' in text
+        assert 'xgrader_in_flight{queue="push"} 0.0' in text
         # the slot is free again
         assert post(url, body(CORRECT)).json()["correct"] is True
-        # nothing of the killed request is left running
-        out = subprocess.run(["pgrep", "-f", "time.sleep\\(15\\)"], capture_output=True, text=True)
-        assert out.stdout.strip() == ""
     finally:
         server.shutdown()
         thread.join(10)

@@ -247,6 +247,10 @@ class PushServer:
         from xgrader import pipeline
         from xgrader.job import GradeRequest
 
+        srv = getattr(self, "_srv", None)
+        if srv is not None:  # the listening socket is the parent's alone
+            srv.socket.close()
+
         recorder = PhaseRecorder()      # grading's own phases (run), labelled push here
         phases = recorder.phases
         assignment = submission.payload.grader
