@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -50,6 +51,7 @@ def test_daemon_posts_grades_with_hints_and_audits_them(tmp_path, fake_llm):
     port = free_port()
     url = f"http://127.0.0.1:{port}/xqueue/"
     receiver = CallbackReceiver()
+    metrics_port = free_port()
     queue = run.start_queue(port, password)
     daemon = None
     try:
@@ -64,6 +66,7 @@ def test_daemon_posts_grades_with_hints_and_audits_them(tmp_path, fake_llm):
             "XGRADER_HINTS__ENABLED": "true", "XGRADER_HINTS__BASE_URL": fake_llm.url,
             "XGRADER_HINTS__MODEL": "fake-model", "XGRADER_HINTS__API_KEY": KEY_CANARY,
             "XGRADER_HINTS__STORE": store_url, "XGRADER_HINTS__BUDGET_S": "10",
+            "XGRADER_METRICS_PORT": str(metrics_port),
         })
         log = open(tmp_path / "daemon.log", "wb")
         daemon = subprocess.Popen([sys.executable, "-m", "xgrader", "run"], env=env, stdout=log,
@@ -81,6 +84,11 @@ def test_daemon_posts_grades_with_hints_and_audits_them(tmp_path, fake_llm):
             time.sleep(0.1)
         time.sleep(0.5)   # a duplicate would arrive now
         results = dict(receiver.results)
+        # The children's on_hint calls reach the parent's /metrics.
+        metrics = ""
+        while time.monotonic() < end and 'xgrader_hints_total{outcome="delivered"} 2.0' not in metrics:
+            metrics = requests.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
+            time.sleep(0.2)
     finally:
         for proc in (daemon, queue):
             if proc is not None and proc.poll() is None:
@@ -89,6 +97,8 @@ def test_daemon_posts_grades_with_hints_and_audits_them(tmp_path, fake_llm):
         receiver.stop()
 
     assert {k: len(v) for k, v in results.items()} == {"wrong": 1, "right": 1, "plan": 1}, results
+    assert 'xgrader_hints_total{outcome="delivered"} 2.0' in metrics
+    assert re.search(r"^xgrader_hint_tokens_total [1-9]", metrics, re.M)
     wrong, right, plan = results["wrong"][0], results["right"][0], results["plan"][0]
     assert wrong["correct"] is False and wrong["score"] == 0
     assert HINT_LABEL in wrong["msg"] and HINT in wrong["msg"]
