@@ -28,7 +28,6 @@ import time
 import uuid
 from typing import Any
 
-import requests
 import structlog
 from pydantic import BaseModel, ConfigDict, ValidationError
 from werkzeug.serving import make_server
@@ -42,7 +41,7 @@ from xgrader.hooks import HookChain
 from xgrader.logs import bind_submission
 from xgrader.metrics import InstrumentedBackend, MetricsHooks, QuietHandler
 from xgrader.sandbox.base import SandboxError
-from xgrader.wire import EXTERNAL_DICTS_KEY, GraderReply, PayloadError, parse_submission
+from xgrader.wire import GraderReply, PayloadError, parse_submission
 
 log = structlog.get_logger(__name__)
 
@@ -86,46 +85,12 @@ def parse_push(raw: bytes, request_id: str):
 
 
 def fetch_files(files: dict[str, str], settings: Any, hooks: Any = None) -> dict[str, bytes]:
-    """Download a submission's files: the queue client's fetch_files when it
-    is installed (same caps and URL_FOR_EXTERNAL_DICTS handling), else a
-    bounded fetch here (http(s) only, timeout, settings.max_file_bytes each)."""
-    try:
-        from xgrader.client import XQueueClient
-    except ImportError:
-        XQueueClient = None  # noqa: N806
-    if XQueueClient is not None:
-        try:
-            client = XQueueClient(settings, hooks=hooks)
-        except TypeError:
-            client = XQueueClient(settings)
-        return client.fetch_files(files)
-    with requests.Session() as session:
-        if set(files) == {EXTERNAL_DICTS_KEY}:
-            data = _get_capped(session, files[EXTERNAL_DICTS_KEY], settings)
-            try:
-                files = json.loads(data)
-            except ValueError:
-                raise PayloadError("xqueue_files", "external file map is not JSON") from None
-            if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
-                raise PayloadError("xqueue_files", "external file map must map names to URLs")
-        return {name: _get_capped(session, url, settings) for name, url in files.items()}
+    """Download a submission's files with the queue client's fetch_files:
+    timeouts, settings.max_file_bytes per file, URL_FOR_EXTERNAL_DICTS
+    indirection, PayloadError on a bad map. No login is needed for it."""
+    from xgrader.client import XQueueClient
 
-
-def _get_capped(session: requests.Session, url: str, settings: Any) -> bytes:
-    if not url.startswith(("http://", "https://")):
-        raise PayloadError("xqueue_files", f"not an http(s) URL: {url[:100]}")
-    cap = int(settings.max_file_bytes)
-    try:
-        with session.get(url, timeout=settings.request_timeout_s, stream=True) as resp:
-            resp.raise_for_status()
-            data = bytearray()
-            for chunk in resp.iter_content(65536):
-                data += chunk
-                if len(data) > cap:
-                    raise PayloadError("xqueue_files", f"file larger than {cap} bytes")
-            return bytes(data)
-    except requests.RequestException as exc:
-        raise InfraError(f"fetching a submission file failed: {type(exc).__name__}") from None
+    return XQueueClient(settings, hooks=hooks).fetch_files(files)
 
 
 class PushServer:
