@@ -172,6 +172,8 @@ def test_malformed_inner_layer_is_answered_like_the_daemon(push):
     assert reply["correct"] is False and reply["score"] == 0 and "grader_payload" in reply["msg"]
     r = post(url, body(CORRECT, grader="../../etc/passwd"))
     assert r.status_code == 200 and r.json()["correct"] is False
+    r = post(url, body("", files={"../evil.py": "http://127.0.0.1:9/x"}))  # checked before any fetch
+    assert r.status_code == 200 and r.json()["correct"] is False and "bad file name" in r.json()["msg"]
 
 
 def test_parse_push_names_the_layer():
