@@ -85,9 +85,10 @@ class Lms:
 
 @pytest.fixture
 def queue_server(tmp_path):
+    # Sessions last 3 s: the daemon must re-login while it works (counted).
     config = QueueServerConfig(host="127.0.0.1", port=0, db=tmp_path / "queue.db", queues=["q1"],
                                users={"grader": SECRET_PW, LMS[0]: LMS[1]}, delivery_tries=1,
-                               delivery_backoff_s=0.05)
+                               delivery_backoff_s=0.05, session_ttl_s=3.0)
     server = QueueServer(config).start()
     yield server
     server.stop()
@@ -193,9 +194,12 @@ def test_metrics_and_health_of_a_running_daemon(tmp_path, queue_server):
         with queue_server.store.conn() as c:
             rows = c.execute("SELECT state, puts FROM submissions ORDER BY id").fetchall()
         assert [tuple(r) for r in rows] == [("answered", 1)] * len(ids)
-        # The queue-length gauge is re-polled (every 10 s) and drops to 0.
-        wait_for(lambda: scrape(port).get('xgrader_queue_length{queue="q1"}') == 0, 25, proc,
-                 "queue length 0", log)
+        # The queue-length gauge is re-polled (every 10 s) and drops to 0;
+        # meanwhile the 3 s session expired and the client logged in again.
+        m = wait_for(lambda: (s := scrape(port)).get('xgrader_queue_length{queue="q1"}') == 0 and s, 25, proc,
+                     "queue length 0", log)
+        assert m["xgrader_relogins_total"] >= 1
+        assert get(port, "/readyz").status_code == 200
     finally:
         code = stop_daemon(proc)
     assert code == 0, log.read_text()[-3000:]
