@@ -157,6 +157,7 @@ def test_check_needs_one_assignment_or_all(handlers, capsys):
 def test_lint_warnings_do_not_fail_the_check(handlers, capsys):
     files = {k: v for k, v in GOOD.items() if not k.startswith("samples/wrong_") and k != "description.md"}
     files["tests/cases.toml"] = GOOD["tests/cases.toml"].replace("visible = true\n", "")
+    files["samples/wrong_negative.py"] = "def double(x):\n    return abs(2 * x)\n"  # fails a hidden case only
     write_assignment(handlers, "double", files)
     pytest_kind = {
         "assignment.toml": 'title = "p"\nkind = "pytest"\n[[tests]]\npattern = "test_nothing_like_this"\nweight = 2\n',
@@ -172,5 +173,6 @@ def test_lint_warnings_do_not_fail_the_check(handlers, capsys):
     warnings = [ln for ln in out.splitlines() if "warning:" in ln]
     assert any("description.md" in w for w in warnings)
     assert any("no visible case" in w for w in warnings)
-    assert any("0 known-wrong samples" in w for w in warnings)
+    assert any("1 known-wrong samples" in w for w in warnings)
+    assert any("wrong_negative.py" in w and "bare score" in w for w in warnings)
     assert any("test_nothing_like_this" in w for w in warnings)

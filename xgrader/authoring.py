@@ -294,6 +294,9 @@ def check_assignment(grader: grading.Grader, name: str, jobs: int = 2,
         checks.append(SampleCheck(name=graded.name, want_full=want_full, score=report.score,
                                   max_score=report.max_score, outcome=report.outcome.value, ok=ok,
                                   seconds=graded.seconds, note=note))
+        if ok and not useful_feedback(report):
+            warnings.append(f"{graded.name}: lost points on hidden tests only, with no explanation: "
+                            "the student sees a bare score (make a test visible or add a public test)")
     ok = not errors and all(c.ok for c in checks)
     return CheckResult(assignment=name, ok=ok, errors=errors, warnings=warnings, samples=checks)
 
