@@ -268,6 +268,16 @@ def test_slow_reply_past_the_budget_gives_no_hint_in_time(squares, wrong_report,
     assert last_audit(stage).outcome is HintOutcome.timeout and hooks.calls[-1][0] == "timeout"
 
 
+def test_trickling_reply_cannot_stretch_the_budget(squares, wrong_report, fake_llm, sqlite_url):
+    # Each byte arrives well within the per-read timeout; the whole body takes 5 s.
+    fake_llm.default = Reply.trickle(5)
+    stage, _ = make_stage(squares, fake_llm, sqlite_url, budget_s=1.5, request_timeout_s=1, max_retries=0)
+    started = time.monotonic()
+    out = stage.apply(request(), wrong_report)
+    assert out.hint is None and time.monotonic() - started < 2.5
+    assert last_audit(stage).outcome is HintOutcome.timeout
+
+
 @pytest.mark.parametrize("failure", [Reply.error(500), Reply.error(503), Reply.drop()])
 def test_transient_failure_is_retried(squares, wrong_report, fake_llm, sqlite_url, failure):
     fake_llm.script = [failure]

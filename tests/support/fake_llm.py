@@ -7,6 +7,8 @@ Script entries, consumed one per request (then `default` repeats):
     Reply.slow(seconds, reply)  sleep, then answer
     Reply.status(500)           an HTTP error with an OpenAI-style error body
     Reply.drop()                close the connection without answering
+    Reply.trickle(seconds)      headers at once, then the body a byte at a time
+                                spread over `seconds` (defeats per-read timeouts)
 Every request body is recorded (`server.requests`, parsed JSON) so tests can
 assert what a prompt contained.
 """
@@ -58,6 +60,10 @@ class Reply:
     @classmethod
     def drop(cls) -> "Reply":
         return cls("drop")
+
+    @classmethod
+    def trickle(cls, seconds: float, inner: "Reply | None" = None) -> "Reply":
+        return cls("trickle", delay=seconds, inner=inner)
 
 
 GOOD = Reply.hint("Look at what your function returns when the input is negative: "
@@ -114,6 +120,9 @@ def _handler(fake: FakeLLM):
                 self.connection.shutdown(socket.SHUT_RDWR)
                 self.close_connection = True
                 return
+            if reply.kind == "trickle":
+                self._trickle(reply)
+                return
             if reply.kind == "status":
                 self._send(reply.status, {"error": {"message": "scripted failure", "type": "server_error"}})
                 return
@@ -127,6 +136,25 @@ def _handler(fake: FakeLLM):
                 "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                           "total_tokens": prompt_tokens + completion_tokens},
             })
+
+        def _trickle(self, reply: Reply) -> None:
+            inner = reply.inner or GOOD
+            data = json.dumps({"id": "t", "object": "chat.completion", "created": 0, "model": "fake",
+                               "choices": [{"index": 0, "finish_reason": "stop",
+                                            "message": {"role": "assistant", "content": inner.content}}]}).encode()
+            try:
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.flush()
+                pause = reply.delay / max(1, len(data))
+                for i in range(len(data)):
+                    self.wfile.write(data[i:i + 1])
+                    self.wfile.flush()
+                    time.sleep(pause)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
 
         def _send(self, status: int, payload: dict[str, Any]) -> None:
             data = json.dumps(payload).encode()

@@ -5,13 +5,16 @@ so every call fits the submission's remaining time budget."""
 from __future__ import annotations
 
 import os
+import threading
 import time
 from dataclasses import dataclass
+from typing import Any, Callable, TypeVar
 
 import openai
 import structlog
 
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
 
 
 class LLMError(Exception):
@@ -58,11 +61,11 @@ class LLMClient:
             timeout = min(self.request_timeout_s, remaining)
             try:
                 kwargs = {"response_format": {"type": "json_object"}} if self.json_mode else {}
-                resp = self._openai().chat.completions.create(
+                resp = _within(timeout + 0.1, lambda: self._openai().chat.completions.create(
                     model=self.model, messages=messages, temperature=0.2,  # type: ignore[arg-type]
                     timeout=openai.Timeout(timeout, connect=min(timeout, 5.0)), **kwargs,
-                )
-            except openai.APITimeoutError as exc:
+                ))
+            except (openai.APITimeoutError, _Overran) as exc:
                 last = exc
                 if time.monotonic() >= deadline - 0.05:
                     raise LLMTimeout("no answer within the time budget") from exc
@@ -81,6 +84,34 @@ class LLMClient:
             text = (choice.message.content if choice and choice.message else None) or ""
             tokens = resp.usage.total_tokens if resp.usage else 0
             return Completion(text=text, tokens=tokens, seconds=time.monotonic() - started)
-        if isinstance(last, openai.APITimeoutError):
+        if isinstance(last, (openai.APITimeoutError, _Overran)):
             raise LLMTimeout(f"timed out {self.max_retries + 1} time(s)")
         raise LLMError(f"failed {self.max_retries + 1} time(s): {type(last).__name__}: {last}")
+
+
+class _Overran(Exception):
+    """The call outlived its timeout (a server trickling bytes resets the
+    client's per-read timeout): abandoned so the budget holds."""
+
+
+def _within(seconds: float, call: Callable[[], T]) -> T:
+    """Run `call` in a daemon thread and wait at most `seconds` for it. An
+    overrunning call is left to finish or time out on its own (its thread
+    never blocks exit), and _Overran is raised."""
+    box: list[Any] = []
+
+    def target() -> None:
+        try:
+            box.append((True, call()))
+        except BaseException as exc:  # handed to the caller below
+            box.append((False, exc))
+
+    thread = threading.Thread(target=target, name="xgrader-hint-call", daemon=True)
+    thread.start()
+    thread.join(max(0.0, seconds))
+    if not box:
+        raise _Overran(f"no answer within {seconds:.1f} s")
+    ok, value = box[0]
+    if ok:
+        return value
+    raise value
