@@ -17,10 +17,25 @@ import struct
 import threading
 import time
 from collections import Counter
+from dataclasses import dataclass
+from typing import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "proxy-connection", "upgrade", "te", "trailer"}
+
+
+@dataclass(frozen=True)
+class Exchange:
+    """One forwarded request, for observers (timing, auditing)."""
+
+    method: str
+    path: str
+    request_body: bytes
+    status: int
+    response_body: bytes
+    started: float    # time.monotonic() when the request arrived
+    finished: float   # ... when the upstream reply was read
 
 
 class QuietServer(ThreadingHTTPServer):
@@ -41,6 +56,7 @@ class FaultProxy:
         stall: float = 0.0,
         stall_s: float = 2.0,
         lost_reply: float = 0.0,
+        observe: "Callable[[Exchange], None] | None" = None,
         seed: int | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
@@ -52,6 +68,7 @@ class FaultProxy:
         self.upstream_port = parts.port or 80
         self.reset, self.error, self.stall, self.stall_s = reset, error, stall, stall_s
         self.lost_reply = lost_reply
+        self.observe = observe
         self.enabled = threading.Event()
         self.enabled.set()
         self.counts: Counter[str] = Counter()
@@ -100,6 +117,7 @@ class FaultProxy:
                 pass
 
             def _relay(self) -> None:
+                arrived = time.monotonic()
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
                 fault = proxy._choose()
@@ -134,6 +152,9 @@ class FaultProxy:
                     return
                 finally:
                     conn.close()
+                if proxy.observe is not None:
+                    proxy.observe(Exchange(self.command, self.path, body, resp.status, data, arrived,
+                                           time.monotonic()))
                 if fault == "lost_reply":
                     self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                     self.close_connection = True

@@ -276,6 +276,16 @@ class Scope:
         for d in self.dirs:
             (d / "cgroup.procs").write_text(str(os.getpid()))
 
+    def cpu_seconds(self) -> float | None:
+        """CPU used so far by everything that ran in the scope (cpuacct / cpu.stat)."""
+        for d in self.dirs:
+            if (d / "cpuacct.usage").exists():
+                return int((d / "cpuacct.usage").read_text()) / 1e9
+            if (d / "cpu.stat").exists() and (d / "cgroup.controllers").exists():
+                stat = dict(line.split() for line in (d / "cpu.stat").read_text().splitlines())
+                return int(stat["usage_usec"]) / 1e6
+        return None
+
     def leftovers(self) -> list[str]:
         found = []
         for d in self.dirs:
