@@ -295,7 +295,7 @@ class Daemon:
     def _retry_or_give_up(self, pull: Pull, kind: str) -> None:
         attempts = self.ledger.count(pull.submission_id)
         if self.flags.draining:
-            log.warning("retry_skipped_shutdown", submission_id=pull.submission_id, kind=kind)
+            log.warning("retry_skipped_shutdown", submission_id=pull.submission_id, queue=pull.queue, kind=kind)
             return
         if attempts < self.settings.max_attempts:
             log.warning("job_retry", submission_id=pull.submission_id, queue=pull.queue,
@@ -311,13 +311,15 @@ class Daemon:
         try:
             result = self.client.put_result(pull.header_raw, GraderReply.could_not_grade())
         except Exception as exc:
-            log.error("result_post_failed", submission_id=pull.submission_id, error=str(exc)[:300])
+            log.error("result_post_failed", submission_id=pull.submission_id, queue=pull.queue,
+                      error=str(exc)[:300])
             self.hooks.on_posted(pull.queue, False, "error")
             return
         outcome, detail = classify_put(result)
         self.hooks.on_graded(pull.queue, "", "could_not_grade", 0.0)
         self.hooks.on_posted(pull.queue, outcome == "posted", "" if outcome == "posted" else outcome)
-        log.info("could_not_grade_posted", submission_id=pull.submission_id, outcome=outcome, detail=detail)
+        log.info("could_not_grade_posted", submission_id=pull.submission_id, queue=pull.queue,
+                 outcome=outcome, detail=detail)
         if outcome != "post_failed":
             self.ledger.forget(pull.submission_id)
 
