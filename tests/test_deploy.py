@@ -315,3 +315,13 @@ def test_operator_guide_lists_every_setting():
     missing = [f"XGRADER_{name.upper()}" for name in Settings.model_fields
                if f"XGRADER_{name.upper()}" not in text]
     assert missing == [], f"docs/operators.md does not document {missing}"
+
+
+def test_compose_push_service_uses_the_push_command():
+    push = yaml.safe_load((DEPLOY / "compose.yaml").read_text())["services"]["push"]
+    assert push["command"][:2] == ["xgrader", "serve-push"] and push["profiles"] == ["push"]
+    port = push["command"][push["command"].index("--port") + 1]
+    assert f"127.0.0.1:{port}/readyz" in " ".join(push["healthcheck"]["test"])
+    for key in push["environment"]:
+        if key.startswith("XGRADER_"):
+            assert key.removeprefix("XGRADER_").lower() in Settings.model_fields, key
