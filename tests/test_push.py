@@ -260,6 +260,14 @@ def test_serve_push_command(handlers, tmp_path):
             time.sleep(0.1)
         r = post(url, body(CORRECT))
         assert r.status_code == 200 and r.json()["score"] == 3
+        # SIGTERM while a request is being graded: it still gets its answer.
+        slow: dict = {}
+        t = threading.Thread(target=lambda: slow.setdefault("r", post(url, body("import time\ntime.sleep(1.5)\n" + CORRECT))))
+        t.start()
+        time.sleep(0.7)
+        proc.terminate()
+        t.join(30)
+        assert slow["r"].status_code == 200 and slow["r"].json()["score"] == 3
     finally:
         proc.terminate()
         _, err = proc.communicate(timeout=20)

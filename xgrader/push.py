@@ -32,6 +32,7 @@ import structlog
 from pydantic import BaseModel, ConfigDict, ValidationError
 from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
+from werkzeug.wsgi import ClosingIterator
 
 from xgrader.daemon.child import PhaseRecorder
 from xgrader.daemon.messages import ChildReport, Reporter
@@ -109,6 +110,7 @@ class PushServer:
         self.deadline_s = min(deadline_s or settings.job_timeout_s, MAX_DEADLINE_S)
         self.slots = threading.BoundedSemaphore(settings.concurrency)
         self._in_flight = 0
+        self._requests = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._checker = threading.Thread(target=self._check_backend_forever, daemon=True,
@@ -116,15 +118,26 @@ class PushServer:
 
     # -- WSGI ------------------------------------------------------------------
     def __call__(self, environ, start_response):
-        req = Request(environ)
-        if req.method == "GET" and req.path in ("/healthz", "/readyz", "/metrics"):
-            resp = self._ops(req.path)
-        elif req.method == "POST":
-            resp = self._push(req)
-            self.metrics.push_requests.labels(str(resp.status_code)).inc()
-        else:
-            resp = _json({"error": "POST a push request, or GET /healthz /readyz /metrics"}, 405)
-        return resp(environ, start_response)
+        with self._lock:
+            self._requests += 1
+        try:
+            req = Request(environ)
+            if req.method == "GET" and req.path in ("/healthz", "/readyz", "/metrics"):
+                resp = self._ops(req.path)
+            elif req.method == "POST":
+                resp = self._push(req)
+                self.metrics.push_requests.labels(str(resp.status_code)).inc()
+            else:
+                resp = _json({"error": "POST a push request, or GET /healthz /readyz /metrics"}, 405)
+            # Counted until the answer is written: shutdown drains on it.
+            return ClosingIterator(resp(environ, start_response), [self._request_done])
+        except BaseException:
+            self._request_done()
+            raise
+
+    def _request_done(self) -> None:
+        with self._lock:
+            self._requests -= 1
 
     def _ops(self, path: str) -> Response:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -291,9 +304,21 @@ class PushServer:
         try:
             self._srv.serve_forever()
         finally:
+            self._drain()
             self._stop.set()
             self._srv.server_close()
             log.info("push_server_stopped")
+
+    def _drain(self) -> None:
+        """After shutdown: requests being graded get their answer (bounded
+        by the deadline) before the process exits."""
+        end = time.monotonic() + self.deadline_s + 10.0
+        while time.monotonic() < end:
+            with self._lock:
+                if self._requests <= 0:
+                    return
+            time.sleep(0.05)
+        log.warning("push_drain_timeout", requests=self._requests)
 
     def shutdown(self) -> None:
         srv = getattr(self, "_srv", None)
