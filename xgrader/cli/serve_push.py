@@ -16,7 +16,8 @@ Answers: 200 {"correct","score","msg"}; 200 could-not-grade body on a timeout or
 infrastructure failure; 400 {"error"} for a body that is not a push request;
 503 {"error": "busy"} when all --concurrency slots are taken.
 GET /healthz, /readyz and /metrics are served on the same port (and on
-XGRADER_METRICS_PORT when set).
+XGRADER_METRICS_PORT when set). SIGTERM/SIGINT stop accepting requests; those
+being graded still get their answer, then the process exits 0.
 Settings: defaults < --config FILE < XGRADER_* environment < flags (see `xgrader run --help`).
 """
 
