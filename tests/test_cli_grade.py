@@ -94,3 +94,11 @@ def test_grade_errors_exit_non_zero_with_a_clear_message(env, tmp_path):
 
     unsafe = grade(env, "is_prime", SAMPLES / "is_prime/samples/correct.py", extra=("--sandbox", "unsafe"))
     assert unsafe.returncode == 3 and "--unsafe-no-sandbox" in unsafe.stderr
+
+
+def test_rejected_upload_is_zero_of_the_assignments_points(env):
+    proc = grade(env, '{"grader": "word_freq"}', SAMPLES / "word_freq" / "samples" / "wrong_zip_escape.zip",
+                 extra=("--text",))
+    assert proc.returncode == 0, proc.stderr
+    assert "0/10 points" in proc.stdout
+    assert "could not be read" in proc.stdout

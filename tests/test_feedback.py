@@ -108,9 +108,9 @@ def test_summary_line_and_outcomes() -> None:
     assert feedback.render_text(r).splitlines()[0] == "7/10 points — 3 of 5 tests passed"
     tl = r.model_copy(update={"outcome": Outcome.time_limit, "score": 2 / 3})
     assert feedback.summary_line(tl) == "0.67/10 points — 3 of 5 tests passed (time limit exceeded)"
-    bad = GradeReport(assignment="a", outcome=Outcome.bad_submission, score=0, max_score=1,
+    bad = GradeReport(assignment="a", outcome=Outcome.bad_submission, score=0, max_score=10,
                       explanations=[Explanation(title="Your submission could not be read", detail="zip")])
-    assert feedback.summary_line(bad) == "0 points (your submission could not be read)"
+    assert feedback.summary_line(bad) == "0/10 points (your submission could not be read)"
     err = bad.model_copy(update={"outcome": Outcome.error})
     assert feedback.summary_line(err) == "Not graded"
 

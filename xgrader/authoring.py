@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from xgrader import grading
 from xgrader.assignment import Assignment
-from xgrader.errors import AssignmentError, InfraError, SubmissionError
+from xgrader.errors import AssignmentError, InfraError
 from xgrader.job import GradeRequest
 from xgrader.report import GradeReport, Outcome, TestStatus
 
@@ -129,15 +129,9 @@ class Graded(BaseModel):
 
 
 def grade_one(grader: grading.Grader, request: GradeRequest) -> GradeReport:
-    """Grade like the pipeline does: an unusable upload (bad zip, broken
-    notebook) is a graded answer, 0 points and why; InfraError propagates."""
-    try:
-        return grader.grade(request)
-    except SubmissionError as exc:
-        from xgrader.pipeline import submission_error_report
-        report = submission_error_report(request.grader, str(exc))
-        # Out of the assignment's points, so gradebook rows line up (the loader succeeded).
-        return report.model_copy(update={"max_score": grader.registry.get(request.grader).max_points})
+    """Grade like the pipeline does: an unusable upload is a graded answer
+    (0 points and why, from the Grader); InfraError propagates."""
+    return grader.grade(request)
 
 
 def grade_many(grader: grading.Grader, items: list[tuple[str, GradeRequest]], jobs: int = 2,

@@ -90,8 +90,6 @@ def summary_line(report: GradeReport) -> str:
     """'7/10 points — 3 of 5 tests passed' (plus the verdict when it explains more)."""
     if report.outcome is Outcome.error:
         head = "Not graded"
-    elif report.outcome is Outcome.bad_submission:
-        head = f"{_fmt(report.score)} points"
     else:
         head = f"{_fmt(report.score)}/{_fmt(report.max_score)} points"
     parts = [head]

@@ -16,12 +16,12 @@ from xgrader import handlers
 from xgrader.assignment import Assignment
 from xgrader.config import Settings
 from xgrader.dispatch import AssignmentRegistry
-from xgrader.errors import AssignmentError, InfraError
+from xgrader.errors import AssignmentError, InfraError, SubmissionError
 from xgrader.handlers.context import GradeContext
 from xgrader.handlers.expected import ExpectedStore
 from xgrader.hooks import Hooks, safe_call
 from xgrader.job import GradeRequest
-from xgrader.report import GradeReport
+from xgrader.report import GradeReport, bad_submission_report
 from xgrader.sandbox.base import Backend, SandboxError
 
 log = structlog.get_logger(__name__)
@@ -59,7 +59,14 @@ class Grader:
     def grade(self, request: GradeRequest) -> GradeReport:
         started = time.monotonic()
         assignment = self.registry.get(request.grader)
-        files = materialize(request, assignment)
+        try:
+            files = materialize(request, assignment)
+        except SubmissionError as exc:
+            # The upload is unusable (bad zip, broken notebook): the student's to
+            # fix, answered out of the assignment's own points.
+            log.info("submission_rejected", submission_id=request.submission_id,
+                     assignment=assignment.name, error=str(exc))
+            return bad_submission_report(assignment.name, str(exc), assignment.max_points, assignment.title)
         report = self.grade_files(assignment, files, request)
         log.info("submission_graded", submission_id=request.submission_id, assignment=assignment.name,
                  outcome=report.outcome.value, score=report.score, max_score=report.max_score,

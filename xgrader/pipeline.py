@@ -17,7 +17,7 @@ from xgrader import feedback, grading
 from xgrader.errors import AssignmentError, SubmissionError
 from xgrader.hooks import Hooks
 from xgrader.job import GradeRequest
-from xgrader.report import Explanation, GradeReport, Outcome
+from xgrader.report import Explanation, GradeReport, Outcome, bad_submission_report
 from xgrader.wire import GraderReply
 
 if TYPE_CHECKING:
@@ -47,9 +47,10 @@ def grade_request(
         log.error("assignment_error", grader=request.grader, submission_id=request.submission_id, error=str(exc))
         report = error_report(request.grader, str(exc))
     except SubmissionError as exc:
-        # The upload is unusable (bad zip, broken notebook): the student's to fix.
+        # Raised past the Grader (which answers it out of the assignment's
+        # points) only by a handler that finds the files unusable.
         log.info("submission_error", grader=request.grader, submission_id=request.submission_id, error=str(exc))
-        report = submission_error_report(request.grader, str(exc))
+        report = bad_submission_report(request.grader, str(exc))
     if hints is not None and not report.correct and report.outcome is not Outcome.error:
         report = _keep_grade(report, hints.apply(request, report))
     return report, reply_for(report)
@@ -69,14 +70,6 @@ def error_report(grader: str, reason: str) -> GradeReport:
             detail=f"The grader could not use this problem's configuration ({reason}). "
             "Your submission was not graded; please tell the course staff.",
         )],
-    )
-
-
-def submission_error_report(grader: str, reason: str) -> GradeReport:
-    """0 points and the reason, for an upload that cannot be used."""
-    return GradeReport(
-        assignment=grader, outcome=Outcome.bad_submission, score=0, max_score=1,
-        explanations=[Explanation(title="Your submission could not be read", detail=reason)],
     )
 
 

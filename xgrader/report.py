@@ -90,3 +90,11 @@ class GradeReport(BaseModel):
     @property
     def passed_count(self) -> int:
         return sum(t.status is TestStatus.passed for t in self.tests)
+
+
+def bad_submission_report(assignment: str, reason: str, max_score: float = 1.0, title: str = "") -> GradeReport:
+    """0 points and the reason, for an upload that cannot be used."""
+    return GradeReport(
+        assignment=assignment, title=title, outcome=Outcome.bad_submission, score=0, max_score=max_score,
+        explanations=[Explanation(title="Your submission could not be read", detail=reason)],
+    )
