@@ -27,7 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--queue", action="append", dest="queues", metavar="NAME",
                    help="a queue name; repeat for several (default: xgrader)")
     s.add_argument("--user", action="append", dest="users", metavar="NAME:PASSWORD",
-                   help="a login; repeat for several. Also XGRADER_QUEUE_SERVER_USERS=NAME:PW,NAME:PW")
+                   help="a login; repeat for several. Also XGRADER_QUEUE_SERVER_USERS=NAME:PW,NAME:PW "
+                   "(logs: XGRADER_LOG_FORMAT, XGRADER_LOG_LEVEL)")
     s.add_argument("--lease-timeout", type=float, dest="lease_timeout_s", metavar="S",
                    help="seconds before an unanswered pull is served again (default 60)")
     s.add_argument("--session-ttl", type=float, dest="session_ttl_s", metavar="S",
@@ -68,6 +69,11 @@ def serve(args: argparse.Namespace) -> int:
     if not config.users:
         print("xgrader queue serve: no users: give --user NAME:PASSWORD at least once", file=sys.stderr)
         return 2
+    from types import SimpleNamespace
+
+    from xgrader.logs import configure
+    configure(SimpleNamespace(log_format=os.environ.get("XGRADER_LOG_FORMAT", "auto"),
+                              log_level=os.environ.get("XGRADER_LOG_LEVEL", "info")))
     try:
         server = QueueServer(config)
     except OSError as exc:

@@ -204,7 +204,7 @@ class QueueApp:
             files[field] = (storage.filename or field, storage.read())  # legacy keys by field name
         sid, length = self.store.submit(queue, str(header["lms_callback_url"]), str(header["lms_key"]),
                                         header_raw, body_raw, files)
-        log.info("queue_submitted", submission_id=sid, queue=queue, files=len(files))
+        log.debug("queue_submitted", submission_id=sid, queue=queue, files=len(files))
         response = self.reply(0, str(length))
         response.headers["X-Xgrader-Submission-Id"] = str(sid)  # additive: lets `xgrader submit` print it
         return response

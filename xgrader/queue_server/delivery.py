@@ -7,12 +7,12 @@ only the first put_result ever enters the `pending` delivery state."""
 
 from __future__ import annotations
 
+import http.client
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from urllib.parse import urlparse
+from urllib.parse import urlencode, urlsplit
 
-import requests
 import structlog
 
 from xgrader.queue_server.store import Delivery, Store
@@ -67,11 +67,24 @@ class Deliverer:
             self._wake.wait(wait)
             self._wake.clear()
 
-    def _session(self) -> requests.Session:
-        s = getattr(self._local, "session", None)
-        if s is None:
-            s = self._local.session = requests.Session()
-        return s
+    def _conn(self, scheme: str, netloc: str) -> tuple[http.client.HTTPConnection, bool]:
+        """A kept-alive connection per worker thread and LMS host (plain
+        http.client: a fraction of the CPU of a requests call). Returns
+        (connection, reused)."""
+        conns = getattr(self._local, "conns", None)
+        if conns is None:
+            conns = self._local.conns = {}
+        conn = conns.get((scheme, netloc))
+        if conn is not None:
+            return conn, True
+        cls = http.client.HTTPSConnection if scheme == "https" else http.client.HTTPConnection
+        conn = conns[(scheme, netloc)] = cls(netloc, timeout=self.timeout_s)
+        return conn, False
+
+    def _drop(self, scheme: str, netloc: str) -> None:
+        conn = self._local.conns.pop((scheme, netloc), None)
+        if conn is not None:
+            conn.close()
 
     def _deliver(self, item: Delivery) -> None:
         try:
@@ -96,14 +109,29 @@ class Deliverer:
             self._wake.set()
 
     def _post(self, item: Delivery) -> tuple[bool, str]:
-        if urlparse(item.callback_url).scheme not in ("http", "https"):
+        parts = urlsplit(item.callback_url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
             return False, "unsupported callback URL scheme"
-        try:
-            r = self._session().post(item.callback_url, timeout=(5.0, self.timeout_s),
-                                     data={"xqueue_header": item.header, "xqueue_body": item.result},
-                                     allow_redirects=False)
-        except requests.RequestException as exc:
-            return False, f"{type(exc).__name__}: {str(exc)[:200]}"
-        if 200 <= r.status_code < 300:
-            return True, ""
-        return False, f"HTTP {r.status_code}"
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        body = urlencode({"xqueue_header": item.header, "xqueue_body": item.result}).encode()
+        headers = {"Content-Type": "application/x-www-form-urlencoded", "User-Agent": "xgrader-queue"}
+        for _ in range(2):
+            conn, reused = self._conn(parts.scheme, parts.netloc)
+            try:
+                conn.request("POST", target, body=body, headers=headers)
+                resp = conn.getresponse()
+                resp.read()
+                if resp.will_close:
+                    self._drop(parts.scheme, parts.netloc)
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
+                self._drop(parts.scheme, parts.netloc)
+                if reused:
+                    continue  # the LMS closed an idle kept-alive connection: once more on a new one
+                return False, f"{type(exc).__name__}: {str(exc)[:200]}"
+            except (OSError, http.client.HTTPException) as exc:
+                self._drop(parts.scheme, parts.netloc)
+                return False, f"{type(exc).__name__}: {str(exc)[:200]}"
+            if 200 <= resp.status < 300:
+                return True, ""
+            return False, f"HTTP {resp.status}"
+        return False, "connection closed by the LMS"

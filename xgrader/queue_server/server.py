@@ -1,4 +1,4 @@
-"""Running the bundled queue: threaded werkzeug server + background
+"""Running the bundled queue: threaded keep-alive HTTP server + background
 delivery, clean shutdown on SIGTERM/SIGINT."""
 
 from __future__ import annotations
@@ -8,19 +8,11 @@ import sys
 import threading
 from typing import IO
 
-from werkzeug.serving import WSGIRequestHandler, make_server
-
 from xgrader.queue_server.app import QueueApp
 from xgrader.queue_server.config import QueueServerConfig
 from xgrader.queue_server.delivery import Deliverer
+from xgrader.queue_server.httpserver import KeepAliveWSGIServer
 from xgrader.queue_server.store import Store
-
-
-class QuietHandler(WSGIRequestHandler):
-    """Per-request access logs cost more than the request itself."""
-
-    def log_request(self, *args, **kwargs) -> None:
-        pass
 
 
 class QueueServer:
@@ -32,9 +24,7 @@ class QueueServer:
         self.deliverer = Deliverer(self.store, tries=config.delivery_tries, backoff_s=config.delivery_backoff_s,
                                    timeout_s=config.delivery_timeout_s, workers=config.delivery_workers)
         self.app = QueueApp(config, self.store, on_result=self.deliverer.wake)
-        self.httpd = make_server(config.host, config.port, self.app, threaded=True,
-                                 request_handler=QuietHandler)
-        self.httpd.daemon_threads = True
+        self.httpd = KeepAliveWSGIServer(config.host, config.port, self.app)
         self.port = self.httpd.server_port
         self.url = f"http://{config.host}:{self.port}/xqueue/"
         self._thread: threading.Thread | None = None
@@ -50,6 +40,7 @@ class QueueServer:
     def stop(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+        self.httpd.close_connections()
         if self._thread:
             self._thread.join(10)
         self.deliverer.stop()
@@ -72,6 +63,7 @@ class QueueServer:
             self.httpd.serve_forever(poll_interval=0.2)
         finally:
             self.httpd.server_close()
+            self.httpd.close_connections()
             self.deliverer.stop()
             self.store.close()
             for s, h in old.items():
