@@ -254,3 +254,52 @@ def test_cli_serve_refuses_bad_config(tmp_path):
     from xgrader.queue_server import QueueServerConfig
     c = QueueServerConfig.load(cfg, port=1234, queues=None)
     assert (c.queues, c.lease_timeout_s, c.port, c.users["g"].get_secret_value()) == (["a", "b"], 5, 1234, "pw")
+
+
+def test_http_keep_alive_drains_unread_bodies_and_refuses_chunked(queue):
+    import socket as socketlib
+
+    host, port = "127.0.0.1", queue.server.port
+    with socketlib.create_connection((host, port), timeout=5) as s:
+        f = s.makefile("rb")
+
+        def response() -> tuple[str, bytes]:
+            status = f.readline().decode()
+            headers = {}
+            while (line := f.readline()) not in (b"\r\n", b""):
+                k, _, v = line.decode().partition(":")
+                headers[k.lower()] = v.strip()
+            return status, f.read(int(headers["content-length"]))
+
+        # status/ never reads its body: the server must skip it, not parse it as the next request
+        s.sendall(b"POST /xqueue/status/ HTTP/1.1\r\nHost: x\r\nContent-Length: 11\r\n\r\nGET /evil/ ")
+        s.sendall(b"GET /xqueue/status/ HTTP/1.1\r\nHost: x\r\n\r\n")
+        for _ in range(2):
+            status, body = response()
+            assert status.startswith("HTTP/1.1 200") and json.loads(body) == {"return_code": 0, "content": "OK"}
+        s.sendall(b"POST /xqueue/login/ HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
+        status, _ = response()
+        assert status.startswith("HTTP/1.1 411")
+    # stopping ends kept-alive connections: nothing answers from a stopped server
+    s = requests.Session()
+    assert s.get(queue.url + "status/", timeout=5).status_code == 200
+    queue.stop()
+    try:
+        s.get(queue.url + "status/", timeout=5)
+        raise AssertionError("a stopped server answered")
+    except requests.ConnectionError:
+        pass
+
+
+def test_cli_submit_uploads_several_files(queue, tmp_path):
+    a, b = tmp_path / "main.py", tmp_path / "data.csv"
+    a.write_text("import data\n")
+    b.write_bytes(b"x,y\n1,2\n")
+    out = subprocess.run([sys.executable, "-m", "xgrader", "submit", "--server", queue.url, "--user", ":".join(LMS),
+                          "--queue", "q2", "--payload", "word_freq", str(a), str(b)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    client = queue.client()
+    sub = parse_submission(client.get_submission("q2"))
+    assert sub.payload.grader == "word_freq" and sub.body.student_response == ""
+    assert client.fetch_files(sub.files) == {"main.py": b"import data\n", "data.csv": b"x,y\n1,2\n"}

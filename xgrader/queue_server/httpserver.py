@@ -127,13 +127,17 @@ class WSGIHandler(BaseHTTPRequestHandler):
             status_headers[:] = [status, headers]
             return lambda data: None  # write() is not used by the app
 
-        result = self.server.app(environ, start_response)
+        self.server.busy(+1)
         try:
-            payload = b"".join(result)
+            result = self.server.app(environ, start_response)
+            try:
+                payload = b"".join(result)
+            finally:
+                close = getattr(result, "close", None)
+                if close:
+                    close()
         finally:
-            close = getattr(result, "close", None)
-            if close:
-                close()
+            self.server.busy(-1)
         status, headers = status_headers
         code, _, reason = status.partition(" ")
         self.send_response_only(int(code), reason)
@@ -162,7 +166,8 @@ class KeepAliveWSGIServer(ThreadingHTTPServer):
     def __init__(self, host: str, port: int, app: Callable) -> None:
         self.app = app
         self._conns: set[socket.socket] = set()
-        self._conns_lock = threading.Lock()
+        self._conns_lock = threading.Condition()
+        self._busy = 0
         super().__init__((host, port), WSGIHandler)
 
     def process_request(self, request: Any, client_address: Any) -> None:
@@ -175,10 +180,18 @@ class KeepAliveWSGIServer(ThreadingHTTPServer):
             self._conns.discard(request)
         super().shutdown_request(request)
 
-    def close_connections(self) -> None:
-        """After shutdown(): end idle keep-alive connections so their threads
-        stop serving (a stopped server must not answer anything)."""
+    def busy(self, delta: int) -> None:
         with self._conns_lock:
+            self._busy += delta
+            if not self._busy:
+                self._conns_lock.notify_all()
+
+    def close_connections(self, grace_s: float = 5.0) -> None:
+        """After shutdown(): let requests in progress finish (bounded), then
+        end the kept-alive connections so their threads stop serving (a
+        stopped server must not answer anything)."""
+        with self._conns_lock:
+            self._conns_lock.wait_for(lambda: self._busy == 0, timeout=grace_s)
             conns = list(self._conns)
         for conn in conns:
             try:
