@@ -1,0 +1,63 @@
+"""Secrets (threat model): the daemon's environment, its config file, hidden
+tests and the reference solution are nowhere the student's code can look."""
+
+from tests.attacks.conftest import CANARIES, leaks
+from tests.attacks.support import attack
+
+
+def test_environment(sandbox):
+    r = attack(sandbox, "import os\nprint(dict(os.environ))\nprint(os.environb)\n")
+    assert "XGRADER_QUEUE_PASSWORD" not in r.stdout and "API_KEY" not in r.stdout, r
+    assert not leaks(r.stdout, r.stderr)
+
+
+def test_proc_environ_and_cmdline_of_every_process(sandbox):
+    src = ("import glob\nfor p in sorted(glob.glob('/proc/*/environ') + glob.glob('/proc/*/cmdline')"
+           " + glob.glob('/proc/*/task/*/environ')):\n"
+           "    try: print(p, open(p, 'rb').read())\n    except OSError as e: print(p, 'denied', e.errno)\n")
+    r = attack(sandbox, src, output_bytes=1_000_000)
+    assert "/proc/1/environ" in r.stdout, r  # pid 1 (the sandbox's init) was readable and looked at
+    assert not leaks(r.stdout, r.stderr) and "XGRADER_" not in r.stdout.replace("XGRADER_CHANNEL", ""), r
+
+
+def test_config_file_and_secret_files_are_not_mounted(sandbox, config_file):
+    src = (f"import os\ntry: print(open({str(config_file)!r}).read())\nexcept OSError as e: print('no config', e.errno)\n"
+           "for p in ['/run/secrets', '/etc/xgrader', '/var/run/secrets', '/root/.config']:\n"
+           "    print(p, os.path.exists(p))\n")
+    r = attack(sandbox, src)
+    assert "no config" in r.stdout and "True" not in r.stdout, r
+    assert not leaks(r.stdout, r.stderr)
+
+
+def test_canaries_nowhere_on_the_visible_filesystem(sandbox):
+    """Scan every readable file outside /usr (and its /bin, /lib links), /proc, /sys, /dev for any canary."""
+    # Reversed, so the attack's own source file does not match.
+    needles = [c[::-1].encode() for c in CANARIES]
+    src = (f"import os\nneedles = [n[::-1] for n in {needles!r}]\nfound = []\nseen = 0\n"
+           "for top in [d for d in os.listdir('/') if d not in ('usr', 'proc', 'sys', 'dev') and not os.path.islink('/' + d)]:\n"
+           "    for root, dirs, files in os.walk('/' + top):\n"
+           "        for f in files:\n"
+           "            p = os.path.join(root, f)\n"
+           "            try:\n                data = open(p, 'rb').read(2_000_000)\n            except OSError:\n                continue\n"
+           "            seen += 1\n"
+           "            if any(n in data for n in needles): found.append(p)\n"
+           "print('scanned', seen, 'found', len(found), [x.replace('_', '-') for x in found])\n")
+    r = attack(sandbox, src, wall_s=10, cpu_s=8)
+    words = r.stdout.split()
+    assert words[:1] == ["scanned"] and int(words[1]) > 0 and words[3] == "0", r
+
+
+def test_canaries_not_in_sandbox_memory_of_other_processes(sandbox):
+    """/proc/*/mem of every other process visible (the sandbox's own init included)."""
+    needles = [c[::-1].encode() for c in CANARIES]
+    src = (f"import os\nneedles = [n[::-1] for n in {needles!r}]\nhits = 0\nscanned = 0\n"
+           "for pid in [p for p in os.listdir('/proc') if p.isdigit() and int(p) != os.getpid()]:\n"
+           "    try:\n        maps = open(f'/proc/{pid}/maps').read().splitlines()\n        mem = open(f'/proc/{pid}/mem', 'rb')\n"
+           "    except OSError:\n        continue\n"
+           "    for line in maps:\n        lo, hi = (int(x, 16) for x in line.split()[0].split('-'))\n"
+           "        if 'r' not in line.split()[1] or hi - lo > 64 * 2**20: continue\n"
+           "        try:\n            mem.seek(lo); data = mem.read(hi - lo)\n        except (OSError, ValueError, OverflowError):\n            continue\n"
+           "        scanned += len(data)\n        hits += sum(n in data for n in needles)\n"
+           "print('hits', hits, scanned)\n")
+    r = attack(sandbox, src, wall_s=20, cpu_s=15)
+    assert r.stdout.split()[:2] == ["hits", "0"], r
