@@ -171,11 +171,15 @@ class Store:
         now = time.time()
         key = secrets.token_hex(16)
         with self.conn() as c:
+            # IMMEDIATE: take the write lock before reading, so the choice and
+            # the lease are one step for every concurrent puller.
+            c.execute("BEGIN IMMEDIATE")
             row = c.execute(
                 "UPDATE submissions SET key=?, leased_until=?, pulls=pulls+1 WHERE id = ("
                 " SELECT id FROM submissions WHERE state='pending' AND queue=? AND leased_until<=?"
                 " ORDER BY id LIMIT 1) RETURNING id, body, files",
                 (key, now + lease_s, queue, now)).fetchone()
+            c.execute("COMMIT")
         if row is None:
             return None
         return Pulled(id=row[0], key=key, body=row[1], files=json.loads(row[2]))
