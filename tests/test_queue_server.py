@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 
+import pytest
 import requests
 
 from tests.support.queue import GRADER, LMS, Receiver, wait_until
@@ -303,3 +304,57 @@ def test_cli_submit_uploads_several_files(queue, tmp_path):
     sub = parse_submission(client.get_submission("q2"))
     assert sub.payload.grader == "word_freq" and sub.body.student_response == ""
     assert client.fetch_files(sub.files) == {"main.py": b"import data\n", "data.csv": b"x,y\n1,2\n"}
+
+
+@pytest.mark.slow
+def test_sigkilled_daemon_mid_grade_graded_once_by_another_after_the_lease(tmp_path):
+    """The real stack: `xgrader queue serve` with a short lease, `xgrader run`
+    (bwrap) SIGKILLed while it grades; a second daemon gets the submission
+    after the lease and it reaches the LMS exactly once."""
+    import sqlite3
+
+    from xgrader.config import DEFAULT_HANDLERS
+    from xgrader.daemon.demo_harness import CallbackReceiver, DemoRun, free_port, login, submit, wait_http, Sample
+
+    slow = DEFAULT_HANDLERS / "sum_digits" / "samples" / "wrong_infinite_loop.py"
+    if not slow.is_file():
+        pytest.skip("needs payload_handlers/sum_digits (example assignments)")
+    run = DemoRun(handlers=DEFAULT_HANDLERS, workdir=tmp_path, out=sys.stderr)
+    port, password = free_port(), "pw-" + os.urandom(4).hex()
+    url = f"http://127.0.0.1:{port}/xqueue/"
+    db = tmp_path / "queue.db"
+    queue = subprocess.Popen([sys.executable, "-m", "xgrader", "queue", "serve", "--port", str(port), "--db", str(db),
+                              "--queue", "demo", "--user", f"xgrader:{password}", "--lease-timeout", "4"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    receiver = CallbackReceiver()
+    daemons: list[subprocess.Popen] = []
+    try:
+        wait_http(url + "status/", 30, queue)
+        session = requests.Session()
+        login(session, url, "xgrader", password)
+        sample = Sample(key="slow-" + os.urandom(3).hex(), assignment="sum_digits", name="slow",
+                        student_response=slow.read_text())
+        submit(session, url, sample, receiver.url)
+
+        def pulls() -> int:
+            with sqlite3.connect(db) as c:
+                return c.execute("SELECT pulls FROM submissions").fetchone()[0]
+
+        daemons.append(run.start_daemon(url, password))
+        assert wait_until(lambda: pulls() >= 1, 60)
+        time.sleep(0.3)  # grading is under way (the batch takes seconds)
+        daemons[0].send_signal(signal.SIGKILL)
+        daemons[0].wait(10)
+        assert not receiver.results  # killed before it could post
+        daemons.append(run.start_daemon(url, password))
+        assert wait_until(lambda: receiver.count() == 1, 90)
+        time.sleep(1.0)  # a second delivery would arrive now
+        assert len(receiver.results[sample.key]) == 1 and pulls() == 2
+        body = receiver.results[sample.key][0]
+        assert body["correct"] is False and "time" in body["msg"].lower()
+    finally:
+        for p in daemons + [queue]:
+            if p.poll() is None:
+                p.kill()
+                p.wait(10)
+        receiver.stop()
