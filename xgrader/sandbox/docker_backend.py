@@ -4,7 +4,11 @@ Docker engine or podman's Docker-compatible API socket.
 Every container: no network, memory == memory+swap, pids limit, one CPU,
 read-only root, a size-capped noexec/nosuid tmpfs at /tmp as the only writable
 place, uid 65534, all capabilities dropped, no-new-privileges, rlimits
-(CPU, FSIZE, NOFILE, CORE=0), an explicit environment and an init process.
+(CPU, FSIZE, NOFILE, CORE=0), an explicit environment, an init process, and
+the engine's default seccomp profile tightened with the bwrap backend's
+deny-list (ptrace, mount, unshare/setns, namespace flags to clone, keyrings,
+bpf, ...; see seccomp_profile). With the cgroupfs driver each job gets its own
+cgroup parent, read after the exit for CPU time, peak memory and OOM.
 
 The job's folder on the host (files, stdin, channel socket) is bind-mounted
 read-only at /run/xgrader. A small `sh` prologue copies the files into
@@ -24,7 +28,11 @@ limit is a host-side deadline, and the container is removed in all cases.
 
 from __future__ import annotations
 
+import copy
+import errno
+import hashlib
 import itertools
+import json
 import os
 import select
 import shutil
@@ -44,6 +52,7 @@ from xgrader.sandbox.base import (
     SandboxResult, Verdict, clean_text,
 )
 from xgrader.sandbox.channel import FdChannel
+from xgrader.sandbox.seccomp import CLONE_NS_FLAGS, DENIED
 from xgrader.sandbox.unsafe import BASE_PATH, safe_relpath
 
 log = structlog.get_logger(__name__)
@@ -58,10 +67,33 @@ API_VERSION = "1.41"             # fixed: no version round trip (which could han
 SANDBOX_USER = "65534:65534"
 NPROC = 16384
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+# Where podman / containers-common keep the default seccomp profile we tighten.
+BASE_SECCOMP = (Path("/usr/share/containers/seccomp.json"), Path("/etc/containers/seccomp.json"))
 CGROUP_PREFIX = "xgrader-docker-"
 # Copies the job's files onto the tmpfs, then becomes the job (no extra process).
 PROLOGUE = (f'mkdir {WORKDIR} && cp -R {BOX}/files/. {WORKDIR}/ && cd {WORKDIR} '
             f'&& exec "$@" < {BOX}/stdin')
+
+
+def seccomp_profile(base: dict[str, Any]) -> dict[str, Any]:
+    """The engine's default profile (docker/containers format) with the bwrap
+    backend's deny-list applied: the denied calls fail with EPERM, clone may not
+    create namespaces, clone3 falls to the default action (ENOSYS on podman's
+    profile) so libc uses clone, whose flags a profile can check."""
+    denied = set(DENIED) | {"clone", "clone3"}
+    out = copy.deepcopy(base)
+    rules = []
+    for rule in out.get("syscalls", []):
+        names = [n for n in rule.get("names") or [rule.get("name")] if n and n not in denied]
+        if names:
+            rule = {k: v for k, v in rule.items() if k != "name"}
+            rule["names"] = names
+            rules.append(rule)
+    rules.append({"names": sorted(set(DENIED)), "action": "SCMP_ACT_ERRNO", "errnoRet": errno.EPERM})
+    rules.append({"names": ["clone"], "action": "SCMP_ACT_ALLOW",
+                  "args": [{"index": 0, "value": CLONE_NS_FLAGS, "valueTwo": 0, "op": "SCMP_CMP_MASKED_EQ"}]})
+    out["syscalls"] = rules
+    return out
 
 
 def _owner() -> str:
@@ -156,7 +188,7 @@ class JobCgroupParent:
                 done = False
         return done
 
-    def remove(self, patience: float = 0.5) -> None:
+    def remove(self, patience: float = 0.0) -> None:
         """rmdir bottom-up in every hierarchy. podman's conmon may linger in its
         sub-cgroup after the container is gone: retried briefly here, then by a
         background thread (and cleanup_stale after a crash)."""
@@ -238,7 +270,8 @@ class SocketChannel(Channel):
 class OutputReader(threading.Thread):
     """Reads the multiplexed attach stream (8-byte frame headers: stream id,
     size) into two buffers under one cap. Sets `done` at EOF or when the cap
-    is exceeded (`over`); never holds more than the cap."""
+    is exceeded (`over`, then the rest is drained and dropped until EOF or
+    stop()); never holds more than the cap."""
 
     def __init__(self, sock: socket.socket, cap: int, label: str) -> None:
         super().__init__(name=f"docker-output-{label}", daemon=True)
@@ -279,12 +312,15 @@ class OutputReader(threading.Thread):
                     if chunk is None:
                         return
                     size -= len(chunk)
+                    if self.over or stream not in self.bufs:
+                        continue
                     room = self.cap - len(self.bufs[1]) - len(self.bufs[2])
-                    if stream in self.bufs:
-                        self.bufs[stream] += chunk[: max(room, 0)]
-                        if len(chunk) > room:
-                            self.over = True
-                            return
+                    self.bufs[stream] += chunk[: max(room, 0)]
+                    if len(chunk) > room:
+                        # Tell wait() to kill, but keep draining: podman's conmon
+                        # blocks on a full attach socket and would not exit.
+                        self.over = True
+                        self.done.set()
         except OSError as exc:
             self.error = f"output stream: {exc}"
         finally:
@@ -352,6 +388,21 @@ class DockerSandbox(RunningSandbox):
             self.cgroup.remove()
         shutil.rmtree(self.tmp, ignore_errors=True)
 
+    def _exited_state(self) -> dict[str, Any]:
+        """The container's final state. The output stream has ended, so it has
+        exited or is about to: polling inspect is much faster than the wait
+        endpoint (podman's polls its own state every 250 ms)."""
+        deadline = time.monotonic() + self.backend.api_timeout
+        delay = 0.005
+        while True:
+            state = self.backend.api.inspect_container(self.cid).get("State", {})
+            if not state.get("Running") and state.get("Status") not in ("created", "configured", "initialized"):
+                return state
+            if time.monotonic() > deadline:
+                raise SandboxError("the container did not stop in time")
+            time.sleep(delay)
+            delay = min(delay * 2, 0.1)
+
     def wait(self, timeout: float | None = None) -> SandboxResult:
         if self._result is not None:
             return self._result
@@ -370,9 +421,7 @@ class DockerSandbox(RunningSandbox):
             if (timed_out or over) and not self._killed:
                 api.kill(self.cid)  # SIGKILL; the output stream ends with the container
             if not self._killed:
-                # The stream ended, so the container has exited (or is exiting).
-                api.wait(self.cid, timeout=self.backend.api_timeout)
-                state = api.inspect_container(self.cid).get("State", {})
+                state = self._exited_state()
         except Exception as exc:  # noqa: BLE001  (engine failure -> sandbox_error, never student)
             if not self._killed:
                 error = str(_engine_error("collecting the result", exc))
@@ -391,20 +440,23 @@ class DockerSandbox(RunningSandbox):
             code, sig = None, code - 128
         cpu_s = stats.get("cpu_s")
         peak = stats.get("peak_memory_mb")
-        # cgroup v1 has no hierarchical OOM counter: a SIGKILL at the memory limit is one.
+        # cgroup v1 has no hierarchical OOM counter: a job whose cgroup tree reached
+        # the memory limit and was SIGKILLed (or timed out: a forked process was
+        # killed, the rest waited) hit the limit. v2 and Docker report it exactly.
+        at_limit = peak is not None and peak >= 0.98 * limits.memory_mb
         oom = bool(state.get("OOMKilled") or stats.get("oom")
-                   or (sig == signal.SIGKILL and peak is not None and peak >= 0.9 * limits.memory_mb))
+                   or (at_limit and (sig == signal.SIGKILL or timed_out)))
         cpu_out = cpu_s is not None and cpu_s >= 0.9 * limits.cpu_s
         if over:
             verdict = Verdict.output
+        elif oom:
+            verdict = Verdict.memory
         elif timed_out:
             verdict = Verdict.wall_time
         elif error is not None:
             verdict = Verdict.sandbox_error
         elif killed_before and not state:
             verdict = Verdict.killed
-        elif oom:
-            verdict = Verdict.memory
         elif sig == signal.SIGXCPU or (sig == signal.SIGKILL and cpu_out):
             verdict = Verdict.cpu_time
         elif sig is not None:
@@ -441,24 +493,49 @@ class DockerBackend(Backend):
             raise _engine_error("connecting", exc) from None
         self.api = self.client.api
         self._types = docker.types
-        self._cgroup_v2: bool | None = None   # None: unknown yet; see _cgroup_mode
+        # Engine facts, asked once by _engine().
+        self._cgroup_v2: bool | None = None
         self._cgroups_usable: bool | None = None
+        self._podman = False
+        self._security_opt: list[str] = ["no-new-privileges"]
         self._seq = itertools.count()
 
-    def _cgroup_mode(self) -> bool:
-        """Per-job cgroup parents need the cgroupfs driver and the engine on this
-        host (a local socket, /sys/fs/cgroup writable). Asked once."""
-        if self._cgroups_usable is None:
-            usable = False
-            try:
-                info = self.api.info()
-                usable = (info.get("CgroupDriver") == "cgroupfs" and self.url.startswith("unix://")
-                          and os.geteuid() == 0 and CGROUP_ROOT.is_dir())
-                self._cgroup_v2 = str(info.get("CgroupVersion")) == "2"
-            except Exception as exc:  # noqa: BLE001
-                log.warning("docker_info_failed", error=str(exc)[:200])
-            self._cgroups_usable = usable
-        return self._cgroups_usable
+    def _engine(self) -> None:
+        """Asked once: podman or Docker (how a seccomp profile is passed) and
+        whether per-job cgroup parents work (the cgroupfs driver, the engine on
+        this host via a local socket, and us root)."""
+        if self._cgroups_usable is not None:
+            return
+        usable = False
+        try:
+            info = self.api.info()
+            version = self.api.version()
+            self._podman = any("podman" in str(c.get("Name", "")).lower()
+                               for c in version.get("Components") or [])
+            usable = (info.get("CgroupDriver") == "cgroupfs" and self.url.startswith("unix://")
+                      and os.geteuid() == 0 and CGROUP_ROOT.is_dir())
+            self._cgroup_v2 = str(info.get("CgroupVersion")) == "2"
+        except Exception as exc:  # noqa: BLE001
+            raise _engine_error("info", exc) from None
+        self._cgroups_usable = usable
+        self._security_opt = ["no-new-privileges"]
+        base = next((p for p in BASE_SECCOMP if p.is_file()), None)
+        if base is None:
+            log.warning("docker_seccomp_default", reason="no base profile found; the engine's default applies",
+                        looked=[str(p) for p in BASE_SECCOMP])
+            return
+        profile = json.dumps(seccomp_profile(json.loads(base.read_text())), sort_keys=True)
+        if self._podman:
+            # podman wants a path; content-addressed, so concurrent writers agree.
+            digest = hashlib.sha256(profile.encode()).hexdigest()[:16]
+            path = Path(tempfile.gettempdir()) / f"xgrader-seccomp-{digest}.json"
+            if not path.exists():
+                part = path.with_suffix(f".{os.getpid()}.part")
+                part.write_text(profile)
+                part.replace(path)
+            self._security_opt.append(f"seccomp={path}")
+        else:
+            self._security_opt.append(f"seccomp={profile}")
 
     # -- jobs --------------------------------------------------------------------
     def _host_config(self, job: SandboxJob, tmp: Path, cgroup: JobCgroupParent | None) -> dict[str, Any]:
@@ -473,7 +550,7 @@ class DockerBackend(Backend):
             read_only=True,
             tmpfs={"/tmp": f"rw,size={lim.tmp_mb}m,noexec,nosuid,nodev,mode=1777"},
             shm_size=f"{lim.tmp_mb}m",
-            cap_drop=["ALL"], security_opt=["no-new-privileges"],
+            cap_drop=["ALL"], security_opt=self._security_opt,
             ulimits=[Ulimit(name="cpu", soft=cpu, hard=cpu + 1),
                      Ulimit(name="fsize", soft=fsize, hard=fsize),
                      Ulimit(name="nofile", soft=lim.open_files, hard=lim.open_files),
@@ -524,7 +601,8 @@ class DockerBackend(Backend):
         attach = None
         cgroup = None
         try:
-            if self._cgroup_mode():
+            self._engine()
+            if self._cgroups_usable:
                 cgroup = JobCgroupParent(
                     f"{CGROUP_PREFIX}{os.getpid()}-{_safe(job.label)}-{next(self._seq)}", bool(self._cgroup_v2))
             container = self.api.create_container(
