@@ -358,3 +358,50 @@ def test_sigkilled_daemon_mid_grade_graded_once_by_another_after_the_lease(tmp_p
                 p.kill()
                 p.wait(10)
         receiver.stop()
+
+
+@pytest.mark.slow
+def test_queue_server_restart_mid_run_loses_nothing(tmp_path):
+    """`xgrader queue serve` SIGTERMed and started again on the same database
+    and port while a real daemon grades: every sample still reaches the LMS
+    exactly once."""
+    from xgrader.config import DEFAULT_HANDLERS
+    from xgrader.daemon.demo_harness import CallbackReceiver, DemoRun, find_samples, free_port, login, submit, wait_http
+
+    samples = find_samples(DEFAULT_HANDLERS) if DEFAULT_HANDLERS.is_dir() else []
+    if len(samples) < 4:
+        pytest.skip("needs the example assignments' samples/")
+    run = DemoRun(handlers=DEFAULT_HANDLERS, workdir=tmp_path, out=sys.stderr)
+    port, password = free_port(), "pw-" + os.urandom(4).hex()
+    url = f"http://127.0.0.1:{port}/xqueue/"
+    cmd = [sys.executable, "-m", "xgrader", "queue", "serve", "--port", str(port), "--db", str(tmp_path / "q.db"),
+           "--queue", "demo", "--user", f"xgrader:{password}", "--lease-timeout", "5", "--delivery-backoff", "0.2"]
+    queue = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    receiver = CallbackReceiver()
+    daemon = None
+    try:
+        wait_http(url + "status/", 30, queue)
+        session = requests.Session()
+        login(session, url, "xgrader", password)
+        for s in samples:
+            submit(session, url, s, receiver.url)
+        daemon = run.start_daemon(url, password)
+        assert wait_until(lambda: receiver.count() >= 2, 60)
+        queue.send_signal(signal.SIGTERM)
+        assert queue.wait(15) == 0
+        time.sleep(1.0)  # the daemon meets a dead queue: it backs off and keeps its children's results
+        queue = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_http(url + "status/", 30, queue)
+        keys = [s.key for s in samples]
+        assert wait_until(lambda: receiver.count() == len(keys), 120), (receiver.count(), len(keys))
+        time.sleep(1.0)
+        with receiver.lock:
+            counts = {k: len(receiver.results.get(k, [])) for k in keys}
+        assert set(counts.values()) == {1}, counts
+        assert daemon.poll() is None
+    finally:
+        for p in (daemon, queue):
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.wait(10)
+        receiver.stop()
