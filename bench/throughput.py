@@ -255,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         if not sink.wait(["warmup2"], 120):
             raise SystemExit(f"the daemon did not answer the warm-up submission; see {work}")
         keys = [f"t{i}" for i in range(args.count)]
-        cpu0, q0 = scope.cpu_seconds(), proc_cpu_s(queue.popen.pid)
+        cpu0, q0, p0 = scope.cpu_seconds(), proc_cpu_s(queue.popen.pid), proc_cpu_s(d2.popen.pid)
         t0 = time.monotonic()
         rss_100 = None
 
@@ -278,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"only {sink.count(keys)}/{len(keys)} results in {args.timeout:g} s; see {work}")
         last = max(sink.arrived[k] for k in keys)
         elapsed = last - t0
-        cpu1, q1 = scope.cpu_seconds(), proc_cpu_s(queue.popen.pid)
+        cpu1, q1, p1 = scope.cpu_seconds(), proc_cpu_s(queue.popen.pid), proc_cpu_s(d2.popen.pid)
         rss_end = rss_mb(d2.popen.pid)
         d2.stop()
         wrong = [k for i, k in enumerate(keys) if sink.scores.get(k) is None]
@@ -305,11 +305,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:<44} {r:>8.1f} {r / rate:>9.2f}x")
     if cpu0 is not None and cpu1 is not None:
         print(f"\ndaemon CPU per submission (daemon + children + sandboxes): {(cpu1 - cpu0) / args.count * 1000:.1f} ms")
+    print(f"  of which the daemon's parent process (pull loop, fork, reaping): "
+          f"{(p1 - p0) / args.count * 1000:.1f} ms")
     print(f"queue server CPU per submission (submit, pull, put, deliver): {(q1 - q0) / args.count * 1000:.1f} ms")
     print(f"\nidle latency over {len(pp)} submissions: pull-to-post p50 {statistics.median(pp):.1f} ms, "
           f"p95 {pp[int(0.95 * (len(pp) - 1))]:.1f} ms; submit-to-callback p50 {statistics.median(e2e):.1f} ms "
           f"(peer {PEER['idle submit-to-result ms']} ms; includes the 0.2 s max poll interval and LMS delivery)")
-    print(f"daemon RSS: {rss_100:.1f} MB after 100, {rss_end:.1f} MB after {args.count}")
+    print(f"daemon RSS: {rss_100:.1f} MB after {min(100, args.count)}, {rss_end:.1f} MB after {args.count}")
     if wrong:
         print(f"WARNING: {len(wrong)} results without a score: {wrong[:5]}")
     print(f"\ntarget >= {TARGET_RATE:g} subs/s: {'MET' if rate >= TARGET_RATE else 'MISSED'} ({rate:.1f}); "

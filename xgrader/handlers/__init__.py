@@ -1,16 +1,22 @@
 """Handler kinds: `pytest` (instructor pytest files through the proxy) and
-`io` (expression and program cases). :func:`run` picks by the assignment's kind."""
+`io` (expression and program cases). :func:`run` picks by the assignment's kind.
+
+Both kinds and the submission materializer are imported here, eagerly: the
+daemon imports the grading path once before it forks a child per submission,
+and a module a child imports itself costs every submission again (about
+10-30 ms of CPU per child, see docs/performance.md)."""
 
 from __future__ import annotations
 
+from xgrader import submissions  # noqa: F401  (used by grading.materialize; imported for the fork)
 from xgrader.assignment import Assignment
 from xgrader.handlers.context import GradeContext
+from xgrader.handlers.io_kind import grade_io
+from xgrader.handlers.pytest_kind import grade_pytest
 from xgrader.report import GradeReport
 
 
 def run(assignment: Assignment, files: dict[str, bytes], ctx: GradeContext) -> GradeReport:
     if assignment.config.kind == "io":
-        from xgrader.handlers.io_kind import grade_io
         return grade_io(assignment, files, ctx)
-    from xgrader.handlers.pytest_kind import grade_pytest
     return grade_pytest(assignment, files, ctx)
