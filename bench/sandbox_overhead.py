@@ -1,40 +1,121 @@
-"""Per-job overhead of each sandbox backend over a bare `python3 -I -c pass`.
+"""Per-job cost of the sandbox backends, measured in one run on this machine.
 
-Usage: python -m bench.sandbox_overhead [N]   (prints medians and ratios)"""
+1. Overhead per batch job over a bare `python3 -I -c pass` (target for bwrap:
+   <= 15 ms median). Samples are interleaved (bare, bwrap, unsafe, bare, ...)
+   so a busy host slows all of them alike.
+2. Latency of a trivial interactive job (start the runner, load a one-line
+   module, call it, exit) cold and from the warm pool (xgrader/sandbox/warm.py;
+   the pool refills between samples, outside the timing: the latency a job
+   sees when a warm sandbox is ready).
+3. Where a cold bwrap start goes: the same bwrap command without our harness
+   (no cgroup, no seccomp memfd, no rlimits/uid drop in a Python preexec),
+   and cgroup create+remove alone.
+
+Usage: python -m bench.sandbox_overhead [N]      (default N=40)"""
 
 from __future__ import annotations
 
+import logging
 import statistics
 import subprocess
 import sys
 import time
 
+import structlog
+
 from xgrader.config import Settings
 from xgrader.sandbox.base import SandboxJob, Verdict
 from xgrader.sandbox.bwrap import BwrapBackend
 from xgrader.sandbox.unsafe import UnsafeBackend
+from xgrader.sandbox.warm import WarmPool
+
+MODULE = {"m.py": b"def f(x):\n    return x + 1\n"}
 
 
-def median_ms(fn, n: int) -> float:
-    times = []
-    for _ in range(n):
-        t = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t) * 1000)
-    return statistics.median(times)
+def _ms(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t) * 1000
 
 
-def main(n: int = 30) -> None:
+def _median(samples: list[float]) -> float:
+    return statistics.median(samples)
+
+
+def trivial_interactive(backend) -> None:
+    job = SandboxJob(argv=backend.python_argv(), files=MODULE, channel=True, label="bench")
+    sb = backend.start(job)
+    try:
+        for i, req in enumerate(({"op": "load", "module": "m", "path": "m.py"},
+                                 {"op": "call", "target": "f", "args": [1], "kwargs": {}}), 1):
+            sb.channel.send({**req, "id": i})
+            while (reply := sb.channel.recv(10)).get("id") != i:
+                pass
+            assert reply.get("ok"), reply
+        sb.channel.send({"op": "exit", "id": 9})
+        assert sb.wait().verdict is Verdict.ok
+    finally:
+        sb.kill()
+
+
+def main(n: int = 40) -> dict[str, float]:
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
     settings = Settings(sandbox="bwrap")
-    job = SandboxJob(argv=["python3", "-I", "-c", "pass"])
-    bare = median_ms(lambda: subprocess.run([settings.sandbox_python, "-I", "-c", "pass"], check=True), n)
-    print(f"bare python      {bare:7.1f} ms  1.00x")
-    for backend in (BwrapBackend(settings), UnsafeBackend(settings)):
-        def one(b=backend):
-            assert b.run(job).verdict == Verdict.ok
-        ms = median_ms(one, n)
-        print(f"{backend.name:<16} {ms:7.1f} ms  {ms / bare:.2f}x  overhead {ms - bare:+.1f} ms")
+    bwrap, unsafe = BwrapBackend(settings), UnsafeBackend(settings)
+    py = settings.sandbox_python
+    batch = SandboxJob(argv=["python3", "-I", "-c", "pass"], label="bench")
+
+    # 1. batch overhead, interleaved
+    runs: dict[str, list[float]] = {"bare": [], "bwrap": [], "unsafe": []}
+    for _ in range(n):
+        runs["bare"].append(_ms(lambda: subprocess.run([py, "-I", "-c", "pass"], check=True)))
+        runs["bwrap"].append(_ms(lambda: bwrap.run(batch)))
+        runs["unsafe"].append(_ms(lambda: unsafe.run(batch)))
+    bare = _median(runs["bare"])
+    out = {"bare_ms": bare}
+    print(f"1. batch job `python3 -I -c pass`, median of {n} (interleaved)")
+    print(f"   {'bare python':<22} {bare:7.1f} ms  1.00x")
+    for name in ("bwrap", "unsafe"):
+        ms = _median(runs[name])
+        out[f"{name}_ms"] = ms
+        out[f"{name}_overhead_ms"] = ms - bare
+        print(f"   {name:<22} {ms:7.1f} ms  {ms / bare:.2f}x  overhead {ms - bare:+.1f} ms")
+
+    # 2. trivial interactive job: cold vs warm
+    pool = WarmPool(BwrapBackend(settings), 1, settings)
+    cold, warm = [], []
+    try:
+        for _ in range(n):
+            cold.append(_ms(lambda: trivial_interactive(bwrap)))
+            if not pool.wait_ready(1, timeout=10):
+                raise SystemExit("warm pool did not fill")
+            warm.append(_ms(lambda: trivial_interactive(pool)))
+        hits = pool.hits
+    finally:
+        pool.close()
+    c, w = _median(cold), _median(warm)
+    out.update(cold_ms=c, warm_ms=w)
+    print(f"2. trivial interactive job (runner start, load, call, exit), median of {n}")
+    print(f"   {'bwrap cold':<22} {c:7.1f} ms  1.00x")
+    print(f"   {'bwrap warm pool':<22} {w:7.1f} ms  {w / c:.2f}x  ({hits}/{n} warm hits)")
+
+    # 3. where a cold start goes
+    prefix = bwrap._argv(batch, [], 3)
+    prefix = [a for i, a in enumerate(prefix) if a != "--seccomp" and prefix[i - 1] != "--seccomp"]
+    raw = [_ms(lambda: subprocess.run(prefix, env={}, check=True)) for _ in range(n)]
+    from xgrader.sandbox.base import Limits
+
+    def cgroup_cycle() -> None:
+        cg = bwrap.cgroups.create("bench", Limits())
+        if cg is not None:
+            cg.remove()
+    cgs = [_ms(cgroup_cycle) for _ in range(n)]
+    print("3. cold start breakdown (medians)")
+    print(f"   {'bwrap command alone':<22} {_median(raw):7.1f} ms  (as root, no cgroup/seccomp/preexec)")
+    print(f"   {'cgroup create+remove':<22} {_median(cgs):7.2f} ms")
+    out.update(raw_bwrap_ms=_median(raw), cgroup_ms=_median(cgs))
+    return out
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 30)
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 40)
