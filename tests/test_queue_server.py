@@ -405,3 +405,14 @@ def test_queue_server_restart_mid_run_loses_nothing(tmp_path):
                 p.kill()
                 p.wait(10)
         receiver.stop()
+
+
+def test_upload_larger_than_the_cap_is_refused_and_nothing_stored(make_queue):
+    queue = make_queue(max_upload_bytes=10_000)
+    header = json.dumps({"lms_callback_url": "http://127.0.0.1:9/x", "lms_key": "big", "queue_name": "q1"})
+    r = queue.lms.post(queue.url + "submit/", data={"xqueue_header": header, "xqueue_body": "{}"},
+                       files={"big.bin": ("big.bin", b"x" * 50_000)}, timeout=10)
+    assert r.status_code == 413 and json.loads(r.text)["return_code"] == 1
+    assert queue.client().get_queuelen("q1") == 0
+    # the connection (or a new one) still serves the next request
+    assert queue.lms.get(queue.url + "status/", timeout=5).status_code == 200

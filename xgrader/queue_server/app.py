@@ -151,7 +151,7 @@ class QueueApp:
                 response.set_cookie(CSRF_COOKIE, secrets.token_hex(16), path="/", samesite="Lax")
             return response
         user, password = request.form.get("username"), request.form.get("password")
-        if not user or password is None:
+        if user is None or password is None:  # legacy: both fields present, even if empty
             return self.reply(1, "Insufficient login info")
         expected = self._passwords.get(user)
         # compare even for unknown users so timing does not reveal names
