@@ -12,6 +12,7 @@ is retried. Connection errors and 5xx are retried with tenacity
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
@@ -88,6 +89,11 @@ class XQueueClient:
     def _new_session(self) -> requests.Session:
         session = requests.Session()
         session.headers["User-Agent"] = "xgrader"
+        # requests re-reads proxy and CA settings from os.environ on every
+        # request (~0.4 ms each); read them once here instead.
+        session.trust_env = False
+        session.proxies = requests.utils.get_environ_proxies(self.base)
+        session.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
         user = getattr(self.settings, "basic_auth_user", None)
         password = getattr(self.settings, "basic_auth_password", None)
         if user and password is not None:
