@@ -87,7 +87,6 @@ class Settings(BaseSettings):
         )
     )
     warm_pool: int = Field(0, ge=0)            # pre-started single-use sandboxes per backend
-    sandbox_cpus: float = Field(1.0, gt=0)     # bwrap: CPU quota per job, in cores (cgroup cpu.max)
 
     # -- operations ----------------------------------------------------------
     metrics_host: str = "127.0.0.1"
