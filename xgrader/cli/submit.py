@@ -25,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="grader_payload text, e.g. '{\"grader\": \"hello\"}' or a bare assignment name")
     p.add_argument("--student", default="student", help="anonymous_student_id (default 'student')")
     p.add_argument("--callback", help="lms_callback_url the server posts the result to "
-                   "(default: a URL under the server that nothing listens on)")
+                   "(default: SERVER/lms-callback/<lms_key>, which the bundled server accepts and discards)")
     p.add_argument("--lms-key", help="lms_key (default: random)")
     p.add_argument("--files", action="store_true", help="upload even a single text file as a file")
     p.add_argument("files_", nargs="+", metavar="FILE", help="the submission")
