@@ -218,3 +218,17 @@ def test_fetch_files_rejects_bad_maps(queue):
                          ({"URL_FOR_EXTERNAL_DICTS": "ftp://x/"}, "not http")]:
         with pytest.raises(FilesPayloadError, match=match):
             client.fetch_files(files)
+
+
+def test_fetch_files_missing_file_is_infra_and_bad_external_map_is_payload(queue):
+    from xgrader.errors import InfraError
+
+    client = queue.client()
+    with pytest.raises(InfraError, match="HTTP 404"):
+        client.fetch_files({"a.py": queue.url + "files/" + "0" * 32})
+    token = queue.store.add_file("map", b"not json")
+    with pytest.raises(FilesPayloadError, match="not JSON"):
+        client.fetch_files({"URL_FOR_EXTERNAL_DICTS": queue.url + "files/" + token})
+    token = queue.store.add_file("map", json.dumps({"a.py": 3}).encode())
+    with pytest.raises(FilesPayloadError, match="URL strings"):
+        client.fetch_files({"URL_FOR_EXTERNAL_DICTS": queue.url + "files/" + token})
