@@ -686,11 +686,19 @@ class DockerBackend(Backend):
         """The engine answers and has the grading image."""
         try:
             self.api.ping()
-            self.api.inspect_image(self.image)
+            image = self.api.inspect_image(self.image)
         except Exception as exc:  # noqa: BLE001
             if getattr(exc, "status_code", None) == 404:
                 raise SandboxError(f"grading image {self.image} not found: run sandbox/image/build.sh") from None
             raise _engine_error(f"ping {self.url}", exc) from None
+        # The image bakes in the runner: a stale one speaks an older protocol.
+        labels = (image.get("Config") or {}).get("Labels") or {}
+        runner = Path(getattr(self.settings, "runner_dir", "")) / "runner.py"
+        if "xgrader.runner" in labels and runner.is_file():
+            current = hashlib.sha256(runner.read_bytes()).hexdigest()[:16]
+            if labels["xgrader.runner"] != current:
+                log.warning("docker_image_stale", image=self.image, image_runner=labels["xgrader.runner"],
+                            runner=current, fix="sandbox/image/build.sh")
 
     def close(self) -> None:
         try:

@@ -1,0 +1,76 @@
+"""The two images, built and run with podman (marker `docker`):
+
+- the grading image (sandbox/image/, built by scripts/setup-podman.sh): current
+  runner, python3 + pytest, nothing else, non-root;
+- the daemon image (Dockerfile, built here by scripts/build-daemon-image.sh
+  FROM the locally debootstrapped base): `xgrader --help` as a non-root user.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from xgrader.config import Settings
+
+pytestmark = pytest.mark.docker
+
+REPO = Path(__file__).resolve().parents[1]
+GRADING = Settings().docker_image
+
+
+def podman(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(["podman", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_grading_image_is_current_minimal_and_unprivileged(podman_engine):
+    label = podman("image", "inspect", "--format", '{{index .Labels "xgrader.runner"}}', GRADING)
+    assert label.returncode == 0, label.stderr
+    runner = hashlib.sha256((REPO / "sandbox/runner.py").read_bytes()).hexdigest()[:16]
+    assert label.stdout.strip() == runner, "grading image is stale: run sandbox/image/build.sh"
+    script = (
+        "import os, shutil, importlib.util as u\n"
+        "print('uid', os.getuid())\n"
+        "print('runner', os.path.isfile('/opt/xgrader/runner.py'), os.path.isfile('/opt/xgrader/pytest_side/launch.py'))\n"
+        "print('pytest', u.find_spec('pytest') is not None)\n"
+        "print('pip', u.find_spec('pip') is not None)\n"
+        "print('tools', [t for t in ('gcc', 'cc', 'curl', 'wget', 'apt-get', 'sudo', 'su') if shutil.which(t)])\n"
+    )
+    r = podman("run", "--rm", "--network=none", GRADING, "python3", "-c", script)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == [
+        "uid 65534", "runner True True", "pytest True", "pip False",
+        # apt-get/su ship with any Debian base (essential); no compiler, no downloader, no sudo.
+        "tools ['apt-get', 'su']",
+    ], r.stdout
+
+
+def test_grading_image_runs_the_runner(podman_engine):
+    """The runner answers over its channel in the image as-is (fd channel via a shell pipe)."""
+    request = '{"op": "eval", "expr": "6*7", "id": 1}\n{"op": "exit", "id": 2}\n'
+    r = subprocess.run(
+        ["podman", "run", "--rm", "-i", "--network=none", "-e", "XGRADER_CHANNEL=fd:0,1", GRADING,
+         "python3", "-I", "-S", "/opt/xgrader/runner.py"],
+        input=request, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert '"id":1' in r.stdout.replace(" ", "") and "42" in r.stdout, r.stdout
+
+
+@pytest.mark.slow
+def test_daemon_image_builds_and_runs_as_non_root(podman_engine):
+    build = subprocess.run(["bash", str(REPO / "scripts/build-daemon-image.sh"), "xgrader:test"],
+                           capture_output=True, text=True, timeout=900, cwd=REPO)
+    assert build.returncode == 0, build.stdout + build.stderr
+    try:
+        r = podman("run", "--rm", "--network=none", "xgrader:test", "--help")
+        assert r.returncode == 0 and "xqueue-compatible external grader" in r.stdout, r.stderr
+        r = podman("run", "--rm", "--network=none", "--entrypoint", "python3", "xgrader:test", "-c",
+                   "import os, xgrader.sandbox.docker_backend\n"
+                   "from xgrader.config import Settings\ns = Settings()\n"
+                   "print(os.getuid(), (s.runner_dir / 'runner.py').is_file(), s.handlers.is_dir())")
+        assert r.returncode == 0 and r.stdout.split() == ["10001", "True", "True"], r.stdout + r.stderr
+    finally:
+        podman("rmi", "-f", "xgrader:test")
