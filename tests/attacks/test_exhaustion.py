@@ -1,6 +1,7 @@
 """Resource exhaustion (threat model): each attack is killed at its limit with
 a clear verdict, within the wall clock, and the next job is unaffected."""
 
+import resource
 import time
 
 from tests.attacks.conftest import leaks
@@ -128,3 +129,17 @@ def test_daemonized_grandchild_does_not_outlive_the_job(sandbox):
     from tests.attacks.conftest import descendants
     time.sleep(0.2)
     assert descendants() == [], descendants()
+
+
+def test_grader_memory_stays_flat(sandbox):
+    """Floods are capped while streaming: the grader never holds more than the cap."""
+    def rss_mb() -> float:  # the high-water mark: a buffered 200 MB line would raise it for good
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    attack(sandbox, "print('warm-up')\n")
+    before = rss_mb()
+    for src in ("import sys\nsys.stdout.write('x' * 200_000_000)\n",
+                "import sys\nwhile True: sys.stderr.write('y' * 65536)\n",
+                "import os\nwhile True: os.write(1, b'z' * 1_000_000)\n"):
+        r = attack(sandbox, src, output_bytes=1_000_000, wall_s=5, memory_mb=512)
+        assert r.verdict is Verdict.output, r
+    assert rss_mb() - before < 40, (before, rss_mb())
