@@ -30,8 +30,9 @@ COPY --from=build /opt/xgrader /opt/xgrader
 RUN useradd --uid 10001 --user-group --home-dir /var/lib/xgrader --create-home --shell /usr/sbin/nologin xgrader
 # The installed package cannot find the repo's sandbox/ and payload_handlers/ next
 # to itself: point the settings at the copies. TMPDIR holds the job folders the
-# docker backend bind-mounts into grading containers: mount it from the host at
-# the same path when the daemon drives the host's engine (docs/sandbox.md).
+# docker backend bind-mounts into grading containers: the engine resolves that
+# path on the host, so mount a host folder at the same path when the daemon
+# drives the host's engine (docs/sandbox.md, "daemon in a container").
 ENV PATH=/opt/xgrader/venv/bin:/usr/local/bin:/usr/bin:/bin \
     XGRADER_RUNNER_DIR=/opt/xgrader/app/sandbox \
     XGRADER_HANDLERS=/opt/xgrader/app/payload_handlers \
@@ -40,5 +41,6 @@ ENV PATH=/opt/xgrader/venv/bin:/usr/local/bin:/usr/bin:/bin \
 RUN mkdir -p /var/lib/xgrader/tmp && chown xgrader:xgrader /var/lib/xgrader/tmp
 USER xgrader
 WORKDIR /var/lib/xgrader
-ENTRYPOINT ["xgrader"]
-CMD ["run", "--help"]
+# No entrypoint: the command is the whole argv (`xgrader run`, `xgrader queue serve`...),
+# as deploy/compose.yaml writes it.
+CMD ["xgrader", "--help"]

@@ -24,7 +24,8 @@ if [ "${#need[@]}" -gt 0 ]; then
 fi
 
 # crun fails on cgroup v1 hosts like this one; without explicit default
-# ulimits podman copies the host's, and runc's setrlimit then fails.
+# ulimits podman uses its own (nofile 1048576), which runc's setrlimit then
+# cannot set under a lower hard limit.
 mkdir -p /etc/containers/containers.conf.d
 # At most this process's hard limits (a container may not raise them); nproc
 # above 32768 is refused by runc on this kind of host even below the hard limit.
@@ -37,6 +38,9 @@ cat > /etc/containers/containers.conf.d/50-xgrader.conf <<CONF
 default_ulimits = ["nofile=$nofile:$nofile", "nproc=$nproc:$nproc"]
 [engine]
 runtime = "runc"
+# The docker backend gives each job its own cgroup parent (accounting, OOM):
+# paths, not systemd slices. Also the only choice without systemd.
+cgroup_manager = "cgroupfs"
 CONF
 
 # --- base image -----------------------------------------------------------

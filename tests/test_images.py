@@ -65,9 +65,9 @@ def test_daemon_image_builds_and_runs_as_non_root(podman_engine):
                            capture_output=True, text=True, timeout=900, cwd=REPO)
     assert build.returncode == 0, build.stdout + build.stderr
     try:
-        r = podman("run", "--rm", "--network=none", "xgrader:test", "--help")
+        r = podman("run", "--rm", "--network=none", "xgrader:test", "xgrader", "--help")
         assert r.returncode == 0 and "xqueue-compatible external grader" in r.stdout, r.stderr
-        r = podman("run", "--rm", "--network=none", "--entrypoint", "python3", "xgrader:test", "-c",
+        r = podman("run", "--rm", "--network=none", "xgrader:test", "python3", "-c",
                    "import os, xgrader.sandbox.docker_backend\n"
                    "from xgrader.config import Settings\ns = Settings()\n"
                    "print(os.getuid(), (s.runner_dir / 'runner.py').is_file(), s.handlers.is_dir())")

@@ -101,13 +101,18 @@ def _owner() -> str:
 
 
 def _pid_alive(pid: int) -> bool:
+    """Running and not a zombie (a SIGKILLed job child may linger unreaped)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return False
+    return stat[stat.rfind(b")") + 2:][:1] != b"Z"
 
 
 def _safe(label: str) -> str:
@@ -659,8 +664,11 @@ class DockerBackend(Backend):
             raise _engine_error("listing containers", exc) from None
 
     def kill_label(self, label: str) -> None:
+        """Remove the label's containers, then what the (SIGKILLed) job process
+        left on the host: its folders and cgroup parents (their creator is dead)."""
         for c in self._labelled(f"{LABEL}={label}"):
             self._remove(c["Id"])
+        self._cleanup_host()
 
     def cleanup_stale(self) -> None:
         """Remove containers and folders whose starting process on this host is
@@ -671,6 +679,9 @@ class DockerBackend(Backend):
             name, _, pid = owner.rpartition(":")
             if name == host and pid.isdigit() and not _pid_alive(int(pid)):
                 self._remove(c["Id"])
+        self._cleanup_host()
+
+    def _cleanup_host(self) -> None:
         v2 = (CGROUP_ROOT / "cgroup.controllers").exists()
         pattern = f"{CGROUP_PREFIX}*" if v2 else f"*/{CGROUP_PREFIX}*"
         for path in CGROUP_ROOT.glob(pattern):
