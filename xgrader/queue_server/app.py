@@ -22,7 +22,7 @@ from werkzeug.wrappers import Request, Response
 
 from xgrader.queue_server.config import QueueServerConfig
 from xgrader.queue_server.dashboard import login_page, render_dashboard
-from xgrader.queue_server.store import PutStatus, Store
+from xgrader.queue_server.store import Delivery, PutStatus, Store
 
 log = structlog.get_logger(__name__)
 
@@ -47,10 +47,11 @@ EDX_STATUS = {
 
 
 class QueueApp:
-    def __init__(self, config: QueueServerConfig, store: Store, on_result: Callable[[], None] | None = None) -> None:
+    def __init__(self, config: QueueServerConfig, store: Store,
+                 on_result: Callable[[Delivery], None] | None = None) -> None:
         self.config = config
         self.store = store
-        self.on_result = on_result or (lambda: None)
+        self.on_result = on_result or (lambda delivery: None)
         self.queues = set(config.queues)
         self._passwords = {u: p.get_secret_value().encode() for u, p in config.users.items()}
         self._sessions: dict[str, tuple[str, float]] = {}
@@ -255,7 +256,7 @@ class QueueApp:
             return self.reply(1, "Incorrect reply format")
         if body is None:
             return self.reply(1, "Incorrect reply format")
-        status = self.store.put_result(sid, key, body)
+        status, delivery = self.store.put_result(sid, key, body)
         if status == PutStatus.NO_SUCH:
             return self.reply(1, "Submission does not exist")
         if status == PutStatus.BAD_KEY:
@@ -263,8 +264,8 @@ class QueueApp:
             return self.reply(1, "Incorrect key for submission")
         if status == PutStatus.DUPLICATE:
             log.warning("queue_put_duplicate", submission_id=sid)  # accepted, never delivered twice
-        else:
-            self.on_result()
+        elif delivery is not None:
+            self.on_result(delivery)
         return self.reply(0, "")
 
     # -- files, dashboard ----------------------------------------------------

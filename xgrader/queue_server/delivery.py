@@ -3,7 +3,11 @@ xqueue does: form fields `xqueue_header` (the LMS header, verbatim) and
 `xqueue_body` (the grader reply, verbatim), bounded retries with doubling
 backoff, every attempt recorded in the store so a restart resumes pending
 deliveries. Each submission is delivered at most once per successful post:
-only the first put_result ever enters the `pending` delivery state."""
+only the first put_result ever enters the `pending` delivery state.
+
+A fresh result is handed over by put_result (`submit`) and posted at once;
+the database is scanned only for retries and for results a crash left
+pending (all due again at start-up)."""
 
 from __future__ import annotations
 
@@ -36,11 +40,25 @@ class Deliverer:
         self._thread = threading.Thread(target=self._run, name="xq-deliverer", daemon=True)
 
     def start(self) -> "Deliverer":
+        self.store.deliveries_due_now()
         self._thread.start()
         return self
 
     def wake(self) -> None:
         self._wake.set()
+
+    def submit(self, item: Delivery) -> None:
+        """A fresh result, straight from put_result: post it now, without a
+        database scan per result. Retries come back through the scan."""
+        with self._lock:
+            if item.id in self._busy or self._stop.is_set():
+                return  # the scan (after a restart) will find it
+            self._busy.add(item.id)
+        try:
+            self._pool.submit(self._deliver, item)
+        except RuntimeError:  # shutting down: pending in the database, due at the next start
+            with self._lock:
+                self._busy.discard(item.id)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop scheduling; in-flight posts finish (each bounded by its timeout)."""
@@ -87,6 +105,7 @@ class Deliverer:
             conn.close()
 
     def _deliver(self, item: Delivery) -> None:
+        retry_at = None
         try:
             ok, error = self._post(item)
             tries = item.tries + 1
@@ -106,7 +125,8 @@ class Deliverer:
         finally:
             with self._lock:
                 self._busy.discard(item.id)
-            self._wake.set()
+            if retry_at is not None:
+                self._wake.set()  # the scan's timer must cover the new retry time
 
     def _post(self, item: Delivery) -> tuple[bool, str]:
         parts = urlsplit(item.callback_url)

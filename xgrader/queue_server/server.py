@@ -23,7 +23,7 @@ class QueueServer:
         self.store = Store(config.db)
         self.deliverer = Deliverer(self.store, tries=config.delivery_tries, backoff_s=config.delivery_backoff_s,
                                    timeout_s=config.delivery_timeout_s, workers=config.delivery_workers)
-        self.app = QueueApp(config, self.store, on_result=self.deliverer.wake)
+        self.app = QueueApp(config, self.store, on_result=self.deliverer.submit)
         self.httpd = KeepAliveWSGIServer(config.host, config.port, self.app)
         self.port = self.httpd.server_port
         self.url = f"http://{config.host}:{self.port}/xqueue/"

@@ -184,27 +184,34 @@ class Store:
             return None
         return Pulled(id=row[0], key=key, body=row[1], files=json.loads(row[2]))
 
-    def put_result(self, sid: int, key: str, result: str) -> str:
-        """Record a grader's reply. The first accepted reply is queued for
-        delivery to the LMS; a second one with the same key is accepted and
-        counted but never delivered again."""
+    def put_result(self, sid: int, key: str, result: str,
+                   handoff_s: float = 30.0) -> tuple[str, Delivery | None]:
+        """Record a grader's reply. The first accepted reply is due for
+        delivery to the LMS and returned, for the caller to hand to the
+        deliverer directly; its `delivery_next` is set `handoff_s` ahead so
+        the deliverer's periodic scan only finds it if that handoff was lost
+        (a crash). A second reply with the same key is accepted and counted
+        but never delivered again."""
         now = time.time()
+        delivery = None
         with self.conn() as c:
             c.execute("BEGIN IMMEDIATE")
-            row = c.execute("SELECT key, state FROM submissions WHERE id=?", (sid,)).fetchone()
+            row = c.execute("SELECT key, state, result IS NOT NULL, lms_callback_url, header"
+                            " FROM submissions WHERE id=?", (sid,)).fetchone()
             if row is None:
                 c.execute("ROLLBACK")
-                return PutStatus.NO_SUCH
-            current, state = row
+                return PutStatus.NO_SUCH, None
+            current, state, has_result, callback_url, header = row
             if not current or not secrets.compare_digest(current, key):
                 c.execute("ROLLBACK")
-                return PutStatus.BAD_KEY
+                return PutStatus.BAD_KEY, None
             if state == "pending":
                 c.execute("UPDATE submissions SET state='answered', answered=?, result=?, puts=puts+1,"
                           " leased_until=0, delivery='pending', delivery_next=? WHERE id=?",
-                          (now, result, now, sid))
+                          (now, result, now + handoff_s, sid))
+                delivery = Delivery(sid, callback_url, header, result, 0)
                 status = PutStatus.OK
-            elif state == "retired" and not row_has_result(c, sid):
+            elif state == "retired" and not has_result:
                 # Superseded by a newer submission from the same LMS callback:
                 # keep the reply for the record, do not deliver it.
                 c.execute("UPDATE submissions SET answered=?, result=?, puts=puts+1, delivery='skipped',"
@@ -215,7 +222,7 @@ class Store:
                 c.execute("UPDATE submissions SET puts=puts+1 WHERE id=?", (sid,))
                 status = PutStatus.DUPLICATE
             c.execute("COMMIT")
-        return status
+        return status, delivery
 
     # -- delivery ------------------------------------------------------------
     def due_deliveries(self, limit: int = 64, exclude: set[int] | frozenset[int] = frozenset()) -> list[Delivery]:
@@ -226,6 +233,12 @@ class Store:
                 " WHERE delivery='pending' AND delivery_next<=? ORDER BY delivery_next LIMIT ?",
                 (now, limit + len(exclude))).fetchall()
         return [Delivery(*r) for r in rows if r[0] not in exclude][:limit]
+
+    def deliveries_due_now(self) -> None:
+        """At start-up: every pending delivery is due (handoffs of a previous
+        run were lost with it)."""
+        with self.conn() as c:
+            c.execute("UPDATE submissions SET delivery_next=0 WHERE delivery='pending'")
 
     def next_delivery_at(self) -> float | None:
         with self.conn() as c:
@@ -291,6 +304,3 @@ class Store:
                 (limit,)).fetchall()
         return counts, rows
 
-
-def row_has_result(c: sqlite3.Connection, sid: int) -> bool:
-    return c.execute("SELECT result IS NOT NULL FROM submissions WHERE id=?", (sid,)).fetchone()[0] == 1
