@@ -56,7 +56,7 @@ class FaultProxy:
         stall: float = 0.0,
         stall_s: float = 2.0,
         lost_reply: float = 0.0,
-        observe: "Callable[[Exchange], None] | None" = None,
+        observe: Callable[[Exchange], None] | None = None,
         seed: int | None = None,
         host: str = "127.0.0.1",
         port: int = 0,

@@ -1,21 +1,24 @@
 """Chaos soak: grader replicas against one bundled queue while things break.
 
     python -m bench.soak                       # full run: 3 replicas, 5,000 submissions
-    python -m bench.soak --submissions 300 --replicas 2 --kills 1 --queue-restarts 1   # CI size
+    python -m bench.soak --submissions 300 --replicas 2 --kills 1 --kill-every 8 15 --queue-restarts 1
 
 The harness starts the bundled queue server (subprocess), a fault-injecting
-proxy between the replicas and the queue (resets, 5xx, 2 s stalls), an LMS
-callback receiver that is slow and sometimes fails, and N `xgrader run`
-replicas. It submits a mix of correct, wrong, crashing, timing-out and hostile
-submissions, SIGKILLs a random replica every 20-40 s (restarting it), restarts
-the queue server, and at the end asserts:
+proxy between the replicas and the queue (resets, 502s, 2 s stalls, replies
+lost after the request took effect), an LMS callback receiver that is slow
+and sometimes fails, and N `xgrader run` replicas inside a cgroup of the
+soak's own. It submits a mix of correct, wrong, crashing, timing-out and
+hostile submissions (bench/soak_samples/ against bench/soak_handlers/soak/),
+SIGKILLs a random replica every 20-40 s (restarting it), restarts the queue
+server, and at the end checks:
 
 - every submission has exactly one delivered result (none missing, none twice);
 - every score equals what `xgrader grade` gives the same submission alone;
 - no leftover sandbox process, cgroup, or temp file;
-- no replica logged an unhandled exception.
+- no replica logged an unhandled exception, and each exits 0 on SIGTERM.
 
-Traffic goes to 127.0.0.1 only, and every loop is bounded in time.
+Traffic goes to 127.0.0.1 only, and every loop is bounded in time. Exit
+status 1 (and the work directory kept) when a check fails.
 """
 
 from __future__ import annotations
@@ -33,9 +36,9 @@ import sys
 import tempfile
 import threading
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
