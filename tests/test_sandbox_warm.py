@@ -109,8 +109,10 @@ def test_forked_child_fills_its_own_pool(pool):
         code = 1
         try:
             os.close(r)
-            pool.prewarm()
-            assert pool.wait_ready(1, timeout=15)
+            # No prewarm() call: a plain fork starts the child's own filling.
+            with pool._cv:
+                filling = pool._thread is not None
+            assert filling and pool.wait_ready(1, timeout=15)
             sb = serve(pool)
             ok = ask(sb, {"op": "load", "module": "m", "path": "m.py"}, 1)["ok"]
             mine = sb.proc.pid not in parent_pids and pool.hits == 1
@@ -128,6 +130,10 @@ def test_forked_child_fills_its_own_pool(pool):
     os.close(r)
     assert os.waitstatus_to_exitcode(status) == 0 and out == "True True 0", out
     assert {sb.proc.pid for sb in pool._idle} == parent_pids  # untouched, still ours
+    # A subprocess spawn (fork-then-exec with a preexec_fn) starts nothing in its child.
+    import subprocess
+    out = subprocess.run(["/bin/sh", "-c", "echo ok"], preexec_fn=lambda: None, capture_output=True, text=True)
+    assert out.stdout == "ok\n" and pool.idle == 2
     sb = serve(pool)
     assert ask(sb, {"op": "call", "target": "f", "args": [4], "kwargs": {}}, 1)["ok"] is False  # not loaded yet
     sb.kill()
@@ -142,3 +148,30 @@ def test_large_files_and_batch_jobs_go_cold(pool):
     sb.wait()
     r = pool.run(SandboxJob(argv=["python3", "-I", "-S", "-c", "print(1)"]))
     assert r.stdout == "1\n" and pool.misses == misses + 2
+
+
+def test_daemon_job_child_starts_warm(pool, tmp_path):
+    """The daemon's model end to end: the supervisor forks a job child; the fork
+    itself starts the child's pool filling, the parent's pool never fills."""
+    from xgrader.daemon.supervisor import Supervisor
+    out = tmp_path / "child.txt"
+
+    def job(reporter) -> None:
+        filling = pool._thread is not None  # started by the fork, before any call
+        ready = filling and pool.wait_ready(1, timeout=15)
+        sb = serve(pool)
+        loaded = ask(sb, {"op": "load", "module": "m", "path": "m.py"}, 1)["ok"]
+        out.write_text(f"{ready} {pool.hits} {loaded}")
+        sb.kill()
+        sb.wait()
+        pool.close()
+
+    sup = Supervisor()
+    handle = sup.spawn(job, timeout=30, label="warm-child")
+    deadline = time.monotonic() + 30
+    while sup.children and time.monotonic() < deadline:
+        sup.poll()
+        time.sleep(0.05)
+    assert handle.exit_code == 0 and out.read_text() == "True 1 True", (handle.exit_code, out.read_text())
+    assert pool.idle == 0 and pool._thread is None  # nothing started in the parent
+    assert pool.inner.cgroups.owned_by(handle.pid) == []

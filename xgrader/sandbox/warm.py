@@ -18,10 +18,11 @@ process, and the thread, that started them (bwrap --die-with-parent follows
 the starting *thread*, so one long-lived filler thread starts them all). A
 forked child cannot use its parent's sandboxes (it cannot wait() for them and
 the parent would hand them out again), so after a fork the pool forgets the
-parent's sandboxes and fills anew in the child, lazily: on the first start()
-or when the child calls :meth:`WarmPool.prewarm` right after the fork, so the
-sandbox starts while the child parses and fetches the submission. The
-daemon's parent never starts a job, hence never fills. A child's pool dies
+parent's sandboxes and fills anew in the child: right after a plain
+os.fork() (the supervisor's per-job fork; not subprocess's fork-then-exec),
+so the sandbox starts while the child parses and fetches the submission.
+The daemon's parent never starts a job, hence never fills (the first start()
+or :meth:`WarmPool.prewarm` fills in any process). A child's pool dies
 with it (--die-with-parent); its cgroups are orphans that check() and
 kill_label() remove (their creator pid is dead).
 """
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import base64
 import os
+import sys
 import threading
 import weakref
 from collections import deque
@@ -65,7 +67,13 @@ class WarmPool(Backend):
         self.misses = 0
         self._reset()
         ref = weakref.ref(self)
-        os.register_at_fork(after_in_child=lambda: (p := ref()) is not None and p._after_fork())
+        # Fill right after a plain os.fork() (the daemon's per-job child), so the
+        # sandbox starts while the child parses and fetches; never in the child
+        # of a subprocess spawn, which is about to exec.
+        self.prewarm_after_fork = True
+        self._forking = threading.local()
+        os.register_at_fork(before=lambda: (p := ref()) is not None and p._before_fork(),
+                            after_in_child=lambda: (p := ref()) is not None and p._after_fork())
 
     # -- state per owning process ---------------------------------------------
     def _reset(self) -> None:
@@ -75,10 +83,25 @@ class WarmPool(Backend):
         self._thread: threading.Thread | None = None
         self._closed = False
 
+    def _before_fork(self) -> None:
+        """In the forking thread: is this os.fork() itself, or subprocess's
+        fork-then-exec (which runs these hooks too when it has a preexec_fn)?"""
+        frame = sys._getframe(1)
+        spawn = False
+        while frame is not None:
+            if frame.f_code.co_name == "_execute_child":
+                spawn = True
+                break
+            frame = frame.f_back
+        self._forking.plain = not spawn
+
     def _after_fork(self) -> None:
         """In a forked child (also a subprocess child before exec): the
         parent's idle sandboxes are not ours. Close our copies of their
-        descriptors (cheap, fork-safe) and start over; nothing is started here."""
+        descriptors (cheap, fork-safe) and start over. After a plain
+        os.fork() the child starts filling its own pool at once."""
+        plain = getattr(self._forking, "plain", False)
+        self._forking.plain = False
         for sb in self._idle:
             for f in (sb.proc.stdin, sb.proc.stdout, sb.proc.stderr):
                 try:
@@ -92,7 +115,11 @@ class WarmPool(Backend):
                         os.close(fd)
                     except OSError:
                         pass
+        closed = self._closed
         self._reset()
+        self._closed = closed  # a pool closed in the parent stays closed
+        if plain and self.prewarm_after_fork and not closed:
+            self.prewarm()
 
     def prewarm(self) -> None:
         """Start filling now (in this process); returns at once."""
