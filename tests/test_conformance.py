@@ -160,8 +160,9 @@ def test_put_result_incorrect_reply_format(queue, grader, case):
     assert call(grader, queue.url, "POST", "put_result/", **kw) == (1, "Incorrect reply format")
 
 
-def test_put_result_unknown_id(queue, grader):
-    header = json.dumps({"submission_id": 999, "submission_key": "0" * 32})
+@pytest.mark.parametrize("sid", [999, -1, 2**70, "12"])
+def test_put_result_unknown_id(queue, grader, sid):
+    header = json.dumps({"submission_id": sid, "submission_key": "0" * 32})
     assert call(grader, queue.url, "POST", "put_result/", data={"xqueue_header": header, "xqueue_body": "{}"}) \
         == (1, "Submission does not exist")
 

@@ -256,6 +256,8 @@ class QueueApp:
             return self.reply(1, "Incorrect reply format")
         if body is None:
             return self.reply(1, "Incorrect reply format")
+        if not 0 < sid < 2**63:  # beyond SQLite's integers: no such row
+            return self.reply(1, "Submission does not exist")
         status, delivery = self.store.put_result(sid, key, body)
         if status == PutStatus.NO_SUCH:
             return self.reply(1, "Submission does not exist")
@@ -282,7 +284,7 @@ class QueueApp:
         if self.user_of(request) is None:
             return self.reply(1, "login_required", 401 if self.edx else 403)
         with self.store.conn() as c:
-            row = c.execute("SELECT files FROM submissions WHERE id=?", (int(sid) if sid.isdigit() else -1,)).fetchone()
+            row = c.execute("SELECT files FROM submissions WHERE id=?", (int(sid) if sid.isdigit() and len(sid) < 19 else -1,)).fetchone()
         if row is None:
             return Response("not found", 404, content_type="text/plain")
         base = self.base_url(request)
