@@ -232,3 +232,19 @@ def test_fetch_files_missing_file_is_infra_and_bad_external_map_is_payload(queue
     token = queue.store.add_file("map", json.dumps({"a.py": 3}).encode())
     with pytest.raises(FilesPayloadError, match="URL strings"):
         client.fetch_files({"URL_FOR_EXTERNAL_DICTS": queue.url + "files/" + token})
+
+
+def test_client_works_against_another_legacy_server(mini_xqueue):
+    """Not only the bundled server: the daemon tests' independent legacy-style
+    server (HTTP 200 envelopes, a new key per pull)."""
+    mini_xqueue.lease_s = 0.2
+    entry = mini_xqueue.submit("q1", {"student_response": "x", "grader_payload": "g", "student_info": "{}"})
+    client = make_client(mini_xqueue.url)
+    client.login()
+    assert client.get_queuelen("q1") == 1
+    first = parse_submission(client.get_submission("q1"))
+    time.sleep(0.3)
+    again = parse_submission(client.get_submission("q1"))
+    assert client.put_result(first.header_raw, REPLY).foreign_key
+    assert client.put_result(again.header_raw, REPLY).accepted
+    assert client.get_submission("q1") is None and entry.results == [json.loads(REPLY.to_body())]
