@@ -214,6 +214,8 @@ def test_after_fork_keeps_the_session_with_fresh_connections(queue):
 def test_fetch_files_rejects_bad_maps(queue):
     client = queue.client()
     for files, match in [({"../x": "http://127.0.0.1:9/x"}, "bad file name"),
+                         ({"a\nb.py": "http://127.0.0.1:9/x"}, "bad file name"),
+                         ({"a\0.py": "http://127.0.0.1:9/x"}, "bad file name"),
                          ({"a.py": "file:///etc/passwd"}, "not http"),
                          ({"URL_FOR_EXTERNAL_DICTS": "ftp://x/"}, "not http")]:
         with pytest.raises(FilesPayloadError, match=match):

@@ -295,7 +295,8 @@ class XQueueClient:
         out: dict[str, bytes] = {}
         total = 0
         for name, url in files.items():
-            if not name or "/" in name or "\\" in name or "\0" in name or name in (".", ".."):
+            if (not name or "/" in name or "\\" in name or name in (".", "..")
+                    or any(ord(ch) < 32 for ch in name)):  # NUL, newline and other controls
                 raise FilesPayloadError(f"bad file name {name[:80]!r}")
             out[name] = self._download(name, url)
             total += len(out[name])
