@@ -24,7 +24,9 @@ find "$ctx/runner" -name __pycache__ -prune -exec rm -rf {} +
 if grep -qvE '^\s*(#|$)' sandbox/image/requirements.txt; then
   "$PY" -m pip install -q --disable-pip-version-check --only-binary=:all: \
     --python-version 3.11 --platform manylinux2014_x86_64 --implementation cp \
-    --target "$ctx/site" -r sandbox/image/requirements.txt
+    --target "$ctx/site" -r sandbox/image/requirements.txt 2>&1 \
+    | grep -vE "Running pip as the 'root' user|is ignored: it is neither a file nor a directory" || true
+  [ -n "$(ls -A "$ctx/site")" ] || { echo "build.sh: no package from requirements.txt installed" >&2; exit 1; }
 fi
 
 # Identical inputs -> identical digest -> no rebuild.
