@@ -26,6 +26,8 @@ from xgrader.sandbox import make_backend
 collect_ignore = ["assignments"]
 
 ATTACK_PARAMS = [p for p in BACKEND_PARAMS if p.values[0] != "unsafe"]
+# bwrap behind the warm pool: student-code sandboxes are pre-started ones.
+ATTACK_PARAMS.insert(1, pytest.param("bwrap_warm", id="bwrap_warm"))
 ASSIGNMENTS = Path(__file__).parent / "assignments"
 
 CANARY_ENV = "CANARY_ENV_d41b7e"            # the queue password in the daemon's environment
@@ -39,6 +41,8 @@ CANARIES = (CANARY_ENV, CANARY_KEY, CANARY_CONFIG, CANARY_TESTS, CANARY_SOLUTION
 def settings_for(name: str, request: pytest.FixtureRequest, **kw) -> Settings:
     if name == "docker":
         return docker_settings(request.getfixturevalue("podman_engine"), **kw)
+    if name == "bwrap_warm":
+        return Settings(sandbox="bwrap", warm_pool=1, **kw)
     return Settings(sandbox=name, **kw)
 
 
@@ -95,7 +99,8 @@ class AttackGrader:
 
 @pytest.fixture(scope="session")
 def attack_grader(sandbox, request, tmp_path_factory) -> AttackGrader:
-    settings = settings_for(sandbox.name, request, handlers=ASSIGNMENTS)
+    name = "bwrap_warm" if hasattr(sandbox, "wait_ready") else sandbox.name
+    settings = settings_for(name, request, handlers=ASSIGNMENTS)
     return AttackGrader(sandbox, settings, tmp_path_factory.mktemp("attack-expected"))
 
 

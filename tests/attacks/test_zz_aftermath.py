@@ -16,11 +16,15 @@ HONEST = "def double(n):\n    return 2 * n\n"
 
 
 def _leftovers(backend) -> list[str]:
-    found = [f"process {pid} ({comm})" for pid, comm in descendants()]
+    # A warm pool's idle sandboxes are no job's: they are expected to be there.
+    idle = list(getattr(backend, "_idle", ()))
+    spare_pids = {p for sb in idle for p in [sb.proc.pid, *[d for d, _ in descendants(sb.proc.pid)]]}
+    spare_cgroups = {d.name for sb in idle for d in sb.cgroup.dirs.values()}
+    found = [f"process {pid} ({comm})" for pid, comm in descendants() if pid not in spare_pids]
     inner = getattr(backend, "inner", backend)
     cgroups = getattr(inner, "cgroups", None)
     if cgroups is not None:
-        found += [f"cgroup {n}" for n in cgroups.owned_by(os.getpid())]
+        found += [f"cgroup {n}" for n in cgroups.owned_by(os.getpid()) if n not in spare_cgroups]
     if backend.name == "docker":
         from xgrader.sandbox.docker_backend import OWNER
         found += [f"container {c['Id'][:12]}" for c in
@@ -30,6 +34,8 @@ def _leftovers(backend) -> list[str]:
 
 
 def test_nothing_left_behind(sandbox):
+    if hasattr(sandbox, "wait_ready"):
+        assert sandbox.wait_ready(timeout=15)  # no start half done while we look
     deadline = time.monotonic() + 10  # removal of the last job's parts may still be under way
     while (left := _leftovers(sandbox)) and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -38,7 +44,10 @@ def test_nothing_left_behind(sandbox):
 
 @pytest.mark.parametrize("kind", ["vault", "vault_io"])
 def test_ordinary_submission_still_grades(attack_grader, kind):
+    hits = getattr(attack_grader.backend, "hits", None)
     report = attack_grader.grade(kind, HONEST)
     assert report.outcome is Outcome.passed and report.score == 4, report
     wrong = attack_grader.grade(kind, "def double(n):\n    return n * 2 if n > 0 else 0\n")
     assert wrong.score == 3 and wrong.outcome is Outcome.partial, wrong  # only double(-4) is wrong
+    if hits is not None:
+        assert attack_grader.backend.hits > hits  # the warm path was taken
