@@ -9,7 +9,10 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -59,18 +62,51 @@ def test_grading_image_runs_the_runner(podman_engine):
     assert '"id":1' in r.stdout.replace(" ", "") and "42" in r.stdout, r.stdout
 
 
-@pytest.mark.slow
-def test_daemon_image_builds_and_runs_as_non_root(podman_engine):
-    build = subprocess.run(["bash", str(REPO / "scripts/build-daemon-image.sh"), "xgrader:test"],
+@pytest.fixture(scope="module")
+def daemon_image(podman_engine):
+    """The daemon image, built by the script operators use (FROM the local base, offline)."""
+    tag = "xgrader:test"
+    build = subprocess.run(["bash", str(REPO / "scripts/build-daemon-image.sh"), tag],
                            capture_output=True, text=True, timeout=900, cwd=REPO)
     assert build.returncode == 0, build.stdout + build.stderr
+    yield tag
+    podman("rmi", "-f", tag)
+
+
+@pytest.mark.slow
+def test_daemon_image_runs_as_non_root(daemon_image):
+    r = podman("run", "--rm", "--network=none", daemon_image, "xgrader", "--help")
+    assert r.returncode == 0 and "xqueue-compatible external grader" in r.stdout, r.stderr
+    r = podman("run", "--rm", "--network=none", daemon_image, "python3", "-c",
+               "import os, xgrader.sandbox.docker_backend\n"
+               "from xgrader.config import Settings\ns = Settings()\n"
+               "print(os.getuid(), (s.runner_dir / 'runner.py').is_file(), s.handlers.is_dir())")
+    assert r.returncode == 0 and r.stdout.split() == ["10001", "True", "True"], r.stdout + r.stderr
+
+
+@pytest.mark.slow
+def test_daemon_in_a_container_grades_through_the_host_engine(daemon_image, podman_engine, tmp_path_factory):
+    """The compose layout: the daemon image talks to the host's engine socket and
+    shares its job folder (TMPDIR) with the host at the same path. Root inside
+    only because this host's socket is root-only (compose uses group_add)."""
+    jobs = Path(tempfile.mkdtemp(prefix="xgrader-e2e-", dir="/var/tmp"))
+    sock = podman_engine.removeprefix("unix://")
+    samples = "/opt/xgrader/app/payload_handlers/is_prime/samples"
     try:
-        r = podman("run", "--rm", "--network=none", "xgrader:test", "xgrader", "--help")
-        assert r.returncode == 0 and "xqueue-compatible external grader" in r.stdout, r.stderr
-        r = podman("run", "--rm", "--network=none", "xgrader:test", "python3", "-c",
-                   "import os, xgrader.sandbox.docker_backend\n"
-                   "from xgrader.config import Settings\ns = Settings()\n"
-                   "print(os.getuid(), (s.runner_dir / 'runner.py').is_file(), s.handlers.is_dir())")
-        assert r.returncode == 0 and r.stdout.split() == ["10001", "True", "True"], r.stdout + r.stderr
+        replies = {}
+        for sample in ("correct.py", "wrong_offbyone.py"):
+            r = podman("run", "--rm", "--network=none", "--user", "0",
+                       "-v", f"{sock}:/run/engine.sock", "-v", f"{jobs}:{jobs}",
+                       "-e", f"TMPDIR={jobs}", "-e", "XGRADER_SANDBOX=docker",
+                       "-e", "XGRADER_DOCKER_URL=unix:///run/engine.sock",
+                       daemon_image, "xgrader", "grade", "--payload", "is_prime", f"{samples}/{sample}",
+                       timeout=300)
+            assert r.returncode == 0, r.stdout + r.stderr
+            replies[sample] = json.loads(r.stdout)
+        right, wrong = replies["correct.py"], replies["wrong_offbyone.py"]
+        assert right["correct"] is True and wrong["correct"] is False, replies
+        assert right["score"] > wrong["score"], replies
+        # The job folders went with their jobs (the seccomp profile file stays: shared, content-addressed).
+        assert [p.name for p in jobs.iterdir() if not p.name.startswith("xgrader-seccomp-")] == []
     finally:
-        podman("rmi", "-f", "xgrader:test")
+        shutil.rmtree(jobs, ignore_errors=True)

@@ -517,9 +517,11 @@ class DockerBackend(Backend):
             version = self.api.version()
             self._podman = any("podman" in str(c.get("Name", "")).lower()
                                for c in version.get("Components") or [])
-            usable = (info.get("CgroupDriver") == "cgroupfs" and self.url.startswith("unix://")
-                      and os.geteuid() == 0 and CGROUP_ROOT.is_dir())
             self._cgroup_v2 = str(info.get("CgroupVersion")) == "2"
+            # In a container (the daemon image) /sys/fs/cgroup is read-only or another view.
+            probe = CGROUP_ROOT if self._cgroup_v2 else CGROUP_ROOT / "memory"
+            usable = (info.get("CgroupDriver") == "cgroupfs" and self.url.startswith("unix://")
+                      and os.geteuid() == 0 and probe.is_dir() and os.access(probe, os.W_OK))
         except Exception as exc:  # noqa: BLE001
             raise _engine_error("info", exc) from None
         self._cgroups_usable = usable
