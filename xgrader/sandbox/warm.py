@@ -103,18 +103,17 @@ class WarmPool(Backend):
         plain = getattr(self._forking, "plain", False)
         self._forking.plain = False
         for sb in self._idle:
+            # Closed through their objects: a bare os.close() would leave objects
+            # that close a reused descriptor number when collected later.
             for f in (sb.proc.stdin, sb.proc.stdout, sb.proc.stderr):
                 try:
-                    os.close(f.fileno())
-                except (OSError, ValueError, AttributeError):
+                    if f is not None:
+                        f.close()
+                except (OSError, ValueError):
                     pass
             ch = getattr(sb, "_channel", None)
-            for fd in (getattr(ch, "_r", None), getattr(ch, "_w", None)):
-                if fd is not None:
-                    try:
-                        os.close(fd)
-                    except OSError:
-                        pass
+            if ch is not None:
+                ch.close()
         closed = self._closed
         self._reset()
         self._closed = closed  # a pool closed in the parent stays closed
