@@ -189,3 +189,49 @@ def _venv_case(venv):
            "try: open(course_pkg.__file__, 'a'); print('WRITABLE')\nexcept OSError: print('ro')\n")
     r = b.run(SandboxJob(argv=["python3", "-I", "x.py"], files={"x.py": src.encode()}))
     assert r.stdout.split() == ["from-the-venv", "/opt/venv", "ro"], r
+
+
+def test_cgroup_v2_delegation_moves_the_daemon_to_a_leaf(tmp_path, monkeypatch):
+    """cgroup v2 logic on a file tree standing in for /sys/fs/cgroup (this host
+    runs v1; the kernel part is exercised by every bwrap test there): the
+    controllers are enabled for job cgroups, and when the daemon's own cgroup
+    holds processes (EBUSY) they move to a leaf first; job limits land in the
+    v2 files."""
+    import errno
+    from xgrader.sandbox import cgroups
+    root = tmp_path / "cg"
+    svc = root / "system.slice" / "xgrader.service"
+    svc.mkdir(parents=True)
+    (root / "cgroup.controllers").write_text("cpuset cpu io memory pids\n")
+    (svc / "cgroup.controllers").write_text("cpu memory pids\n")
+    (svc / "cgroup.subtree_control").write_text("\n")
+    (svc / "cgroup.procs").write_text("4242\n4343\n")
+    monkeypatch.setattr(cgroups, "_own_paths", lambda: {"": "/system.slice/xgrader.service"})
+    real_write = cgroups._write
+    moved = []
+
+    def write(path, value):
+        if path.name == "cgroup.subtree_control" and not moved:
+            raise OSError(errno.EBUSY, "Device or resource busy")
+        if path.name == "cgroup.procs" and path.parent.name == cgroups.DAEMON_LEAF:
+            moved.append(value)
+        real_write(path, value)
+    monkeypatch.setattr(cgroups, "_write", write)
+    m = cgroups.CgroupManager(root=root)
+    assert m.v2 and m.usable and m.parents == {"unified": svc}
+    assert moved == ["4242", "4343"] and (svc / "cgroup.subtree_control").read_text() == "+cpu +memory +pids"
+    cg = m.create("xg-1-v2", Limits(memory_mb=64, pids=10))
+    d = cg.dirs["unified"]
+    assert d.parent == svc and (d / "memory.max").read_text() == str(64 * 2**20)
+    assert (d / "pids.max").read_text() == "10"
+    for name in ("memory.swap.max", "cpu.max"):  # the kernel creates these with the directory
+        (d / name).write_text("max")
+    cg.set_limits(Limits(memory_mb=32, pids=8))  # as on warm activation
+    assert (d / "memory.swap.max").read_text() == "0" and (d / "cpu.max").read_text() == "100000 100000"
+    assert (d / "memory.max").read_text() == str(32 * 2**20) and (d / "pids.max").read_text() == "8"
+    # A second manager (e.g. after the move) finds the same parent, not the leaf.
+    monkeypatch.setattr(cgroups, "_own_paths", lambda: {"": f"/system.slice/xgrader.service/{cgroups.DAEMON_LEAF}"})
+    assert cgroups.CgroupManager(root=root).parents == {"unified": svc}
+    # Not delegated: unusable, rlimits only.
+    (svc / "cgroup.controllers").write_text("cpu\n")
+    assert not cgroups.CgroupManager(root=root).usable

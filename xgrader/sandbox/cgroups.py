@@ -24,6 +24,7 @@ log = structlog.get_logger(__name__)
 ROOT = Path("/sys/fs/cgroup")
 PREFIX = "xgrader-bw-"  # distinct from other tools (the docker backend's cgroup parents)
 CPU_PERIOD_US = 100_000
+DAEMON_LEAF = "xgrader-daemon"  # cgroup v2: where the daemon's own processes go (see _prepare_v2)
 _seq = itertools.count()
 
 
@@ -68,6 +69,39 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _prepare_v2(parent: Path) -> bool:
+    """Job cgroups under `parent` need memory and pids (and cpu) enabled in its
+    cgroup.subtree_control. The kernel refuses that while `parent` itself holds
+    processes ("no internal processes"), which is the case for a systemd
+    service with Delegate=yes: then the daemon's processes move to a leaf,
+    `parent`/xgrader-daemon, first. False if memory/pids are not delegated."""
+    try:
+        available = set((parent / "cgroup.controllers").read_text().split())
+        if not {"memory", "pids"} <= available:
+            log.warning("cgroups_unavailable", reason="memory/pids not delegated", cgroup=str(parent))
+            return False
+        enabled = set((parent / "cgroup.subtree_control").read_text().split())
+        missing = sorted(({"memory", "pids", "cpu"} & available) - enabled)
+        if not missing:
+            return True
+        change = " ".join("+" + c for c in missing)
+        try:
+            _write(parent / "cgroup.subtree_control", change)
+        except OSError:  # EBUSY: processes in parent
+            leaf = parent / DAEMON_LEAF
+            leaf.mkdir(exist_ok=True)
+            for pid in (parent / "cgroup.procs").read_text().split():
+                try:
+                    _write(leaf / "cgroup.procs", pid)
+                except OSError:  # exited meanwhile, or a kernel thread
+                    pass
+            _write(parent / "cgroup.subtree_control", change)
+        return True
+    except OSError as exc:
+        log.warning("cgroups_unavailable", reason=f"cannot enable controllers: {exc}", cgroup=str(parent))
+        return False
+
+
 class CgroupManager:
     """Finds where job cgroups go. `usable` is False when memory/pids cannot be
     managed (then rlimits are the only bound). `cpus` is the CPU quota per job
@@ -78,8 +112,11 @@ class CgroupManager:
         self.v2 = (root / "cgroup.controllers").exists()
         self.cpus = cpus
         if self.v2:
-            self.parents = {"unified": root / own.get("", "/").lstrip("/")}
-            required = ["unified"]
+            parent = root / own.get("", "/").lstrip("/")
+            if parent.name == DAEMON_LEAF:  # moved there by an earlier manager (see _prepare_v2)
+                parent = parent.parent
+            self.parents = {"unified": parent}
+            required = ["unified"] if _prepare_v2(parent) else ["unavailable"]
         else:
             self.parents = {c: root / c / own.get(c, "/").lstrip("/") for c in ("memory", "pids", "cpuacct", "cpu")
                             if (root / c).is_dir()}
