@@ -293,3 +293,12 @@ def test_missing_engine_or_image(podman_engine):
         DockerBackend(docker_settings(podman_engine, docker_image="xgrader-no-such-image:1")).check()
     nowhere = Settings(sandbox="auto", docker_url="unix:///nonexistent/docker.sock")
     assert make_backend(nowhere).name == "bwrap"
+
+
+def test_kill_during_wait_is_killed_not_ok(docker):
+    sb = docker.start(job("import time; time.sleep(60)", label="killwait", limits=Limits(wall_s=30)))
+    threading.Timer(1.0, sb.kill).start()
+    t0 = time.monotonic()
+    r = sb.wait()
+    assert r.verdict == Verdict.killed and time.monotonic() - t0 < 8, r
+    assert_clean(docker, "killwait")

@@ -401,7 +401,8 @@ class DockerSandbox(RunningSandbox):
         delay = 0.005
         while True:
             state = self.backend.api.inspect_container(self.cid).get("State", {})
-            if not state.get("Running") and state.get("Status") not in ("created", "configured", "initialized"):
+            # Only a final state: podman has transient ones ("stopping") with no exit code yet.
+            if not state.get("Running") and state.get("Status") in ("exited", "stopped", "dead"):
                 return state
             if time.monotonic() > deadline:
                 raise SandboxError("the container did not stop in time")
@@ -431,6 +432,8 @@ class DockerSandbox(RunningSandbox):
             if not self._killed:
                 error = str(_engine_error("collecting the result", exc))
         elapsed = (self._expired_at or time.monotonic()) - self.started
+        # kill() from elsewhere (before or during this wait): the container is gone.
+        killed_elsewhere = self._killed
         self.reader.stop()
         self.reader.join(timeout=1.0)
         stats = self.cgroup.stats() if self.cgroup is not None else {}
@@ -460,7 +463,7 @@ class DockerSandbox(RunningSandbox):
             verdict = Verdict.wall_time
         elif error is not None:
             verdict = Verdict.sandbox_error
-        elif killed_before and not state:
+        elif killed_elsewhere and not state:
             verdict = Verdict.killed
         elif sig == signal.SIGXCPU or (sig == signal.SIGKILL and cpu_out):
             verdict = Verdict.cpu_time
