@@ -79,10 +79,21 @@ def test_network_tcp_to_host_loopback(sandbox):
 
 
 def test_dns_lookup(sandbox):
-    r = attack(sandbox, "import socket\nfor name in ['example.com', 'pypi.org', 'localhost.']:\n"
-                        "    try: print('RESOLVED', name, socket.getaddrinfo(name, 80)[0][4])\n"
-                        "    except OSError: print('nodns', name)\n")
-    assert "RESOLVED example.com" not in r.stdout and "RESOLVED pypi.org" not in r.stdout, r
+    """Through the resolver, and as raw UDP queries to the host's nameservers."""
+    servers = [line.split()[1] for line in Path("/etc/resolv.conf").read_text().splitlines()
+               if line.startswith("nameserver")] if Path("/etc/resolv.conf").exists() else []
+    servers += ["1.1.1.1", "8.8.8.8"]
+    query = "b'\\x12\\x34\\x01\\x00\\x00\\x01\\x00\\x00\\x00\\x00\\x00\\x00\\x07example\\x03com\\x00\\x00\\x01\\x00\\x01'"
+    src = ("import socket\nfor name in ['example.com', 'pypi.org']:\n"
+           "    try: print('RESOLVED', name, socket.getaddrinfo(name, 80)[0][4])\n"
+           "    except OSError: print('nodns', name)\n"
+           f"for server in {servers!r}:\n"
+           "    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(1)\n"
+           f"    try: s.sendto({query}, (server, 53)); s.recvfrom(512); print('ANSWER', server)\n"
+           "    except OSError as e: print('noanswer', server)\n")
+    r = attack(sandbox, src, wall_s=8)
+    assert "RESOLVED" not in r.stdout and "ANSWER" not in r.stdout, r
+    assert r.stdout.count("noanswer") == len(servers) and r.stdout.count("nodns") == 2, r
 
 
 def test_cloud_metadata_endpoint(sandbox):
