@@ -1,8 +1,8 @@
 """Per-job cost of the sandbox backends, measured in one run on this machine.
 
 1. Overhead per batch job over a bare `python3 -I -c pass` (target for bwrap:
-   <= 15 ms median). Samples are interleaved (bare, bwrap, unsafe, bare, ...)
-   so a busy host slows all of them alike.
+   <= 15 ms median). Samples come in rounds of 10-run blocks (bare, bwrap,
+   unsafe, bare, ...) so a busy host's drift hits all of them alike.
 2. Latency of a trivial interactive job (start the runner, load a one-line
    module, call it, exit) cold and from the warm pool (xgrader/sandbox/warm.py;
    the pool refills between samples, outside the timing: the latency a job
@@ -29,6 +29,7 @@ from xgrader.sandbox.bwrap import BwrapBackend
 from xgrader.sandbox.unsafe import UnsafeBackend
 from xgrader.sandbox.warm import WarmPool
 
+BLOCK = 10
 MODULE = {"m.py": b"def f(x):\n    return x + 1\n"}
 
 
@@ -65,15 +66,18 @@ def main(n: int = 40) -> dict[str, float]:
     py = settings.sandbox_python
     batch = SandboxJob(argv=["python3", "-I", "-c", "pass"], label="bench")
 
-    # 1. batch overhead, interleaved
+    # 1. batch overhead: blocks of BLOCK runs of each kind, in rounds (drift on a
+    # busy host hits all kinds alike; back-to-back runs within a block, as a
+    # daemon runs jobs; per-sample alternation would thrash caches).
     runs: dict[str, list[float]] = {"bare": [], "bwrap": [], "unsafe": []}
-    for _ in range(n):
-        runs["bare"].append(_ms(lambda: subprocess.run([py, "-I", "-c", "pass"], check=True)))
-        runs["bwrap"].append(_ms(lambda: bwrap.run(batch)))
-        runs["unsafe"].append(_ms(lambda: unsafe.run(batch)))
+    kinds = {"bare": lambda: subprocess.run([py, "-I", "-c", "pass"], check=True),
+             "bwrap": lambda: bwrap.run(batch), "unsafe": lambda: unsafe.run(batch)}
+    for _ in range(max(1, n // BLOCK)):
+        for name, fn in kinds.items():
+            runs[name] += [_ms(fn) for _ in range(BLOCK)]
     bare = _median(runs["bare"])
     out = {"bare_ms": bare}
-    print(f"1. batch job `python3 -I -c pass`, median of {n} (interleaved)")
+    print(f"1. batch job `python3 -I -c pass`, median of {len(runs['bare'])} (rounds of {BLOCK}-run blocks)")
     print(f"   {'bare python':<22} {bare:7.1f} ms  1.00x")
     for name in ("bwrap", "unsafe"):
         ms = _median(runs[name])
