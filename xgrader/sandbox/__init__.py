@@ -18,7 +18,9 @@ _log = structlog.get_logger(__name__)
 
 def make_backend(settings: "Settings", *, unsafe_ok: bool = False) -> Backend:
     """The configured backend. `auto` picks docker when an engine answers,
-    else bwrap. `unsafe` needs an explicit opt-in (`--unsafe-no-sandbox`)."""
+    else bwrap. `unsafe` needs an explicit opt-in (`--unsafe-no-sandbox`).
+    bwrap comes behind a WarmPool (xgrader/sandbox/warm.py) when
+    `settings.warm_pool` > 0 and cgroups are usable."""
     kind = settings.sandbox
     if kind == "unsafe":
         if not unsafe_ok:
@@ -30,6 +32,9 @@ def make_backend(settings: "Settings", *, unsafe_ok: bool = False) -> Backend:
             from xgrader.sandbox.docker_backend import DockerBackend
             backend = DockerBackend(settings)
             backend.check()
+            if getattr(settings, "warm_pool", 0) > 0 and backend.warmable:
+                from xgrader.sandbox.warm import WarmPool
+                return WarmPool(backend, settings.warm_pool, settings)
             return backend
         except Exception as exc:  # noqa: BLE001  (ImportError, DockerException, no engine, no image)
             if kind == "docker":
