@@ -104,16 +104,22 @@ class WarmPool(Backend):
         self._forking.plain = False
         for sb in self._idle:
             # Closed through their objects: a bare os.close() would leave objects
-            # that close a reused descriptor number when collected later.
-            for f in (sb.proc.stdin, sb.proc.stdout, sb.proc.stderr):
-                try:
+            # that close a reused descriptor number when collected later. A
+            # backend's sandbox may offer forget_after_fork() instead.
+            try:
+                forget = getattr(sb, "forget_after_fork", None)
+                if callable(forget):
+                    forget()
+                    continue
+                for name in ("stdin", "stdout", "stderr"):
+                    f = getattr(sb.proc, name, None)
                     if f is not None:
                         f.close()
-                except (OSError, ValueError):
-                    pass
-            ch = getattr(sb, "_channel", None)
-            if ch is not None:
-                ch.close()
+                ch = getattr(sb, "_channel", None)
+                if ch is not None:
+                    ch.close()
+            except Exception:  # noqa: BLE001 - a hook must never break the child
+                pass
         closed = self._closed
         self._reset()
         self._closed = closed  # a pool closed in the parent stays closed
