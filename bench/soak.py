@@ -290,10 +290,12 @@ class Scope:
         return None
 
     def leftovers(self) -> list[str]:
+        from xgrader.sandbox.cgroups import DAEMON_LEAF
         found = []
         for d in self.dirs:
             for sub in sorted(d.rglob("*")):
-                if sub.is_dir():
+                # cgroup v2: the daemon moves itself into a leaf it keeps for its next start.
+                if sub.is_dir() and not (sub.name == DAEMON_LEAF and sub.parent == d):
                     found.append(f"cgroup {sub}")
             for procs in d.rglob("cgroup.procs"):
                 for pid in procs.read_text().split():
