@@ -336,7 +336,8 @@ def main(argv: list[str] | None = None) -> int:
     mismatched = [n for n, s in xg.scores.items() if floor_in.scores.get(n) != s]
     if mismatched:
         print(f"note: scores differ from the in-process floor for {mismatched} "
-              "(xgrader compares types and output exactly; the floor only values)")
+              "(the floor checks the top-level type and ==; xgrader checks types all the way down, "
+              "so (2.0, [..]) is not (2, [..]))")
     if args.json:
         args.json.write_text(json.dumps({r.name: {"cpu_ms": r.cpu_per_sub(), "p50_ms": r.p(0.5),
                                                   "p95_ms": r.p(0.95), "scores": r.scores} for r in rows}, indent=1))
