@@ -17,7 +17,7 @@ import pytest
 from tests.support.sandbox import docker_settings
 from xgrader.config import Settings
 from xgrader.sandbox import make_backend
-from xgrader.sandbox.base import Limits, SandboxError, SandboxJob, Verdict
+from xgrader.sandbox.base import ChannelError, Limits, SandboxError, SandboxJob, Verdict
 from xgrader.sandbox.docker_backend import CGROUP_PREFIX, LABEL, OWNER, TMP_PREFIX, DockerBackend
 
 pytestmark = pytest.mark.docker
@@ -302,3 +302,40 @@ def test_kill_during_wait_is_killed_not_ok(docker):
     r = sb.wait()
     assert r.verdict == Verdict.killed and time.monotonic() - t0 < 8, r
     assert_clean(docker, "killwait")
+
+
+def test_warm_pool_serves_a_job_with_its_own_limits(podman_engine):
+    """Pre-started containers (XGRADER_WARM_POOL): a job takes one, gets its
+    files through the runner, the job's memory limit (not the template's)
+    applies, and every container is used once."""
+    from xgrader.sandbox.warm import WarmPool
+    pool = make_backend(docker_settings(podman_engine, warm_pool=1))
+    try:
+        assert isinstance(pool, WarmPool) and pool.name == "docker"
+        assert pool.wait_ready(1, timeout=30)
+        sub = b"def f(x):\n    return x + 1\n"
+        j = SandboxJob(argv=pool.python_argv(), files={"sub.py": sub}, channel=True, label="warm-ok")
+        t0 = time.monotonic()
+        with pool.start(j) as sb:
+            sb.channel.send({"op": "load", "module": "sub", "path": "sub.py", "id": 1})
+            assert sb.channel.recv(20)["ok"]
+            sb.channel.send({"op": "call", "target": "f", "args": [41], "kwargs": {}, "id": 2})
+            assert sb.channel.recv(20)["value"] == 42
+            first = sb.cid
+        assert pool.hits == 1, (pool.hits, pool.misses)
+        warm_ms = (time.monotonic() - t0) * 1000
+        assert pool.wait_ready(1, timeout=30)
+        bomb = b"x = []\nwhile True:\n    x.append(b'x' * 10_000_000)\n"
+        j = SandboxJob(argv=pool.python_argv(), files={"sub.py": bomb}, channel=True, label="warm-oom",
+                       limits=pool.template.limits.model_copy(update={"memory_mb": 48}))
+        with pool.start(j) as sb:
+            assert sb.cid != first  # never reused
+            sb.channel.send({"op": "load", "module": "sub", "path": "sub.py", "id": 1})
+            with pytest.raises((ChannelError, TimeoutError)):
+                sb.channel.recv(20)
+            r = sb.wait()
+        assert pool.hits == 2 and r.verdict == Verdict.memory and r.peak_memory_mb < 48 * 1.2, r
+        print(f"warm interactive job {warm_ms:.0f} ms")
+    finally:
+        pool.close()
+    assert_clean(pool.inner, "warm")

@@ -179,6 +179,41 @@ class JobCgroupParent:
             out["peak_memory_mb"] = int(peak) / (1024 * 1024)
         return out
 
+    def _container_dir(self, controller: str, cid: str) -> Path:
+        parent = self._dir(controller)
+        for sub in parent.iterdir():  # podman: libpod-<id>, Docker: <id>
+            if sub.is_dir() and cid in sub.name:
+                return sub
+        raise SandboxError(f"no cgroup for container {cid[:12]} under {parent}")
+
+    def set_container_limits(self, cid: str, limits: Any) -> None:
+        """A warm container becomes a job's: its own cgroup's memory (with swap)
+        and pids limits become the job's (the engine set the template's)."""
+        mem = str(limits.memory_mb * 1024 * 1024)
+        if self.v2:
+            d = self._container_dir("", cid)
+            (d / "memory.max").write_text(mem)
+            if (d / "memory.swap.max").exists():
+                (d / "memory.swap.max").write_text("0")
+            (d / "pids.max").write_text(str(limits.pids))
+        else:
+            d = self._container_dir("memory", cid)
+            pair = [d / "memory.limit_in_bytes", d / "memory.memsw.limit_in_bytes"]
+            pair = [p for p in pair if p.exists()]
+            # v1 wants limit <= memsw at every step: lowering writes limit first, raising memsw first.
+            try:
+                for path in pair:
+                    path.write_text(mem)
+            except OSError:
+                for path in reversed(pair):
+                    path.write_text(mem)
+            self._container_dir("pids", cid).joinpath("pids.max").write_text(str(limits.pids))
+        # Peak memory from here on is the job's, not the warm runner's start-up.
+        try:
+            (self._dir("memory") / "memory.max_usage_in_bytes").write_text("0")
+        except OSError:
+            pass
+
     def _try_remove(self) -> bool:
         roots = [CGROUP_ROOT / self.name] if self.v2 else list(CGROUP_ROOT.glob(f"*/{self.name}"))
         done = True
@@ -335,7 +370,7 @@ class OutputReader(threading.Thread):
 class DockerSandbox(RunningSandbox):
     def __init__(self, backend: "DockerBackend", job: SandboxJob, cid: str, tmp: Path,
                  reader: OutputReader, attach: Any, channel: SocketChannel | None,
-                 cgroup: JobCgroupParent | None, started: float) -> None:
+                 cgroup: JobCgroupParent | None, started: float, armed: bool = True) -> None:
         self.backend = backend
         self.job = job
         self.cid = cid
@@ -353,9 +388,39 @@ class DockerSandbox(RunningSandbox):
         self._lock = threading.Lock()
         # The wall limit holds even when nobody is in wait() (interactive jobs).
         self._expired_at: float | None = None
-        self._timer = threading.Timer(job.limits.wall_s, self._expire)
+        self._timer: threading.Timer | None = None
+        self._cpu_base = 0.0
+        if armed:
+            self.arm()
+
+    def arm(self) -> None:
+        """Start the host-side wall clock (from self.started)."""
+        if self._timer is not None:
+            return
+        left = self.started + self.job.limits.wall_s - time.monotonic()
+        self._timer = threading.Timer(max(left, 0.0), self._expire)
         self._timer.daemon = True
         self._timer.start()
+
+    def rebind(self, job: SandboxJob) -> None:
+        """A pre-started (warm) sandbox becomes `job`'s: its clock starts now and
+        the CPU time of its start-up is not charged to the job."""
+        self.job = job
+        self.started = time.monotonic()
+        self.reader.cap = job.limits.output_bytes
+        if self.cgroup is not None:
+            self._cpu_base = self.cgroup.stats().get("cpu_s") or 0.0
+
+    @property
+    def proc(self) -> "DockerSandbox":
+        return self  # WarmPool asks `sb.proc.poll()`: is it still running?
+
+    @property
+    def pid(self) -> str:
+        return self.cid[:12]  # for logs: the container stands for the process
+
+    def poll(self) -> int | None:
+        return 0 if self.reader.done.is_set() or self._killed else None
 
     def _expire(self) -> None:
         if self._killed or self.reader.done.is_set():
@@ -384,7 +449,8 @@ class DockerSandbox(RunningSandbox):
             if self._released:
                 return
             self._released = True
-        self._timer.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
         try:
             self._attach.close()
         except Exception:  # noqa: BLE001  (best effort: the engine may be gone)
@@ -417,7 +483,8 @@ class DockerSandbox(RunningSandbox):
         deadline = self.started + wall
         killed_before = self._killed
         finished = self.reader.done.wait(max(deadline - time.monotonic(), 0.0))
-        self._timer.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
         timed_out = (not finished or self._expired_at is not None) and not killed_before
         over = self.reader.over
         state: dict[str, Any] = {}
@@ -447,6 +514,8 @@ class DockerSandbox(RunningSandbox):
         if code is not None and 128 < code < 128 + 65:
             code, sig = None, code - 128
         cpu_s = stats.get("cpu_s")
+        if cpu_s is not None:
+            cpu_s = max(cpu_s - self._cpu_base, 0.0)
         peak = stats.get("peak_memory_mb")
         # cgroup v1 has no hierarchical OOM counter: a job whose cgroup tree reached
         # the memory limit and was SIGKILLed (or timed out: a forked process was
@@ -598,6 +667,43 @@ class DockerBackend(Backend):
         return tmp, listener
 
     def start(self, job: SandboxJob) -> RunningSandbox:
+        return self._launch(job, armed=True)
+
+    @property
+    def warmable(self) -> bool:
+        """Whether prestart() can work here (make_backend wraps in a WarmPool then)."""
+        try:
+            self._engine()
+        except SandboxError:
+            return False
+        return bool(self._cgroups_usable)
+
+    # -- warm start (xgrader.sandbox.warm.WarmPool) ---------------------------------
+    def prestart(self, template: SandboxJob) -> DockerSandbox:
+        """A container started for `template` (the runner waiting on its channel,
+        no files) whose wall clock does not run until :meth:`activate`. Needs
+        the per-job cgroup parent: memory and pids limits change on activation."""
+        self._engine()
+        if not self._cgroups_usable:
+            raise SandboxError("warm containers need the cgroupfs driver on this host")
+        return self._launch(template, armed=False)
+
+    def activate(self, sandbox: DockerSandbox, job: SandboxJob) -> None:
+        """Make a pre-started container `job`'s. Rlimits and the tmpfs size were
+        fixed at start and must already be the job's (the pool keys by them)."""
+        from xgrader.sandbox.unsafe import rlimit_key  # noqa: PLC0415
+        if sandbox.cgroup is None:
+            raise SandboxError("warm container without a cgroup parent")
+        if rlimit_key(sandbox.job.limits) != rlimit_key(job.limits):
+            raise SandboxError("warm container started with other rlimits or tmpfs size")
+        try:
+            sandbox.cgroup.set_container_limits(sandbox.cid, job.limits)
+        except OSError as exc:  # e.g. a memory limit below what the idle runner uses
+            raise SandboxError(f"cannot set the warm container's limits: {exc}") from None
+        sandbox.rebind(job)
+        sandbox.arm()
+
+    def _launch(self, job: SandboxJob, armed: bool) -> DockerSandbox:
         env = {"PATH": BASE_PATH, "LANG": "C.UTF-8", **job.env}
         if job.channel:
             env["XGRADER_CHANNEL"] = f"unix:{CHANNEL_SOCK}"
@@ -647,19 +753,26 @@ class DockerBackend(Backend):
         channel = None
         if listener is not None:
             channel = SocketChannel(listener, reader.done, job.limits.wall_s)
-        return DockerSandbox(self, job, cid, tmp, reader, attach, channel, cgroup, started)
+        return DockerSandbox(self, job, cid, tmp, reader, attach, channel, cgroup, started, armed=armed)
 
     def _remove(self, cid: str) -> None:
-        """Force-remove (kills first); retried once, logged if the engine refuses."""
-        for attempt in range(2):
+        """Force-remove (kills first). A container caught mid-exit can be refused
+        (409, state improper): retried with back-off for ~1.5 s, then logged
+        (cleanup_stale removes it once its owner is gone)."""
+        delay = 0.05
+        for attempt in range(6):
             try:
                 self.api.remove_container(cid, force=True, v=True)
                 return
             except Exception as exc:  # noqa: BLE001
                 if getattr(exc, "status_code", None) == 404:
                     return
-                if attempt:
+                if attempt == 5:
                     log.warning("docker_remove_failed", container=cid[:12], error=str(exc)[:200])
+                    return
+                log.debug("docker_remove_retry", container=cid[:12], error=str(exc)[:200])
+                time.sleep(delay)
+                delay *= 2
 
     # -- housekeeping -----------------------------------------------------------
     def _labelled(self, *filters: str) -> list[dict[str, Any]]:
@@ -673,7 +786,9 @@ class DockerBackend(Backend):
         left on the host: its folders and cgroup parents (their creator is dead)."""
         for c in self._labelled(f"{LABEL}={label}"):
             self._remove(c["Id"])
-        self._cleanup_host()
+        # A warm container keeps the label it was started with ("warm"): the
+        # killed job's one is found by its dead owner.
+        self.cleanup_stale()
 
     def cleanup_stale(self) -> None:
         """Remove containers and folders whose starting process on this host is
