@@ -339,3 +339,25 @@ def test_warm_pool_serves_a_job_with_its_own_limits(podman_engine):
     finally:
         pool.close()
     assert_clean(pool.inner, "warm")
+
+
+def test_forked_child_uses_its_own_engine_connection(docker):
+    """The daemon forks a child per job: parent and child both run jobs on the
+    same backend object without sharing a keep-alive HTTP connection, and the
+    child's containers carry the child's pid as owner (for cleanup_stale)."""
+    assert docker.run(job("print(1)")).stdout == "1\n"  # the parent's pool holds a connection now
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover (child)
+        code = 3
+        try:
+            sb = docker.start(job("import time; time.sleep(0.5); print('child')", label="forked"))
+            owner = docker.api.inspect_container(sb.cid)["Config"]["Labels"][OWNER]
+            r = sb.wait()
+            code = 0 if r.stdout == "child\n" and owner.endswith(f":{os.getpid()}") else 1
+        finally:
+            os._exit(code)
+    results = [docker.run(job(f"print({i})")).stdout for i in range(3)]
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert results == ["0\n", "1\n", "2\n"]
+    assert_clean(docker, "forked")

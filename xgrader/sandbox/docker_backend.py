@@ -42,6 +42,7 @@ import struct
 import tempfile
 import threading
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -415,6 +416,19 @@ class DockerSandbox(RunningSandbox):
     def proc(self) -> "DockerSandbox":
         return self  # WarmPool asks `sb.proc.poll()`: is it still running?
 
+    def forget_after_fork(self) -> None:
+        """In a forked child: this container is the parent's. Close this
+        process's copies of its sockets (the parent's stay open) and never
+        touch the container from here."""
+        with self._lock:
+            self._killed = self._released = True
+        for s in (self._channel, self._attach):
+            try:
+                if s is not None:
+                    s.close()
+            except Exception:  # noqa: BLE001  (a fork hook must never fail)
+                pass
+
     @property
     def pid(self) -> str:
         return self.cid[:12]  # for logs: the container stands for the process
@@ -562,13 +576,12 @@ class DockerBackend(Backend):
         self.runtime = getattr(settings, "docker_runtime", None)
         self.url = getattr(settings, "docker_url", None) or os.environ.get("DOCKER_HOST") or DEFAULT_URL
         self.api_timeout = float(api_timeout or getattr(settings, "docker_api_timeout_s", 10.0))
-        self.owner = _owner()
-        try:
-            self.client = docker.DockerClient(base_url=self.url, version=API_VERSION,
-                                              timeout=self.api_timeout)
-        except Exception as exc:  # noqa: BLE001  (DockerException, bad URL...)
-            raise _engine_error("connecting", exc) from None
-        self.api = self.client.api
+        self._docker = docker
+        self._connect()
+        # The daemon forks a child per job: a child must not share the parent's
+        # pooled keep-alive connections (both would talk on one HTTP stream).
+        ref = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: (b := ref()) is not None and b._connect())
         self._types = docker.types
         # Engine facts, asked once by _engine().
         self._cgroup_v2: bool | None = None
@@ -576,6 +589,14 @@ class DockerBackend(Backend):
         self._podman = False
         self._security_opt: list[str] = ["no-new-privileges"]
         self._seq = itertools.count()
+
+    def _connect(self) -> None:
+        try:
+            self.client = self._docker.DockerClient(base_url=self.url, version=API_VERSION,
+                                                    timeout=self.api_timeout)
+        except Exception as exc:  # noqa: BLE001  (DockerException, bad URL...)
+            raise _engine_error("connecting", exc) from None
+        self.api = self.client.api
 
     def _engine(self) -> None:
         """Asked once: podman or Docker (how a seccomp profile is passed) and
@@ -724,7 +745,7 @@ class DockerBackend(Backend):
             container = self.api.create_container(
                 self.image, command=["/bin/sh", "-c", PROLOGUE, "sh", *job.argv],
                 user=SANDBOX_USER, environment=env, working_dir="/tmp", hostname="sandbox",
-                network_disabled=True, labels={LABEL: job.label, OWNER: self.owner},
+                network_disabled=True, labels={LABEL: job.label, OWNER: _owner()},
                 host_config=self._host_config(job, tmp, cgroup), stdin_open=False, tty=False,
             )
             cid = container["Id"]
