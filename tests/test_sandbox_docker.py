@@ -361,3 +361,8 @@ def test_forked_child_uses_its_own_engine_connection(docker):
     assert os.waitstatus_to_exitcode(status) == 0
     assert results == ["0\n", "1\n", "2\n"]
     assert_clean(docker, "forked")
+    # The child is gone: the parent's periodic check() removes what it left on the host.
+    docker.check()
+    assert not list(Path("/tmp").glob(f"{TMP_PREFIX}{pid}-*"))
+    left = list(Path("/sys/fs/cgroup").glob(f"*/{CGROUP_PREFIX}{pid}-*"))
+    assert not [p for p in left if live_procs(p)], left

@@ -835,7 +835,11 @@ class DockerBackend(Backend):
                 shutil.rmtree(path, ignore_errors=True)
 
     def check(self) -> None:
-        """The engine answers and has the grading image."""
+        """The engine answers and has the grading image. Also (cheap, host only)
+        removes the folders and cgroup parents of job processes that are gone:
+        the daemon's parent runs this periodically, and a job child's
+        background cgroup removal dies with the child."""
+        self._cleanup_host()
         try:
             self.api.ping()
             image = self.api.inspect_image(self.image)
