@@ -590,6 +590,11 @@ class DockerBackend(Backend):
         self._security_opt: list[str] = ["no-new-privileges"]
         self._seq = itertools.count()
 
+    @property
+    def owner(self) -> str:
+        """The `xgrader.owner` label of containers this process starts."""
+        return _owner()
+
     def _connect(self) -> None:
         try:
             self.client = self._docker.DockerClient(base_url=self.url, version=API_VERSION,
