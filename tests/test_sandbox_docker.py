@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -366,3 +367,20 @@ def test_forked_child_uses_its_own_engine_connection(docker):
     assert not list(Path("/tmp").glob(f"{TMP_PREFIX}{pid}-*"))
     left = list(Path("/sys/fs/cgroup").glob(f"*/{CGROUP_PREFIX}{pid}-*"))
     assert not [p for p in left if live_procs(p)], left
+
+
+def test_planted_seccomp_profile_is_not_used(tmp_path, monkeypatch):
+    """podman gets the profile as a file in TMPDIR: one planted there (weaker
+    content, or not ours) is replaced, never loaded."""
+    import json
+
+    from xgrader.sandbox.docker_backend import _profile_file
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    profile = json.dumps({"defaultAction": "SCMP_ACT_ERRNO", "syscalls": []})
+    first = _profile_file(profile)
+    assert first.read_text() == profile and first.parent == tmp_path
+    first.write_text(json.dumps({"defaultAction": "SCMP_ACT_ALLOW"}))  # tampered
+    again = _profile_file(profile)
+    assert again.read_text() == profile
+    os.chmod(again, 0o666)  # writable by others: not trusted either
+    assert _profile_file(profile).read_text() == profile and not _profile_file(profile).stat().st_mode & 0o022

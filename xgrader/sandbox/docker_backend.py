@@ -97,6 +97,31 @@ def seccomp_profile(base: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _profile_file(profile: str) -> Path:
+    """podman takes the seccomp profile as a path. Content-addressed in TMPDIR
+    (shared by every job, and with the host when the daemon is in a
+    container); reused only if it is ours, private and intact: a planted file
+    with a weaker profile must never be loaded."""
+    digest = hashlib.sha256(profile.encode()).hexdigest()[:16]
+    path = Path(tempfile.gettempdir()) / f"xgrader-seccomp-{digest}.json"
+    try:
+        st = path.lstat()
+        if (path.is_file() and not path.is_symlink() and st.st_uid == os.geteuid()
+                and not st.st_mode & 0o022 and path.read_text() == profile):
+            return path
+    except OSError:
+        pass
+    fd, part = tempfile.mkstemp(prefix="xgrader-seccomp-", suffix=".part")
+    with os.fdopen(fd, "w") as fh:
+        fh.write(profile)
+    os.chmod(part, 0o644)
+    try:
+        os.replace(part, path)  # refused over another user's file in sticky /tmp: use ours then
+    except OSError:
+        return Path(part)
+    return path
+
+
 def _owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
@@ -631,14 +656,7 @@ class DockerBackend(Backend):
             return
         profile = json.dumps(seccomp_profile(json.loads(base.read_text())), sort_keys=True)
         if self._podman:
-            # podman wants a path; content-addressed, so concurrent writers agree.
-            digest = hashlib.sha256(profile.encode()).hexdigest()[:16]
-            path = Path(tempfile.gettempdir()) / f"xgrader-seccomp-{digest}.json"
-            if not path.exists():
-                part = path.with_suffix(f".{os.getpid()}.part")
-                part.write_text(profile)
-                part.replace(path)
-            self._security_opt.append(f"seccomp={path}")
+            self._security_opt.append(f"seccomp={_profile_file(profile)}")
         else:
             self._security_opt.append(f"seccomp={profile}")
 
