@@ -52,8 +52,16 @@ def live_procs(cgroup: Path) -> list[int]:
     as a zombie of pid 1; an init that reaps lazily (like this VM's) leaves it
     in the job's cgroup for a while: the backend then removes the cgroup later."""
     live = []
-    for procs in cgroup.rglob("cgroup.procs"):
-        for pid in procs.read_text().split():
+    try:
+        files = list(cgroup.rglob("cgroup.procs"))
+    except OSError:  # removed while we look
+        return []
+    for procs in files:
+        try:
+            pids = procs.read_text().split()
+        except OSError:  # removed while we look (ENOENT, ENODEV)
+            continue
+        for pid in pids:
             try:
                 stat = Path(f"/proc/{pid}/stat").read_bytes()
             except OSError:
