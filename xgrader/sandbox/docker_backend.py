@@ -34,6 +34,7 @@ import hashlib
 import itertools
 import json
 import os
+import resource
 import select
 import shutil
 import signal
@@ -614,6 +615,9 @@ class DockerBackend(Backend):
         self._podman = False
         self._security_opt: list[str] = ["no-new-privileges"]
         self._seq = itertools.count()
+        # runc cannot raise a hard limit above the engine's; ours is the best guess of it.
+        hard = resource.getrlimit(resource.RLIMIT_NPROC)[1]
+        self._nproc = NPROC if hard == resource.RLIM_INFINITY else min(NPROC, hard)
 
     @property
     def owner(self) -> str:
@@ -680,7 +684,7 @@ class DockerBackend(Backend):
                      Ulimit(name="core", soft=0, hard=0),
                      # Per uid across the host, so not the job's bound (pids_limit is);
                      # explicit because the engine's default may exceed what runc may set.
-                     Ulimit(name="nproc", soft=NPROC, hard=NPROC)],
+                     Ulimit(name="nproc", soft=self._nproc, hard=self._nproc)],
             init=True,
             binds={str(tmp / "box"): {"bind": BOX, "mode": "ro"}},
             runtime=self.runtime or None,
