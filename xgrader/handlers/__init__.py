@@ -13,10 +13,12 @@ from xgrader.assignment import Assignment
 from xgrader.handlers.context import GradeContext
 from xgrader.handlers.io_kind import grade_io
 from xgrader.handlers.pytest_kind import grade_pytest
+from xgrader.handlers.student import ensure_runner_bytecode
 from xgrader.report import GradeReport
 
 
 def run(assignment: Assignment, files: dict[str, bytes], ctx: GradeContext) -> GradeReport:
+    ensure_runner_bytecode(ctx.settings.runner_dir, ctx.settings.sandbox_python)
     if assignment.config.kind == "io":
         return grade_io(assignment, files, ctx)
     return grade_pytest(assignment, files, ctx)

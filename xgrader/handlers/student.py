@@ -10,7 +10,10 @@ taken (anything else the student wrote to the channel is dropped).
 from __future__ import annotations
 
 import itertools
+import os
+import subprocess
 import time
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -156,3 +159,61 @@ def clean_reply(msg: dict[str, Any]) -> dict[str, Any]:
     elif err is not None:
         out["error"] = {"type": "Error", "message": clean_text(str(err), 2000)}
     return out
+
+
+# -- runner bytecode ------------------------------------------------------------------
+
+RUNNER_MODULE = "runner_core.py"
+
+
+def _cache_tag(python: str) -> str | None:
+    """`cpython-311` for .../python3.11 (the sandbox interpreter's __pycache__ tag)."""
+    name = os.path.basename(os.path.realpath(python))
+    if name.startswith("python3.") and name[8:].isdigit():
+        return f"cpython-3{name[8:]}"
+    return None
+
+
+def _fresh(pyc: Path, source: os.stat_result) -> bool:
+    """A timestamp-based pyc recorded for exactly this source mtime and size."""
+    try:
+        with open(pyc, "rb") as f:
+            head = f.read(16)
+    except OSError:
+        return False
+    return (len(head) == 16 and int.from_bytes(head[4:8], "little") == 0
+            and int.from_bytes(head[8:12], "little") == int(source.st_mtime) & 0xFFFFFFFF
+            and int.from_bytes(head[12:16], "little") == source.st_size & 0xFFFFFFFF)
+
+
+def ensure_runner_bytecode(runner_dir: Path, python: str) -> bool:
+    """Make sure the runner's bytecode for the sandbox interpreter is in
+    runner_dir/__pycache__, compiling it with that interpreter when missing or
+    stale. Every sandbox then imports it instead of compiling the runner
+    (~3-5 ms of CPU each). A few stat calls when it is there; never raises: a
+    read-only runner_dir costs speed, not correctness (the sandbox compiles
+    the source itself). Returns whether fresh bytecode is in place."""
+    source = Path(runner_dir) / RUNNER_MODULE
+    try:
+        st = source.stat()
+    except OSError:
+        return False
+    tag = _cache_tag(python)
+    cache = source.parent / "__pycache__"
+    pattern = f"runner_core.{tag}.pyc" if tag else "runner_core.*.pyc"
+    if any(_fresh(p, st) for p in cache.glob(pattern)):
+        return True
+    if not os.access(source.parent, os.W_OK) or (cache.exists() and not os.access(cache, os.W_OK)):
+        return False
+    try:
+        done = subprocess.run(
+            [python, "-I", "-S", "-c", "import py_compile, sys; py_compile.compile(sys.argv[1], doraise=True)",
+             str(source)], env={}, capture_output=True, timeout=30)
+    except (OSError, subprocess.SubprocessError) as exc:
+        log.warning("runner_bytecode_failed", error=str(exc)[:200])
+        return False
+    if done.returncode != 0:
+        log.warning("runner_bytecode_failed", error=done.stderr.decode(errors="replace")[-300:])
+        return False
+    log.info("runner_bytecode_written", path=str(cache))
+    return True

@@ -1,0 +1,561 @@
+"""In-sandbox runner: serves the host's requests against the student's code.
+
+Stdlib only. Started through `python3 -I -S runner.py [exec FILE]` (see
+PROTOCOL.md): runner.py is a small entry point that imports this module, so
+its bytecode comes from __pycache__ (written once by the host; read-only in
+the sandbox) instead of being compiled in every sandbox. It takes the channel
+before any student code runs. Everything it sends is data for the host to
+check: the host never takes a verdict from it (the student's code runs in
+this very process and could forge anything here).
+"""
+
+import os
+import sys
+
+WORKDIR = os.getcwd()
+OUT_CAP = 64 * 1024          # per request and stream
+MAX_LINE = 4 * 1024 * 1024   # the host refuses longer lines
+MAX_DEPTH = 48               # the host refuses deeper than 64 (tags add a level)
+MARKER = "##xgrader-error## "  # exec mode: last stderr line describing a crash
+
+
+# -- JSON ------------------------------------------------------------------------
+# The C accelerator `_json` directly: `import json` pulls in re and enum, about
+# a quarter of the runner's start-up CPU. Same wire format as json.dumps /
+# json.loads (NaN/Infinity accepted, TypeError for non-JSON values); falls back
+# to the json package when an interpreter has no _json.
+
+def _make_codec():
+    try:
+        import _json
+        inf = float("inf")
+        constants = {"NaN": float("nan"), "Infinity": inf, "-Infinity": -inf}
+
+        class _Ctx:
+            strict = True
+            object_hook = None
+            object_pairs_hook = None
+            parse_float = float
+            parse_int = int
+            parse_constant = constants.__getitem__
+            memo = {}
+
+        scan = _json.make_scanner(_Ctx())
+
+        def _refuse(o):
+            raise TypeError("Object of type %s is not JSON serializable" % type(o).__name__)
+
+        def dumps(obj, separators=(", ", ": "), ensure_ascii=True):
+            enc = _json.encode_basestring_ascii if ensure_ascii else _json.encode_basestring
+            chunks = _json.make_encoder({}, _refuse, enc, None, separators[1], separators[0],
+                                        False, False, True)(obj, 0)
+            return "".join(chunks)
+
+        def loads(data):
+            text = data.decode("utf-8") if isinstance(data, (bytes, bytearray)) else data
+            text = text.strip(" \t\n\r")
+            try:
+                obj, end = scan(text, 0)
+            except StopIteration:
+                raise ValueError("not a JSON document") from None
+            if end != len(text):
+                raise ValueError("extra data after the JSON document")
+            return obj
+
+        return dumps, loads
+    except (ImportError, AttributeError, TypeError):
+        import json
+        return json.dumps, json.loads
+
+
+json_dumps, json_loads = _make_codec()
+
+
+# -- channel -------------------------------------------------------------------
+
+class Channel:
+    def __init__(self, spec):
+        self.buf = b""
+        self.sock = None
+        if spec.startswith("fd:"):
+            r, w = (int(x) for x in spec[3:].split(","))
+            # Private copies above the low numbers student code would guess.
+            self.r, self.w = os.dup(r), os.dup(w)
+            for fd in {r, w}:
+                os.close(fd)
+        elif spec.startswith("unix:"):
+            import socket
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.sock.connect(spec[5:])
+            self.r = self.w = self.sock.fileno()
+        else:
+            raise SystemExit("runner: bad XGRADER_CHANNEL")
+
+    def recv(self):
+        while b"\n" not in self.buf:
+            chunk = os.read(self.r, 1 << 16)
+            if not chunk:
+                return None
+            self.buf += chunk
+            if len(self.buf) > MAX_LINE and b"\n" not in self.buf:
+                return None
+        line, self.buf = self.buf.split(b"\n", 1)
+        return json_loads(line)
+
+    def send(self, msg):
+        data = json_dumps(msg, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "replace")
+        if len(data) >= MAX_LINE:
+            data = json_dumps({"id": msg.get("id"), "ok": False, "error": {
+                "type": "OverflowError", "builtin": True,
+                "message": "the value is too large to send back", "traceback": ""}}).encode()
+        data += b"\n"
+        while data:
+            n = os.write(self.w, data)
+            data = data[n:]
+
+
+# -- capture -------------------------------------------------------------------
+
+class Capture:
+    """A text stream keeping the first OUT_CAP characters of what is written.
+    Past `hard_cap` in total the request ends as an output-limit verdict."""
+
+    encoding = "utf-8"
+    errors = "replace"
+
+    def __init__(self, on_limit=None, hard_cap=None):
+        self.parts = []
+        self.size = 0
+        self.total = 0
+        self.truncated = False
+        self.on_limit = on_limit
+        self.hard_cap = hard_cap
+
+    def write(self, s):
+        if not isinstance(s, str):
+            raise TypeError("write() argument must be str, not " + type(s).__name__)
+        self.total += len(s)
+        if self.hard_cap is not None and self.total > self.hard_cap:
+            self.on_limit()
+        room = OUT_CAP - self.size
+        if len(s) > room:
+            self.truncated = True
+            s = s[:max(room, 0)]
+        if s:
+            self.parts.append(s)
+            self.size += len(s)
+        return len(s)
+
+    def writelines(self, lines):
+        for line in lines:
+            self.write(line)
+
+    def flush(self):
+        pass
+
+    def isatty(self):
+        return False
+
+    def text(self):
+        return "".join(self.parts) + ("\n[output truncated]" if self.truncated else "")
+
+
+class EmptyStdin:
+    def read(self, *a):
+        return ""
+
+    def readline(self, *a):
+        return ""
+
+    def __iter__(self):
+        return iter(())
+
+
+# -- values --------------------------------------------------------------------
+
+class Handles:
+    def __init__(self):
+        self.objs = {}
+        self.next = 1
+
+    def put(self, obj):
+        n = self.next
+        self.next += 1
+        self.objs[n] = obj
+        return n
+
+
+def _safe_repr(obj, cap=2000):
+    try:
+        text = repr(obj)
+        if type(text) is not str:
+            text = str.__str__(text)
+    except BaseException as exc:  # student __repr__ may raise anything
+        text = "<unrepresentable %s: %s>" % (type(obj).__name__, type(exc).__name__)
+    return text if len(text) <= cap else text[:cap] + "..."
+
+
+def encode(v, handles, depth=0):
+    """Type-preserving plain data (PROTOCOL.md). Builtin subclasses are read
+    through the base type's own slots, so student overrides never run."""
+    if depth > MAX_DEPTH:
+        raise ValueError("value nested too deeply")
+    t = type(v)
+    d = depth + 1
+    if v is None or t is bool or t is str:
+        return v
+    if t is int:
+        return v if -(1 << 53) < v < (1 << 53) else {"$int": int.__repr__(v)}
+    if t is float:
+        if v != v:
+            return {"$float": "nan"}
+        if v in (float("inf"), float("-inf")):
+            return {"$float": "inf" if v > 0 else "-inf"}
+        return v
+    if t is list:
+        return [encode(x, handles, d) for x in v]
+    if t is tuple:
+        return {"$tuple": [encode(x, handles, d) for x in v]}
+    if t is dict:
+        if all(type(k) is str and not k.startswith("$") for k in v):
+            return {k: encode(x, handles, d) for k, x in v.items()}
+        return {"$dict": [[encode(k, handles, d), encode(x, handles, d)] for k, x in v.items()]}
+    if t is set or t is frozenset:
+        return {"$" + t.__name__: [encode(x, handles, d) for x in v]}
+    if t is bytes or t is bytearray:
+        import base64
+        return {"$bytes": base64.b64encode(bytes(v)).decode()}
+    if t is complex:
+        return {"$complex": [v.real, v.imag]}
+    # Subclasses of builtins: the base value only.
+    if isinstance(v, int):
+        return encode(int.__int__(v), handles, depth)
+    if isinstance(v, float):
+        return encode(float.__float__(v), handles, depth)
+    if isinstance(v, str):
+        return str.__str__(v)
+    if isinstance(v, bytes):
+        return encode(bytes.__bytes__(v), handles, depth)
+    if isinstance(v, list):
+        return encode(list(list.__iter__(v)), handles, depth)
+    if isinstance(v, tuple):
+        return encode(tuple(tuple.__iter__(v)), handles, depth)
+    if isinstance(v, dict):
+        return encode(dict(dict.items(v)), handles, depth)
+    if isinstance(v, frozenset):
+        return encode(frozenset(frozenset.__iter__(v)), handles, depth)
+    if isinstance(v, set):
+        return encode(set(set.__iter__(v)), handles, depth)
+    return {"$handle": handles.put(v), "type": type(v).__name__, "repr": _safe_repr(v, 500),
+            "callable": callable(v)}
+
+
+def decode(v, handles, depth=0):
+    if depth > MAX_DEPTH:
+        raise ValueError("value nested too deeply")
+    d = depth + 1
+    if isinstance(v, list):
+        return [decode(x, handles, d) for x in v]
+    if not isinstance(v, dict):
+        return v
+    if len(v) >= 1:
+        tag = next(iter(v))
+        if tag.startswith("$"):
+            x = v[tag]
+            if tag == "$tuple":
+                return tuple(decode(i, handles, d) for i in x)
+            if tag == "$set":
+                return set(decode(i, handles, d) for i in x)
+            if tag == "$frozenset":
+                return frozenset(decode(i, handles, d) for i in x)
+            if tag == "$dict":
+                return {decode(k, handles, d): decode(i, handles, d) for k, i in x}
+            if tag == "$bytes":
+                import base64
+                return base64.b64decode(x)
+            if tag == "$float":
+                return float(x)
+            if tag == "$int":
+                return int(x)
+            if tag == "$complex":
+                return complex(x[0], x[1])
+            if tag == "$handle":
+                return handles.objs[x]
+            raise ValueError("unknown tag " + tag)
+    return {k: decode(i, handles, d) for k, i in v.items()}
+
+
+# -- errors --------------------------------------------------------------------
+
+def _student_frames(tb):
+    import traceback
+    # Only the student's own files: runner frames and the test expression say nothing useful.
+    frames = [f for f in traceback.extract_tb(tb) if f.filename.startswith(WORKDIR + "/")]
+    for f in frames:
+        if f.filename.startswith(WORKDIR + "/"):
+            f.filename = f.filename[len(WORKDIR) + 1:]
+    return "".join(traceback.format_list(frames))
+
+
+def describe(exc, handles=None):
+    t = type(exc)
+    try:
+        message = str(exc)
+        if type(message) is not str:
+            message = str.__str__(message)
+    except BaseException:
+        message = "(the exception's message could not be read)"
+    err = {"type": t.__name__, "builtin": t.__module__ == "builtins",
+           "message": message[:2000], "traceback": ""}
+    if isinstance(exc, SyntaxError):
+        err["lineno"] = exc.lineno
+        err["offset"] = exc.offset
+        err["text"] = (exc.text or "")[:500]
+        name = exc.filename or ""
+        err["filename"] = name[len(WORKDIR) + 1:] if name.startswith(WORKDIR + "/") else name
+        err["message"] = str(exc.msg)[:2000]
+    try:
+        err["traceback"] = _student_frames(exc.__traceback__)[-4000:]
+    except BaseException:
+        pass
+    return err
+
+
+# -- requests ------------------------------------------------------------------
+
+class Runner:
+    def __init__(self, channel):
+        self.channel = channel
+        self.handles = Handles()
+        self.module = None
+        self.real = (sys.stdout, sys.stderr, sys.stdin)
+        self.current = (None, None)   # (request id, batch index) being served
+        self.output_cap = 1000000
+
+    def output_limit(self):
+        """The student's code printed past the job's output limit: answer the
+        current request with that verdict and end the process (the host
+        starts a fresh runner)."""
+        rid, index = self.current
+        msg = {"id": rid, "ok": False, "output_limit": True, "error": {
+            "type": "OutputLimit", "builtin": False, "traceback": "",
+            "message": "printed more than %d characters" % self.output_cap}}
+        if index is not None:
+            msg["index"] = index
+        try:
+            self.channel.send(msg)
+        finally:
+            os._exit(3)
+
+    def serve(self):
+        while True:
+            try:
+                req = self.channel.recv()
+            except ValueError:
+                return 2
+            if req is None:
+                return 0
+            if req.get("op") == "exit":
+                self.channel.send({"id": req.get("id"), "ok": True})
+                return 0
+            self.current = (req.get("id"), None)
+            if req.get("op") == "batch":
+                self.batch(req)
+                continue
+            self.channel.send(self.handle(req))
+
+    def captured(self, fn):
+        """Run fn with fresh capped stdout/stderr; (ok, value-or-exc, out, err)."""
+        out = Capture(self.output_limit, self.output_cap)
+        err = Capture(self.output_limit, self.output_cap)
+        sys.stdout, sys.stderr, sys.stdin = out, err, EmptyStdin()
+        try:
+            value = fn()
+            ok = True
+        except BaseException as exc:  # SystemExit, KeyboardInterrupt: still the student's fault
+            value, ok = exc, False
+        finally:
+            sys.stdout, sys.stderr, sys.stdin = self.real
+        return ok, value, out.text(), err.text()
+
+    def handle(self, req):
+        rid = req.get("id")
+        op = req.get("op")
+        try:
+            fn = getattr(self, "op_" + str(op), None)
+            if fn is None:
+                return {"id": rid, "ok": False, "error": {"type": "ProtocolError", "builtin": False,
+                        "message": "unknown op %r" % (op,), "traceback": ""}}
+            reply = fn(req)
+        except BaseException as exc:
+            reply = {"ok": False, "error": describe(exc)}
+        reply["id"] = rid
+        return reply
+
+    def result(self, ok, value, out, err, with_repr=False):
+        if not ok:
+            return {"ok": False, "error": describe(value), "stdout": out, "stderr": err}
+        try:
+            enc = encode(value, self.handles)
+        except (ValueError, RecursionError) as exc:
+            return {"ok": False, "stdout": out, "stderr": err, "error": {
+                "type": "ValueError", "builtin": True, "traceback": "",
+                "message": "the returned value cannot be sent back: " + str(exc)}}
+        reply = {"ok": True, "value": enc, "stdout": out, "stderr": err}
+        if with_repr:
+            reply["repr"] = _safe_repr(value)
+        return reply
+
+    def op_files(self, req):
+        import base64
+        for rel, data in req["files"].items():
+            parts = rel.split("/")
+            if rel.startswith("/") or ".." in parts or "\x00" in rel:
+                raise ValueError("bad path " + rel)
+            path = os.path.join(WORKDIR, rel)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "wb") as f:
+                f.write(base64.b64decode(data))
+        return {"ok": True}
+
+    def op_load(self, req):
+        if isinstance(req.get("output_bytes"), int):
+            self.output_cap = req["output_bytes"]
+        name = req.get("module", "submission")
+        path = os.path.join(WORKDIR, req.get("path", name + ".py"))
+        if WORKDIR not in sys.path:
+            sys.path.insert(0, WORKDIR)
+        with open(path, "rb") as f:
+            source = f.read()
+        try:
+            code = compile(source, path, "exec", dont_inherit=True)
+        except (SyntaxError, ValueError) as exc:  # ValueError: NUL bytes in source
+            return {"ok": False, "error": describe(exc)}
+        module = type(sys)(name)
+        module.__file__ = path
+        sys.modules[name] = module
+        self.module = module
+        ok, value, out, err = self.captured(lambda: exec(code, module.__dict__))
+        if not ok:
+            return {"ok": False, "error": describe(value), "stdout": out, "stderr": err}
+        return {"ok": True, "names": self.names(), "stdout": out, "stderr": err}
+
+    def names(self):
+        kinds = {}
+        for key, val in list(self.module.__dict__.items()):
+            if type(key) is not str or key.startswith("__"):
+                continue
+            try:
+                if isinstance(val, type) and issubclass(val, BaseException):
+                    kind = "exception"
+                elif isinstance(val, type):
+                    kind = "class"
+                elif callable(val):
+                    kind = "function"
+                else:
+                    kind = "value"
+            except BaseException:
+                kind = "value"
+            kinds[key] = kind
+        return kinds
+
+    def target(self, spec):
+        if spec is None or spec == "":
+            return self.module
+        if isinstance(spec, dict):
+            obj = self.handles.objs[spec["$handle"]]
+            return obj
+        obj = self.module
+        for part in str(spec).split("."):
+            obj = getattr(obj, part)
+        return obj
+
+    def op_call(self, req):
+        fn = self.target(req["target"])
+        if req.get("method"):
+            fn = getattr(fn, req["method"])
+        args = decode(req.get("args", []), self.handles)
+        kwargs = decode(req.get("kwargs", {}), self.handles)
+        return self.result(*self.captured(lambda: fn(*args, **kwargs)))
+
+    def op_getattr(self, req):
+        obj = self.target(req["handle"] if "handle" in req else req.get("target", ""))
+        name = req["name"]
+        return self.result(*self.captured(lambda: getattr(obj, name)))
+
+    def op_special(self, req):
+        """Builtin protocol on a handle: str, repr, len, bool, list, getitem, contains."""
+        obj = self.target(req["target"])
+        args = decode(req.get("args", []), self.handles)
+        fns = {"str": str, "repr": repr, "len": len, "bool": bool, "list": list,
+               "getitem": lambda o, k: o[k], "contains": lambda o, k: k in o}
+        fn = fns[req["name"]]
+        return self.result(*self.captured(lambda: fn(obj, *args)))
+
+    def evaluate(self, expr):
+        code = compile(expr, "<test>", "eval", dont_inherit=True)
+        scope = dict(self.module.__dict__) if self.module is not None else {}
+        return self.captured(lambda: eval(code, scope))
+
+    def op_eval(self, req):
+        return self.result(*self.evaluate(req["expr"]), with_repr=True)
+
+    def batch(self, req):
+        """One reply per expression as it finishes (the host times each one),
+        then a final {done: true}."""
+        rid = req.get("id")
+        for index, expr in enumerate(req.get("exprs", [])):
+            self.current = (rid, index)
+            try:
+                reply = self.result(*self.evaluate(expr), with_repr=True)
+            except BaseException as exc:
+                reply = {"ok": False, "error": describe(exc)}
+            reply["id"] = rid
+            reply["index"] = index
+            self.channel.send(reply)
+        self.channel.send({"id": rid, "ok": True, "done": True})
+
+
+def exec_main(path):
+    """Program mode: run FILE as __main__; a crash ends with a MARKER line."""
+    import builtins
+    if WORKDIR not in sys.path:
+        sys.path.insert(0, WORKDIR)
+    full = os.path.join(WORKDIR, path)
+    sys.argv = [path]
+    try:
+        with open(full, "rb") as f:
+            code = compile(f.read(), full, "exec", dont_inherit=True)
+    except (SyntaxError, ValueError) as exc:
+        sys.stderr.write(MARKER + json_dumps(describe(exc)) + "\n")
+        return 1
+    module = type(sys)("__main__")
+    module.__file__ = full
+    module.__builtins__ = builtins
+    sys.modules["__main__"] = module
+    try:
+        exec(code, module.__dict__)
+    except SystemExit:
+        raise
+    except BaseException as exc:
+        err = describe(exc)
+        sys.stderr.write("Traceback (most recent call last):\n" + err["traceback"]
+                         + err["type"] + ": " + err["message"] + "\n")
+        sys.stderr.write(MARKER + json_dumps(err) + "\n")
+        return 1
+    finally:
+        try:
+            sys.stdout.flush()
+        except BaseException:
+            pass
+    return 0
+
+
+def main(argv):
+    if len(argv) >= 3 and argv[1] == "exec":
+        return exec_main(argv[2])
+    spec = os.environ.pop("XGRADER_CHANNEL", "")
+    if not spec:
+        sys.stderr.write("runner: no XGRADER_CHANNEL\n")
+        return 2
+    return Runner(Channel(spec)).serve()
