@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import subprocess
@@ -18,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from xgrader.config import Settings
+from xgrader.sandbox.docker_backend import runner_digest
 
 pytestmark = pytest.mark.docker
 
@@ -32,7 +32,7 @@ def podman(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
 def test_grading_image_is_current_minimal_and_unprivileged(podman_engine):
     label = podman("image", "inspect", "--format", '{{index .Labels "xgrader.runner"}}', GRADING)
     assert label.returncode == 0, label.stderr
-    runner = hashlib.sha256((REPO / "sandbox/runner.py").read_bytes()).hexdigest()[:16]
+    runner = runner_digest(REPO / "sandbox")
     assert label.stdout.strip() == runner, "grading image is stale: run sandbox/image/build.sh"
     script = (
         "import os, shutil, importlib.util as u\n"

@@ -14,9 +14,11 @@ ctx=$(mktemp -d /var/tmp/xgrader-image.XXXXXX)
 trap 'rm -rf "$ctx"' EXIT
 cp sandbox/image/Containerfile sandbox/image/apt-packages.txt sandbox/image/requirements.txt "$ctx/"
 mkdir -p "$ctx/runner" "$ctx/site"
-cp sandbox/runner.py sandbox/PROTOCOL.md "$ctx/runner/"
-cp -r sandbox/pytest_side "$ctx/runner/"
-find "$ctx/runner" -name __pycache__ -prune -exec rm -rf {} +
+# The whole runner folder (sandbox/ but this image definition), as bwrap binds it.
+for entry in sandbox/*; do
+  [ "$(basename "$entry")" = image ] || cp -r "$entry" "$ctx/runner/"
+done
+find "$ctx/runner" \( -name __pycache__ -prune -o -name '*.pyc' \) -exec rm -rf {} +
 
 # Pip packages from requirements.txt are installed on the host into site/
 # (the image's Python is Debian 12's 3.11, like the host's) and copied in:
@@ -31,7 +33,7 @@ fi
 
 # Identical inputs -> identical digest -> no rebuild.
 digest=$( (echo "$BASE"; cd "$ctx" && find . -type f -print0 | sort -z | xargs -0 sha256sum) | sha256sum | cut -c1-16)
-runner_digest=$(cd sandbox && cat runner.py | sha256sum | cut -c1-16)
+runner_digest=$(PYTHONPATH=. "$PY" -c 'from xgrader.sandbox.docker_backend import runner_digest; print(runner_digest("sandbox"))')
 if [ "$($ENGINE image inspect --format '{{index .Labels "xgrader.inputs"}}' "$TAG" 2>/dev/null || true)" = "$digest" ]; then
   echo "grading image $TAG up to date ($digest)"
   exit 0

@@ -2,7 +2,8 @@
 
 The docker param (marker `docker`) runs against podman's Docker-compatible
 socket that scripts/setup-podman.sh starts; `podman_engine` (session) makes
-sure it answers, starting it if needed, and FAILS (never skips) otherwise."""
+sure it answers, starting it if needed, and FAILS (never skips) otherwise;
+it also rebuilds the grading image when sandbox/ changed since the last build."""
 
 from __future__ import annotations
 
@@ -49,6 +50,11 @@ def podman_engine() -> str:
             time.sleep(0.2)
     if not _engine_answers(PODMAN_URL):
         pytest.fail(f"no container engine answers at {PODMAN_URL}: run scripts/setup-podman.sh")
+    # The image bakes in sandbox/: rebuild when it changed (a no-op taking ~1 s otherwise).
+    build = subprocess.run(["bash", str(REPO / "sandbox/image/build.sh")], capture_output=True, text=True,
+                           timeout=900)
+    if build.returncode != 0:
+        pytest.fail(f"grading image build failed: {build.stderr[-2000:]}")
     return PODMAN_URL
 
 

@@ -123,6 +123,19 @@ def _profile_file(profile: str) -> Path:
     return path
 
 
+def runner_digest(runner_dir: Path) -> str:
+    """Digest of the in-sandbox runner (every file of `sandbox/` but the image
+    definition and caches): the grading image is labelled with it at build
+    time (sandbox/image/build.sh), check() compares."""
+    h = hashlib.sha256()
+    for path in sorted(p for p in Path(runner_dir).rglob("*") if p.is_file()):
+        rel = path.relative_to(runner_dir)
+        if rel.parts[0] == "image" or "__pycache__" in rel.parts or path.suffix == ".pyc":
+            continue
+        h.update(str(rel).encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
 def _owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
@@ -876,9 +889,9 @@ class DockerBackend(Backend):
             raise _engine_error(f"ping {self.url}", exc) from None
         # The image bakes in the runner: a stale one speaks an older protocol.
         labels = (image.get("Config") or {}).get("Labels") or {}
-        runner = Path(getattr(self.settings, "runner_dir", "")) / "runner.py"
-        if "xgrader.runner" in labels and runner.is_file():
-            current = hashlib.sha256(runner.read_bytes()).hexdigest()[:16]
+        runner_dir = Path(getattr(self.settings, "runner_dir", ""))
+        if "xgrader.runner" in labels and (runner_dir / "runner.py").is_file():
+            current = runner_digest(runner_dir)
             if labels["xgrader.runner"] != current:
                 log.warning("docker_image_stale", image=self.image, image_runner=labels["xgrader.runner"],
                             runner=current, fix="sandbox/image/build.sh")
