@@ -392,3 +392,68 @@ def test_planted_seccomp_profile_is_not_used(tmp_path, monkeypatch):
     assert again.read_text() == profile
     os.chmod(again, 0o666)  # writable by others: not trusted either
     assert _profile_file(profile).read_text() == profile and not _profile_file(profile).stat().st_mode & 0o022
+
+
+class StallingProxy:
+    """A Unix-socket proxy to the real engine that can stop passing requests
+    on (responses and the attach stream still flow): an engine that hangs in
+    the middle of a job."""
+
+    def __init__(self, path: Path, upstream: str) -> None:
+        self.path, self.upstream = path, upstream
+        self.stall = threading.Event()
+        self.stop = threading.Event()
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.bind(str(path))
+        self.sock.listen(16)
+        self.sock.settimeout(0.1)
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.stop.is_set():
+            try:
+                client = self.sock.accept()[0]
+            except OSError:
+                continue
+            server = socket.socket(socket.AF_UNIX)
+            server.connect(self.upstream)
+            threading.Thread(target=self._pipe, args=(client, server, True), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(server, client, False), daemon=True).start()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket, requests: bool) -> None:
+        try:
+            while not self.stop.is_set():
+                data = src.recv(65536)
+                if not data:
+                    break
+                if requests and self.stall.is_set():
+                    continue  # swallowed: the engine never hears of it
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self.stop.set()
+        self.sock.close()
+
+
+def test_engine_hanging_mid_job_is_a_sandbox_error_in_bounded_time(docker, podman_engine, tmp_path):
+    proxy = StallingProxy(tmp_path / "engine.sock", podman_engine.removeprefix("unix://"))
+    try:
+        b = DockerBackend(docker_settings(f"unix://{proxy.path}", docker_api_timeout_s=1.0))
+        sb = b.start(job("print('out')", label="stalled"))
+        proxy.stall.set()  # create/attach/start went through; inspect and remove will not
+        t0 = time.monotonic()
+        r = sb.wait()
+        assert time.monotonic() - t0 < 6, r
+        assert r.verdict == Verdict.sandbox_error and "container engine" in (r.error or ""), r
+    finally:
+        proxy.close()
+    docker.kill_label("stalled")  # the engine is back: the leftover goes
+    assert_clean(docker, "stalled")

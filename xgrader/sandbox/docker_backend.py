@@ -818,17 +818,21 @@ class DockerBackend(Backend):
 
     def _remove(self, cid: str) -> None:
         """Force-remove (kills first). A container caught mid-exit can be refused
-        (409, state improper): retried with back-off for ~1.5 s, then logged
-        (cleanup_stale removes it once its owner is gone)."""
+        (409/500, state improper): retried with back-off for ~1.5 s, then logged
+        (cleanup_stale removes it once its owner is gone). An engine that does
+        not answer is not retried: one API timeout is the most this waits."""
         delay = 0.05
         for attempt in range(6):
             try:
                 self.api.remove_container(cid, force=True, v=True)
                 return
             except Exception as exc:  # noqa: BLE001
-                if getattr(exc, "status_code", None) == 404:
+                status = getattr(exc, "status_code", None)
+                if status == 404:
                     return
-                if attempt == 5:
+                # No answer (timeout, connection refused): do not multiply the wait;
+                # kill_label/cleanup_stale remove it once the engine is back.
+                if attempt == 5 or status is None:
                     log.warning("docker_remove_failed", container=cid[:12], error=str(exc)[:200])
                     return
                 log.debug("docker_remove_retry", container=cid[:12], error=str(exc)[:200])
