@@ -288,13 +288,55 @@ def decode(v, handles, depth=0):
 # -- errors --------------------------------------------------------------------
 
 def _student_frames(tb):
-    import traceback
-    # Only the student's own files: runner frames and the test expression say nothing useful.
-    frames = [f for f in traceback.extract_tb(tb) if f.filename.startswith(WORKDIR + "/")]
-    for f in frames:
-        if f.filename.startswith(WORKDIR + "/"):
-            f.filename = f.filename[len(WORKDIR) + 1:]
-    return "".join(traceback.format_list(frames))
+    """The student's own frames (runner frames and the test expression say
+    nothing useful), formatted like Python's tracebacks: file, line, code and
+    ^ markers under the failing part. Not with the traceback module: importing
+    it (linecache, tokenize, re) costs a sandbox ~10 ms of CPU."""
+    out = []
+    sources = {}
+    prefix = WORKDIR + "/"
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        path = code.co_filename
+        if path.startswith(prefix):
+            lineno = tb.tb_lineno
+            out.append('  File "%s", line %s, in %s\n' % (path[len(prefix):], lineno, code.co_name))
+            if path not in sources:
+                try:
+                    with open(path, "rb") as f:
+                        sources[path] = f.read().decode("utf-8", "replace").splitlines()
+                except OSError:
+                    sources[path] = []
+            lines = sources[path]
+            line = lines[lineno - 1] if lineno and 0 < lineno <= len(lines) else ""
+            if line.strip():
+                out.append("    %s\n" % line.strip())
+                out.append(_carets(code, tb.tb_lasti, lineno, line))
+        tb = tb.tb_next
+    return "".join(out)
+
+
+def _carets(code, lasti, lineno, line):
+    """'    ^^^^' under the failing expression when it is not the whole line."""
+    try:
+        pos = None
+        for i, p in enumerate(code.co_positions()):
+            if i == lasti // 2:
+                pos = p
+                break
+        if pos is None or None in pos or pos[0] != lineno:
+            return ""
+        start_line, end_line, col, end_col = pos
+        raw = line.encode("utf-8")
+        start = len(raw[:col].decode("utf-8", "replace"))
+        end = len(raw[:end_col].decode("utf-8", "replace")) if end_line == start_line else len(line.rstrip())
+        stripped = line.strip()
+        indent = len(line) - len(line.lstrip())
+        if end - start >= len(stripped) or end <= start:
+            return ""
+        return "    " + " " * (start - indent) + "^" * (end - start) + "\n"
+    except Exception:  # a best-effort marker: never lose the traceback over it
+        return ""
 
 
 def describe(exc, handles=None):
