@@ -30,6 +30,9 @@ def podman(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
 
 
 def test_grading_image_is_current_minimal_and_unprivileged(podman_engine):
+    # build.sh (also run by setup and the fixture) must label with runner_digest of this checkout.
+    build = subprocess.run(["bash", str(REPO / "sandbox/image/build.sh")], capture_output=True, text=True, timeout=900)
+    assert build.returncode == 0, build.stderr
     label = podman("image", "inspect", "--format", '{{index .Labels "xgrader.runner"}}', GRADING)
     assert label.returncode == 0, label.stderr
     runner = runner_digest(REPO / "sandbox")
