@@ -593,7 +593,20 @@ def exec_main(path):
     return 0
 
 
+def add_site_dirs():
+    """The sandbox environment's package directories (course packages: the
+    sandbox venv, the grading image's site dirs), from XGRADER_SITE_DIRS set
+    by the backend. Appended as plain sys.path entries: Python runs with -S,
+    so no site module, no *.pth processing, no sitecustomize/usercustomize (a
+    submission shipping any of these gets no code run by them); the student's
+    folder stays first."""
+    for d in os.environ.pop("XGRADER_SITE_DIRS", "").split(os.pathsep):
+        if d.startswith("/") and d not in sys.path:
+            sys.path.append(d)
+
+
 def main(argv):
+    add_site_dirs()
     if len(argv) >= 3 and argv[1] == "exec":
         return exec_main(argv[2])
     spec = os.environ.pop("XGRADER_CHANNEL", "")

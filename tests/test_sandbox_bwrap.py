@@ -235,3 +235,51 @@ def test_cgroup_v2_delegation_moves_the_daemon_to_a_leaf(tmp_path, monkeypatch):
     # Not delegated: unusable, rlimits only.
     (svc / "cgroup.controllers").write_text("cpu\n")
     assert not cgroups.CgroupManager(root=root).usable
+
+
+def test_student_code_imports_course_packages_without_site_hooks():
+    """The runner (-I -S) gets the sandbox venv's site-packages via
+    XGRADER_SITE_DIRS: student code imports a course package, while a *.pth or
+    sitecustomize (shipped by the student, or in the venv) runs nothing."""
+    import shutil
+    import subprocess
+    import tempfile
+    from pathlib import Path
+    top = Path(tempfile.mkdtemp(prefix="xgrader-venv-test-"))
+    top.chmod(0o755)  # bwrap runs as nobody: the venv must be readable by it
+    try:
+        venv = top / "venv"
+        subprocess.run(["/usr/bin/python3", "-m", "venv", "--without-pip", str(venv)], check=True)
+        site = next(venv.glob("lib/python3*/site-packages"))
+        (site / "coursepkg").mkdir()
+        (site / "coursepkg" / "__init__.py").write_text("from coursepkg.core import VALUE\n")
+        (site / "coursepkg" / "core.py").write_text("VALUE = 'course-42'\n")
+        (site / "zz_hook.pth").write_text("import sys; print('VENV-PTH-RAN')\n")
+        b = BwrapBackend(Settings(sandbox="bwrap", sandbox_venv=venv))
+        assert b.site_dirs.split(":")[0].startswith("/opt/venv/lib/python3"), b.site_dirs
+        files = {
+            "x.py": b"import sys, coursepkg\nprint(coursepkg.VALUE, coursepkg.__file__)\n"
+                    b"print('site' in sys.modules, sys.path.index('/tmp/work') < sys.path.index(coursepkg.__path__[0].rsplit('/', 1)[0]))\n",
+            "sitecustomize.py": b"print('SITECUSTOMIZE-RAN')\n",
+            "usercustomize.py": b"print('USERCUSTOMIZE-RAN')\n",
+            "evil.pth": b"import sys; print('STUDENT-PTH-RAN')\n",
+        }
+        r = b.run(SandboxJob(argv=b.python_argv("exec", "x.py"), files=files))
+        assert r.verdict == Verdict.ok, r
+        assert r.stdout.split() == ["course-42", f"{b.site_dirs.split(':')[0]}/coursepkg/__init__.py",
+                                    "False", "True"], r
+        assert "RAN" not in r.stdout + r.stderr
+        # Serve mode (the io and pytest kinds' student sandbox) takes the same path.
+        from xgrader.handlers.student import StudentRunner
+        files["submission.py"] = b"import coursepkg\ndef value():\n    return coursepkg.VALUE\n"
+        sr = StudentRunner(b, files, Limits(wall_s=20), module="submission", entry="submission.py",
+                           label="test-site-dirs")
+        try:
+            assert sr.start(10)["ok"]
+            reply = sr.request({"op": "call", "target": "value", "args": [], "kwargs": {}}, 10)
+            assert reply["ok"] and reply["value"] == "course-42", reply
+            assert "RAN" not in reply.get("stdout", "") + reply.get("stderr", ""), reply
+        finally:
+            sr.close()
+    finally:
+        shutil.rmtree(top)

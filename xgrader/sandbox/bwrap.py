@@ -64,6 +64,37 @@ def _nobody_can_enter(path: Path) -> bool:
     return True
 
 
+def sandbox_site_dirs(python: str, venv: Path | None) -> list[str]:
+    """The site-packages directories of the sandbox's Python as seen inside the
+    sandbox, for XGRADER_SITE_DIRS: the runner runs with -S and appends these
+    to sys.path itself, so student code imports course packages while no .pth
+    or sitecustomize is ever run. Same list and order as site.getsitepackages()
+    in the sandbox: the venv's own directory (at VENV_DIR) first, then the
+    interpreter's unless the venv excludes system site packages. Asked of the
+    interpreter once, with -S (the site module would run the venv's *.pth on
+    the host); [] with a warning if it cannot tell (student code then sees
+    the standard library only)."""
+    code = "import site, sys; print('%d.%d' % sys.version_info[:2]); print(*site.getsitepackages(), sep='\\n')"
+    try:
+        r = subprocess.run([python, "-I", "-S", "-c", code], capture_output=True, env={}, timeout=30, check=True)
+    except (OSError, subprocess.SubprocessError) as exc:
+        log.warning("sandbox_site_dirs_unknown", python=python, error=str(exc))
+        return []
+    version, *system = r.stdout.decode(errors="replace").splitlines()
+    out = []
+    if venv is not None:
+        own = f"lib/python{version}/site-packages"
+        if (venv / own).is_dir():
+            out.append(f"{VENV_DIR}/{own}")
+        cfg = venv / "pyvenv.cfg"
+        conf = dict(line.split("=", 1) for line in cfg.read_text(errors="replace").splitlines() if "=" in line) \
+            if cfg.is_file() else {}
+        conf = {k.strip().lower(): v.strip().lower() for k, v in conf.items()}
+        if conf.get("include-system-site-packages", "true") != "true":
+            return out
+    return out + [d for d in system if os.path.isdir(d)]
+
+
 class BwrapBackend(Backend):
     name = "bwrap"
 
@@ -88,6 +119,8 @@ class BwrapBackend(Backend):
             prefix += ["--ro-bind", str(Path(venv).resolve()), VENV_DIR]
             self.python = f"{VENV_DIR}/bin/python3"
         self.venv = Path(venv) if venv else None
+        host_python = str(Path(venv) / "bin" / "python3") if venv else self.python
+        self.site_dirs = ":".join(sandbox_site_dirs(host_python, self.venv))
         self._prefix = prefix
         self._seccomp = build_filter()  # built once; each job gets a memfd copy
         self.cgroups = CgroupManager(cpus=getattr(settings, "sandbox_cpus", 1.0))
@@ -106,6 +139,8 @@ class BwrapBackend(Backend):
         env = {"PATH": BASE_PATH, "LANG": "C.UTF-8", **job.env}
         if job.channel:
             env["XGRADER_CHANNEL"] = "fd:3,4"
+        if self.site_dirs:
+            env.setdefault("XGRADER_SITE_DIRS", self.site_dirs)
         for key, value in env.items():
             argv += ["--setenv", key, value]
         cmd = list(job.argv)

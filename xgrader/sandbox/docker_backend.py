@@ -63,6 +63,7 @@ TMP_PREFIX = "xgrader-docker-"
 LABEL = "xgrader.label"          # SandboxJob.label
 OWNER = "xgrader.owner"          # "<hostname>:<pid>" of the process that started the container
 BOX = "/run/xgrader"             # the job's folder inside the container
+IMAGE_SITE_DIRS = "/usr/local/lib/python3.11/dist-packages:/usr/lib/python3/dist-packages"  # Debian 12 python3
 CHANNEL_SOCK = f"{BOX}/channel.sock"
 DEFAULT_URL = "unix:///var/run/docker.sock"
 API_VERSION = "1.41"             # fixed: no version round trip (which could hang) per client
@@ -768,6 +769,9 @@ class DockerBackend(Backend):
         env = {"PATH": BASE_PATH, "LANG": "C.UTF-8", **job.env}
         if job.channel:
             env["XGRADER_CHANNEL"] = f"unix:{CHANNEL_SOCK}"
+        # The grading image's site dirs (course packages): the runner runs with -S
+        # and appends them to sys.path itself (no .pth, no sitecustomize).
+        env.setdefault("XGRADER_SITE_DIRS", IMAGE_SITE_DIRS)
         try:
             tmp, listener = self._prepare(job)
         except SandboxError:
