@@ -214,6 +214,19 @@ class JobCgroup:
                 pass
         return pids
 
+    def _live_pids(self) -> set[int]:
+        """The job's pids from one hierarchy (the pids controller's, else any):
+        every job process joined all of them before exec and children inherit
+        membership, so one read per check instead of one per controller (the
+        kill check runs several times per job). Falls back to the union when
+        that directory is gone (a half-removed orphan)."""
+        d = self.dirs.get("pids") or self.dirs.get("unified") or next(iter(self.dirs.values()))
+        try:
+            with open(os.path.join(d, "cgroup.procs"), "rb") as fh:
+                return {int(x) for x in fh.read().split()}
+        except OSError:
+            return self.pids()
+
     def kill(self) -> None:
         if self.v2 and (self.dirs["unified"] / "cgroup.kill").exists():
             try:
@@ -223,7 +236,7 @@ class JobCgroup:
         # v1 (and the v2 fallback): SIGKILL until empty; a forking job cannot outrun
         # the loop because pids.max bounds it and killed pids never come back.
         for _ in range(1000):
-            pids = self.pids()
+            pids = self._live_pids()
             if not pids:
                 return
             for pid in pids:
