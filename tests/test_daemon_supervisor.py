@@ -65,8 +65,9 @@ def ok_job(ctx: JobContext, reporter: Reporter) -> None:
     reporter.report(ChildReport(outcome=outcome, detail=detail, grade_outcome="passed", score=1))
 
 
-def run_daemon(server, job, until, timeout=20.0, hooks=None, **kw) -> tuple[int, float]:
-    daemon = Daemon(settings_for(server.url, **kw), MiniClient(server.url), NoSandbox(), hooks, job=job)
+def run_daemon(server, job, until, timeout=20.0, hooks=None, ready_children=None, **kw) -> tuple[int, float]:
+    daemon = Daemon(settings_for(server.url, **kw), MiniClient(server.url), NoSandbox(), hooks, job=job,
+                    ready_children=ready_children)
     cancel = stop_when(until, timeout)
     start = time.monotonic()
     try:
@@ -400,7 +401,10 @@ def test_queue_server_restart_mid_run_loses_nothing(mini_xqueue):
         mini_xqueue.restart(0.7)
 
     threading.Thread(target=restart_after_first, daemon=True).start()
-    code, _ = run_daemon(mini_xqueue, slow, lambda: mini_xqueue.answered() == 6, timeout=30)
+    # No ready children here: forked ahead of their job, they would keep this
+    # in-process server's old listening socket open through the restart.
+    code, _ = run_daemon(mini_xqueue, slow, lambda: mini_xqueue.answered() == 6, timeout=30,
+                         ready_children=0)
     time.sleep(0.2)
     assert code == 0 and [len(e.results) for e in mini_xqueue.entries] == [1] * 6
 

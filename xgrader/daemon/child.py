@@ -1,5 +1,7 @@
 """The per-submission work, run in a forked child: full parse, fetch files,
-grade, post exactly once, report to the parent.
+grade, report the reply body to the parent, which posts it exactly once over
+its kept-alive connection (a child that died before reporting is the
+parent's retry path; a reported reply is never lost with the child).
 
 Hooks called in here would be lost with the child's memory (metrics live in
 the parent), so the child records phase timings into its report and the
@@ -61,7 +63,8 @@ class _Timer:
 
 def fresh_connections(client: Any) -> None:
     """The parent's keep-alive sockets must not be shared with a child: drop
-    them (the session cookie survives)."""
+    them (the session cookie survives). The daemon calls this in every child
+    before the job; a new connection opens only if the job uses the client."""
     after_fork = getattr(client, "after_fork", None)
     if callable(after_fork):
         after_fork()
@@ -88,20 +91,48 @@ def instrumented(ctx: JobContext) -> Any:
     return InstrumentedBackend(ctx.backend, ctx.hooks, ctx.queue)
 
 
-def grade_and_post(ctx: JobContext, reporter: Reporter) -> None:
-    """The default child job. Never raises for expected failures: it reports.
-    Every log line in here carries queue, submission_id (and assignment once
-    known) through structlog's context."""
+def grade_and_report(ctx: JobContext, reporter: Reporter) -> None:
+    """The default child job: grade, then hand the reply body to the parent,
+    which posts it over its kept-alive connection (one put_result per pull,
+    from one process). The child never posts. Never raises for expected
+    failures: it reports. Every log line in here carries queue,
+    submission_id (and assignment once known) through structlog's context."""
     from xgrader.logs import bind_submission
 
     with bind_submission(ctx.queue, ctx.submission_id):
-        _grade_and_post(ctx, reporter)
+        graded = _grade(ctx, reporter)
+        if graded is None:
+            return
+        reply, timer, fields = graded
+        log.info("graded", attempt=ctx.attempt, assignment=fields["assignment"],
+                 outcome=fields["grade_outcome"], score=fields["score"], posted="by_parent")
+        reporter.report(ChildReport(outcome="graded", reply=reply.to_body(), phases=timer.phases,
+                                    events=child_events(ctx), **fields))
 
 
-def _grade_and_post(ctx: JobContext, reporter: Reporter) -> None:
+def grade_and_post(ctx: JobContext, reporter: Reporter) -> None:
+    """The older child job that posts itself (announce, then put_result once
+    on a fresh connection). Kept for jobs that must post from the child;
+    the daemon's default is :func:`grade_and_report`."""
+    from xgrader.logs import bind_submission
+
+    with bind_submission(ctx.queue, ctx.submission_id):
+        graded = _grade(ctx, reporter)
+        if graded is None:
+            return
+        reply, timer, fields = graded
+        outcome, detail = post_once(ctx, reply, reporter, timer)
+        log.info("graded", attempt=ctx.attempt, assignment=fields["assignment"],
+                 outcome=fields["grade_outcome"], score=fields["score"], posted=outcome)
+        reporter.report(ChildReport(outcome=outcome, detail=detail, phases=timer.phases,
+                                    events=child_events(ctx), **fields))
+
+
+def _grade(ctx: JobContext, reporter: Reporter) -> tuple[GraderReply, _Timer, dict[str, Any]] | None:
+    """Parse, fetch, grade. Returns (reply, timer, report fields), or None
+    after reporting an infrastructure failure (the parent retries, bounded)."""
     from xgrader import pipeline  # imported by the parent before forking; cheap here
 
-    fresh_connections(ctx.client)
     bound = log.bind(attempt=ctx.attempt)
     recorder = PhaseRecorder()
     timer = _Timer(recorder.phases)
@@ -141,7 +172,7 @@ def _grade_and_post(ctx: JobContext, reporter: Reporter) -> None:
         reporter.report(ChildReport(outcome="infra", infra_kind=kind, detail=str(exc)[:500],
                                     phases=timer.phases, assignment=assignment,
                                     events=child_events(ctx)))
-        return
+        return None
     except (AssignmentError, SubmissionError) as exc:  # pipeline answers these; be safe
         bound.error("unexpected_grading_error", error=str(exc)[:500])
         report = pipeline.error_report(assignment or "(unknown)", str(exc)[:500])
@@ -153,14 +184,9 @@ def _grade_and_post(ctx: JobContext, reporter: Reporter) -> None:
                                     detail=f"{type(exc).__name__}: {str(exc)[:400]}",
                                     phases=timer.phases, assignment=assignment,
                                     events=child_events(ctx)))
-        return
-
-    outcome, detail = post_once(ctx, reply, reporter, timer)
-    bound.info("graded", assignment=assignment, outcome=grade_outcome, score=score,
-               posted=outcome)
-    reporter.report(ChildReport(outcome=outcome, detail=detail, phases=timer.phases,
-                                assignment=assignment, grade_outcome=grade_outcome,
-                                score=score, max_score=max_score, events=child_events(ctx)))
+        return None
+    return reply, timer, {"assignment": assignment, "grade_outcome": grade_outcome,
+                          "score": score, "max_score": max_score}
 
 
 def post_once(ctx: JobContext, reply: GraderReply, reporter: Reporter, timer: _Timer) -> tuple[str, str]:

@@ -2,13 +2,23 @@
 answer what the children could not.
 
 The parent parses only layers 1-2 of a pull (id and key), never runs job
-code, and posts only in two cases: infrastructure failures exhausted
-`max_attempts` (could-not-grade), or a submission known to be poison.
-It never posts for a pull whose child announced "posting".
+code, and posts the one put_result of each pull over its kept-alive
+connection: the reply body a child reported (outcome "graded"), or
+could-not-grade when infrastructure failures exhausted `max_attempts` or
+the submission is known to be poison. A child that died before reporting
+is retried (bounded); a report is posted once, never retried after the
+server may have taken it. Jobs that post themselves (grade_and_post)
+announce "posting" first; the parent never posts for such a pull.
+
+Children are forked ahead of their job ("ready children", one per slot):
+the fork, its copy-on-write faults and, with a warm pool, the sandbox start
+happen while the daemon waits for work, not between pull and post.
 """
 
 from __future__ import annotations
 
+import gc
+import json
 import os
 import select
 import threading
@@ -19,7 +29,7 @@ from typing import Any, Callable
 import structlog
 
 from xgrader.daemon.backoff import Backoff
-from xgrader.daemon.child import JobContext, classify_put, grade_and_post
+from xgrader.daemon.child import JobContext, classify_put, fresh_connections, grade_and_report
 from xgrader.daemon.ledger import AttemptLedger
 from xgrader.daemon.messages import Reporter
 from xgrader.daemon.signals import SignalState
@@ -48,6 +58,7 @@ class Pull:
     submission_id: str
     label: str
     tries: int = 0   # forks for this pull
+    post_outcome: tuple[str, str] | None = None   # set once the parent posted (or tried)
 
 
 class Daemon:
@@ -58,7 +69,8 @@ class Daemon:
         backend: Any,
         hooks: Hooks | None = None,
         *,
-        job: JobFn = grade_and_post,
+        job: JobFn = grade_and_report,
+        ready_children: int | None = None,
         hints: Any = None,
         install_signals: bool = True,
         watchdog: bool = True,
@@ -83,6 +95,10 @@ class Daemon:
         self._backend_check_started = 0.0
         self._idle_until = 0.0
         self._drain_deadline: float | None = None
+        # Children forked ahead of their job: one per slot by default.
+        self.ready_target = (settings.concurrency * len(settings.queue_names)
+                             if ready_children is None else ready_children)
+        self._ready_seq = 0
 
     # -- public --------------------------------------------------------------
     @property
@@ -99,6 +115,10 @@ class Daemon:
         try:
             self._safe(self.backend.cleanup_stale, "cleanup_stale")
             self._preload()
+            # What is loaded now lives as long as the daemon: keep the collector
+            # off it, in the parent and in every forked child (fewer
+            # copy-on-write faults, shorter collections).
+            gc.freeze()
             if not self._login():
                 return EXIT_OK if not self.flags.hard_stop else EXIT_FORCED
             return self._loop()
@@ -127,6 +147,7 @@ class Daemon:
                 return EXIT_FORCED
             if self.flags.draining:
                 if self._drain_deadline is None:
+                    self.supervisor.retire_ready()
                     self._drain_deadline = time.monotonic() + self.settings.shutdown_grace_s
                     log.info("shutdown_draining", in_flight=len(self.supervisor),
                              grace_s=self.settings.shutdown_grace_s)
@@ -147,9 +168,11 @@ class Daemon:
                         self._idle_until = 0.0
                     elif self._has_free_slot():
                         self._idle_until = time.monotonic() + self.backoff.next_delay()
+                self._top_up_ready()
             self._wait()
             for handle in self.supervisor.poll():
                 self._finished(handle)
+            self._post_reported()
 
     def _tick(self) -> None:
         if self.watchdog:
@@ -230,22 +253,86 @@ class Daemon:
 
     def _fork(self, pull: Pull) -> None:
         pull.tries += 1
+        if pull.post_outcome is not None and pull.post_outcome[0] == "bad_reply":
+            pull.post_outcome = None  # nothing was posted: the retry may post
         attempt = self.ledger.add(pull.submission_id)
-        ctx = JobContext(
-            content=pull.content, queue=pull.queue, header_raw=pull.header_raw,
-            submission_id=pull.submission_id, label=pull.label, settings=self.settings,
-            client=self.client, backend=self.backend, hints=self.hints, attempt=attempt,
-            hooks=self.hooks,
-        )
-        job = self.job
-        self.supervisor.spawn(lambda reporter: job(ctx, reporter), timeout=self.settings.job_timeout_s,
-                              label=pull.label, context=pull)
+        fields = {"content": pull.content, "queue": pull.queue, "header_raw": pull.header_raw,
+                  "submission_id": pull.submission_id, "label": pull.label, "attempt": attempt}
+        timeout = self.settings.job_timeout_s
+        ready = self.supervisor.ready()
+        if not (ready and self.supervisor.assign(ready[0], json.dumps(fields).encode(), timeout=timeout,
+                                                 label=pull.label, context=pull)):
+            ctx = self._context(fields)
+            self.supervisor.spawn(lambda reporter: self._child(ctx, reporter), timeout=timeout,
+                                  label=pull.label, context=pull)
         self.in_flight[pull.queue] += 1
         self.hooks.on_in_flight(pull.queue, self.in_flight[pull.queue])
         log.debug("child_forked", submission_id=pull.submission_id, queue=pull.queue, attempt=attempt)
 
+    def _context(self, fields: dict[str, Any]) -> JobContext:
+        return JobContext(settings=self.settings, client=self.client, backend=self.backend,
+                          hints=self.hints, hooks=self.hooks, **fields)
+
+    def _child(self, ctx: JobContext, reporter: Reporter) -> None:
+        """In the child: the job, then drop a pre-started sandbox it did not use."""
+        try:
+            fresh_connections(ctx.client)
+            self.job(ctx, reporter)
+        finally:
+            self._drop_idle()
+
+    def _ready_child(self, reporter: Reporter, job: bytes) -> None:
+        """In a ready child, once assign() or retire_ready() spoke."""
+        if not job:  # retired without a job
+            self._drop_idle()
+            return
+        self._child(self._context(json.loads(job)), reporter)
+
+    def _drop_idle(self) -> None:
+        drop = getattr(self.backend, "drop_idle", None)
+        if callable(drop):
+            drop()
+
+    def _top_up_ready(self) -> None:
+        """Fork ready children up to the target (never while draining)."""
+        missing = self.ready_target - len(self.supervisor.ready())
+        for _ in range(max(0, missing)):
+            self._ready_seq += 1
+            self.supervisor.spawn_ready(self._ready_child, label=f"xg-{os.getpid()}-ready{self._ready_seq}")
+
     # -- results -------------------------------------------------------------
+    def _post_reported(self) -> None:
+        """Post replies as soon as their child reports them (before it is
+        reaped): exactly once per pull, from this process."""
+        for handle in list(self.supervisor.children.values()):
+            report = handle.report
+            if handle.assigned and report is not None and report.outcome == "graded":
+                self._post_reply(handle.context, report)
+
+    def _post_reply(self, pull: Pull, report: Any) -> None:
+        if pull.post_outcome is not None:
+            return  # posted (or tried) already: never twice
+        if self.flags.hard_stop:
+            pull.post_outcome = ("post_failed", "forced shutdown: not posted, the lease brings it back")
+            return
+        try:
+            reply = GraderReply.model_validate_json(report.reply or "")
+        except ValueError as exc:  # a child's bug, not the student's: infra, retried
+            pull.post_outcome = ("bad_reply", str(exc)[:300])
+            return
+        pull.post_outcome = ("post_failed", "not answered")  # set before: a crash mid-post never re-posts
+        started = time.perf_counter()
+        try:
+            pull.post_outcome = classify_put(self.client.put_result(pull.header_raw, reply))
+        except Exception as exc:  # the lease expires and the submission comes back
+            pull.post_outcome = ("post_failed", f"{type(exc).__name__}: {str(exc)[:300]}")
+        self.hooks.on_phase(pull.queue, "post", time.perf_counter() - started)
+
     def _finished(self, handle: ChildHandle) -> None:
+        if not handle.assigned:
+            if handle.exit_code not in (0, None) and handle.killed_for is None and not self.flags.draining:
+                log.warning("ready_child_died", pid=handle.pid, exit_code=handle.exit_code)
+            return  # a ready child without a job: nothing to answer
         pull: Pull = handle.context
         self.in_flight[pull.queue] -= 1
         self.hooks.on_in_flight(pull.queue, self.in_flight[pull.queue])
@@ -257,6 +344,14 @@ class Daemon:
             self.hooks.replay(report.events)
             for phase, secs in report.phases.items():
                 self.hooks.on_phase(pull.queue, phase, secs)
+            if report.outcome == "graded":
+                self._post_reply(pull, report)
+                outcome, detail = pull.post_outcome or ("post_failed", "")
+                if outcome == "bad_reply":
+                    report = report.model_copy(update={"outcome": "infra", "infra_kind": "bad_reply",
+                                                       "detail": detail})
+                else:
+                    report = report.model_copy(update={"outcome": outcome, "detail": detail})
             if report.outcome == "infra":
                 self.hooks.on_infra_failure(pull.queue, report.infra_kind or "infra")
                 self._retry_or_give_up(pull, report.infra_kind or "infra")

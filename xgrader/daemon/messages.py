@@ -1,6 +1,7 @@
 """What a child tells the parent over its pipe: JSON lines.
 
-    {"phase": "posting"}          just before put_result (the parent must not post after this)
+    {"phase": "posting"}          a job posting itself, just before put_result
+                                  (the parent must not post after this)
     {"report": {...ChildReport}}  the final word
 """
 
@@ -12,7 +13,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-ChildOutcome = Literal["posted", "foreign_key", "rejected", "post_failed", "infra"]
+# "graded": the child did not post; `reply` holds the body the parent posts.
+ChildOutcome = Literal["graded", "posted", "foreign_key", "rejected", "post_failed", "infra"]
 
 
 class ChildReport(BaseModel):
@@ -29,7 +31,8 @@ class ChildReport(BaseModel):
     # Hook calls made in the child ([name, args, kwargs]), replayed by the
     # parent into its metrics (see HookChain.take_child_events).
     events: list[list] = Field(default_factory=list, max_length=1000)
-    # Push mode: the result body the child computed (the parent answers it).
+    # The result body the child computed, for the parent to send: the
+    # daemon's put_result (outcome "graded") or push mode's HTTP answer.
     reply: str | None = None
 
 

@@ -3,6 +3,12 @@
 The supervisor knows nothing about grading: it runs a function in a forked
 child, collects the child's JSON-line messages, reaps it, and kills the whole
 process tree of a child that overstays its deadline.
+
+A child can also be forked *ahead* of its job (:meth:`Supervisor.spawn_ready`):
+it waits on a pipe of its own while it prepares (e.g. pre-starts its
+sandbox), and :meth:`Supervisor.assign` hands it the job bytes and starts its
+deadline. Closing that pipe instead (:meth:`Supervisor.retire_ready`) lets it
+clean up and exit without a job.
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import select
 import signal
 import time
 from dataclasses import dataclass, field
@@ -24,10 +31,13 @@ from xgrader.daemon.signals import reset_in_child
 
 log = structlog.get_logger(__name__)
 
-MAX_BUFFER = 256 * 1024
-PR_SET_PDEATHSIG = 1  # a child's messages are small; more is garbage
+MAX_BUFFER = 256 * 1024   # a child's messages are small; more is garbage
+PR_SET_PDEATHSIG = 1
+ASSIGN_TIMEOUT_S = 5.0    # a ready child reads its job at once; a stuck one is replaced
+MAX_JOB_BYTES = 64 * 1024 * 1024
 
 ChildFn = Callable[[Reporter], None]
+ReadyFn = Callable[[Reporter, bytes], None]
 
 
 @dataclass
@@ -43,6 +53,8 @@ class ChildHandle:
     exit_status: int | None = None       # os.waitstatus
     killed_for: str | None = None        # "timeout" | "shutdown"
     finished: float | None = None
+    job_fd: int | None = None            # ready child: the pipe its job comes through
+    assigned: bool = True                # False: a ready child still waiting for a job
     _buf: bytearray = field(default_factory=bytearray)
 
     @property
@@ -81,6 +93,7 @@ class Supervisor:
             code = 0
             try:
                 os.close(r)
+                self._close_inherited()
                 os.setpgid(0, 0)
                 reset_in_child()
                 die_with_parent(parent)
@@ -89,6 +102,80 @@ class Supervisor:
                 code = 1
             finally:
                 os._exit(code)
+        return self._register(pid, r, w, label=label, timeout=timeout, context=context)
+
+    def spawn_ready(self, fn: ReadyFn, *, label: str) -> ChildHandle:
+        """Fork a child now that runs fn(reporter, job) once assign() gives it
+        its job; no deadline until then. Without a job (retired, or the
+        parent gone) it exits 0 and fn never runs."""
+        r, w = os.pipe()
+        jr, jw = os.pipe()
+        parent = os.getpid()
+        pid = os.fork()
+        if pid == 0:  # child: never returns
+            code = 0
+            try:
+                os.close(r)
+                os.close(jw)
+                self._close_inherited()
+                os.setpgid(0, 0)
+                reset_in_child()
+                die_with_parent(parent)
+                job = _read_all(jr)
+                os.close(jr)
+                fn(Reporter(w), job)  # an empty job: retired, fn cleans up
+            except BaseException:  # noqa: BLE001 - the parent sees the exit status
+                code = 1
+            finally:
+                os._exit(code)
+        os.close(jr)
+        handle = self._register(pid, r, w, label=label, timeout=float("inf"))
+        handle.job_fd = jw
+        handle.assigned = False
+        return handle
+
+    def _close_inherited(self) -> None:
+        """In a new child: the other children's pipe ends are the parent's.
+        A ready child's job pipe held open here would never reach EOF."""
+        for handle in self.children.values():
+            for fd in (handle.fd, handle.job_fd):
+                if fd is not None:
+                    try:
+                        os.close(fd)
+                    except OSError:
+                        pass
+        self.children = {}
+
+    def ready(self) -> list[ChildHandle]:
+        """Ready children still waiting for a job."""
+        return [h for h in self.children.values() if not h.assigned and h.job_fd is not None]
+
+    def assign(self, handle: ChildHandle, job: bytes, *, timeout: float, label: str, context: Any = None) -> bool:
+        """Hand a ready child its job; its deadline starts now. False (and the
+        child is killed) when it cannot take it: the caller forks afresh."""
+        fd, handle.job_fd = handle.job_fd, None
+        ok = fd is not None and not handle.assigned and _write_all(fd, job, ASSIGN_TIMEOUT_S)
+        if fd is not None:
+            os.close(fd)  # EOF: the job is complete
+        if not ok:  # stays unassigned: reaped without a job, the caller forks afresh
+            log.warning("ready_child_refused_job", pid=handle.pid)
+            self.kill(handle, "refused")
+            return False
+        now = time.monotonic()
+        handle.assigned = True
+        handle.label, handle.context = label, context
+        handle.started, handle.deadline = now, now + timeout
+        return True
+
+    def retire_ready(self) -> None:
+        """Ready children exit without a job (after cleaning up); reaped by poll()."""
+        for handle in self.ready():
+            fd, handle.job_fd = handle.job_fd, None
+            os.close(fd)
+            handle.deadline = time.monotonic() + ASSIGN_TIMEOUT_S  # then killed
+
+    def _register(self, pid: int, r: int, w: int, *, label: str, timeout: float,
+                  context: Any = None) -> ChildHandle:
         try:
             os.setpgid(pid, pid)  # both sides set it: no race with an early kill
         except (PermissionError, ProcessLookupError):
@@ -198,5 +285,40 @@ class Supervisor:
         handle.finished = time.monotonic()
         self._read(handle)  # what it wrote before exiting is still in the pipe
         os.close(handle.fd)
+        if handle.job_fd is not None:
+            os.close(handle.job_fd)
+            handle.job_fd = None
         del self.children[handle.pid]
         return True
+
+
+def _read_all(fd: int) -> bytes:
+    """The job, up to EOF (blocking: the parent writes it whole, then closes)."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            return b"".join(chunks)
+        size += len(chunk)
+        if size > MAX_JOB_BYTES:
+            raise ValueError("job too large")
+        chunks.append(chunk)
+
+
+def _write_all(fd: int, data: bytes, timeout: float) -> bool:
+    """Write everything within `timeout`; False if the reader is gone or stuck."""
+    os.set_blocking(fd, False)
+    view = memoryview(data)
+    end = time.monotonic() + timeout
+    try:
+        while view:
+            try:
+                view = view[os.write(fd, view):]
+            except BlockingIOError:
+                left = end - time.monotonic()
+                if left <= 0 or not select.select([], [fd], [], left)[1]:
+                    return False
+    except OSError:  # EPIPE: the child died
+        return False
+    return True

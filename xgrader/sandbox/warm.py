@@ -20,11 +20,14 @@ forked child cannot use its parent's sandboxes (it cannot wait() for them and
 the parent would hand them out again), so after a fork the pool forgets the
 parent's sandboxes and fills anew in the child: right after a plain
 os.fork() (the supervisor's per-job fork; not subprocess's fork-then-exec),
-so the sandbox starts while the child parses and fetches the submission.
-The daemon's parent never starts a job, hence never fills (the first start()
-or :meth:`WarmPool.prewarm` fills in any process). A child's pool dies
-with it (--die-with-parent); its cgroups are orphans that check() and
-kill_label() remove (their creator pid is dead).
+so the sandbox starts while the child waits for or parses its submission.
+A forked child grades one submission, so it starts exactly ONE sandbox
+(`FORK_BUDGET`) and never refills: a replacement would be thrown away with
+the child. The daemon's parent never starts a job, hence never fills (the
+first start() or :meth:`WarmPool.prewarm` fills in any process). A child
+that did not use its sandbox discards it (:meth:`WarmPool.drop_idle`);
+one killed takes it along (--die-with-parent) and leaves cgroups that
+check() and kill_label() remove (their creator pid is dead).
 """
 
 from __future__ import annotations
@@ -49,6 +52,8 @@ FILES_ID = -2
 # The runner refuses lines over 4 MiB; files bigger than this go cold.
 MAX_WARM_FILE_BYTES = 2 * 1024 * 1024
 READY_TIMEOUT_S = 10.0
+# Sandboxes a forked (one-submission) child pre-starts in all.
+FORK_BUDGET = 1
 
 
 class WarmPool(Backend):
@@ -82,6 +87,9 @@ class WarmPool(Backend):
         self._idle: deque[ProcessSandbox] = deque()
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._budget: int | None = None   # starts left; None: refill for ever
+        self._dropped = False              # drop_idle(): keep nothing from now on
+        self._starting = False             # the filler is starting one right now
 
     def _before_fork(self) -> None:
         """In the forking thread: is this os.fork() itself, or subprocess's
@@ -123,6 +131,7 @@ class WarmPool(Backend):
         closed = self._closed
         self._reset()
         self._closed = closed  # a pool closed in the parent stays closed
+        self._budget = FORK_BUDGET
         if plain and self.prewarm_after_fork and not closed:
             self.prewarm()
 
@@ -152,11 +161,20 @@ class WarmPool(Backend):
         while True:
             with self._cv:
                 self._cv.wait_for(lambda: self._closed or len(self._idle) < self.size)
-                if self._closed:
+                if self._budget == 0:
+                    # Spent; stay alive: bwrap --die-with-parent follows this thread.
+                    self._cv.wait_for(lambda: self._closed or self._dropped)
+                if self._closed or self._dropped:
                     return
+                if self._budget is not None:
+                    self._budget -= 1   # spent on the attempt: a failure is not retried
+                self._starting = True
             try:
                 sb = self._start_one()
             except Exception as exc:  # never let the filler die: its sandboxes would die with it
+                with self._cv:
+                    self._starting = False
+                    self._cv.notify_all()
                 failures += 1
                 log.warning("warm_start_failed", error=str(exc)[:300], failures=failures)
                 with self._cv:
@@ -164,12 +182,13 @@ class WarmPool(Backend):
                 continue
             failures = 0
             with self._cv:
-                closed = self._closed
+                closed = self._closed or self._dropped
                 # Started for a template that was replaced meanwhile: not usable.
                 current = rlimit_key(sb.job.limits) == rlimit_key(self.template.limits)
+                self._starting = False
                 if current and not closed:
                     self._idle.append(sb)
-                    self._cv.notify_all()
+                self._cv.notify_all()
             if closed:
                 _discard(sb)
                 return
@@ -211,6 +230,10 @@ class WarmPool(Backend):
                 # Jobs now want other rlimits: pre-start for them from now on.
                 self.template = self.template.model_copy(update={"limits": job.limits})
                 stale, self._idle = list(self._idle), deque()
+            elif not self._idle and self._starting:
+                # One is almost up (a job child's prewarm): sooner than a cold start.
+                self._cv.wait_for(lambda: self._idle or not self._starting or self._closed,
+                                  READY_TIMEOUT_S)
             while self._idle:
                 sb = self._idle.popleft()
                 if sb.proc.poll() is None and rlimit_key(sb.job.limits) == key:
@@ -267,6 +290,18 @@ class WarmPool(Backend):
 
     def kill_label(self, label: str) -> None:
         self.inner.kill_label(label)
+
+    def drop_idle(self) -> None:
+        """Discard this process's idle sandboxes (their cgroups too) and start
+        no more: a forked child's pre-started sandbox its job did not take."""
+        with self._cv:
+            self._budget = 0
+            self._dropped = True
+            idle, self._idle = list(self._idle), deque()
+            self._cv.notify_all()
+        if os.getpid() == self._owner:
+            for sb in idle:
+                _discard(sb)
 
     def close(self) -> None:
         """Kill the idle sandboxes and stop the filler (this process's only)."""
