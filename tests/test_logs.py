@@ -92,3 +92,26 @@ def test_configure_twice_keeps_one_handler(stderr):
     configure(SimpleNamespace(log_format="json", log_level="info"))
     logging.getLogger("x").error("once")
     assert [line["event"] for line in lines(stderr)] == ["once"]
+
+
+def test_configured_logging_follows_a_replaced_stderr(monkeypatch):
+    """A stream captured at configure() time and closed later (pytest's capture
+    between tests) must never be written to: logs go to the current sys.stderr."""
+    import io
+    import sys
+
+    import structlog
+
+    from xgrader import logs
+
+    first = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", first)
+    logs.configure(type("S", (), {"log_format": "json", "log_level": "info"})())
+    try:
+        first.close()
+        second = io.StringIO()
+        monkeypatch.setattr(sys, "stderr", second)
+        structlog.get_logger("t").warning("after_swap", n=1)
+        assert '"event": "after_swap"' in second.getvalue()
+    finally:
+        logs.unconfigure()

@@ -43,6 +43,20 @@ def use_json(fmt: str, stream: Any = None) -> bool:
     return not (callable(isatty) and isatty())
 
 
+class _Stderr:
+    """sys.stderr looked up at every write: a stream replaced after configure()
+    (a test's capture, a redirected child) is used, a closed old one never is."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+    def isatty(self) -> bool:
+        return sys.stderr.isatty()
+
+
 def configure(settings: Any) -> None:
     """Process-wide logging setup (the CLI calls it once per process)."""
     fmt = getattr(settings, "log_format", "auto")
@@ -60,7 +74,7 @@ def configure(settings: Any) -> None:
     structlog.configure(
         processors=[*shared, structlog.processors.format_exc_info, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=_Stderr()),
         cache_logger_on_first_use=False,
     )
     _route_stdlib(shared, renderer, level)
@@ -77,7 +91,7 @@ def _route_stdlib(shared: list, renderer: Any, level: int) -> None:
     for handler in list(root.handlers):
         if getattr(handler, _HANDLER_MARK, False):  # configure() again: replace ours only
             root.removeHandler(handler)
-    handler = logging.StreamHandler(sys.stderr)
+    handler = logging.StreamHandler(_Stderr())
     setattr(handler, _HANDLER_MARK, True)
     handler.setFormatter(formatter)
     root.addHandler(handler)
