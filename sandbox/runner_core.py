@@ -595,12 +595,12 @@ def exec_main(path):
 
 def add_site_dirs():
     """The sandbox environment's package directories (course packages: the
-    sandbox venv, the grading image's site dirs), from XGRADER_SITE_DIRS set
+    sandbox venv, the grading image's site dirs), from SANDBOX_SITE_DIRS set
     by the backend. Appended as plain sys.path entries: Python runs with -S,
     so no site module, no *.pth processing, no sitecustomize/usercustomize (a
     submission shipping any of these gets no code run by them); the student's
     folder stays first."""
-    for d in os.environ.pop("XGRADER_SITE_DIRS", "").split(os.pathsep):
+    for d in os.environ.pop("SANDBOX_SITE_DIRS", "").split(os.pathsep):
         if d.startswith("/") and d not in sys.path:
             sys.path.append(d)
 

@@ -239,7 +239,7 @@ def test_cgroup_v2_delegation_moves_the_daemon_to_a_leaf(tmp_path, monkeypatch):
 
 def test_student_code_imports_course_packages_without_site_hooks():
     """The runner (-I -S) gets the sandbox venv's site-packages via
-    XGRADER_SITE_DIRS: student code imports a course package, while a *.pth or
+    SANDBOX_SITE_DIRS: student code imports a course package, while a *.pth or
     sitecustomize (shipped by the student, or in the venv) runs nothing."""
     import shutil
     import subprocess
@@ -283,3 +283,42 @@ def test_student_code_imports_course_packages_without_site_hooks():
             sr.close()
     finally:
         shutil.rmtree(top)
+
+
+def test_launcher_failure_is_a_sandbox_error_not_a_verdict(bw, monkeypatch):
+    """The spawn chain (dash: cgroup join + ulimits, setpriv, bwrap) failing
+    before bwrap reports its child: SandboxError at start, cgroup removed."""
+    import xgrader.sandbox.bwrap as bwrap_mod
+    before = set(bw.cgroups.owned_by(os.getpid()))
+    monkeypatch.setattr(bwrap_mod, "SETPRIV", "/nonexistent/setpriv")
+    with pytest.raises(SandboxError, match="cannot start the sandbox: .*setpriv"):
+        bw.start(SandboxJob(argv=["python3", "-I", "-S", "-c", "pass"]))
+    assert set(bw.cgroups.owned_by(os.getpid())) == before
+
+
+def test_spawned_with_vfork_job_sees_only_its_own_fds(bw):
+    """No preexec_fn (vfork, fds passed at their host numbers): the runner
+    still finds its channel and files, and nothing else of the host's leaks
+    in, even an inheritable fd."""
+    from xgrader.handlers.student import StudentRunner
+    host_fd = os.open("/etc/hostname", os.O_RDONLY)
+    os.set_inheritable(host_fd, True)
+    try:
+        src = (b"import os\ndef fds():\n    out = []\n    for f in os.listdir('/proc/self/fd'):\n"
+               b"        try: out.append(os.readlink('/proc/self/fd/' + f))\n"
+               b"        except OSError: pass\n    return sorted(out)\n"
+               b"def data():\n    return open('data/in.txt').read()\n")
+        sr = StudentRunner(bw, {"submission.py": src, "data/in.txt": b"payload"}, Limits(wall_s=20),
+                           module="submission", entry="submission.py", label="test-fds")
+        try:
+            assert sr.start(10)["ok"]
+            call = {"op": "call", "args": [], "kwargs": {}}
+            assert sr.request({**call, "target": "data"}, 10)["value"] == "payload"
+            links = sr.request({**call, "target": "fds"}, 10)["value"]
+            # stdin/out/err, the runner's two channel copies (pipes); the listing's
+            # own fd is gone by the time it is read.
+            assert len(links) == 5 and all(l.startswith("pipe:") for l in links), links
+        finally:
+            sr.close()
+    finally:
+        os.close(host_fd)

@@ -1,10 +1,12 @@
 """bubblewrap backend: every namespace unshared, no network, read-only system
 binds, a size-capped tmpfs at /tmp, the job running as an unprivileged uid.
 
-The daemon runs as root here, so the child drops to nobody (65534) *before*
-exec'ing bwrap: bwrap then builds an unprivileged user namespace and sandbox
-root is never host root. bwrap itself gets an empty environment because its
-pid 1 would otherwise expose the daemon's secrets in /proc/1/environ.
+The daemon runs as root here, so the job drops to nobody (65534) *before*
+bwrap runs (the launcher: dash joins the job cgroup and sets rlimits, setpriv
+drops the ids, both exec'd without a Python preexec_fn so Popen can vfork):
+bwrap then builds an unprivileged user namespace and sandbox root is never
+host root. bwrap itself gets an empty environment because its pid 1 would
+otherwise expose the daemon's secrets in /proc/1/environ.
 
 The sandbox's Python is `settings.sandbox_python` (under the read-only /usr
 bind), or, when `settings.sandbox_venv` is set, that virtualenv bound
@@ -19,7 +21,10 @@ become the job's before any student file reaches it.
 from __future__ import annotations
 
 import os
+import resource
+import select
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -28,19 +33,18 @@ from typing import Any
 import structlog
 
 from xgrader.sandbox.base import (
-    RUNNER_DIR, WORKDIR, Backend, RunningSandbox, SandboxError, SandboxJob,
+    RUNNER_DIR, WORKDIR, Backend, Limits, RunningSandbox, SandboxError, SandboxJob, clean_text,
 )
-from xgrader.sandbox.cgroups import CgroupManager
+from xgrader.sandbox.cgroups import CgroupManager, JobCgroup
 from xgrader.sandbox.channel import make_pipes
 from xgrader.sandbox.seccomp import build_filter, filter_fd
-from xgrader.sandbox.unsafe import (
-    BASE_PATH, ProcessSandbox, arrange_fds, rlimit_key, safe_relpath, set_rlimits,
-)
+from xgrader.sandbox.unsafe import BASE_PATH, ProcessSandbox, rlimit_key, rlimit_values, safe_relpath
 
 log = structlog.get_logger(__name__)
 
 NOBODY = 65534
 VENV_DIR = "/opt/venv"
+LAUNCH_TIMEOUT_S = 10.0  # spawn to bwrap's child-pid report: milliseconds normally
 
 
 def _system_binds() -> list[str]:
@@ -66,7 +70,7 @@ def _nobody_can_enter(path: Path) -> bool:
 
 def sandbox_site_dirs(python: str, venv: Path | None) -> list[str]:
     """The site-packages directories of the sandbox's Python as seen inside the
-    sandbox, for XGRADER_SITE_DIRS: the runner runs with -S and appends these
+    sandbox, for SANDBOX_SITE_DIRS: the runner runs with -S and appends these
     to sys.path itself, so student code imports course packages while no .pth
     or sitecustomize is ever run. Same list and order as site.getsitepackages()
     in the sandbox: the venv's own directory (at VENV_DIR) first, then the
@@ -93,6 +97,70 @@ def sandbox_site_dirs(python: str, venv: Path | None) -> list[str]:
         if conf.get("include-system-site-packages", "true") != "true":
             return out
     return out + [d for d in system if os.path.isdir(d)]
+
+
+SETPRIV = shutil.which("setpriv") or "/usr/bin/setpriv"
+# The launcher: a dash process joins the job's cgroups (writing its own pid:
+# bwrap and everything it starts are then inside from the start) and sets the
+# rlimits (ulimit builtins), then execs setpriv, which drops to nobody (real,
+# effective and saved ids, no groups, so no capabilities) before bwrap builds
+# its user namespace. Two small execs cost less than a fork of the daemon with
+# a Python preexec_fn. Arguments: N, N cgroup.procs paths, then the command.
+_JOIN = 'n=$1; shift; while [ "$n" -gt 0 ]; do echo $$ >"$1" || exit 125; shift; n=$((n-1)); done; '
+_ULIMIT_FLAGS = {resource.RLIMIT_CPU: ("t", 1), resource.RLIMIT_FSIZE: ("f", 512),  # dash: -f in 512 B blocks
+                 resource.RLIMIT_NOFILE: ("n", 1), resource.RLIMIT_CORE: ("c", 512),
+                 resource.RLIMIT_NPROC: ("p", 1)}
+
+
+def _launcher(limits: Limits, cg: JobCgroup | None) -> list[str]:
+    values = rlimit_values(limits)
+    if cg is None:
+        # RLIMIT_NPROC is per host uid (every sandbox runs as nobody): only a
+        # coarse fork-bomb brake, used when no pids cgroup bounds the job.
+        values.append((resource.RLIMIT_NPROC, (limits.pids * 4, limits.pids * 4)))
+    steps = []
+    for res, (soft, hard) in values:
+        flag, unit = _ULIMIT_FLAGS[res]
+        steps.append(f"ulimit -{flag} {-(-hard // unit)}")  # both; then the lower soft one
+        if soft != hard:
+            steps.append(f"ulimit -S -{flag} {-(-soft // unit)}")
+    script = _JOIN + " && ".join(steps) + ' || exit 125; exec "$@"'
+    procs = [os.path.join(d, "cgroup.procs") for d in cg.dirs.values()] if cg is not None else []
+    return ["/bin/sh", "-c", script, "sh", str(len(procs)), *procs,
+            SETPRIV, "--reuid", str(NOBODY), "--regid", str(NOBODY), "--clear-groups", "--"]
+
+
+def _await_launch(proc: subprocess.Popen, info_r: int, label: str) -> None:
+    """Wait (bounded) until bwrap reports its sandbox child on --info-fd. EOF
+    without it: the launcher (cgroup join, rlimits, uid drop) or bwrap failed
+    before any student code existed; that is the sandbox's error, raised with
+    the launcher's message, never a student's verdict."""
+    data = b""
+    deadline = time.monotonic() + LAUNCH_TIMEOUT_S
+    try:
+        # To EOF: bwrap writes its report in pieces and closes the fd; closing
+        # our end early would kill it with SIGPIPE.
+        while len(data) < 65536:
+            ready, _, _ = select.select([info_r], [], [], max(deadline - time.monotonic(), 0))
+            chunk = os.read(info_r, 4096) if ready else b""
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        os.close(info_r)
+    if b"child-pid" in data:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    try:
+        _, err = proc.communicate(timeout=5)
+    except subprocess.TimeoutExpired:
+        err = b""
+    msg = clean_text(err or b"", 300).strip() or f"exit status {proc.returncode}"
+    log.error("bwrap_launch_failed", label=label, error=msg)
+    raise SandboxError(f"cannot start the sandbox: {msg}")
 
 
 class BwrapBackend(Backend):
@@ -125,8 +193,9 @@ class BwrapBackend(Backend):
         self._seccomp = build_filter()  # built once; each job gets a memfd copy
         self.cgroups = CgroupManager(cpus=getattr(settings, "sandbox_cpus", 1.0))
 
-    def _argv(self, job: SandboxJob, file_fds: list[tuple[int, str]], seccomp_fd: int) -> list[str]:
-        argv = [*self._prefix, "--seccomp", str(seccomp_fd), "--size", str(job.limits.tmp_mb * 1024 * 1024), "--tmpfs", "/tmp",
+    def _argv(self, job: SandboxJob, file_fds: list[tuple[int, str]], seccomp_fd: int, info_fd: int,
+              channel: str | None) -> list[str]:
+        argv = [*self._prefix, "--info-fd", str(info_fd), "--seccomp", str(seccomp_fd), "--size", str(job.limits.tmp_mb * 1024 * 1024), "--tmpfs", "/tmp",
                 "--dir", WORKDIR]
         for fd, dest in file_fds:
             parent = os.path.dirname(dest)
@@ -137,10 +206,10 @@ class BwrapBackend(Backend):
         # once populated, so /tmp (size-capped) is the only writable place.
         argv += ["--remount-ro", "/dev", "--remount-ro", "/", "--chdir", WORKDIR, "--clearenv"]
         env = {"PATH": BASE_PATH, "LANG": "C.UTF-8", **job.env}
-        if job.channel:
-            env["XGRADER_CHANNEL"] = "fd:3,4"
-        if self.site_dirs:
-            env.setdefault("XGRADER_SITE_DIRS", self.site_dirs)
+        if channel:
+            env["XGRADER_CHANNEL"] = channel
+        if self.site_dirs:  # not XGRADER_*: that prefix is the daemon's config, never in a sandbox
+            env.setdefault("SANDBOX_SITE_DIRS", self.site_dirs)
         for key, value in env.items():
             argv += ["--setenv", key, value]
         cmd = list(job.argv)
@@ -194,39 +263,28 @@ class BwrapBackend(Backend):
             if job.channel:
                 channel, child_r, child_w = make_pipes()
                 sources = [child_r, child_w]
-            # In the child the channel is fds 3,4 and the file memfds follow.
-            first = 3 + len(sources)
-            argv = self._argv(job, [(first + i, dest) for i, (_, dest) in enumerate(file_fds)],
-                              first + len(file_fds))
-            sources += [fd for fd, _ in file_fds]
             seccomp = filter_fd(self._seccomp)
             file_fds.append((seccomp, ""))  # closed with the files below
-            sources.append(seccomp)
+            info_r, info_w = os.pipe()
+            file_fds.append((info_w, ""))
+            # The fds keep their numbers in the child (pass_fds): bwrap and the
+            # runner are told which they are.
+            argv = self._argv(job, file_fds[:-2], seccomp, info_w,
+                              f"fd:{child_r},{child_w}" if job.channel else None)
+            sources += [fd for fd, _ in file_fds]
 
             cg = self.cgroups.create(job.label, job.limits)
-
-            # RLIMIT_NPROC is per host uid (every sandbox runs as nobody): only a
-            # coarse fork-bomb brake, used when no pids cgroup bounds the job.
-            nproc = None if cg is not None else job.limits.pids * 4
-
-            def preexec() -> None:
-                if cg is not None:
-                    cg.join()
-                arrange_fds(sources)
-                set_rlimits(job.limits, nproc=nproc)  # after: RLIMIT_NOFILE would refuse the high fds
-                # Never host root inside: drop before bwrap builds its user namespace.
-                os.setgroups([])
-                os.setgid(NOBODY)
-                os.setuid(NOBODY)
-
+            argv = [*_launcher(job.limits, cg), *argv]
             started = time.monotonic()
             try:
+                # No preexec_fn: CPython then spawns with vfork (a fork of the
+                # daemon-sized parent costs ~2 ms of page-table copying).
                 proc = subprocess.Popen(
                     argv, env={}, cwd="/", stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                    stderr=subprocess.PIPE, start_new_session=True, preexec_fn=preexec,
-                    close_fds=False, pass_fds=(),
+                    stderr=subprocess.PIPE, start_new_session=True, close_fds=True, pass_fds=sources,
                 )
             except (OSError, subprocess.SubprocessError) as exc:
+                os.close(info_r)
                 if cg is not None:
                     cg.remove()
                 raise SandboxError(f"cannot start bwrap: {exc}") from None
@@ -236,6 +294,14 @@ class BwrapBackend(Backend):
         for fd in (child_r, child_w):
             if fd is not None:
                 os.close(fd)
+        try:
+            _await_launch(proc, info_r, job.label)
+        except SandboxError:
+            if channel is not None:
+                channel.close()
+            if cg is not None:
+                cg.remove()
+            raise
         log.debug("bwrap_started", label=job.label, pid=proc.pid)
 
         def done() -> dict[str, Any]:
@@ -272,6 +338,8 @@ class BwrapBackend(Backend):
     def check(self) -> None:
         if not os.access(self.bwrap, os.X_OK):
             raise SandboxError("bwrap not installed")
+        if not os.access(SETPRIV, os.X_OK):
+            raise SandboxError("setpriv (util-linux) not installed: it drops the sandbox to nobody")
         if self.venv is not None:
             if not (self.venv / "bin" / "python3").exists():
                 raise SandboxError(f"sandbox_venv {self.venv} has no bin/python3")

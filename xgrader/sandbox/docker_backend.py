@@ -771,7 +771,7 @@ class DockerBackend(Backend):
             env["XGRADER_CHANNEL"] = f"unix:{CHANNEL_SOCK}"
         # The grading image's site dirs (course packages): the runner runs with -S
         # and appends them to sys.path itself (no .pth, no sitecustomize).
-        env.setdefault("XGRADER_SITE_DIRS", IMAGE_SITE_DIRS)
+        env.setdefault("SANDBOX_SITE_DIRS", IMAGE_SITE_DIRS)
         try:
             tmp, listener = self._prepare(job)
         except SandboxError:
