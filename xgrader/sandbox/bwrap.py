@@ -193,9 +193,12 @@ class BwrapBackend(Backend):
         self._seccomp = build_filter()  # built once; each job gets a memfd copy
         self.cgroups = CgroupManager(cpus=getattr(settings, "sandbox_cpus", 1.0))
 
-    def _argv(self, job: SandboxJob, file_fds: list[tuple[int, str]], seccomp_fd: int, info_fd: int,
-              channel: str | None) -> list[str]:
-        argv = [*self._prefix, "--info-fd", str(info_fd), "--seccomp", str(seccomp_fd), "--size", str(job.limits.tmp_mb * 1024 * 1024), "--tmpfs", "/tmp",
+    def _argv(self, job: SandboxJob, file_fds: list[tuple[int, str]], seccomp_fd: int,
+              info_fd: int | None = None, channel: str | None = None) -> list[str]:
+        """bwrap's argv for `job` (the launcher goes in front); `channel` is
+        the runner's XGRADER_CHANNEL spec. bench/sandbox_overhead calls it too."""
+        info = ["--info-fd", str(info_fd)] if info_fd is not None else []
+        argv = [*self._prefix, *info, "--seccomp", str(seccomp_fd), "--size", str(job.limits.tmp_mb * 1024 * 1024), "--tmpfs", "/tmp",
                 "--dir", WORKDIR]
         for fd, dest in file_fds:
             parent = os.path.dirname(dest)
