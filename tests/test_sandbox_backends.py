@@ -76,3 +76,20 @@ def test_killed_job_then_next_job(backend):
     assert r.verdict is Verdict.wall_time
     r2 = backend.run(job("print('fine')"))
     assert r2.verdict == Verdict.ok and r2.stdout == "fine\n"
+
+
+def test_student_code_imports_environment_packages_without_site_hooks(backend):
+    """The runner runs with -I -S, yet student code imports packages installed
+    for the sandbox (Debian's python3-pytest here: /usr/lib/python3/dist-packages
+    on the host and in the grading image) via SANDBOX_SITE_DIRS; a shipped
+    sitecustomize, usercustomize or .pth still runs nothing."""
+    files = {
+        "x.py": b"import sys, pytest\nprint(pytest.__name__, 'site' in sys.modules)\n",
+        "sitecustomize.py": b"print('SITECUSTOMIZE-RAN')\n",
+        "usercustomize.py": b"print('USERCUSTOMIZE-RAN')\n",
+        "evil.pth": b"import sys; print('PTH-RAN')\n",
+    }
+    r = backend.run(SandboxJob(argv=backend.python_argv("exec", "x.py"), files=files))
+    assert r.verdict == Verdict.ok and r.exit_code == 0, r
+    assert r.stdout.split() == ["pytest", "False"], r
+    assert "RAN" not in r.stdout + r.stderr, r

@@ -38,7 +38,9 @@ from xgrader.sandbox.base import (
 from xgrader.sandbox.cgroups import CgroupManager, JobCgroup
 from xgrader.sandbox.channel import make_pipes
 from xgrader.sandbox.seccomp import build_filter, filter_fd
-from xgrader.sandbox.unsafe import BASE_PATH, ProcessSandbox, rlimit_key, rlimit_values, safe_relpath
+from xgrader.sandbox.unsafe import (
+    BASE_PATH, ProcessSandbox, rlimit_key, rlimit_values, safe_relpath, sandbox_site_dirs,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -66,37 +68,6 @@ def _nobody_can_enter(path: Path) -> bool:
         if not (st.st_mode & 0o001 or st.st_uid == NOBODY):
             return False
     return True
-
-
-def sandbox_site_dirs(python: str, venv: Path | None) -> list[str]:
-    """The site-packages directories of the sandbox's Python as seen inside the
-    sandbox, for SANDBOX_SITE_DIRS: the runner runs with -S and appends these
-    to sys.path itself, so student code imports course packages while no .pth
-    or sitecustomize is ever run. Same list and order as site.getsitepackages()
-    in the sandbox: the venv's own directory (at VENV_DIR) first, then the
-    interpreter's unless the venv excludes system site packages. Asked of the
-    interpreter once, with -S (the site module would run the venv's *.pth on
-    the host); [] with a warning if it cannot tell (student code then sees
-    the standard library only)."""
-    code = "import site, sys; print('%d.%d' % sys.version_info[:2]); print(*site.getsitepackages(), sep='\\n')"
-    try:
-        r = subprocess.run([python, "-I", "-S", "-c", code], capture_output=True, env={}, timeout=30, check=True)
-    except (OSError, subprocess.SubprocessError) as exc:
-        log.warning("sandbox_site_dirs_unknown", python=python, error=str(exc))
-        return []
-    version, *system = r.stdout.decode(errors="replace").splitlines()
-    out = []
-    if venv is not None:
-        own = f"lib/python{version}/site-packages"
-        if (venv / own).is_dir():
-            out.append(f"{VENV_DIR}/{own}")
-        cfg = venv / "pyvenv.cfg"
-        conf = dict(line.split("=", 1) for line in cfg.read_text(errors="replace").splitlines() if "=" in line) \
-            if cfg.is_file() else {}
-        conf = {k.strip().lower(): v.strip().lower() for k, v in conf.items()}
-        if conf.get("include-system-site-packages", "true") != "true":
-            return out
-    return out + [d for d in system if os.path.isdir(d)]
 
 
 SETPRIV = shutil.which("setpriv") or "/usr/bin/setpriv"
@@ -188,7 +159,7 @@ class BwrapBackend(Backend):
             self.python = f"{VENV_DIR}/bin/python3"
         self.venv = Path(venv) if venv else None
         host_python = str(Path(venv) / "bin" / "python3") if venv else self.python
-        self.site_dirs = ":".join(sandbox_site_dirs(host_python, self.venv))
+        self.site_dirs = ":".join(sandbox_site_dirs(host_python, self.venv, VENV_DIR))
         self._prefix = prefix
         self._seccomp = build_filter()  # built once; each job gets a memfd copy
         self.cgroups = CgroupManager(cpus=getattr(settings, "sandbox_cpus", 1.0))

@@ -90,6 +90,37 @@ def install_channel_fds(child_r: int, child_w: int) -> None:
     arrange_fds([child_r, child_w])
 
 
+def sandbox_site_dirs(python: str, venv: Path | None = None, venv_dir: str = "") -> list[str]:
+    """The site-packages directories of the sandbox's Python as seen inside the
+    sandbox, for SANDBOX_SITE_DIRS: the runner runs with -S and appends these
+    to sys.path itself, so student code imports course packages while no .pth
+    or sitecustomize is ever run. Same list and order as site.getsitepackages()
+    in the sandbox: the venv's own directory (at `venv_dir` inside) first, then the
+    interpreter's unless the venv excludes system site packages. Asked of the
+    interpreter once, with -S (the site module would run the venv's *.pth on
+    the host); [] with a warning if it cannot tell (student code then sees
+    the standard library only)."""
+    code = "import site, sys; print('%d.%d' % sys.version_info[:2]); print(*site.getsitepackages(), sep='\\n')"
+    try:
+        r = subprocess.run([python, "-I", "-S", "-c", code], capture_output=True, env={}, timeout=30, check=True)
+    except (OSError, subprocess.SubprocessError) as exc:
+        log.warning("sandbox_site_dirs_unknown", python=python, error=str(exc))
+        return []
+    version, *system = r.stdout.decode(errors="replace").splitlines()
+    out = []
+    if venv is not None:
+        own = f"lib/python{version}/site-packages"
+        if (venv / own).is_dir():
+            out.append(f"{venv_dir or venv}/{own}")
+        cfg = venv / "pyvenv.cfg"
+        conf = dict(line.split("=", 1) for line in cfg.read_text(errors="replace").splitlines() if "=" in line) \
+            if cfg.is_file() else {}
+        conf = {k.strip().lower(): v.strip().lower() for k, v in conf.items()}
+        if conf.get("include-system-site-packages", "true") != "true":
+            return out
+    return out + [d for d in system if os.path.isdir(d)]
+
+
 class ProcessSandbox(RunningSandbox):
     """Supervises one started process group: capped streamed output, wall timer, kill.
 
@@ -275,6 +306,8 @@ class UnsafeBackend(Backend):
 
     def __init__(self, settings: Any = None) -> None:
         self.settings = settings
+        python = str(getattr(settings, "sandbox_python", "") or "python3")
+        self.site_dirs = ":".join(sandbox_site_dirs(python))  # course packages, as on bwrap
 
     def start(self, job: SandboxJob) -> RunningSandbox:
         log.warning("unsafe_sandbox_job", label=job.label, reason="no isolation: debug only")
@@ -291,6 +324,8 @@ class UnsafeBackend(Backend):
         if job.channel:
             channel, child_r, child_w = make_pipes()
             env["XGRADER_CHANNEL"] = "fd:3,4"
+        if self.site_dirs:
+            env.setdefault("SANDBOX_SITE_DIRS", self.site_dirs)
 
         def preexec() -> None:
             arrange_fds([child_r, child_w] if child_r is not None else [])
