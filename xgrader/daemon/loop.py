@@ -10,9 +10,11 @@ is retried (bounded); a report is posted once, never retried after the
 server may have taken it. Jobs that post themselves (grade_and_post)
 announce "posting" first; the parent never posts for such a pull.
 
-Children are forked ahead of their job ("ready children", one per slot):
-the fork, its copy-on-write faults and, with a warm pool, the sandbox start
-happen while the daemon waits for work, not between pull and post.
+Children are forked ahead of their job ("ready children", one per slot)
+whenever no job runs: the fork, its copy-on-write faults and, with a warm
+pool, the sandbox start happen while the daemon waits for work, not between
+pull and post. Once they are used up (a steady stream of work), each job
+gets a fresh fork.
 """
 
 from __future__ import annotations
@@ -168,7 +170,11 @@ class Daemon:
                         self._idle_until = 0.0
                     elif self._has_free_slot():
                         self._idle_until = time.monotonic() + self.backoff.next_delay()
-                self._top_up_ready()
+                if not any(self.in_flight.values()):
+                    # Only while no job runs: a fork (and a warm sandbox start)
+                    # next to a grading child slows that child on a busy box.
+                    # Under a steady stream jobs get a fresh fork, as before.
+                    self._top_up_ready()
             self._wait()
             for handle in self.supervisor.poll():
                 self._finished(handle)

@@ -1,0 +1,229 @@
+"""Ready children (forked ahead of their job) and the parent posting the
+child's reply: real forks, a real HTTP queue (tests/support/daemon.py), and
+for the warm pool real bwrap sandboxes."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from xgrader.config import Settings
+from xgrader.daemon.child import JobContext
+from xgrader.daemon.messages import ChildReport, Reporter
+from xgrader.daemon.supervisor import Supervisor
+from xgrader.sandbox import make_backend
+from xgrader.sandbox.base import SandboxJob
+from xgrader.wire import GraderReply
+from tests.test_daemon_supervisor import BODY, Recorder, run_daemon
+
+REPLY = GraderReply(correct=True, score=1, msg="<div>ok</div>")
+
+
+def _start_ticks(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as fh:
+        return int(fh.read().rsplit(")", 1)[1].split()[19])
+
+
+def _uptime_ticks() -> int:
+    with open("/proc/uptime") as fh:
+        return int(float(fh.read().split()[0]) * os.sysconf("SC_CLK_TCK"))
+
+
+# -- the supervisor alone ----------------------------------------------------------
+
+def test_ready_child_runs_its_job_only_once_assigned(tmp_path: Path):
+    seen = tmp_path / "seen"
+
+    def fn(reporter: Reporter, job: bytes) -> None:
+        seen.write_bytes(job)
+        reporter.report(ChildReport(outcome="graded", reply=REPLY.to_body()))
+
+    sup = Supervisor()
+    handle = sup.spawn_ready(fn, label="r1")
+    time.sleep(0.3)
+    assert sup.poll() == [] and not seen.exists()   # waits, no deadline, nothing run
+    assert sup.ready() == [handle] and handle.deadline == float("inf")
+    big = b"x" * 300_000                               # more than a pipe holds
+    assert sup.assign(handle, big, timeout=5, label="job", context="ctx")
+    assert sup.ready() == [] and handle.deadline < time.monotonic() + 5.1
+    done = sup.wait_all(5)
+    assert done == [handle] and handle.exit_code == 0 and handle.context == "ctx"
+    assert seen.read_bytes() == big and handle.report.outcome == "graded"
+
+
+def test_retired_ready_children_exit_without_running_the_job(tmp_path: Path):
+    ran = tmp_path / "ran"
+
+    def fn(reporter: Reporter, job: bytes) -> None:
+        ran.write_text(repr(job))
+
+    sup = Supervisor()
+    first = sup.spawn_ready(fn, label="r1")
+    second = sup.spawn_ready(fn, label="r2")   # holds no copy of the first's job pipe
+    sup.retire_ready()
+    done = sup.wait_all(5)
+    assert {h.pid for h in done} == {first.pid, second.pid}
+    assert all(h.exit_code == 0 and h.killed_for is None for h in done)
+    assert ran.read_text() == "b''"                # fn is told, with an empty job, to clean up
+
+
+def test_assign_to_a_dead_ready_child_fails_and_is_not_a_job():
+    sup = Supervisor()
+    handle = sup.spawn_ready(lambda reporter, job: None, label="r1")
+    os.kill(handle.pid, 9)
+    time.sleep(0.2)
+    assert sup.assign(handle, b"x" * 200_000, timeout=5, label="job") is False
+    assert not handle.assigned
+    sup.wait_all(5)
+    assert sup.children == {}
+
+
+# -- the loop ----------------------------------------------------------------------
+
+def test_job_runs_in_a_child_forked_before_the_submission_came(mini_xqueue, tmp_path: Path):
+    started = tmp_path / "started"
+
+    def job(ctx: JobContext, reporter: Reporter) -> None:
+        started.write_text(str(_start_ticks(os.getpid())))
+        reporter.report(ChildReport(outcome="graded", reply=REPLY.to_body(), grade_outcome="passed"))
+
+    import threading
+
+    submitted: list[int] = []
+
+    def submit_later() -> None:
+        time.sleep(1.0)
+        submitted.append(_uptime_ticks())
+        mini_xqueue.submit("q", BODY)
+
+    threading.Thread(target=submit_later, daemon=True).start()
+    code, _ = run_daemon(mini_xqueue, job, lambda: mini_xqueue.answered() == 1)
+    assert code == 0 and len(mini_xqueue.entries[0].results) == 1
+    # Forked at least half a second before the submission existed.
+    assert int(started.read_text()) < submitted[0] - os.sysconf("SC_CLK_TCK") // 2
+
+
+def test_parent_posts_a_reported_reply_once_even_if_the_child_then_hangs(mini_xqueue, tmp_path: Path):
+    tries = tmp_path / "tries"
+
+    def report_then_hang(ctx: JobContext, reporter: Reporter) -> None:
+        with open(tries, "a") as fh:
+            fh.write("x\n")
+        reporter.report(ChildReport(outcome="graded", reply=REPLY.to_body(), grade_outcome="passed",
+                                    score=1, max_score=1))
+        time.sleep(60)
+
+    hooks = Recorder()
+    mini_xqueue.submit("q", BODY)
+    t0 = time.monotonic()
+    code, _ = run_daemon(mini_xqueue, report_then_hang, lambda: mini_xqueue.answered() == 1, hooks=hooks,
+                         job_timeout_s=3.0)
+    (entry,) = mini_xqueue.entries
+    # Posted on the report, long before the child's deadline; never retried.
+    assert code == 0 and entry.pulls == 1 and len(entry.results) == 1 and entry.results[0]["correct"] is True
+    assert len(tries.read_text().split()) == 1
+    assert ("posted", True, "") in hooks.calls and ("phase", "post") in hooks.calls
+    assert time.monotonic() - t0 < 20
+
+
+def test_bad_reply_from_a_child_is_infra_retried_then_could_not_grade(mini_xqueue, tmp_path: Path):
+    tries = tmp_path / "tries"
+
+    def bad(ctx: JobContext, reporter: Reporter) -> None:
+        with open(tries, "a") as fh:
+            fh.write("x\n")
+        reporter.report(ChildReport(outcome="graded", reply='{"score": -1}'))
+
+    hooks = Recorder()
+    mini_xqueue.submit("q", BODY)
+    code, _ = run_daemon(mini_xqueue, bad, lambda: mini_xqueue.answered() == 1, hooks=hooks)
+    (entry,) = mini_xqueue.entries
+    assert code == 0 and len(tries.read_text().split()) == 3
+    assert len(entry.results) == 1 and entry.results[0]["correct"] is None
+    assert hooks.calls.count(("infra", "bad_reply")) == 3
+
+
+def test_sigterm_retires_ready_children(mini_xqueue):
+    from xgrader.daemon import Daemon
+    from tests.support.daemon import MiniClient, NoSandbox, stop_when
+    from tests.test_daemon_supervisor import settings_for
+
+    daemon = Daemon(settings_for(mini_xqueue.url), MiniClient(mini_xqueue.url), NoSandbox(),
+                    job=lambda ctx, reporter: None)
+    pids: list[int] = []
+
+    def ready_up() -> bool:
+        pids[:] = [h.pid for h in daemon.supervisor.ready()]
+        return len(pids) == 2
+
+    cancel = stop_when(ready_up, 10)
+    try:
+        t0 = time.monotonic()
+        code = daemon.run()
+    finally:
+        cancel.set()
+    assert code == 0 and len(pids) == 2 and time.monotonic() - t0 < 5
+    assert daemon.supervisor.children == {}
+    for pid in pids:
+        assert not os.path.exists(f"/proc/{pid}")
+
+
+# -- the warm pool in a forked child -----------------------------------------------
+
+def test_forked_child_prestarts_exactly_one_sandbox_and_drops_it_unused():
+    pool = make_backend(Settings(sandbox="bwrap", warm_pool=2))
+    try:
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                os.close(r)
+                ready = pool.wait_ready(1, timeout=15)
+                job = SandboxJob(argv=pool.python_argv(), files={"m.py": b"x = 1\n"}, channel=True,
+                                 label="t", limits=Settings().limits_for(None))
+                sb = pool.start(job)
+                time.sleep(0.5)   # a refill would have started by now
+                owned_in_use = len(pool.inner.cgroups.owned_by(os.getpid()))
+                sb.kill()
+                sb.wait()
+                hits, idle = pool.hits, pool.idle
+                pool.drop_idle()
+                left = len(pool.inner.cgroups.owned_by(os.getpid()))
+                os.write(w, json.dumps([ready, hits, idle, owned_in_use, left]).encode())
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(w)
+        _, status = os.waitpid(pid, 0)
+        out = os.read(r, 200).decode()
+        os.close(r)
+        assert os.waitstatus_to_exitcode(status) == 0
+        # Warm hit, nothing refilled, one cgroup while in use, none after.
+        assert json.loads(out) == [True, 1, 0, 1, 0], out
+
+        # Unused: drop_idle() removes the pre-started sandbox and its cgroup.
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                os.close(r)
+                ready = pool.wait_ready(1, timeout=15)
+                before = len(pool.inner.cgroups.owned_by(os.getpid()))
+                pool.drop_idle()
+                time.sleep(0.3)
+                after = len(pool.inner.cgroups.owned_by(os.getpid()))
+                os.write(w, json.dumps([ready, before, after, pool.idle]).encode())
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(w)
+        _, status = os.waitpid(pid, 0)
+        out = os.read(r, 200).decode()
+        os.close(r)
+        assert os.waitstatus_to_exitcode(status) == 0 and json.loads(out) == [True, 1, 0, 0], out
+    finally:
+        pool.close()
