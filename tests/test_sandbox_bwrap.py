@@ -303,12 +303,14 @@ def test_spawned_with_vfork_job_sees_only_its_own_fds(bw):
     from xgrader.handlers.student import StudentRunner
     host_fd = os.open("/etc/hostname", os.O_RDONLY)
     os.set_inheritable(host_fd, True)
+    # Push the job's fds above its RLIMIT_NOFILE (32): they are passed as numbered.
+    padding = [os.open("/dev/null", os.O_RDONLY) for _ in range(40)]
     try:
         src = (b"import os\ndef fds():\n    out = []\n    for f in os.listdir('/proc/self/fd'):\n"
                b"        try: out.append(os.readlink('/proc/self/fd/' + f))\n"
                b"        except OSError: pass\n    return sorted(out)\n"
                b"def data():\n    return open('data/in.txt').read()\n")
-        sr = StudentRunner(bw, {"submission.py": src, "data/in.txt": b"payload"}, Limits(wall_s=20),
+        sr = StudentRunner(bw, {"submission.py": src, "data/in.txt": b"payload"}, Limits(wall_s=20, open_files=32),
                            module="submission", entry="submission.py", label="test-fds")
         try:
             assert sr.start(10)["ok"]
@@ -321,4 +323,5 @@ def test_spawned_with_vfork_job_sees_only_its_own_fds(bw):
         finally:
             sr.close()
     finally:
-        os.close(host_fd)
+        for fd in [host_fd, *padding]:
+            os.close(fd)
