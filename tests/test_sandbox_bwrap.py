@@ -325,3 +325,10 @@ def test_spawned_with_vfork_job_sees_only_its_own_fds(bw):
     finally:
         for fd in [host_fd, *padding]:
             os.close(fd)
+
+
+def test_sandbox_init_has_an_empty_environment(bw):
+    """bwrap (the sandbox's pid 1, readable at /proc/1/environ) inherits
+    nothing, not even the launcher shell's PWD."""
+    r = run(bw, "print(repr(open('/proc/1/environ', 'rb').read()))\n")
+    assert r.verdict == Verdict.ok and r.stdout.strip() == "b''", r

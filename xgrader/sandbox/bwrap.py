@@ -95,7 +95,8 @@ def _launcher(limits: Limits, cg: JobCgroup | None) -> list[str]:
         steps.append(f"ulimit -{flag} {-(-hard // unit)}")  # both; then the lower soft one
         if soft != hard:
             steps.append(f"ulimit -S -{flag} {-(-soft // unit)}")
-    script = _JOIN + " && ".join(steps) + ' || exit 125; exec "$@"'
+    # dash exports PWD; bwrap (pid 1's /proc/1/environ) gets an empty environment.
+    script = _JOIN + " && ".join(steps) + ' || exit 125; unset PWD; exec "$@"'
     procs = [os.path.join(d, "cgroup.procs") for d in cg.dirs.values()] if cg is not None else []
     return ["/bin/sh", "-c", script, "sh", str(len(procs)), *procs,
             SETPRIV, "--reuid", str(NOBODY), "--regid", str(NOBODY), "--clear-groups", "--"]
