@@ -112,6 +112,10 @@ class FaultProxy:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # Headers and body go out in two writes: without TCP_NODELAY a reused
+            # keep-alive connection waits ~40 ms (Nagle + delayed ACK) per reply,
+            # which real queue servers (nginx, xgrader queue serve) do not.
+            disable_nagle_algorithm = True
 
             def log_message(self, *args: object) -> None:  # quiet
                 pass
