@@ -82,10 +82,40 @@ class Case(_Strict):
         return self
 
 
+class FeedbackSignature(_Strict):
+    """[[feedback.signatures]]: instructor-written feedback for a known mistake.
+    It applies when some failed test meets every condition given. Hidden tests
+    only offer `test` and `exception` (their values are never matched)."""
+
+    title: str = Field(min_length=1, max_length=200)   # shown as the explanation's heading
+    message: str = Field("", max_length=2000)          # how to fix it
+    test: str | None = None        # fnmatch pattern on the test name ("test_empty*")
+    exception: str | None = None   # exception type name the student's code raised ("ZeroDivisionError")
+    actual: str | None = None      # regex searched in the actual value/output of a visible test
+    output: str | None = None      # regex searched in what the code printed during a visible test
+
+    @field_validator("actual", "output")
+    @classmethod
+    def _regex(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                re.compile(v)  # a bad pattern fails at load, naming the field
+            except re.error as exc:
+                raise ValueError(f"bad regex: {exc}") from None
+        return v
+
+    @model_validator(mode="after")
+    def _some_condition(self) -> "FeedbackSignature":
+        if not any((self.test, self.exception, self.actual, self.output)):
+            raise ValueError("a signature needs at least one of test, exception, actual, output")
+        return self
+
+
 class FeedbackOptions(_Strict):
     show_output: bool = True          # visible tests show what the student's code printed
     max_chars: int = Field(2000, ge=100)  # per field (output, actual, message)
     show_traceback: bool = True
+    signatures: list[FeedbackSignature] = Field(default_factory=list)
 
 
 class SubmissionOptions(_Strict):

@@ -12,7 +12,7 @@ import time
 
 import structlog
 
-from xgrader import handlers
+from xgrader import handlers, signatures
 from xgrader.assignment import Assignment
 from xgrader.config import Settings
 from xgrader.dispatch import AssignmentRegistry
@@ -82,6 +82,7 @@ class Grader:
         except SandboxError as exc:
             safe_call(self.hooks.on_infra_failure, "", "sandbox_start")
             raise InfraError(f"sandbox failed: {exc}") from exc
+        report = signatures.apply(assignment.config.feedback.signatures, report)
         safe_call(self.hooks.on_phase, "", "run", time.monotonic() - started)
         return report
 
