@@ -15,6 +15,8 @@ from __future__ import annotations
 import abc
 import enum
 import re
+import threading
+import time
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -115,6 +117,23 @@ class Channel(abc.ABC):
 
 class RunningSandbox(abc.ABC):
     channel: Channel
+    job: SandboxJob
+    started: float  # time.monotonic() the job's clock runs from
+    _timer: "threading.Timer | None" = None
+
+    def arm(self) -> None:
+        """Start the host-side wall clock (from self.started): the limit holds
+        even when nobody is in wait(), as with interactive jobs."""
+        if self._timer is not None:
+            return
+        left = self.started + self.job.limits.wall_s - time.monotonic()
+        self._timer = threading.Timer(max(left, 0.0), self._expire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _expire(self) -> None:
+        """The wall clock ran out (called on the timer's thread)."""
+        self.kill()
 
     @abc.abstractmethod
     def wait(self, timeout: float | None = None) -> SandboxResult:

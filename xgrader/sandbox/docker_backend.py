@@ -434,15 +434,6 @@ class DockerSandbox(RunningSandbox):
         if armed:
             self.arm()
 
-    def arm(self) -> None:
-        """Start the host-side wall clock (from self.started)."""
-        if self._timer is not None:
-            return
-        left = self.started + self.job.limits.wall_s - time.monotonic()
-        self._timer = threading.Timer(max(left, 0.0), self._expire)
-        self._timer.daemon = True
-        self._timer.start()
-
     def rebind(self, job: SandboxJob) -> None:
         """A pre-started (warm) sandbox becomes `job`'s: its clock starts now and
         the CPU time of its start-up is not charged to the job."""

@@ -149,15 +149,6 @@ class ProcessSandbox(RunningSandbox):
         self._expired = False
         self._cpu_base = 0.0
 
-    def arm(self) -> None:
-        """Start the host-side wall clock (from self.started)."""
-        if self._timer is not None:
-            return
-        left = self.started + self.job.limits.wall_s - time.monotonic()
-        self._timer = threading.Timer(max(left, 0.0), self._expire)
-        self._timer.daemon = True
-        self._timer.start()
-
     def _expire(self) -> None:
         if self._result is None and self.proc.poll() is None:
             self._expired = True
