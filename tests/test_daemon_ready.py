@@ -227,3 +227,41 @@ def test_forked_child_prestarts_exactly_one_sandbox_and_drops_it_unused():
         assert os.waitstatus_to_exitcode(status) == 0 and json.loads(out) == [True, 1, 0, 0], out
     finally:
         pool.close()
+
+
+def test_ready_children_dying_on_their_own_pause_and_jobs_still_run(mini_xqueue):
+    """Ready children killed before their job (OOM killer, a bug) are not
+    re-forked in a tight loop, and a submission is still graded (a fresh fork)."""
+    import threading
+
+    from xgrader.daemon import Daemon
+    from tests.support.daemon import MiniClient, NoSandbox, stop_when
+    from tests.test_daemon_supervisor import settings_for
+
+    def job(ctx, reporter):
+        reporter.report(ChildReport(outcome="graded", reply=REPLY.to_body()))
+
+    daemon = Daemon(settings_for(mini_xqueue.url), MiniClient(mini_xqueue.url), NoSandbox(), job=job)
+    killed: set[int] = set()
+    stop = threading.Event()
+
+    def killer() -> None:
+        end = time.monotonic() + 2.0
+        while time.monotonic() < end and not stop.is_set():
+            for handle in list(daemon.supervisor.children.values()):
+                if not handle.assigned and handle.pid not in killed:
+                    killed.add(handle.pid)
+                    os.kill(handle.pid, 9)
+            time.sleep(0.01)
+        mini_xqueue.submit("q", BODY)
+
+    threading.Thread(target=killer, daemon=True).start()
+    cancel = stop_when(lambda: mini_xqueue.answered() == 1, 20)
+    try:
+        code = daemon.run()
+    finally:
+        cancel.set()
+        stop.set()
+    (entry,) = mini_xqueue.entries
+    assert code == 0 and len(entry.results) == 1 and entry.results[0]["correct"] is True
+    assert 1 <= len(killed) <= 4   # one round of forks, then paused for READY_PAUSE_S

@@ -50,6 +50,7 @@ QUEUE_LENGTH_EVERY_S = 10.0
 BACKEND_CHECK_EVERY_S = 30.0   # readiness: the sandbox backend still starts
 BACKEND_CHECK_TIMEOUT_S = 20.0
 MAX_WAIT_S = 0.5         # select() cap: signals and deadlines are seen within this
+READY_PAUSE_S = 5.0      # no ready children for this long after one failed
 
 
 @dataclass
@@ -101,6 +102,7 @@ class Daemon:
         self.ready_target = (settings.concurrency * len(settings.queue_names)
                              if ready_children is None else ready_children)
         self._ready_seq = 0
+        self._ready_paused_until = 0.0
 
     # -- public --------------------------------------------------------------
     @property
@@ -300,11 +302,20 @@ class Daemon:
             drop()
 
     def _top_up_ready(self) -> None:
-        """Fork ready children up to the target (never while draining)."""
+        """Fork ready children up to the target (never while draining). A
+        failing fork, or ready children dying on their own, pauses this for
+        READY_PAUSE_S: jobs then get a fresh fork each, as without them."""
+        if time.monotonic() < self._ready_paused_until:
+            return
         missing = self.ready_target - len(self.supervisor.ready())
         for _ in range(max(0, missing)):
             self._ready_seq += 1
-            self.supervisor.spawn_ready(self._ready_child, label=f"xg-{os.getpid()}-ready{self._ready_seq}")
+            try:
+                self.supervisor.spawn_ready(self._ready_child, label=f"xg-{os.getpid()}-ready{self._ready_seq}")
+            except OSError as exc:  # EAGAIN, ENOMEM: not fatal here
+                log.warning("ready_child_fork_failed", error=str(exc)[:200])
+                self._ready_paused_until = time.monotonic() + READY_PAUSE_S
+                return
 
     # -- results -------------------------------------------------------------
     def _post_reported(self) -> None:
@@ -338,6 +349,7 @@ class Daemon:
         if not handle.assigned:
             if handle.exit_code not in (0, None) and handle.killed_for is None and not self.flags.draining:
                 log.warning("ready_child_died", pid=handle.pid, exit_code=handle.exit_code)
+                self._ready_paused_until = time.monotonic() + READY_PAUSE_S
             return  # a ready child without a job: nothing to answer
         pull: Pull = handle.context
         self.in_flight[pull.queue] -= 1
