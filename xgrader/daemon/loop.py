@@ -118,6 +118,11 @@ class Daemon:
                  concurrency=self.settings.concurrency, backend=getattr(self.backend, "name", "?"))
         try:
             self._safe(self.backend.cleanup_stale, "cleanup_stale")
+            if hasattr(self.backend, "prewarm_after_fork"):
+                # Only ready children pre-start a sandbox (they wait for work
+                # meanwhile); a child forked for a pulled job starts cold: a
+                # warm start there would cost CPU under load for no latency.
+                self.backend.prewarm_after_fork = False
             self._preload()
             # What is loaded now lives as long as the daemon: keep the collector
             # off it, in the parent and in every forked child (fewer
@@ -296,6 +301,11 @@ class Daemon:
             return
         self._child(self._context(json.loads(job)), reporter)
 
+    def _prewarm(self) -> None:
+        prewarm = getattr(self.backend, "prewarm", None)
+        if callable(prewarm):
+            prewarm()
+
     def _drop_idle(self) -> None:
         drop = getattr(self.backend, "drop_idle", None)
         if callable(drop):
@@ -311,7 +321,8 @@ class Daemon:
         for _ in range(max(0, missing)):
             self._ready_seq += 1
             try:
-                self.supervisor.spawn_ready(self._ready_child, label=f"xg-{os.getpid()}-ready{self._ready_seq}")
+                self.supervisor.spawn_ready(self._ready_child, label=f"xg-{os.getpid()}-ready{self._ready_seq}",
+                                            prepare=self._prewarm)
             except OSError as exc:  # EAGAIN, ENOMEM: not fatal here
                 log.warning("ready_child_fork_failed", error=str(exc)[:200])
                 self._ready_paused_until = time.monotonic() + READY_PAUSE_S

@@ -104,10 +104,10 @@ class Supervisor:
                 os._exit(code)
         return self._register(pid, r, w, label=label, timeout=timeout, context=context)
 
-    def spawn_ready(self, fn: ReadyFn, *, label: str) -> ChildHandle:
-        """Fork a child now that runs fn(reporter, job) once assign() gives it
-        its job; no deadline until then. Without a job (retired, or the
-        parent gone) it exits 0 and fn never runs."""
+    def spawn_ready(self, fn: ReadyFn, *, label: str, prepare: Callable[[], None] | None = None) -> ChildHandle:
+        """Fork a child now that runs prepare() at once, then fn(reporter, job)
+        once assign() gives it its job; no deadline until then. Retired (or
+        the parent gone) it calls fn with an empty job, to clean up."""
         r, w = os.pipe()
         jr, jw = os.pipe()
         parent = os.getpid()
@@ -121,6 +121,8 @@ class Supervisor:
                 os.setpgid(0, 0)
                 reset_in_child()
                 die_with_parent(parent)
+                if prepare is not None:
+                    prepare()
                 job = _read_all(jr)
                 os.close(jr)
                 fn(Reporter(w), job)  # an empty job: retired, fn cleans up

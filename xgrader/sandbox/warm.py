@@ -20,7 +20,9 @@ forked child cannot use its parent's sandboxes (it cannot wait() for them and
 the parent would hand them out again), so after a fork the pool forgets the
 parent's sandboxes and fills anew in the child: right after a plain
 os.fork() (the supervisor's per-job fork; not subprocess's fork-then-exec),
-so the sandbox starts while the child waits for or parses its submission.
+so the sandbox starts while the child waits for or parses its submission
+(the daemon turns that off, `prewarm_after_fork`, and calls prewarm() only
+in children forked ahead of their job).
 A forked child grades one submission, so it starts exactly ONE sandbox
 (`FORK_BUDGET`) and never refills: a replacement would be thrown away with
 the child. The daemon's parent never starts a job, hence never fills (the
@@ -243,7 +245,8 @@ class WarmPool(Backend):
             self._cv.notify_all()  # the filler starts replacements
         for sb in stale:
             _discard(sb)
-        self.prewarm()
+        if self._budget is None:  # a forked child never fills on demand: the job started cold
+            self.prewarm()
         return found
 
     def start(self, job: SandboxJob) -> RunningSandbox:
