@@ -265,3 +265,49 @@ def test_ready_children_dying_on_their_own_pause_and_jobs_still_run(mini_xqueue)
     (entry,) = mini_xqueue.entries
     assert code == 0 and len(entry.results) == 1 and entry.results[0]["correct"] is True
     assert 1 <= len(killed) <= 4   # one round of forks, then paused for READY_PAUSE_S
+
+
+def _children_of(pid: int) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    if int(fh.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        out.append(int(entry))
+            except (OSError, ValueError, IndexError):
+                pass
+    return out
+
+
+def test_drop_idle_during_a_start_in_flight_leaves_nothing_running():
+    """A ready child retired while its sandbox is still starting must not exit
+    before that start is done: bwrap (not yet under --die-with-parent) would
+    be orphaned, still running."""
+    pool = make_backend(Settings(sandbox="bwrap", warm_pool=1))
+    try:
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                os.close(r)
+                pool.prewarm()
+                deadline = time.monotonic() + 5
+                while not _children_of(os.getpid()) and time.monotonic() < deadline:
+                    time.sleep(0.0005)     # until bwrap is spawned: the start is in flight
+                started = len(_children_of(os.getpid()))
+                pool.drop_idle()
+                alive = len(_children_of(os.getpid()))
+                left = len(pool.inner.cgroups.owned_by(os.getpid()))
+                os.write(w, json.dumps([started, alive, left]).encode())
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(w)
+        _, status = os.waitpid(pid, 0)
+        out = os.read(r, 100).decode()
+        os.close(r)
+        assert os.waitstatus_to_exitcode(status) == 0 and json.loads(out) == [1, 0, 0], out
+    finally:
+        pool.close()

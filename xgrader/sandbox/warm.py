@@ -180,7 +180,7 @@ class WarmPool(Backend):
                 failures += 1
                 log.warning("warm_start_failed", error=str(exc)[:300], failures=failures)
                 with self._cv:
-                    self._cv.wait_for(lambda: self._closed, min(0.5 * failures, 10.0))
+                    self._cv.wait_for(lambda: self._closed or self._dropped, min(0.5 * failures, 10.0))
                 continue
             failures = 0
             with self._cv:
@@ -302,9 +302,15 @@ class WarmPool(Backend):
             self._dropped = True
             idle, self._idle = list(self._idle), deque()
             self._cv.notify_all()
+            thread = self._thread
         if os.getpid() == self._owner:
             for sb in idle:
                 _discard(sb)
+            # A start in flight: the filler discards it once up. Wait for that:
+            # a process exiting before bwrap has set --die-with-parent would
+            # leave that sandbox running, reparented to init.
+            if thread is not None and thread is not threading.current_thread():
+                thread.join(timeout=READY_TIMEOUT_S + 2)
 
     def close(self) -> None:
         """Kill the idle sandboxes and stop the filler (this process's only)."""
