@@ -159,11 +159,11 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def daemon(work: Path, url: str, scope: Scope, name: str, warm_pool: int) -> Proc:
+def daemon(work: Path, url: str, scope: Scope, name: str, warm_pool: int, concurrency: int = 2) -> Proc:
     env = {k: v for k, v in os.environ.items() if not k.startswith("XGRADER_")}
     env.update({"PYTHONUNBUFFERED": "1", "XGRADER_QUEUE_URL": url, "XGRADER_QUEUE_NAMES": QUEUE,
                 "XGRADER_QUEUE_USER": GRADER[0], "XGRADER_QUEUE_PASSWORD": GRADER[1],
-                "XGRADER_HANDLERS": str(g.HANDLERS), "XGRADER_SANDBOX": "bwrap", "XGRADER_CONCURRENCY": "2",
+                "XGRADER_HANDLERS": str(g.HANDLERS), "XGRADER_SANDBOX": "bwrap", "XGRADER_CONCURRENCY": str(concurrency),
                 "XGRADER_LOG_FORMAT": "json", "XGRADER_POLL_MAX_S": "0.2", "XGRADER_WARM_POOL": str(warm_pool),
                 "XDG_CACHE_HOME": str(work / "cache")})
     proc = Proc(name, [sys.executable, "-m", "xgrader", "run"], env, work / f"{name}.log",
@@ -205,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--count", type=int, default=1000, help="submissions in the throughput phase (default 1000)")
     ap.add_argument("--latency-samples", type=int, default=40, help="idle submissions timed one by one (default 40)")
     ap.add_argument("--warm-pool", type=int, default=0, help="XGRADER_WARM_POOL of the daemon (default 0)")
+    ap.add_argument("--concurrency", type=int, default=2,
+                    help="XGRADER_CONCURRENCY of the daemon (default 2: the target's 2 workers)")
     ap.add_argument("--timeout", type=float, default=1800, help="bound on the throughput phase in seconds")
     args = ap.parse_args(argv)
 
@@ -231,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         s = submitter(direct)
 
         # 1. idle latency, through the recording proxy
-        d1 = daemon(work, proxy.url + "/xqueue/", scope, "daemon-latency", args.warm_pool)
+        d1 = daemon(work, proxy.url + "/xqueue/", scope, "daemon-latency", args.warm_pool, args.concurrency)
         procs.append(d1)
         submit(s, direct, sink, "warmup", solution)
         if not sink.wait(["warmup"], 120):
@@ -249,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         d1.stop()
 
         # 2. throughput, the daemon straight on the queue
-        d2 = daemon(work, direct, scope, "daemon-throughput", args.warm_pool)
+        d2 = daemon(work, direct, scope, "daemon-throughput", args.warm_pool, args.concurrency)
         procs.append(d2)
         submit(s, direct, sink, "warmup2", solution)
         if not sink.wait(["warmup2"], 120):
@@ -294,10 +296,10 @@ def main(argv: list[str] | None = None) -> int:
         scope.remove()
 
     rate = args.count / elapsed
-    print(f"xgrader end to end: `xgrader queue serve` + `xgrader run` (concurrency 2, bwrap, warm pool "
+    print(f"xgrader end to end: `xgrader queue serve` + `xgrader run` (concurrency {args.concurrency}, bwrap, warm pool "
           f"{args.warm_pool}), {len(codes)} novice submissions of an 11-case exercise")
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores\n")
-    print(f"{'throughput, 2 workers':<44} {'subs/s':>8} {'x xgrader':>10}")
+    print(f"{f'throughput (xgrader: {args.concurrency} workers; floors: 2)':<44} {'subs/s':>8} {'x xgrader':>10}")
     for name, r in ((f"xgrader ({args.count} submissions)", rate),
                     ("floor: in-process checks", in_proc),
                     ("floor: one python -I per submission", per_proc),
