@@ -72,7 +72,11 @@ bash sandbox/image/build.sh
 ping() { curl -sf --max-time 5 --unix-socket "$SOCK" http://d/_ping >/dev/null 2>&1; }
 if ! ping; then
   rm -f "$SOCK"
-  setsid nohup podman system service --time=0 "unix://$SOCK" >/var/log/xgrader-podman.log 2>&1 < /dev/null &
+  # Started from a state folder of its own: conmon writes files such as `oom`
+  # into its working directory, which would otherwise be the checkout.
+  mkdir -p /run/xgrader-podman
+  (cd /run/xgrader-podman && exec setsid nohup podman system service --time=0 "unix://$SOCK") \
+    >/var/log/xgrader-podman.log 2>&1 < /dev/null &
   for _ in $(seq 50); do ping && break; sleep 0.2; done
   ping || { echo "setup-podman: API socket $SOCK does not answer (see /var/log/xgrader-podman.log)" >&2; exit 1; }
 fi
