@@ -4,7 +4,6 @@ for the warm pool real bwrap sandboxes."""
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
@@ -16,6 +15,7 @@ from xgrader.daemon.supervisor import Supervisor
 from xgrader.sandbox import make_backend
 from xgrader.sandbox.base import SandboxJob
 from xgrader.wire import GraderReply
+from tests.support.fork import in_forked_child
 from tests.test_daemon_supervisor import BODY, Recorder, run_daemon
 
 REPLY = GraderReply(correct=True, score=1, msg="<div>ok</div>")
@@ -175,56 +175,33 @@ def test_sigterm_retires_ready_children(mini_xqueue):
 def test_forked_child_prestarts_exactly_one_sandbox_and_drops_it_unused():
     pool = make_backend(Settings(sandbox="bwrap", warm_pool=2))
     try:
-        r, w = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            code = 1
-            try:
-                os.close(r)
-                ready = pool.wait_ready(1, timeout=15)
-                job = SandboxJob(argv=pool.python_argv(), files={"m.py": b"x = 1\n"}, channel=True,
-                                 label="t", limits=Settings().limits_for(None))
-                sb = pool.start(job)
-                time.sleep(0.5)   # a refill would have started by now
-                owned_in_use = len(pool.inner.cgroups.owned_by(os.getpid()))
-                sb.kill()
-                sb.wait()
-                hits, idle = pool.hits, pool.idle
-                pool.drop_idle()
-                left = len(pool.inner.cgroups.owned_by(os.getpid()))
-                os.write(w, json.dumps([ready, hits, idle, owned_in_use, left]).encode())
-                code = 0
-            finally:
-                os._exit(code)
-        os.close(w)
-        _, status = os.waitpid(pid, 0)
-        out = os.read(r, 200).decode()
-        os.close(r)
-        assert os.waitstatus_to_exitcode(status) == 0
+        def use_one() -> list:
+            ready = pool.wait_ready(1, timeout=15)
+            job = SandboxJob(argv=pool.python_argv(), files={"m.py": b"x = 1\n"}, channel=True,
+                             label="t", limits=Settings().limits_for(None))
+            sb = pool.start(job)
+            time.sleep(0.5)   # a refill would have started by now
+            owned_in_use = len(pool.inner.cgroups.owned_by(os.getpid()))
+            sb.kill()
+            sb.wait()
+            hits, idle = pool.hits, pool.idle
+            pool.drop_idle()
+            left = len(pool.inner.cgroups.owned_by(os.getpid()))
+            return [ready, hits, idle, owned_in_use, left]
+
         # Warm hit, nothing refilled, one cgroup while in use, none after.
-        assert json.loads(out) == [True, 1, 0, 1, 0], out
+        assert in_forked_child(use_one) == [True, 1, 0, 1, 0]
 
         # Unused: drop_idle() removes the pre-started sandbox and its cgroup.
-        r, w = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            code = 1
-            try:
-                os.close(r)
-                ready = pool.wait_ready(1, timeout=15)
-                before = len(pool.inner.cgroups.owned_by(os.getpid()))
-                pool.drop_idle()
-                time.sleep(0.3)
-                after = len(pool.inner.cgroups.owned_by(os.getpid()))
-                os.write(w, json.dumps([ready, before, after, pool.idle]).encode())
-                code = 0
-            finally:
-                os._exit(code)
-        os.close(w)
-        _, status = os.waitpid(pid, 0)
-        out = os.read(r, 200).decode()
-        os.close(r)
-        assert os.waitstatus_to_exitcode(status) == 0 and json.loads(out) == [True, 1, 0, 0], out
+        def drop_unused() -> list:
+            ready = pool.wait_ready(1, timeout=15)
+            before = len(pool.inner.cgroups.owned_by(os.getpid()))
+            pool.drop_idle()
+            time.sleep(0.3)
+            after = len(pool.inner.cgroups.owned_by(os.getpid()))
+            return [ready, before, after, pool.idle]
+
+        assert in_forked_child(drop_unused) == [True, 1, 0, 0]
     finally:
         pool.close()
 
@@ -286,28 +263,17 @@ def test_drop_idle_during_a_start_in_flight_leaves_nothing_running():
     be orphaned, still running."""
     pool = make_backend(Settings(sandbox="bwrap", warm_pool=1))
     try:
-        r, w = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            code = 1
-            try:
-                os.close(r)
-                pool.prewarm()
-                deadline = time.monotonic() + 5
-                while not _children_of(os.getpid()) and time.monotonic() < deadline:
-                    time.sleep(0.0005)     # until bwrap is spawned: the start is in flight
-                started = len(_children_of(os.getpid()))
-                pool.drop_idle()
-                alive = len(_children_of(os.getpid()))
-                left = len(pool.inner.cgroups.owned_by(os.getpid()))
-                os.write(w, json.dumps([started, alive, left]).encode())
-                code = 0
-            finally:
-                os._exit(code)
-        os.close(w)
-        _, status = os.waitpid(pid, 0)
-        out = os.read(r, 100).decode()
-        os.close(r)
-        assert os.waitstatus_to_exitcode(status) == 0 and json.loads(out) == [1, 0, 0], out
+        def drop_in_flight() -> list:
+            pool.prewarm()
+            deadline = time.monotonic() + 5
+            while not _children_of(os.getpid()) and time.monotonic() < deadline:
+                time.sleep(0.0005)     # until bwrap is spawned: the start is in flight
+            started = len(_children_of(os.getpid()))
+            pool.drop_idle()
+            alive = len(_children_of(os.getpid()))
+            left = len(pool.inner.cgroups.owned_by(os.getpid()))
+            return [started, alive, left]
+
+        assert in_forked_child(drop_in_flight) == [1, 0, 0]
     finally:
         pool.close()

@@ -9,6 +9,7 @@ from xgrader.config import Settings
 from xgrader.sandbox import make_backend
 from xgrader.sandbox.base import Limits, SandboxJob, Verdict
 from xgrader.sandbox.warm import WarmPool
+from tests.support.fork import in_forked_child
 
 MOD = b"import os\ndef f(x):\n    return x * 2\ndef pid():\n    return os.getpid()\n"
 
@@ -103,32 +104,22 @@ def test_forked_child_fills_its_own_pool(pool):
     """The daemon's model: a forked child never takes the parent's sandboxes."""
     assert pool.wait_ready(2, timeout=15)
     parent_pids = {sb.proc.pid for sb in pool._idle}
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            os.close(r)
-            # No prewarm() call: a plain fork starts the child's own filling.
-            with pool._cv:
-                filling = pool._thread is not None
-            assert filling and pool.wait_ready(1, timeout=15)
-            sb = serve(pool)
-            ok = ask(sb, {"op": "load", "module": "m", "path": "m.py"}, 1)["ok"]
-            mine = sb.proc.pid not in parent_pids and pool.hits == 1
-            sb.kill()
-            sb.wait()
-            pool.close()
-            left = pool.inner.cgroups.owned_by(os.getpid())
-            os.write(w, f"{ok} {mine} {len(left)}".encode())
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(w)
-    _, status = os.waitpid(pid, 0)
-    out = os.read(r, 100).decode()
-    os.close(r)
-    assert os.waitstatus_to_exitcode(status) == 0 and out == "True True 0", out
+    def child() -> str:
+        # No prewarm() call: a plain fork starts the child's own filling.
+        with pool._cv:
+            filling = pool._thread is not None
+        assert filling and pool.wait_ready(1, timeout=15)
+        sb = serve(pool)
+        ok = ask(sb, {"op": "load", "module": "m", "path": "m.py"}, 1)["ok"]
+        mine = sb.proc.pid not in parent_pids and pool.hits == 1
+        sb.kill()
+        sb.wait()
+        pool.close()
+        left = pool.inner.cgroups.owned_by(os.getpid())
+        return f"{ok} {mine} {len(left)}"
+
+    out = in_forked_child(child)
+    assert out == "True True 0", out
     assert {sb.proc.pid for sb in pool._idle} == parent_pids  # untouched, still ours
     # A subprocess spawn (fork-then-exec with a preexec_fn) starts nothing in its child.
     import subprocess
