@@ -211,6 +211,21 @@ def test_after_fork_keeps_the_session_with_fresh_connections(queue):
     assert client.get_queuelen("q1") == 0 and hooks.relogins == 0
 
 
+def test_after_fork_builds_the_new_session_only_when_used(queue):
+    client = queue.client()
+    client.login()
+    parent_session = client.session
+    cookies = {c.name: c.value for c in parent_session.cookies}
+    client.after_fork()
+    assert client._session is None  # nothing built for a child that sends nothing
+    client.close()                  # and closing it leaves the parent's pool alone
+    assert parent_session.adapters  # not closed: still the parent's
+    fresh = client.session
+    assert fresh is not parent_session and fresh is client.session
+    assert {c.name: c.value for c in fresh.cookies} == cookies
+    assert client.get_queuelen("q1") == 0
+
+
 def test_fetch_files_rejects_bad_maps(queue):
     client = queue.client()
     for files, match in [({"../x": "http://127.0.0.1:9/x"}, "bad file name"),
@@ -250,3 +265,134 @@ def test_client_works_against_another_legacy_server(mini_xqueue):
     assert client.put_result(first.header_raw, REPLY).foreign_key
     assert client.put_result(again.header_raw, REPLY).accepted
     assert client.get_submission("q1") is None and entry.results == [json.loads(REPLY.to_body())]
+
+
+# -- the fast path (get_submission, put_result, get_queuelen over one socket) --
+
+class ScriptedServer:
+    """A raw HTTP/1.1 server on loopback: records each request (method, path,
+    headers) and each connection; answers from `reply(n, path)` -> (status,
+    extra headers, body, close connection after)."""
+
+    def __init__(self, reply) -> None:
+        self.reply = reply
+        self.requests: list[tuple[str, str, dict[str, str]]] = []
+        self.connections = 0
+        self.srv = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.srv.getsockname()[1]}/xqueue/"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.srv.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        f = conn.makefile("rb")
+        with conn:
+            while True:
+                line = f.readline()
+                if not line:
+                    return
+                method, path, _ = line.decode().split(" ", 2)
+                headers = {}
+                while (h := f.readline()) not in (b"\r\n", b""):
+                    k, _, v = h.decode().partition(":")
+                    headers[k.strip().lower()] = v.strip()
+                f.read(int(headers.get("content-length", 0)))
+                self.requests.append((method, path, headers))
+                status, extra, body, close = self.reply(len(self.requests), path)
+                head = f"HTTP/1.1 {status} X\r\nContent-Length: {len(body)}\r\n" + "".join(
+                    f"{k}: {v}\r\n" for k, v in extra) + ("Connection: close\r\n" if close else "")
+                conn.sendall(head.encode() + b"\r\n" + body)
+                if close:
+                    return
+
+    def stop(self) -> None:
+        self.srv.close()
+
+
+def _envelope(code: int, content) -> bytes:
+    return json.dumps({"return_code": code, "content": content}).encode()
+
+
+def test_fast_path_keeps_one_connection_and_never_uses_requests(queue, monkeypatch):
+    client = queue.client()
+    client.login()
+    queue.submit()
+
+    def no_requests(*a, **k):
+        raise AssertionError("the hot calls must not go through requests")
+
+    monkeypatch.setattr(client.session, "request", no_requests)
+    assert client.get_queuelen("q1") == 1
+    sock = client._sock
+    sub = parse_submission(client.get_submission("q1"))
+    assert client.put_result(sub.header_raw, REPLY).accepted
+    assert client._sock is sock and sock is not None  # kept alive across the three calls
+
+
+def test_fast_path_stores_set_cookie_and_sends_it_back():
+    def reply(n, path):
+        return 200, [("Set-Cookie", f"sessionid=s{n}; Path=/")], _envelope(0, n), False
+
+    server = ScriptedServer(reply)
+    try:
+        client = make_client(server.url)
+        client.session.cookies.set("csrftoken", "tok", path="/")
+        assert client.get_queuelen("q1") == 1
+        assert client.get_queuelen("q1") == 2
+        assert client.session.cookies.get("sessionid") == "s2"
+        first, second = server.requests[0][2], server.requests[1][2]
+        assert first["cookie"] == "csrftoken=tok"
+        assert "sessionid=s1" in second["cookie"] and "csrftoken=tok" in second["cookie"]
+        assert server.connections == 1
+    finally:
+        server.stop()
+
+
+def test_fast_path_post_sends_csrf_referer_and_form_body(queue):
+    f = Faults(queue.server.app)
+    queue.server.httpd.app = f
+    client = queue.client()
+    client.login()
+    queue.submit()
+    sub = parse_submission(client.get_submission("q1"))
+    assert client.put_result(sub.header_raw, REPLY).accepted
+    method, path, headers = f.seen[-1]
+    assert (method, path) == ("POST", "/xqueue/put_result/")
+    assert headers["Referer"] == queue.url and headers["User-Agent"] == "xgrader"
+
+
+def test_fast_path_reconnects_after_the_server_closes():
+    def reply(n, path):
+        return 200, [], _envelope(0, n), n == 1   # the first reply closes its connection
+
+    server = ScriptedServer(reply)
+    try:
+        hooks = CountingHooks()
+        client = make_client(server.url, hooks)
+        assert client.get_queuelen("q1") == 1
+        assert client.get_queuelen("q1") == 2 and client.get_queuelen("q1") == 3
+        assert server.connections == 2 and not hooks.errors
+    finally:
+        server.stop()
+
+
+def test_fast_path_reads_the_charset_and_only_for_plain_http():
+    def reply(n, path):
+        return 200, [("Content-Type", "text/html; charset=iso-8859-1")], \
+            json.dumps({"return_code": 0, "content": "caf\u00e9"}, ensure_ascii=False).encode("latin-1"), False
+
+    server = ScriptedServer(reply)
+    try:
+        client = make_client(server.url)
+        assert client._fast_ok
+        assert client.get_submission("q1") == "caf\u00e9"
+    finally:
+        server.stop()
+    assert not make_client("https://127.0.0.1:9/xqueue/")._fast_ok

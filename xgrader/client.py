@@ -7,17 +7,32 @@ sends `X-CSRFToken` + `Referer` on every POST. A request answered with
 301/302/401/403 or `login_required` logs in again, once per request, then
 is retried. Connection errors and 5xx are retried with tenacity
 (exponential backoff with jitter, bounded). Secrets are never logged.
+
+The calls the daemon makes for every submission (get_submission,
+put_result, get_queuelen) go over a fast path when the queue URL is plain
+http without a proxy: one kept-alive socket, the request written in one
+send, the reply parsed by http.client, cookies read from (and Set-Cookie
+stored into) the same requests cookie jar. It raises the same requests
+exceptions, so retries, hooks and re-login behave as on the requests path;
+it costs ~0.2 ms of CPU per call instead of ~1.1 ms through requests.
+Login, logout, status and file downloads always use requests.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
+import select
+import socket
+import time
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import urlencode, urlparse
 
 import requests
+from requests.cookies import MockRequest, MockResponse
 import structlog
 from tenacity import (Retrying, retry_if_exception, stop_after_attempt, stop_after_delay,
                       wait_random_exponential)
@@ -52,6 +67,14 @@ class LoginError(QueueError):
         super().__init__(message, kind="login")
 
 
+@dataclass
+class _Reply:
+    """What the fast path answers with: the two fields the client reads."""
+
+    status_code: int
+    text: str
+
+
 class _Retryable(Exception):
     """A 5xx worth another try (raised inside the tenacity loop)."""
 
@@ -83,9 +106,31 @@ class XQueueClient:
         self.hooks = hooks or Hooks()
         self.timeout = (min(settings.request_timeout_s, 10.0), settings.request_timeout_s)
         self.put_timeout = (min(settings.request_timeout_s, 10.0), settings.put_result_timeout_s)
-        self.session = self._new_session()
+        self._session: requests.Session | None = self._new_session()
+        self._inherited_cookies: Any = None   # after_fork: the parent's jar, copied on first use
+        parsed = urlparse(self.base)
+        self._host, self._port = parsed.hostname or "", parsed.port or 80
+        self._fast_ok = parsed.scheme == "http" and bool(self._host) and not self._session.proxies
+        self._sock: socket.socket | None = None   # the fast path's kept-alive connection
+        self._cookie_cache: dict[str, tuple[Any, str | None]] = {}
 
     # -- session -------------------------------------------------------------
+    @property
+    def session(self) -> requests.Session:
+        """The requests session; after a fork, a new one is built on first use."""
+        session = self._session
+        if session is None:
+            session = self._session = self._new_session()
+            if self._inherited_cookies is not None:
+                session.cookies.update(self._inherited_cookies)
+                self._inherited_cookies = None
+        return session
+
+    @session.setter
+    def session(self, session: requests.Session) -> None:
+        self._session = session
+        self._inherited_cookies = None
+
     def _new_session(self) -> requests.Session:
         session = requests.Session()
         session.headers["User-Agent"] = "xgrader"
@@ -102,13 +147,22 @@ class XQueueClient:
 
     def after_fork(self) -> None:
         """In a forked child: a fresh connection pool (the parent's sockets are
-        not ours to use), same cookies (the session stays logged in)."""
-        cookies = self.session.cookies.copy()
-        self.session = self._new_session()
-        self.session.cookies.update(cookies)
+        not ours to use), same cookies (the session stays logged in).
+
+        Lazy: the parent's session is only let go of here; the new one (with a
+        copy of the cookies) is built when the child first sends a request.
+        A daemon child usually sends none (the parent posts), and building a
+        session cost ~2 ms of CPU per submission, most of it copy-on-write
+        faults."""
+        if self._session is not None:
+            self._inherited_cookies = self._session.cookies
+            self._session = None
+        self._sock = None  # the parent's socket: left to it (not closed, not used)
 
     def close(self) -> None:
-        self.session.close()
+        if self._session is not None:
+            self._session.close()
+        self._drop_socket()
 
     def _hook(self, name: str, *args: Any) -> None:
         safe_call(getattr(self.hooks, name), *args)
@@ -128,11 +182,13 @@ class XQueueClient:
         return None
 
     def _send(self, method: str, url: str, *, params: dict | None = None, data: dict | None = None,
-              timeout: tuple[float, float], idempotent: bool = True) -> requests.Response:
+              timeout: tuple[float, float], idempotent: bool = True,
+              fast: bool = False) -> requests.Response | _Reply:
         """One logical request with bounded retries. Non-idempotent calls
         (put_result) are only resent when the request cannot have been
         processed: connection failures and gateway statuses, never a read
-        timeout or a 500."""
+        timeout or a 500. `fast`: over the fast path when the URL allows it."""
+        fast = fast and self._fast_ok and url.startswith(self.base)
 
         def retryable(exc: BaseException) -> bool:
             if isinstance(exc, _Retryable):
@@ -143,11 +199,14 @@ class XQueueClient:
                 return idempotent
             return isinstance(exc, requests.ConnectionError)
 
-        def once() -> requests.Response:
+        def once() -> requests.Response | _Reply:
             headers = self._post_headers() if method == "POST" else None
             try:
-                resp = self.session.request(method, url, params=params, data=data, headers=headers,
-                                            timeout=timeout, allow_redirects=False)
+                if fast:
+                    resp = self._fast_request(method, url, params, data, headers, timeout)
+                else:
+                    resp = self.session.request(method, url, params=params, data=data, headers=headers,
+                                                timeout=timeout, allow_redirects=False)
             except requests.Timeout:
                 self._hook("on_client_error", "timeout")
                 raise
@@ -170,6 +229,101 @@ class XQueueClient:
         except _Retryable as exc:
             raise QueueError(f"{_endpoint(url)}: HTTP {exc.response.status_code} from the queue server",
                              kind="http_5xx") from None
+
+    # -- fast path -------------------------------------------------------------
+    def _fast_request(self, method: str, url: str, params: dict | None, data: dict | None,
+                      headers: dict[str, str] | None, timeout: tuple[float, float]) -> _Reply:
+        """One HTTP/1.1 exchange on the kept-alive socket. Errors are the
+        requests exceptions the requests path raises for the same failure:
+        ConnectTimeout (connecting), ReadTimeout (sent, no answer in time),
+        ConnectionError (refused, reset, closed)."""
+        target = urlparse(url)
+        path = (target.path or "/") + (f"?{target.query}" if target.query else "")
+        if params:
+            path += ("&" if "?" in path else "?") + urlencode(params, doseq=True)
+        body = urlencode(data, doseq=True).encode() if data else b""
+        session = self.session
+        lines = [f"{method} {path} HTTP/1.1", f"Host: {target.netloc}",
+                 f"User-Agent: {session.headers.get('User-Agent', 'xgrader')}", "Accept: */*"]
+        cookie = self._cookie_header(url)
+        if cookie:
+            lines.append(f"Cookie: {cookie}")
+        auth = self._auth_header()
+        if auth:
+            lines.append(f"Authorization: {auth}")
+        for name, value in (headers or {}).items():
+            lines.append(f"{name}: {value}")
+        if method == "POST" or body:
+            lines += ["Content-Type: application/x-www-form-urlencoded", f"Content-Length: {len(body)}"]
+        request = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+        sock = self._sock
+        if sock is not None and _dropped(sock):
+            self._drop_socket()
+            sock = None
+        if sock is None:
+            try:
+                sock = socket.create_connection((self._host, self._port), timeout=timeout[0])
+            except socket.timeout as exc:
+                raise requests.ConnectTimeout(f"connecting to {target.netloc}: {exc}") from None
+            except OSError as exc:
+                raise requests.ConnectionError(f"connecting to {target.netloc}: {exc}") from None
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._sock = sock
+        try:
+            sock.settimeout(timeout[1])
+            sock.sendall(request)
+            resp = http.client.HTTPResponse(sock, method=method)
+            try:
+                resp.begin()
+                raw = resp.read()
+            finally:
+                resp.close()
+        except socket.timeout as exc:
+            self._drop_socket()
+            raise requests.ReadTimeout(f"{target.path}: {exc}") from None
+        except (OSError, http.client.HTTPException) as exc:
+            self._drop_socket()
+            raise requests.ConnectionError(f"{target.path}: {type(exc).__name__}: {exc}") from None
+        if resp.will_close:
+            self._drop_socket()
+        if resp.msg.get_all("Set-Cookie"):
+            session.cookies.extract_cookies(MockResponse(resp.msg),
+                                            MockRequest(SimpleNamespace(url=url, headers=headers or {})))
+        return _Reply(resp.status, raw.decode(_charset(resp.msg.get("Content-Type", "")), "replace"))
+
+    def _cookie_header(self, url: str) -> str | None:
+        """The Cookie header requests would send for `url` (its cookie policy:
+        domain, path, expiry), recomputed only when the jar changed."""
+        jar = self.session.cookies
+        now = time.time()
+        state = tuple((c.name, c.value, c.domain, c.path, c.expires) for c in jar)
+        key = url.split("?", 1)[0]
+        hit = self._cookie_cache.get(key)
+        if hit is not None and hit[0] == (id(jar), state) and not any(
+                c[4] is not None and c[4] <= now for c in state):
+            return hit[1]
+        probe = MockRequest(SimpleNamespace(url=url, headers={}))
+        jar.add_cookie_header(probe)
+        header = probe.get_new_headers().get("Cookie")
+        self._cookie_cache[key] = ((id(jar), state), header)
+        return header
+
+    def _auth_header(self) -> str | None:
+        auth = self.session.auth
+        if not auth:
+            return None
+        probe = SimpleNamespace(headers={})
+        (requests.auth.HTTPBasicAuth(*auth) if isinstance(auth, tuple) else auth)(probe)
+        return probe.headers.get("Authorization")
+
+    def _drop_socket(self) -> None:
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            try:
+                sock.close()
+            except OSError:
+                pass
 
     def _envelope(self, resp: requests.Response, endpoint: str) -> tuple[int, Any]:
         """Legacy xqueue sends JSON as text/html: parse whatever the type says."""
@@ -196,14 +350,14 @@ class XQueueClient:
               timeout: tuple[float, float] | None = None, idempotent: bool = True) -> tuple[int, Any]:
         url = self.base + endpoint
         resp = self._send(method, url, params=params, data=data, timeout=timeout or self.timeout,
-                          idempotent=idempotent)
+                          idempotent=idempotent, fast=True)
         if self._needs_login(resp):
             # The session expired (or never was): log in again, once, then retry.
             log.info("queue_relogin", endpoint=endpoint, status=resp.status_code)
             self._hook("on_relogin")
             self.login()
             resp = self._send(method, url, params=params, data=data, timeout=timeout or self.timeout,
-                              idempotent=idempotent)
+                              idempotent=idempotent, fast=True)
             if self._needs_login(resp):
                 self._hook("on_client_error", "login")
                 raise LoginError(f"{endpoint}: still not authorised after logging in again "
@@ -350,6 +504,28 @@ class XQueueClient:
             return retrying(once)
         except _Retryable as exc:
             raise QueueError(f"HTTP {exc.response.status_code}", kind="http_5xx") from None
+
+
+def _dropped(sock: socket.socket) -> bool:
+    """A kept-alive socket the server closed (or wrote to unasked): readable
+    while no request is outstanding. urllib3 checks its pool the same way."""
+    try:
+        return bool(select.select([sock], [], [], 0)[0])
+    except (OSError, ValueError):
+        return True
+
+
+def _charset(content_type: str) -> str:
+    for part in content_type.split(";")[1:]:
+        name, _, value = part.strip().partition("=")
+        if name.lower() == "charset" and value:
+            value = value.strip('"')
+            try:
+                "".encode(value)
+                return value
+            except LookupError:
+                break
+    return "utf-8"
 
 
 def _endpoint(url: str) -> str:
