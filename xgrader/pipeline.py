@@ -5,6 +5,11 @@
 
 AssignmentError and SubmissionError become clear graded answers here;
 InfraError propagates so the caller can retry it a bounded number of times.
+
+A :class:`GradingCache` (loaded assignments, expected values) can be built
+once and passed to every call: the daemon fills one before it forks, so each
+per-job child inherits the parsed assignments instead of re-reading and
+re-validating the assignment folder for every submission.
 """
 
 from __future__ import annotations
@@ -14,7 +19,9 @@ from typing import TYPE_CHECKING, Protocol
 import structlog
 
 from xgrader import feedback, grading
+from xgrader.dispatch import AssignmentRegistry
 from xgrader.errors import AssignmentError, SubmissionError
+from xgrader.handlers.expected import ExpectedStore
 from xgrader.hooks import Hooks
 from xgrader.job import GradeRequest
 from xgrader.report import Explanation, GradeReport, Outcome, bad_submission_report
@@ -33,16 +40,62 @@ class HintStage(Protocol):
         never changes score or outcome."""
 
 
+class _NotCached(Exception):
+    pass
+
+
+def _not_cached() -> dict:
+    raise _NotCached
+
+
+class GradingCache:
+    """What stays valid from one submission to the next: the assignment
+    registry (keyed by folder and newest mtime, so an edited assignment is
+    re-read) and the expected values (keyed by a hash of the assignment and
+    the runner). Share one across grade_request calls; a forked child
+    inherits a filled one."""
+
+    def __init__(self, settings: "Settings") -> None:
+        self.registry = AssignmentRegistry(settings.handlers)
+        self.store = ExpectedStore(runner_dir=settings.runner_dir)
+
+    def preload(self) -> list[str]:
+        """Load and validate every assignment (errors are logged, as
+        grading.preload does) and read the expected values already on disk
+        into memory; nothing is computed here (that runs the solution in a
+        sandbox: left to the first grading). Returns the names that loaded."""
+        ok = []
+        for name in self.registry.names():
+            try:
+                assignment = self.registry.get(name)
+            except AssignmentError as exc:
+                log.error("assignment_invalid", assignment=name, error=str(exc))
+                continue
+            ok.append(name)
+            try:
+                self.store.get(assignment, _not_cached)
+            except _NotCached:
+                pass
+            except Exception as exc:  # an unreadable cache costs speed only
+                log.warning("expected_preload_failed", assignment=name, error=f"{type(exc).__name__}: {exc}"[:200])
+        return ok
+
+    def grader(self, settings: "Settings", backend: "Backend", hooks: Hooks) -> grading.Grader:
+        return grading.Grader(settings, backend, hooks, registry=self.registry, store=self.store)
+
+
 def grade_request(
     request: GradeRequest,
     settings: "Settings",
     backend: "Backend",
     hooks: Hooks | None = None,
     hints: HintStage | None = None,
+    cache: GradingCache | None = None,
 ) -> tuple[GradeReport, GraderReply]:
     hooks = hooks or Hooks()
+    grader = cache.grader(settings, backend, hooks) if cache is not None else None
     try:
-        report = grading.grade(request, settings, backend, hooks)
+        report = grading.grade(request, settings, backend, hooks, grader)
     except AssignmentError as exc:
         log.error("assignment_error", grader=request.grader, submission_id=request.submission_id, error=str(exc))
         report = error_report(request.grader, str(exc))

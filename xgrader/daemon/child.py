@@ -41,6 +41,7 @@ class JobContext:
     hints: Any = None
     attempt: int = 1
     hooks: Any = None            # the parent's HookChain: buffers calls made here (see events)
+    cache: Any = None            # pipeline.GradingCache the parent filled before forking
 
 
 class PhaseRecorder(Hooks):
@@ -163,7 +164,8 @@ def _grade(ctx: JobContext, reporter: Reporter) -> tuple[GraderReply, _Timer, di
                 **_label_field(ctx.label),
             )
             started = time.perf_counter()
-            report, reply = pipeline.grade_request(request, ctx.settings, backend, recorder, ctx.hints)
+            report, reply = pipeline.grade_request(request, ctx.settings, backend, recorder, ctx.hints,
+                                                   cache=ctx.cache)
             timer.add("grade", started)
             grade_outcome, score, max_score = report.outcome.value, report.score, report.max_score
     except (InfraError, SandboxError) as exc:

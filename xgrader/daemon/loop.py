@@ -103,6 +103,7 @@ class Daemon:
                              if ready_children is None else ready_children)
         self._ready_seq = 0
         self._ready_paused_until = 0.0
+        self.grading_cache: Any = None   # pipeline.GradingCache, filled by _preload
 
     # -- public --------------------------------------------------------------
     @property
@@ -284,7 +285,7 @@ class Daemon:
 
     def _context(self, fields: dict[str, Any]) -> JobContext:
         return JobContext(settings=self.settings, client=self.client, backend=self.backend,
-                          hints=self.hints, hooks=self.hooks, **fields)
+                          hints=self.hints, hooks=self.hooks, cache=self.grading_cache, **fields)
 
     def _child(self, ctx: JobContext, reporter: Reporter) -> None:
         """In the child: the job, then drop a pre-started sandbox it did not use."""
@@ -526,15 +527,16 @@ class Daemon:
     def _preload(self) -> None:
         """Import the grading path once in the parent so children inherit it."""
         try:
-            import xgrader.pipeline  # noqa: F401
+            from xgrader import pipeline
         except Exception as exc:
             log.warning("pipeline_import_failed", error=f"{type(exc).__name__}: {exc}")
             return
-        # Assignment configs loaded (and cached) here are inherited by every
-        # child: no re-reading per submission.
-        preload = getattr(__import__("xgrader.grading", fromlist=["grading"]), "preload", None)
-        if callable(preload):
-            self._safe(lambda: preload(self.settings), "grading_preload")
+        # Assignments loaded (and validated) here, and expected values already
+        # on disk, are inherited by every child: no re-reading per submission
+        # (an edited assignment is still re-read: the registry checks mtimes).
+        cache = pipeline.GradingCache(self.settings)
+        self._safe(cache.preload, "grading_preload")
+        self.grading_cache = cache
 
     def _safe(self, fn: Callable[[], Any], what: str) -> None:
         try:
