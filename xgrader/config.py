@@ -87,6 +87,7 @@ class Settings(BaseSettings):
         )
     )
     warm_pool: int = Field(0, ge=0)            # pre-started single-use sandboxes per backend
+    sandbox_fork_server: bool = True           # bwrap: fork each job's sandbox from a pre-started server
 
     # -- operations ----------------------------------------------------------
     metrics_host: str = "127.0.0.1"

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.sandbox import BACKEND_PARAMS, docker_settings
+from tests.support.sandbox import BACKEND_PARAMS, docker_settings, plain_settings
 from xgrader.config import Settings
 from xgrader.grading import Grader
 from xgrader.handlers.expected import ExpectedStore
@@ -43,7 +43,7 @@ def settings_for(name: str, request: pytest.FixtureRequest, **kw) -> Settings:
         return docker_settings(request.getfixturevalue("podman_engine"), **kw)
     if name == "bwrap_warm":
         return Settings(sandbox="bwrap", warm_pool=1, **kw)
-    return Settings(sandbox=name, **kw)
+    return plain_settings(name, **kw)
 
 
 @pytest.fixture(scope="session")
@@ -60,6 +60,7 @@ def config_file() -> Path:
 @pytest.fixture(scope="session", params=ATTACK_PARAMS)
 def sandbox(request):
     b = make_backend(settings_for(request.param, request))
+    b.param_name = request.param  # which variant (bwrap, bwrap_cold, bwrap_warm, docker)
     yield b
     b.close()
 
@@ -99,7 +100,7 @@ class AttackGrader:
 
 @pytest.fixture(scope="session")
 def attack_grader(sandbox, request, tmp_path_factory) -> AttackGrader:
-    name = "bwrap_warm" if hasattr(sandbox, "wait_ready") else sandbox.name
+    name = sandbox.param_name
     settings = settings_for(name, request, handlers=ASSIGNMENTS)
     return AttackGrader(sandbox, settings, tmp_path_factory.mktemp("attack-expected"))
 

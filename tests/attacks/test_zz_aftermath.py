@@ -19,7 +19,14 @@ def _leftovers(backend) -> list[str]:
     # A warm pool's idle sandboxes are no job's: they are expected to be there.
     idle = list(getattr(backend, "_idle", ()))
     spare_pids = {p for sb in idle for p in [sb.proc.pid, *[d for d, _ in descendants(sb.proc.pid)]]}
+    # A forked warm sandbox's pid is its init; its monitor is init's parent.
+    spare_pids |= {_ppid(sb.proc.pid) for sb in idle if type(sb).__name__ == "ForkedSandbox"}
     spare_cgroups = {d.name for sb in idle for d in sb.cgroup.dirs.values()}
+    # The fork servers are no job's either (their forked jobs would be).
+    servers = getattr(getattr(backend, "inner", backend), "forkservers", None)
+    if servers is not None:
+        spare_pids |= set(servers.pids())
+        spare_cgroups |= set(servers.cgroup_names())
     found = [f"process {pid} ({comm})" for pid, comm in descendants() if pid not in spare_pids]
     inner = getattr(backend, "inner", backend)
     cgroups = getattr(inner, "cgroups", None)
@@ -31,6 +38,11 @@ def _leftovers(backend) -> list[str]:
                   backend.api.containers(all=True, filters={"label": [f"{OWNER}={backend.owner}"]})]
     found += [f"temp dir {p}" for p in glob.glob(os.path.join(tempfile.gettempdir(), f"xgrader-*-{os.getpid()}-*"))]
     return found
+
+
+def _ppid(pid: int) -> int:
+    with open(f"/proc/{pid}/stat", "rb") as fh:
+        return int(fh.read().rsplit(b")", 1)[1].split()[1])
 
 
 def test_nothing_left_behind(sandbox):

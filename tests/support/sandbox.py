@@ -18,7 +18,8 @@ from xgrader.config import Settings
 from xgrader.sandbox import make_backend
 
 BACKEND_PARAMS = [
-    pytest.param("bwrap", id="bwrap"),
+    pytest.param("bwrap", id="bwrap"),             # jobs forked by the fork servers
+    pytest.param("bwrap_cold", id="bwrap_cold"),   # one bwrap + interpreter per job
     pytest.param("unsafe", id="unsafe"),
     pytest.param("docker", id="docker", marks=pytest.mark.docker),
 ]
@@ -58,6 +59,13 @@ def podman_engine() -> str:
     return PODMAN_URL
 
 
+def plain_settings(name: str, **kw) -> Settings:
+    """Settings for a non-docker param name (bwrap_cold: no fork server)."""
+    if name == "bwrap_cold":
+        return Settings(sandbox="bwrap", sandbox_fork_server=False, **kw)
+    return Settings(sandbox=name, **kw)
+
+
 def docker_settings(url: str, **kw) -> Settings:
     return Settings(sandbox="docker", docker_url=url, **kw)
 
@@ -67,7 +75,7 @@ def backend(request):
     if request.param == "docker":
         settings = docker_settings(request.getfixturevalue("podman_engine"))
     else:
-        settings = Settings(sandbox=request.param)
+        settings = plain_settings(request.param)
     b = make_backend(settings, unsafe_ok=request.param == "unsafe")
     yield b
     b.close()

@@ -119,6 +119,9 @@ class Daemon:
                  concurrency=self.settings.concurrency, backend=getattr(self.backend, "name", "?"))
         try:
             self._safe(self.backend.cleanup_stale, "cleanup_stale")
+            # Long-lived sandbox helpers (bwrap's fork servers) start here, in
+            # the parent, so every forked child shares them.
+            self._safe(getattr(self.backend, "prepare", lambda: None), "prepare")
             if hasattr(self.backend, "prewarm_after_fork"):
                 # Only ready children pre-start a sandbox (they wait for work
                 # meanwhile); a child forked for a pulled job starts cold: a

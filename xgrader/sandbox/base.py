@@ -171,6 +171,11 @@ class Backend(abc.ABC):
     def check(self) -> None:
         """Raise SandboxError if the backend is unusable (readiness probe)."""
 
+    def prepare(self) -> None:
+        """Start long-lived helpers (bwrap's fork servers) in this process.
+        A daemon calls it before forking job children, which then share them;
+        idempotent, and it restarts a helper that died."""
+
     def cleanup_stale(self) -> None:
         """Remove what a crashed predecessor left behind (cgroups, containers, temp dirs)."""
 

@@ -37,6 +37,7 @@ from xgrader.sandbox.base import (
 )
 from xgrader.sandbox.cgroups import CgroupManager, JobCgroup
 from xgrader.sandbox.channel import make_pipes
+from xgrader.sandbox.forkserver import ZYGOTE_LIMITS, ForkedSandbox, ForkServers
 from xgrader.sandbox.seccomp import build_filter, filter_fd
 from xgrader.sandbox.unsafe import (
     BASE_PATH, ProcessSandbox, rlimit_key, rlimit_values, safe_relpath, sandbox_site_dirs,
@@ -164,6 +165,8 @@ class BwrapBackend(Backend):
         self._prefix = prefix
         self._seccomp = build_filter()  # built once; each job gets a memfd copy
         self.cgroups = CgroupManager(cpus=getattr(settings, "sandbox_cpus", 1.0))
+        # Jobs that run a runner-folder script fork from a server (forkserver.py).
+        self.forkservers = ForkServers(self) if getattr(settings, "sandbox_fork_server", True) else None
 
     def _argv(self, job: SandboxJob, file_fds: list[tuple[int, str]], seccomp_fd: int,
               info_fd: int | None = None, channel: str | None = None) -> list[str]:
@@ -180,17 +183,84 @@ class BwrapBackend(Backend):
         # bwrap's root and /dev are tmpfs owned by the sandbox user: make them read-only
         # once populated, so /tmp (size-capped) is the only writable place.
         argv += ["--remount-ro", "/dev", "--remount-ro", "/", "--chdir", WORKDIR, "--clearenv"]
-        env = {"PATH": BASE_PATH, "LANG": "C.UTF-8", **job.env}
+        env = self._env(job)
         if channel:
             env["XGRADER_CHANNEL"] = channel
-        if self.site_dirs:  # not XGRADER_*: that prefix is the daemon's config, never in a sandbox
-            env.setdefault("SANDBOX_SITE_DIRS", self.site_dirs)
         for key, value in env.items():
             argv += ["--setenv", key, value]
         cmd = list(job.argv)
         if cmd[0] == "python3":
             cmd[0] = self.python
         return argv + ["--", *cmd]
+
+    def _env(self, job: SandboxJob) -> dict[str, str]:
+        """The job's whole environment (the runner's channel spec aside)."""
+        env = {"PATH": BASE_PATH, "LANG": "C.UTF-8", **job.env}
+        if self.site_dirs:  # not XGRADER_*: that prefix is the daemon's config, never in a sandbox
+            env.setdefault("SANDBOX_SITE_DIRS", self.site_dirs)
+        return env
+
+    # -- fork servers (xgrader/sandbox/forkserver.py) ----------------------------
+    def zygote_argv(self, job: SandboxJob) -> list[str]:
+        """bwrap's argv for a fork server: the jobs' sandbox minus what each
+        forked job builds for itself (/tmp, /proc, namespaces, seccomp), plus
+        the capabilities, inside its user namespace only, that it takes to
+        build them (and to empty the jobs' bounding sets). No --die-with-parent: it exits when its socket closes,
+        whichever thread of its owner started it."""
+        argv = [a for a in self._prefix if a != "--die-with-parent"]
+        argv += ["--cap-add", "CAP_SYS_ADMIN", "--cap-add", "CAP_NET_ADMIN", "--cap-add", "CAP_SETPCAP",
+                 "--size", str(job.limits.tmp_mb * 1024 * 1024), "--tmpfs", "/tmp", "--dir", WORKDIR,
+                 "--remount-ro", "/dev", "--remount-ro", "/", "--chdir", WORKDIR, "--clearenv"]
+        for key, value in {"PATH": BASE_PATH, "LANG": "C.UTF-8", **job.env}.items():
+            argv += ["--setenv", key, value]
+        return argv + ["--", self.python, *job.argv[1:]]
+
+    def zygote_launcher(self, cg: JobCgroup | None) -> list[str]:
+        return _launcher(ZYGOTE_LIMITS, cg)
+
+    def seccomp_fd(self) -> int:
+        return filter_fd(self._seccomp)
+
+    def prepare(self) -> None:
+        """Start the fork servers in this process (the daemon's parent calls
+        this before it forks job children, which then share them)."""
+        if self.forkservers is not None and self.cgroups.usable:
+            self.forkservers.prepare()
+
+    def close(self) -> None:
+        if self.forkservers is not None:
+            self.forkservers.close()
+
+    def _spawn_forked(self, job: SandboxJob, server: Any, script: list[str]) -> ProcessSandbox:
+        cg = self.cgroups.create(job.label, job.limits)
+        assert cg is not None  # fork servers are used only with usable cgroups
+        channel = child_r = child_w = None
+        if job.channel:
+            channel, child_r, child_w = make_pipes()
+        started = time.monotonic()
+        try:
+            proc = server.spawn(job, script, self._env(job), cg,
+                                (child_r, child_w) if child_r is not None else None)
+        except BaseException:
+            if channel is not None:
+                channel.close()
+            cg.remove()
+            raise
+        finally:
+            for fd in (child_r, child_w):
+                if fd is not None:
+                    os.close(fd)
+
+        def done() -> dict[str, Any]:
+            cg.kill()
+            stats = cg.stats()
+            cg.remove()
+            return stats
+
+        sandbox = ForkedSandbox(proc, job, started, channel, exit_128_is_signal=True,
+                                on_kill=cg.kill, on_done=done)
+        sandbox.cgroup = cg
+        return sandbox
 
     def start(self, job: SandboxJob) -> RunningSandbox:
         sandbox = self._spawn(job)
@@ -225,6 +295,12 @@ class BwrapBackend(Backend):
         sandbox.arm()
 
     def _spawn(self, job: SandboxJob) -> ProcessSandbox:
+        target = self.forkservers.for_job(job) if self.forkservers is not None and self.cgroups.usable else None
+        if target is not None:
+            try:
+                return self._spawn_forked(job, *target)
+            except ConnectionError as exc:  # the server died: this job starts cold
+                log.warning("fork_server_lost", label=job.label, error=str(exc)[:200])
         file_fds: list[tuple[int, str]] = []
         try:
             for name, data in job.files.items():
@@ -323,3 +399,7 @@ class BwrapBackend(Backend):
         r = subprocess.run([self.bwrap, "--ro-bind", "/", "/", "true"], capture_output=True, env={})
         if r.returncode != 0:
             raise SandboxError("bwrap cannot start: " + r.stderr.decode(errors="replace")[:200])
+        if self.forkservers is not None and self.forkservers.prepared:
+            # The daemon's parent checks periodically: a fork server that died
+            # is started again (jobs start cold meanwhile).
+            self.forkservers.prepare()

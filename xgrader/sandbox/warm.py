@@ -291,6 +291,9 @@ class WarmPool(Backend):
     def cleanup_stale(self) -> None:
         self.inner.cleanup_stale()
 
+    def prepare(self) -> None:
+        self.inner.prepare()
+
     def kill_label(self, label: str) -> None:
         self.inner.kill_label(label)
 

@@ -1,0 +1,416 @@
+"""Fork server inside a long-lived bwrap sandbox: `python3 -I [-S] zygote.py MODULE...`.
+
+Stdlib only; it never runs student code itself. It imports MODULE... (the
+runner, or pytest for the test side) once, then for every request from the
+host (a SOCK_SEQPACKET socket, fd XGRADER_ZYGOTE) forks a fresh sandbox for
+one job instead of starting bwrap and an interpreter again:
+
+    zygote --fork--> C: joins the job's cgroups (cgroup.procs fds the host
+                        opened), unshares mount, pid, network and IPC
+                        namespaces, reports the job's exit to the host
+      C --fork--> G: pid 1 of the new pid namespace: a new size-capped tmpfs
+                        at /tmp with the job's files, a new /proc, loopback
+                        up; drops every capability and reaps
+        G --fork--> W: pid 2: stdio and channel on fds 0-4, everything else
+                        closed, rlimits, no capabilities, the seccomp filter,
+                        the job's environment, cwd /tmp/work; then it returns
+                        out of the zygote's loop and runs the job's script as
+                        __main__, the way `python3 -I [-S] SCRIPT ARGS` would.
+
+Nothing is shared between two jobs: each gets its own namespaces (processes,
+mounts, network, IPC), its own /tmp, its own cgroup, and a copy-on-write copy
+of a process that only ever imported library code. The zygote keeps
+CAP_SYS_ADMIN, CAP_NET_ADMIN and CAP_SETPCAP inside its (unprivileged) user
+namespace to build those namespaces, and no seccomp filter (it must mount);
+every job process drops them all, bounding set included, before anything of
+the job runs, and W loads the deny-list. The zygote exits when the host's end of its socket closes.
+
+Status lines to the host on the job's status pipe: `S` (set up: the job's
+code starts now), `E message` (the sandbox could not be set up: an
+infrastructure error, no student code ran), `X code` (exit: the script's
+exit status, 128+N when killed by signal N, as bwrap reports it).
+"""
+
+import os
+import sys
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+# What `python3 -I [-S] SCRIPT` puts on sys.path after the script's folder.
+_BASE_PATH = [p for p in sys.path if p != _HERE]
+
+import _socket  # noqa: E402  (not `socket`: that pulls in enum and selectors)
+import ctypes  # noqa: E402
+import errno  # noqa: E402
+import gc  # noqa: E402
+import fcntl  # noqa: E402
+import resource  # noqa: E402
+import signal  # noqa: E402
+import struct  # noqa: E402
+
+sys.path.insert(0, _HERE)
+from runner_core import json_loads  # noqa: E402
+
+CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWPID, CLONE_NEWNET = 0x00020000, 0x08000000, 0x20000000, 0x40000000
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
+MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
+# What bwrap's --proc leaves read-only; a new /proc must hide them again.
+PROC_READ_ONLY = (b"/proc/sys", b"/proc/sysrq-trigger", b"/proc/irq", b"/proc/bus")
+PR_SET_DUMPABLE, PR_SET_NAME, PR_SET_SECCOMP, PR_CAP_AMBIENT = 4, 15, 22, 47
+PR_CAP_AMBIENT_CLEAR_ALL, SECCOMP_MODE_FILTER, PR_CAPBSET_DROP = 4, 2, 24
+LINUX_CAPABILITY_VERSION_3 = 0x20080522
+SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
+MAX_REQUEST = 1 << 16
+MAX_FDS = 32
+WORK = "/tmp/work"
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+class SetupError(Exception):
+    pass
+
+
+def _check(rc, what):
+    if rc != 0:
+        err = ctypes.get_errno()
+        raise SetupError("%s: %s" % (what, os.strerror(err)))
+
+
+def drop_capabilities():
+    """An empty bounding set, empty effective, permitted and inheritable sets,
+    no ambient ones; with no_new_privs (bwrap set it) no exec can bring any
+    back."""
+    for cap in range(64):
+        if _libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 and ctypes.get_errno() == errno.EINVAL:
+            break  # past the last capability this kernel knows
+    header = struct.pack("=Ii", LINUX_CAPABILITY_VERSION_3, 0)
+    data = ctypes.create_string_buffer(24)  # two zeroed __user_cap_data_struct
+    _check(_libc.capset(ctypes.c_char_p(header), data), "capset")
+    _libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
+    _check(_libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0), "prctl(DUMPABLE)")
+
+
+def load_seccomp(program, prog_struct):
+    if program:
+        _check(_libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(prog_struct), 0, 0), "seccomp")
+
+
+def loopback_up():
+    """bwrap brings `lo` up in the namespaces it creates; so do we."""
+    sock = _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM)
+    try:
+        req = struct.pack("16sH14x", b"lo", 0)
+        flags = struct.unpack("16sH14x", fcntl.ioctl(sock.fileno(), SIOCGIFFLAGS, req))[1]
+        fcntl.ioctl(sock.fileno(), SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | IFF_UP))
+    finally:
+        sock.close()
+
+
+def place_files(fd, files):
+    """The job's files, concatenated in one memfd, under /tmp/work."""
+    offset = 0
+    for rel, size in files:
+        if rel.startswith("/") or ".." in rel.split("/"):
+            raise SetupError("bad file name")
+        dest = os.path.join(WORK, rel)
+        os.makedirs(os.path.dirname(dest), mode=0o755, exist_ok=True)
+        out = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            left = size
+            while left:
+                chunk = os.pread(fd, min(left, 1 << 20), offset)
+                if not chunk:
+                    raise SetupError("short file data")
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(out, view):]
+                offset += len(chunk)
+                left -= len(chunk)
+        finally:
+            os.close(out)
+
+
+def _say(fd, line):
+    try:
+        os.write(fd, line.encode("utf-8", "replace")[:4000] + b"\n")
+    except OSError:
+        pass
+
+
+def _close_except(keep):
+    """Close every descriptor not in `keep` (the zygote's socket included)."""
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd not in keep:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+class Zygote:
+    def __init__(self, sock_fd, seccomp):
+        self.sock = _socket.socket(fileno=sock_fd)
+        self.seccomp = seccomp
+        # Built before any fork: W only passes the address on.
+        self._filter = ctypes.create_string_buffer(seccomp, len(seccomp))
+        self._prog = _SockFprog(len(seccomp) // 8, ctypes.cast(self._filter, ctypes.c_void_p))
+
+    def serve(self):
+        """Forks one sandbox per request. Returns (argv, env) in a job's W
+        process only; exits when the host's end closes."""
+        signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the Cs are reaped by the kernel
+        # Everything imported so far lives as long as the zygote: no collection
+        # in a job may walk it (that would copy every page of it).
+        gc.collect()
+        gc.freeze()
+        self.sock.send(b"ready")
+        while True:
+            try:
+                msg, anc, _flags, _addr = self.sock.recvmsg(MAX_REQUEST, _socket.CMSG_SPACE(MAX_FDS * 4))
+            except InterruptedError:
+                continue
+            if not msg:
+                os._exit(0)
+            fds = []
+            for level, kind, data in anc:
+                if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
+                    fds += struct.unpack("%di" % (len(data) // 4), data[: len(data) - len(data) % 4])
+            sys.stdout.flush()
+            sys.stderr.flush()
+            pid = os.fork()
+            if pid == 0:
+                return self.job(msg, fds)  # returns only in W
+            for fd in fds:
+                os.close(fd)
+
+    def job(self, msg, fds):
+        """C: the job's monitor, outside its pid namespace."""
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        _libc.prctl(PR_SET_NAME, b"xg-job-monitor", 0, 0, 0)
+        status = fds[0] if fds else -1
+        try:
+            self.sock.close()
+            req = json_loads(msg)
+            n_cg = req["cgroups"]
+            if len(fds) != 4 + bool(req["files"]) + 2 * bool(req["channel"]) + n_cg:
+                raise SetupError("descriptor count does not match the request")
+            cg_fds = fds[len(fds) - n_cg:]
+            for fd in cg_fds:  # "0": the writer itself; the host opened these files
+                os.write(fd, b"0")
+                os.close(fd)
+            fds = fds[: len(fds) - n_cg]
+            _libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
+            _check(_libc.unshare(CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWIPC), "unshare")
+            pid = os.fork()
+        except BaseException as exc:  # noqa: BLE001 - reported, never raised into the host
+            _say(status, "E %s" % (exc if isinstance(exc, SetupError) else "%s: %s" % (type(exc).__name__, exc)))
+            os._exit(1)
+        if pid == 0:
+            return self.init(req, fds)
+        _close_except({status})
+        while True:
+            try:
+                _, st = os.waitpid(pid, 0)
+                break
+            except InterruptedError:
+                continue
+        code = os.waitstatus_to_exitcode(st)
+        _say(status, "X %d" % (code if code >= 0 else 128 - code))
+        os._exit(0)
+
+    def init(self, req, fds):
+        """G: pid 1 of the job's pid namespace: builds its filesystem, starts
+        W and reaps until W is gone (the namespace dies with it)."""
+        status = fds[0]
+        _libc.prctl(PR_SET_NAME, b"xg-job-init", 0, 0, 0)
+        try:
+            # Nothing mounted here may propagate back to the zygote or other jobs.
+            _check(_libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None), "make / private")
+            _check(_libc.mount(b"tmpfs", b"/tmp", b"tmpfs", MS_NOSUID | MS_NODEV,
+                               b"mode=0755,size=%d" % int(req["tmp_bytes"])), "mount /tmp")
+            _check(_libc.mount(b"proc", b"/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None), "mount /proc")
+            for path in PROC_READ_ONLY:
+                if os.path.exists(path):
+                    _check(_libc.mount(path, path, None, MS_BIND | MS_REC, None), "bind " + path.decode())
+                    _check(_libc.mount(path, path, None, MS_BIND | MS_REMOUNT | MS_RDONLY, None),
+                           "read-only " + path.decode())
+            loopback_up()
+            os.mkdir(WORK, 0o755)
+            if req["files"]:
+                place_files(fds[4], req["files"])
+                os.close(fds[4])
+                del fds[4]
+            os.chdir(WORK)
+            ready_r, ready_w = os.pipe()
+            pid = os.fork()
+        except BaseException as exc:  # noqa: BLE001
+            _say(status, "E %s" % (exc if isinstance(exc, SetupError) else "%s: %s" % (type(exc).__name__, exc)))
+            os._exit(1)
+        if pid == 0:
+            os.close(ready_r)
+            return self.worker(req, fds[1:], ready_w)
+        _close_except({status, ready_r})
+        try:
+            drop_capabilities()
+        except SetupError as exc:
+            _say(status, "E %s" % exc)
+            os._exit(1)
+        word = b""
+        while True:
+            try:
+                word = os.read(ready_r, 4000)
+                break
+            except InterruptedError:
+                continue
+        os.close(ready_r)
+        _say(status, "S" if word == b"S" else "E " + (word.decode("utf-8", "replace") or "the job died while being set up"))
+        os.close(status)
+        code = None
+        while True:
+            try:
+                got, st = os.wait()
+            except ChildProcessError:
+                break
+            except InterruptedError:
+                continue
+            if got == pid:
+                code = os.waitstatus_to_exitcode(st)
+                break
+        os._exit(code if code is not None and code >= 0 else 128 - (code or -9))
+
+    def worker(self, req, fds, ready_w):
+        """W: becomes the job. Returns (argv, env) to run the script at top level."""
+        _libc.prctl(PR_SET_NAME, b"python3", 0, 0, 0)  # what a job sees in /proc/self/comm
+        try:
+            wanted = fds[0:3] + (fds[3:5] if req["channel"] else [])
+            # Copies far above 0..4 first, so no dup2 below clobbers a source.
+            moved = [fcntl.fcntl(fd, fcntl.F_DUPFD, 100) for fd in wanted]
+            ready_w = fcntl.fcntl(ready_w, fcntl.F_DUPFD, 100)
+            for i, fd in enumerate(moved):
+                os.dup2(fd, i)
+            _close_except(set(range(len(moved))) | {ready_w})
+            for res, soft, hard in req["rlimits"]:
+                resource.setrlimit(res, (soft, hard))
+            os.setsid()
+            drop_capabilities()
+            # Like a fresh process: dumpable (what student code sees in /proc/self).
+            _libc.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0)
+            load_seccomp(self.seccomp, self._prog)
+            env = dict(req["env"])
+            env["PWD"] = WORK  # bwrap --chdir sets it too
+            if req["channel"]:
+                env["XGRADER_CHANNEL"] = "fd:3,4"
+            os.write(ready_w, b"S")
+            os.close(ready_w)
+        except BaseException as exc:  # noqa: BLE001
+            try:
+                os.write(ready_w, ("%s: %s" % (type(exc).__name__, exc)).encode("utf-8", "replace")[:3000])
+            except OSError:
+                pass
+            os._exit(125)
+        return req["argv"], env
+
+
+def run_script(argv, env):
+    """What the interpreter does for `python3 -I [-S] SCRIPT ARGS`: the
+    script's folder first on sys.path, the script run as __main__."""
+    os.environ.clear()
+    os.environ.update(env)
+    script = argv[0]
+    sys.argv = list(argv)
+    sys.path[:] = [os.path.dirname(script)] + _BASE_PATH
+    import builtins
+    main = type(sys)("__main__")
+    main.__file__ = script
+    main.__builtins__ = builtins
+    sys.modules["__main__"] = main
+    with open(script, "rb") as f:
+        code = compile(f.read(), script, "exec", dont_inherit=True)
+    exec(code, main.__dict__)
+
+
+def _zygote_main():
+    for name in sys.argv[1:]:
+        try:
+            __import__(name)
+        except ImportError:  # e.g. no pytest here: its jobs fail as they would cold
+            pass
+    if sys.path and sys.path[0] == _HERE:
+        del sys.path[0]
+    sock_fd = int(os.environ.pop("XGRADER_ZYGOTE"))
+    seccomp_fd = int(os.environ.pop("XGRADER_ZYGOTE_SECCOMP", "-1"))
+    seccomp = b""
+    if seccomp_fd >= 0:
+        while True:
+            chunk = os.read(seccomp_fd, 1 << 16)
+            if not chunk:
+                break
+            seccomp += chunk
+        os.close(seccomp_fd)
+    return Zygote(sock_fd, seccomp).serve()
+
+
+def _exit_code(exc):
+    """The process exit status SystemExit(code) means, printing a non-int code as Python does."""
+    code = exc.code
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code & 0xFF
+    try:
+        sys.stderr.write(str(code) + "\n")
+    except BaseException:  # noqa: BLE001
+        pass
+    return 1
+
+
+def finish(code):
+    """The parts of interpreter shutdown a program can observe: non-daemon
+    threads joined, atexit handlers, every open file flushed (Python would
+    flush them as it frees them). Not the rest: tearing down the zygote's
+    imported modules would copy nearly every page inherited from it, which
+    costs more than the job's own work; __del__ methods still pending are
+    not run (Python never promised that at exit)."""
+    import atexit
+    threading = sys.modules.get("threading")
+    if threading is not None:
+        try:
+            threading._shutdown()
+        except BaseException:  # noqa: BLE001
+            pass
+    try:
+        atexit._run_exitfuncs()
+    except SystemExit as exc:
+        code = _exit_code(exc)
+    except BaseException:  # noqa: BLE001  (atexit already printed it)
+        pass
+    io = sys.modules.get("io") or __import__("io")
+    streams = [o for o in gc.get_objects() if isinstance(o, io.IOBase)]
+    # Text layers first: their flush pushes pending text into their buffer.
+    streams.sort(key=lambda o: not isinstance(o, io.TextIOBase))
+    for stream in [*streams, sys.stdout, sys.stderr]:
+        try:
+            if stream is not None and not stream.closed:
+                stream.flush()
+        except BaseException:  # noqa: BLE001  (a broken pipe, a full disk: as at exit)
+            pass
+    os._exit(code)
+
+
+if __name__ == "__main__":
+    _job = _zygote_main()
+    del _zygote_main
+    try:
+        run_script(*_job)
+        _code = 0
+    except SystemExit as _exc:
+        _code = _exit_code(_exc)
+    except BaseException:  # noqa: BLE001  (printed like an uncaught exception)
+        sys.excepthook(*sys.exc_info())
+        _code = 1
+    finish(_code)
