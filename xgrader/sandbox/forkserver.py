@@ -55,8 +55,7 @@ ZYGOTE_LIMITS = Limits(memory_mb=1024, pids=256, tmp_mb=1, cpu_s=10_000_000, wal
 # The interpreter flags a server runs with, and the modules it imports once.
 FLAVOURS: dict[tuple[str, ...], tuple[str, ...]] = {
     ("-I", "-S"): ("runner_core",),
-    ("-I",): ("runner_core", "pytest", "_pytest.python", "_pytest.fixtures", "_pytest.assertion.rewrite",
-              "_pytest.terminal", "_pytest.runner", "_pytest.main"),
+    ("-I",): ("runner_core", "pytest_side.preload"),
 }
 
 
