@@ -113,6 +113,7 @@ class XQueueClient:
         self._fast_ok = parsed.scheme == "http" and bool(self._host) and not self._session.proxies
         self._sock: socket.socket | None = None   # the fast path's kept-alive connection
         self._cookie_cache: dict[str, tuple[Any, str | None]] = {}
+        self._parents: tuple[Any, ...] | None = None   # after_fork: the parent's, kept alive unused
 
     # -- session -------------------------------------------------------------
     @property
@@ -154,10 +155,14 @@ class XQueueClient:
         A daemon child usually sends none (the parent posts), and building a
         session cost ~2 ms of CPU per submission, most of it copy-on-write
         faults."""
+        # The parent's session and socket stay referenced (never used, never
+        # closed here): letting them go would run their destructors (pools,
+        # connections, the socket) in every child for nothing.
+        self._parents = (self._parents or ()) + (self._session, self._sock)
         if self._session is not None:
             self._inherited_cookies = self._session.cookies
             self._session = None
-        self._sock = None  # the parent's socket: left to it (not closed, not used)
+        self._sock = None
 
     def close(self) -> None:
         if self._session is not None:
