@@ -133,3 +133,50 @@ def test_malformed_payload_and_unknown_assignment_get_error_results(stack: Stack
     assert results[bad.key][0]["correct"] is False and "grader_payload" in results[bad.key][0]["msg"]
     assert len(results[good.key]) == 1
     assert stack.daemon.poll() is None  # still up
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGKILL])
+def test_daemon_grades_through_its_fork_servers_and_they_end_with_it(stack: Stack, stop):
+    """The parent starts bwrap's fork servers before forking job children
+    (docs/sandbox.md): jobs are forked from them, and they go when the daemon
+    goes, however it goes."""
+    from xgrader.daemon.proctree import descendants
+    from xgrader.sandbox.cgroups import CgroupManager, _alive
+
+    sample = find_samples(DEFAULT_HANDLERS)[0]
+    stack.submit(sample)
+    assert len(stack.wait_for([sample.key])[sample.key]) == 1
+    pid = stack.daemon.pid
+
+    def cmdline(p: int) -> str:
+        try:
+            return Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            return ""
+
+    def parent(p: int) -> int:
+        return int(Path(f"/proc/{p}/stat").read_bytes().rsplit(b")", 1)[1].split()[1])
+
+    # The servers' bwrap processes are the daemon's own children (their jobs,
+    # forked from the servers, show the same command line further down).
+    tree = [p for p in descendants(pid) if "zygote.py" in cmdline(p)]
+    servers = [p for p in tree if parent(p) == pid]
+    assert len(servers) == 2, servers  # the runner's and the test side's
+    events = [json.loads(line).get("event") for line in (stack.tmp / "daemon.log").read_text().splitlines()
+              if line.startswith("{")]
+    assert events.count("fork_server_started") == 2 and "fork_server_lost" not in events
+    stack.daemon.send_signal(stop)
+    stack.daemon.wait(60)
+    deadline = time.monotonic() + 10
+    while any(_alive(p) for p in tree) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(p) for p in tree)
+    cgroups = CgroupManager()
+    if stop == signal.SIGTERM:
+        assert cgroups.owned_by(pid) == []
+    else:  # orphans: the next daemon's start-up removes them
+        stack.daemon = stack.start_daemon()
+        deadline = time.monotonic() + 20
+        while cgroups.owned_by(pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert cgroups.owned_by(pid) == []
