@@ -5,13 +5,14 @@ runner, or pytest for the test side) once, then for every request from the
 host (a SOCK_SEQPACKET socket, fd XGRADER_ZYGOTE) forks a fresh sandbox for
 one job instead of starting bwrap and an interpreter again:
 
-    zygote --fork--> C: joins the job's cgroups (cgroup.procs fds the host
-                        opened), unshares mount, pid, network and IPC
-                        namespaces, reports the job's exit to the host
-      C --fork--> G: pid 1 of the new pid namespace: a new size-capped tmpfs
-                        at /tmp with the job's files, a new /proc, loopback
-                        up; drops every capability and reaps
-        G --fork--> W: pid 2: stdio and channel on fds 0-4, everything else
+    zygote --fork--> G: pid 1 of a new pid namespace (the zygote unshares
+                        it for this one child, then returns to its own);
+                        joins the job's cgroups (cgroup.procs fds the host
+                        opened), unshares mount, network and IPC namespaces,
+                        mounts a new size-capped tmpfs at /tmp with the job's
+                        files and a new /proc, brings loopback up; drops every
+                        capability and reaps; the zygote reports its exit
+      G --fork--> W: pid 2: stdio and channel on fds 0-4, everything else
                         closed, rlimits, no capabilities, the seccomp filter,
                         the job's environment, cwd /tmp/work; then it returns
                         out of the zygote's loop and runs the job's script as
@@ -25,7 +26,7 @@ namespace to build those namespaces, and no seccomp filter (it must mount);
 every job process drops them all, bounding set included, before anything of
 the job runs, and W loads the deny-list. The zygote exits when the host's end of its socket closes.
 
-Status lines to the host on the job's status pipe: `S` (set up: the job's
+Status lines to the host on the job's status socket: `S` (set up: the job's
 code starts now), `E message` (the sandbox could not be set up: an
 infrastructure error, no student code ran), `X code` (exit: the script's
 exit status, 128+N when killed by signal N, as bwrap reports it).
@@ -44,6 +45,7 @@ import errno  # noqa: E402
 import gc  # noqa: E402
 import fcntl  # noqa: E402
 import resource  # noqa: E402
+import select  # noqa: E402
 import signal  # noqa: E402
 import struct  # noqa: E402
 
@@ -161,74 +163,99 @@ class Zygote:
         self._prog = _SockFprog(len(seccomp) // 8, ctypes.cast(self._filter, ctypes.c_void_p))
 
     def serve(self):
-        """Forks one sandbox per request. Returns (argv, env) in a job's W
-        process only; exits when the host's end closes."""
-        signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the Cs are reaped by the kernel
+        """Forks one sandbox per request and reports each job's exit. Returns
+        (argv, env) in a job's W process only; exits when the host's end
+        closes."""
+        own_pid_ns = os.open("/proc/self/ns/pid", os.O_RDONLY)
+        wake_r, wake_w = os.pipe()
+        os.set_blocking(wake_r, False)
+        os.set_blocking(wake_w, False)
+        signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+        signal.signal(signal.SIGCHLD, lambda *_: None)  # wakes the select below
+        jobs = {}  # init pid -> its status socket
         # Everything imported so far lives as long as the zygote: no collection
         # in a job may walk it (that would copy every page of it).
         gc.collect()
         gc.freeze()
         self.sock.send(b"ready")
         while True:
-            try:
-                msg, anc, _flags, _addr = self.sock.recvmsg(MAX_REQUEST, _socket.CMSG_SPACE(MAX_FDS * 4))
-            except InterruptedError:
+            ready, _, _ = select.select([self.sock, wake_r], [], [])
+            if wake_r in ready:
+                try:
+                    while os.read(wake_r, 512):
+                        pass
+                except BlockingIOError:
+                    pass
+            self.reap(jobs)
+            if self.sock not in ready:
                 continue
+            msg, anc, _flags, _addr = self.sock.recvmsg(MAX_REQUEST, _socket.CMSG_SPACE(MAX_FDS * 4))
             if not msg:
-                os._exit(0)
+                os._exit(0)  # the host is gone: so is this pid namespace, every job in it
             fds = []
             for level, kind, data in anc:
                 if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
                     fds += struct.unpack("%di" % (len(data) // 4), data[: len(data) - len(data) % 4])
-            sys.stdout.flush()
-            sys.stderr.flush()
-            pid = os.fork()
+            status = fds[0] if fds else -1
+            pid = -1
+            try:
+                req = json_loads(msg)
+                if len(fds) != 4 + bool(req["files"]) + 2 * bool(req["channel"]) + req["cgroups"]:
+                    raise SetupError("descriptor count does not match the request")
+                sys.stdout.flush()
+                sys.stderr.flush()
+                # The next child is pid 1 of a new pid namespace; then back to ours.
+                _check(_libc.unshare(CLONE_NEWPID), "unshare(pid)")
+                try:
+                    pid = os.fork()
+                finally:
+                    if pid != 0:
+                        _check(_libc.setns(own_pid_ns, CLONE_NEWPID), "setns(pid)")
+            except BaseException as exc:  # noqa: BLE001 - reported, never raised into the host
+                _say(status, "E %s" % (exc if isinstance(exc, SetupError) else "%s: %s" % (type(exc).__name__, exc)))
+                for fd in fds:
+                    os.close(fd)
+                continue
             if pid == 0:
-                return self.job(msg, fds)  # returns only in W
-            for fd in fds:
+                signal.set_wakeup_fd(-1)
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                for fd in (own_pid_ns, wake_r, wake_w):
+                    os.close(fd)
+                self.sock.close()
+                return self.init(req, fds)  # returns only in W
+            jobs[pid] = status
+            for fd in fds[1:]:
                 os.close(fd)
 
-    def job(self, msg, fds):
-        """C: the job's monitor, outside its pid namespace."""
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        _libc.prctl(PR_SET_NAME, b"xg-job-monitor", 0, 0, 0)
-        status = fds[0] if fds else -1
-        try:
-            self.sock.close()
-            req = json_loads(msg)
-            n_cg = req["cgroups"]
-            if len(fds) != 4 + bool(req["files"]) + 2 * bool(req["channel"]) + n_cg:
-                raise SetupError("descriptor count does not match the request")
-            cg_fds = fds[len(fds) - n_cg:]
-            for fd in cg_fds:  # "0": the writer itself; the host opened these files
-                os.write(fd, b"0")
-                os.close(fd)
-            fds = fds[: len(fds) - n_cg]
-            _libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
-            _check(_libc.unshare(CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWIPC), "unshare")
-            pid = os.fork()
-        except BaseException as exc:  # noqa: BLE001 - reported, never raised into the host
-            _say(status, "E %s" % (exc if isinstance(exc, SetupError) else "%s: %s" % (type(exc).__name__, exc)))
-            os._exit(1)
-        if pid == 0:
-            return self.init(req, fds)
-        _close_except({status})
-        while True:
+    @staticmethod
+    def reap(jobs):
+        """Each job's exit status, to its status socket (`X code`)."""
+        while jobs:
             try:
-                _, st = os.waitpid(pid, 0)
-                break
-            except InterruptedError:
-                continue
-        code = os.waitstatus_to_exitcode(st)
-        _say(status, "X %d" % (code if code >= 0 else 128 - code))
-        os._exit(0)
+                pid, st = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            status = jobs.pop(pid, None)
+            if status is not None:
+                code = os.waitstatus_to_exitcode(st)
+                _say(status, "X %d" % (code if code >= 0 else 128 - code))
+                os.close(status)
 
     def init(self, req, fds):
         """G: pid 1 of the job's pid namespace: builds its filesystem, starts
         W and reaps until W is gone (the namespace dies with it)."""
         status = fds[0]
         _libc.prctl(PR_SET_NAME, b"xg-job-init", 0, 0, 0)
+        _libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
         try:
+            n_cg = req["cgroups"]
+            for fd in fds[len(fds) - n_cg:]:  # "0": the writer itself; the host opened these files
+                os.write(fd, b"0")
+                os.close(fd)
+            del fds[len(fds) - n_cg:]
+            _check(_libc.unshare(CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC), "unshare")
             # Nothing mounted here may propagate back to the zygote or other jobs.
             _check(_libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None), "make / private")
             _check(_libc.mount(b"tmpfs", b"/tmp", b"tmpfs", MS_NOSUID | MS_NODEV,
@@ -352,6 +379,21 @@ def _zygote_main():
                 break
             seccomp += chunk
         os.close(seccomp_fd)
+    # Serve as pid 1 of a pid namespace of our own user namespace: bwrap's
+    # belongs to the user namespace outside --disable-userns's nested one, and
+    # returning there after forking a job (setns) would be refused.
+    _check(_libc.unshare(CLONE_NEWPID), "unshare(pid)")
+    server = os.fork()
+    if server != 0:
+        os.close(sock_fd)
+        while True:
+            try:
+                _, st = os.waitpid(server, 0)
+                break
+            except InterruptedError:
+                continue
+        os._exit(os.waitstatus_to_exitcode(st) & 0xFF)
+    _libc.prctl(PR_SET_NAME, b"xg-fork-server", 0, 0, 0)
     return Zygote(sock_fd, seccomp).serve()
 
 

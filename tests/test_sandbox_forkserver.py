@@ -140,7 +140,7 @@ def test_jobs_share_nothing(forking):
         result = running.wait()
     assert result.stdout == "ready\n" and result.verdict is Verdict.ok, result
     # The daemonized sleeper died with its job: the server has no child left.
-    zygote = forking.forkservers.pids()[2]
+    zygote = forking.forkservers.servers[("-I", "-S")].pids()[-1]
     assert Path(f"/proc/{zygote}/task/{zygote}/children").read_text().split() == []
     third = run(forking, "import os\nprint(os.path.exists('/tmp/left-behind'))")
     assert third.stdout == "False\n"
@@ -182,17 +182,18 @@ def test_files_that_do_not_fit_are_a_sandbox_error(forking, cold):
 
 def test_a_dead_server_is_replaced_by_its_owner(forking):
     assert forked(forking)
-    first = forking.forkservers.pids()
-    os.kill(first[2], signal.SIGKILL)  # the zygote itself
+    first = forking.forkservers.servers[("-I", "-S")].pids()
+    os.kill(first[-1], signal.SIGKILL)  # the forking process itself
     time.sleep(0.2)
     assert run(forking, "print('still grading')").stdout == "still grading\n"
     assert forked(forking)
-    assert forking.forkservers.pids() and forking.forkservers.pids()[2] != first[2]
+    again = forking.forkservers.servers[("-I", "-S")].pids()
+    assert len(again) == 4 and again[-1] != first[-1]
 
 
 def test_a_forked_child_uses_the_parents_server_and_falls_back_to_cold(forking):
     forking.prepare()
-    zygote = forking.forkservers.pids()[2]
+    zygote = forking.forkservers.servers[("-I", "-S")].pids()[-1]
 
     def child() -> list:
         a = forked(forking), run(forking, "print(1)").stdout
@@ -218,7 +219,7 @@ def test_servers_stop_with_close_and_with_a_killed_owner():
     owner = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, cwd=REPO)
     try:
         pids = [int(p) for p in owner.stdout.readline().split()]
-        assert len(pids) == 6 and all(alive(p) for p in pids)
+        assert len(pids) == 8 and all(alive(p) for p in pids)
     finally:
         owner.kill()
         owner.wait()
@@ -235,7 +236,7 @@ def test_servers_stop_with_close_and_with_a_killed_owner():
     b = make_backend(Settings(sandbox="bwrap"))
     b.prepare()
     pids = b.forkservers.pids()
-    assert len(pids) == 6
+    assert len(pids) == 8
     b.close()
     assert not any(alive(p) for p in pids)  # a zombie bwrap init may wait for its reaper
     assert CgroupManager().owned_by(os.getpid()) == []

@@ -19,7 +19,7 @@ def _leftovers(backend) -> list[str]:
     # A warm pool's idle sandboxes are no job's: they are expected to be there.
     idle = list(getattr(backend, "_idle", ()))
     spare_pids = {p for sb in idle for p in [sb.proc.pid, *[d for d, _ in descendants(sb.proc.pid)]]}
-    # A forked warm sandbox's pid is its init; its monitor is init's parent.
+    # A forked warm sandbox's pid is its init; init's parent is the fork server.
     spare_pids |= {_ppid(sb.proc.pid) for sb in idle if type(sb).__name__ == "ForkedSandbox"}
     spare_cgroups = {d.name for sb in idle for d in sb.cgroup.dirs.values()}
     # The fork servers are no job's either (their forked jobs would be).

@@ -103,7 +103,7 @@ class ForkedProcess:
                     except ValueError:
                         self.returncode = -9
             if not chunk and self.returncode is None:
-                self.returncode = -9  # the monitor died with the job's cgroup
+                self.returncode = -9  # the server died (its pid namespace took the job along)
             if self.returncode is not None:
                 os.close(self._status)
                 self._status = -1
@@ -272,6 +272,19 @@ class Zygote:
         with self._lock:
             self._stop()
 
+    def pids(self) -> list[int]:
+        """bwrap, bwrap's pid 1, the zygote and the forking server (pid 1 of
+        the zygote's own pid namespace, `xg-fork-server`), host pids; the
+        last one is the parent of every job's init."""
+        out: list[int] = []
+        pid = self.proc.pid if self.proc is not None and self.proc.poll() is None else None
+        for _ in range(4):
+            if pid is None:
+                break
+            out.append(pid)
+            pid = _only_child(pid)
+        return out
+
     def spawn(self, job: SandboxJob, script: list[str], env: dict[str, str], cg: Any,
               channel_fds: tuple[int, int] | None) -> ForkedProcess:
         """Ask the server for `job`'s sandbox; raises SandboxError when it
@@ -379,17 +392,9 @@ class ForkServers:
             server.close()
 
     def pids(self) -> list[int]:
-        """The servers' own processes (bwrap, its init, the zygote): not
-        their forked jobs. For leak checks in tests and operators' tools."""
-        out = []
-        for server in self.servers.values():
-            pid = server.proc.pid if server.proc is not None and server.proc.poll() is None else None
-            for _ in range(3):  # bwrap -> bwrap's pid 1 -> python3 zygote.py
-                if pid is None:
-                    break
-                out.append(pid)
-                pid = _only_child(pid)
-        return out
+        """The servers' own processes: not their forked jobs. For leak checks
+        in tests and operators' tools."""
+        return [pid for server in self.servers.values() for pid in server.pids()]
 
     def cgroup_names(self) -> list[str]:
         return [d.name for s in self.servers.values() if s.cgroup is not None for d in s.cgroup.dirs.values()]
