@@ -293,7 +293,7 @@ def test_launcher_failure_is_a_sandbox_error_not_a_verdict(bw, monkeypatch):
     monkeypatch.setattr(bwrap_mod, "SETPRIV", "/nonexistent/setpriv")
     with pytest.raises(SandboxError, match="cannot start the sandbox: .*setpriv"):
         bw.start(SandboxJob(argv=["python3", "-I", "-S", "-c", "pass"]))
-    assert set(bw.cgroups.owned_by(os.getpid())) == before
+    assert set(bw.cgroups.owned_by(os.getpid())) <= before  # (another backend collected meanwhile may remove its own)
 
 
 def test_spawned_with_vfork_job_sees_only_its_own_fds(bw):

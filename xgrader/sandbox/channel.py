@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import select
 import time
 from typing import Any
@@ -32,40 +33,43 @@ def check_depth(value: Any, limit: int = MAX_DEPTH) -> None:
             stack.extend((v, depth + 1) for v in item)
 
 
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_INNERMOST = re.compile(rb"\[\]|\{\}")
+
+
 def _bracket_depth_ok(line: bytes, limit: int) -> bool:
-    # Cheap pre-scan so json.loads never recurses on a hostile 4 MiB of '['.
-    depth = 0
-    in_str = esc = False
-    for b in line:
-        if in_str:
-            if esc:
-                esc = False
-            elif b == 0x5C:
-                esc = True
-            elif b == 0x22:
-                in_str = False
-        elif b == 0x22:
-            in_str = True
-        elif b in (0x5B, 0x7B):
-            depth += 1
-            if depth > limit:
-                return False
-        elif b in (0x5D, 0x7D):
-            depth -= 1
-    return True
+    """Whether the brackets outside strings nest at most `limit` deep, so
+    json.loads never recurses on a hostile 4 MiB of '[' and the value it
+    builds is no deeper than that. All in C-speed passes (a per-byte Python
+    loop cost ~2 ms on a 25 KB reply): strings removed, then every bracket
+    pair with nothing inside removed once per level. Unbalanced input stops
+    early; json.loads refuses it."""
+    if b'\\"' in line:  # an escaped quote (or an escaped backslash before one): parse strings
+        outside = _JSON_STRING.sub(b"", line)
+    else:  # every quote delimits a string: the even pieces are outside strings
+        outside = b"".join(line.split(b'"')[::2])
+    brackets = outside.translate(None, _NOT_BRACKETS)
+    for _ in range(limit):
+        if not brackets:
+            return True
+        brackets, removed = _INNERMOST.subn(b"", brackets)
+        if not removed:
+            return True
+    return not brackets
 
 
 def decode_message(line: bytes) -> Any:
     if len(line) > MAX_LINE:
         raise ChannelError(f"message line over {MAX_LINE} bytes")
-    if not _bracket_depth_ok(line, MAX_DEPTH):
+    # MAX_DEPTH - 1 bracket levels: check_depth's MAX_DEPTH counts the
+    # scalars inside the innermost container as one more level.
+    if not _bracket_depth_ok(line, MAX_DEPTH - 1):
         raise ChannelError(f"message nested deeper than {MAX_DEPTH}")
     try:
-        value = json.loads(line)
+        return json.loads(line)  # no deeper than checked: no check_depth walk over it
     except (ValueError, RecursionError) as exc:
         raise ChannelError(f"not a JSON message: {type(exc).__name__}") from None
-    check_depth(value)
-    return value
 
 
 class FdChannel(Channel):
