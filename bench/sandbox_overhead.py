@@ -1,12 +1,15 @@
 """Per-job cost of the sandbox backends, measured in one run on this machine.
 
 1. Overhead per batch job over a bare `python3 -I -c pass` (target for bwrap:
-   <= 15 ms median). Samples come in rounds of 10-run blocks (bare, bwrap,
-   unsafe, bare, ...) so a busy host's drift hits all of them alike.
+   <= 15 ms median): bwrap started cold (that argv is no runner script, so no
+   fork server), and a runner `exec` of an empty program forked by the fork
+   server (docs/sandbox.md) next to the same runner run bare on the host.
+   Samples come in rounds of 10-run blocks (bare, bwrap, unsafe, bare, ...)
+   so a busy host's drift hits all of them alike.
 2. Latency of a trivial interactive job (start the runner, load a one-line
-   module, call it, exit) cold and from the warm pool (xgrader/sandbox/warm.py;
-   the pool refills between samples, outside the timing: the latency a job
-   sees when a warm sandbox is ready).
+   module, call it, exit) forked by the fork server, started cold, and from
+   the warm pool (xgrader/sandbox/warm.py; the pool refills between samples,
+   outside the timing: the latency a job sees when a warm sandbox is ready).
 3. Where a cold bwrap start goes: the same bwrap command without our harness
    (no cgroup, no seccomp memfd, no rlimits/uid drop in a Python preexec),
    and cgroup create+remove alone.
@@ -19,7 +22,9 @@ import logging
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import structlog
 
@@ -63,15 +68,23 @@ def main(n: int = 40) -> dict[str, float]:
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
     settings = Settings(sandbox="bwrap")
     bwrap, unsafe = BwrapBackend(settings), UnsafeBackend(settings)
+    cold_bwrap = BwrapBackend(Settings(sandbox="bwrap", sandbox_fork_server=False))
     py = settings.sandbox_python
     batch = SandboxJob(argv=["python3", "-I", "-c", "pass"], label="bench")
+    runner_job = SandboxJob(argv=bwrap.python_argv("exec", "m.py"), files={"m.py": b"pass\n"}, label="bench")
+    scratch = tempfile.mkdtemp(prefix="xgbench-")
+    Path(scratch, "m.py").write_text("pass\n")
+    runner = str(Path(settings.runner_dir) / "runner.py")
+    bwrap.prepare()
 
     # 1. batch overhead: blocks of BLOCK runs of each kind, in rounds (drift on a
     # busy host hits all kinds alike; back-to-back runs within a block, as a
     # daemon runs jobs; per-sample alternation would thrash caches).
-    runs: dict[str, list[float]] = {"bare": [], "bwrap": [], "unsafe": []}
     kinds = {"bare": lambda: subprocess.run([py, "-I", "-c", "pass"], check=True),
-             "bwrap": lambda: bwrap.run(batch), "unsafe": lambda: unsafe.run(batch)}
+             "bwrap": lambda: bwrap.run(batch), "unsafe": lambda: unsafe.run(batch),
+             "bare runner": lambda: subprocess.run([py, "-I", "-S", runner, "exec", "m.py"], cwd=scratch, check=True),
+             "bwrap fork server": lambda: bwrap.run(runner_job)}
+    runs: dict[str, list[float]] = {name: [] for name in kinds}
     for _ in range(max(1, n // BLOCK)):
         for name, fn in kinds.items():
             runs[name] += [_ms(fn) for _ in range(BLOCK)]
@@ -84,24 +97,33 @@ def main(n: int = 40) -> dict[str, float]:
         out[f"{name}_ms"] = ms
         out[f"{name}_overhead_ms"] = ms - bare
         print(f"   {name:<22} {ms:7.1f} ms  {ms / bare:.2f}x  overhead {ms - bare:+.1f} ms")
+    bare_runner, forked = _median(runs["bare runner"]), _median(runs["bwrap fork server"])
+    out.update(bare_runner_ms=bare_runner, forked_ms=forked, forked_overhead_ms=forked - bare_runner)
+    print("   runner `exec` of an empty program:")
+    print(f"   {'bare (no sandbox)':<22} {bare_runner:7.1f} ms  1.00x")
+    print(f"   {'bwrap fork server':<22} {forked:7.1f} ms  {forked / bare_runner:.2f}x  "
+          f"overhead {forked - bare_runner:+.1f} ms")
 
     # 2. trivial interactive job: cold vs warm
     pool = WarmPool(BwrapBackend(settings), 1, settings)
-    cold, warm = [], []
+    cold, forks, warm = [], [], []
     try:
         for _ in range(n):
-            cold.append(_ms(lambda: trivial_interactive(bwrap)))
+            cold.append(_ms(lambda: trivial_interactive(cold_bwrap)))
+            forks.append(_ms(lambda: trivial_interactive(bwrap)))
             if not pool.wait_ready(1, timeout=10):
                 raise SystemExit("warm pool did not fill")
             warm.append(_ms(lambda: trivial_interactive(pool)))
         hits = pool.hits
     finally:
         pool.close()
-    c, w = _median(cold), _median(warm)
-    out.update(cold_ms=c, warm_ms=w)
+        bwrap.close()
+    c, f, w = _median(cold), _median(forks), _median(warm)
+    out.update(cold_ms=c, forked_interactive_ms=f, warm_ms=w)
     print(f"2. trivial interactive job (runner start, load, call, exit), median of {n}")
     print(f"   {'bwrap cold':<22} {c:7.1f} ms  1.00x")
-    print(f"   {'bwrap warm pool':<22} {w:7.1f} ms  {w / c:.2f}x  ({hits}/{n} warm hits)")
+    print(f"   {'bwrap fork server':<22} {f:7.1f} ms  {f / c:.2f}x")
+    print(f"   {'fork server, warm pool':<22} {w:7.1f} ms  {w / c:.2f}x  ({hits}/{n} warm hits)")
 
     # 3. where a cold start goes
     prefix = bwrap._argv(batch, [], 3)
