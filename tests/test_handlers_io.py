@@ -260,3 +260,30 @@ def test_broken_reference_solution_is_an_assignment_error(make_kit):
     })
     with pytest.raises(AssignmentError, match="reference solution failed"):
         kit.grade("broken", "def f(x): return 1\n")
+
+
+def test_expected_key_is_cached_per_assignment_and_follows_the_runner(tmp_path):
+    """The cache key (a hash of the assignment and the runner) is computed
+    once per loaded assignment; a changed runner source changes it."""
+    import shutil
+    import time as _time
+
+    from xgrader.config import DEFAULT_RUNNER_DIR
+    from xgrader.handlers.expected import fingerprint
+
+    write_assignment(tmp_path / "h", "sq", {
+        "assignment.toml": 'title = "sq"\nkind = "io"\n',
+        "tests/cases.toml": '[[case]]\nexpr = "sq(3)"\n',
+        "solution/submission.py": "def sq(x):\n    return x * x\n",
+    })
+    runner = tmp_path / "runner"
+    shutil.copytree(DEFAULT_RUNNER_DIR, runner, ignore=shutil.ignore_patterns("__pycache__", "image"))
+    assignment = resolve(tmp_path / "h", "sq")
+    store = ExpectedStore(tmp_path / "cache", runner_dir=runner)
+    first = store.key(assignment)
+    assert first == fingerprint(assignment, runner) == store.key(assignment)
+    reloaded = resolve(tmp_path / "h", "sq")          # same content, another object: same key
+    assert store.key(reloaded) == first
+    _time.sleep(0.01)
+    (runner / "runner_core.py").write_text((runner / "runner_core.py").read_text() + "\n# changed\n")
+    assert store.key(assignment) == fingerprint(assignment, runner) != first

@@ -43,14 +43,44 @@ def fingerprint(assignment: Assignment, runner_dir: Path = DEFAULT_RUNNER_DIR) -
     return h.hexdigest()
 
 
+def _runner_signature(runner_dir: Path) -> tuple:
+    """(path, mtime, size) of every runner source: a few stat calls, where
+    hashing them all again costs a read and a SHA-256 of each."""
+    out = []
+    stack = [str(runner_dir)]
+    while stack:
+        with os.scandir(stack.pop()) as entries:
+            for e in entries:
+                if e.is_dir(follow_symlinks=False):
+                    if e.name != "__pycache__":
+                        stack.append(e.path)
+                elif e.name.endswith(".py"):
+                    st = e.stat(follow_symlinks=False)
+                    out.append((e.path, st.st_mtime_ns, st.st_size))
+    return tuple(sorted(out))
+
+
 class ExpectedStore:
     def __init__(self, cache_dir: Path | None = None, runner_dir: Path = DEFAULT_RUNNER_DIR) -> None:
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
         self.runner_dir = Path(runner_dir)
         self._memory: dict[str, dict[str, Any]] = {}
+        # id(assignment) -> (assignment, runner signature, fingerprint). A loaded
+        # Assignment holds its files' bytes and never changes (an edited folder
+        # is a new object from the registry): its hash is computed once.
+        self._keys: dict[int, tuple[Assignment, tuple, str]] = {}
+
+    def key(self, assignment: Assignment) -> str:
+        runner = _runner_signature(self.runner_dir)
+        hit = self._keys.get(id(assignment))
+        if hit is not None and hit[0] is assignment and hit[1] == runner:
+            return hit[2]
+        key = fingerprint(assignment, self.runner_dir)
+        self._keys[id(assignment)] = (assignment, runner, key)
+        return key
 
     def get(self, assignment: Assignment, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-        key = fingerprint(assignment, self.runner_dir)
+        key = self.key(assignment)
         hit = self._memory.get(key)
         if hit is not None:
             return hit
