@@ -277,3 +277,33 @@ def test_drop_idle_during_a_start_in_flight_leaves_nothing_running():
         assert in_forked_child(drop_in_flight) == [1, 0, 0]
     finally:
         pool.close()
+
+
+def test_a_reported_child_frees_its_slot_before_it_exits(mini_xqueue, tmp_path: Path):
+    """Concurrency 1: the second job starts as soon as the first child has
+    given its final word (the reply is posted), not when that child is reaped;
+    never two children grading at once, each reply posted once."""
+    log = tmp_path / "log"
+
+    def report_then_linger(ctx: JobContext, reporter: Reporter) -> None:
+        with open(log, "a") as fh:
+            fh.write(f"start {ctx.submission_id} {time.monotonic()}\n")
+        time.sleep(0.2)   # grading
+        with open(log, "a") as fh:
+            fh.write(f"report {ctx.submission_id} {time.monotonic()}\n")
+        reporter.report(ChildReport(outcome="graded", reply=REPLY.to_body(), grade_outcome="passed",
+                                    score=1, max_score=1))
+        time.sleep(1.5)   # a slow exit (sandbox teardown, a loaded box)
+
+    hooks = Recorder()
+    for _ in range(2):
+        mini_xqueue.submit("q", BODY)
+    code, _ = run_daemon(mini_xqueue, report_then_linger, lambda: mini_xqueue.answered() == 2, hooks=hooks,
+                         concurrency=1, ready_children=0)
+    assert code == 0
+    assert all(e.pulls == 1 and len(e.results) == 1 for e in mini_xqueue.entries)
+    events = [line.split() for line in log.read_text().splitlines()]
+    assert [e[0] for e in events] == ["start", "report", "start", "report"]   # one grading at a time
+    first_report, second_start = float(events[1][2]), float(events[2][2])
+    assert second_start - first_report < 1.0, "the second job waited for the first child to exit"
+    assert hooks.calls.count(("posted", True, "")) == 2
