@@ -1,6 +1,7 @@
 """bwrap-specific properties: identity, seccomp, env, file ownership."""
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -211,6 +212,7 @@ def test_cgroup_v2_delegation_moves_the_daemon_to_a_leaf(tmp_path, monkeypatch):
     moved = []
 
     def write(path, value):
+        path = Path(path)
         if path.name == "cgroup.subtree_control" and not moved:
             raise OSError(errno.EBUSY, "Device or resource busy")
         if path.name == "cgroup.procs" and path.parent.name == cgroups.DAEMON_LEAF:

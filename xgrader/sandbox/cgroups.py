@@ -37,8 +37,22 @@ def _own_paths() -> dict[str, str]:
     return paths
 
 
-def _write(path: Path, value: str) -> None:
-    path.write_text(value)
+def _write(path: Path | str, value: str) -> None:
+    # os-level: a job touches a dozen of these files; pathlib's and io's
+    # layers cost more than the write itself.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)  # as open("w")
+    try:
+        os.write(fd, value.encode())
+    finally:
+        os.close(fd)
+
+
+def _read(path: str) -> str:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.read(fd, 65536).decode()
+    finally:
+        os.close(fd)
 
 
 def creator_pid(name: str) -> int | None:
@@ -167,9 +181,13 @@ class JobCgroup:
         self.v2 = v2
         self.cpus = cpus
         self._mem: int | None = None
+        self._p = {c: f"{d}/" for c, d in dirs.items()}  # string prefixes for the hot paths
         if limits is not None:
-            for d in dirs.values():
-                d.mkdir(exist_ok=True)
+            for d in self._p.values():
+                try:
+                    os.mkdir(d)
+                except FileExistsError:
+                    pass
             self.set_limits(limits)
 
     def set_limits(self, limits: Limits) -> None:
@@ -177,28 +195,30 @@ class JobCgroup:
         mem = limits.memory_mb * 1024 * 1024
         quota = int(CPU_PERIOD_US * self.cpus) if self.cpus else None
         if self.v2:
-            d = self.dirs["unified"]
-            _write(d / "memory.max", str(mem))
-            if (d / "memory.swap.max").exists():
-                _write(d / "memory.swap.max", "0")
-            _write(d / "pids.max", str(limits.pids))
-            if quota and (d / "cpu.max").exists():
-                _write(d / "cpu.max", f"{quota} {CPU_PERIOD_US}")
+            d = self._p["unified"]
+            _write(d + "memory.max", str(mem))
+            if os.path.exists(d + "memory.swap.max"):
+                _write(d + "memory.swap.max", "0")
+            _write(d + "pids.max", str(limits.pids))
+            if quota and os.path.exists(d + "cpu.max"):
+                _write(d + "cpu.max", f"{quota} {CPU_PERIOD_US}")
             return
-        m = self.dirs["memory"]
-        memsw = m / "memory.memsw.limit_in_bytes"
+        m = self._p["memory"]
+        memsw = m + "memory.memsw.limit_in_bytes"
         # v1 requires limit_in_bytes <= memsw.limit_in_bytes at every step.
-        order = [m / "memory.limit_in_bytes", memsw]
+        order = [m + "memory.limit_in_bytes", memsw]
         if self._mem is not None and mem > self._mem:
             order.reverse()
         for path in order:
-            if path.exists():
+            try:
                 _write(path, str(mem))
+            except FileNotFoundError:  # no swap accounting on this kernel
+                pass
         self._mem = mem
-        _write(self.dirs["pids"] / "pids.max", str(limits.pids))
-        if quota and "cpu" in self.dirs:
-            _write(self.dirs["cpu"] / "cpu.cfs_period_us", str(CPU_PERIOD_US))
-            _write(self.dirs["cpu"] / "cpu.cfs_quota_us", str(quota))
+        _write(self._p["pids"] + "pids.max", str(limits.pids))
+        if quota and "cpu" in self._p:
+            _write(self._p["cpu"] + "cpu.cfs_period_us", str(CPU_PERIOD_US))
+            _write(self._p["cpu"] + "cpu.cfs_quota_us", str(quota))
 
     def join(self, pid: int = 0) -> None:
         """Called in the child before exec (pid 0 = the caller)."""
@@ -220,18 +240,17 @@ class JobCgroup:
         membership, so one read per check instead of one per controller (the
         kill check runs several times per job). Falls back to the union when
         that directory is gone (a half-removed orphan)."""
-        d = self.dirs.get("pids") or self.dirs.get("unified") or next(iter(self.dirs.values()))
+        d = self._p.get("pids") or self._p.get("unified") or next(iter(self._p.values()))
         try:
-            with open(os.path.join(d, "cgroup.procs"), "rb") as fh:
-                return {int(x) for x in fh.read().split()}
+            return {int(x) for x in _read(d + "cgroup.procs").split()}
         except OSError:
             return self.pids()
 
     def kill(self) -> None:
-        if self.v2 and (self.dirs["unified"] / "cgroup.kill").exists():
+        if self.v2:
             try:
-                _write(self.dirs["unified"] / "cgroup.kill", "1")
-            except OSError:
+                _write(self._p["unified"] + "cgroup.kill", "1")
+            except OSError:  # before Linux 5.14: no cgroup.kill
                 pass
         # v1 (and the v2 fallback): SIGKILL until empty; a forking job cannot outrun
         # the loop because pids.max bounds it and killed pids never come back.
@@ -251,12 +270,12 @@ class JobCgroup:
         """CPU seconds used by the whole job so far (None: not accounted)."""
         try:
             if self.v2:
-                for line in (self.dirs["unified"] / "cpu.stat").read_text().splitlines():
+                for line in _read(self._p["unified"] + "cpu.stat").splitlines():
                     if line.startswith("usage_usec "):
                         return int(line.split()[1]) / 1e6
                 return None
-            if "cpuacct" in self.dirs:
-                return int((self.dirs["cpuacct"] / "cpuacct.usage").read_text()) / 1e9
+            if "cpuacct" in self._p:
+                return int(_read(self._p["cpuacct"] + "cpuacct.usage")) / 1e9
         except (OSError, ValueError):
             pass
         return None
@@ -265,23 +284,23 @@ class JobCgroup:
         out: dict = {}
         try:
             if self.v2:
-                d = self.dirs["unified"]
-                events = dict(l.split() for l in (d / "memory.events").read_text().splitlines())
+                d = self._p["unified"]
+                events = dict(l.split() for l in _read(d + "memory.events").splitlines())
                 out["oom"] = int(events.get("oom_kill", 0)) > 0
-                if (d / "memory.peak").exists():
-                    out["peak_memory_mb"] = int((d / "memory.peak").read_text()) / 2**20
-                cpu = dict(l.split() for l in (d / "cpu.stat").read_text().splitlines())
+                if os.path.exists(d + "memory.peak"):
+                    out["peak_memory_mb"] = int(_read(d + "memory.peak")) / 2**20
+                cpu = dict(l.split() for l in _read(d + "cpu.stat").splitlines())
                 out["cpu_s"] = int(cpu["usage_usec"]) / 1e6
             else:
-                m = self.dirs["memory"]
-                ctl = dict(l.split() for l in (m / "memory.oom_control").read_text().splitlines())
+                m = self._p["memory"]
+                ctl = dict(l.split() for l in _read(m + "memory.oom_control").splitlines())
                 if "oom_kill" in ctl:
                     out["oom"] = int(ctl["oom_kill"]) > 0
                 else:
-                    out["oom"] = int((m / "memory.failcnt").read_text()) > 0
-                out["peak_memory_mb"] = int((m / "memory.max_usage_in_bytes").read_text()) / 2**20
-                if "cpuacct" in self.dirs:
-                    out["cpu_s"] = int((self.dirs["cpuacct"] / "cpuacct.usage").read_text()) / 1e9
+                    out["oom"] = int(_read(m + "memory.failcnt")) > 0
+                out["peak_memory_mb"] = int(_read(m + "memory.max_usage_in_bytes")) / 2**20
+                if "cpuacct" in self._p:
+                    out["cpu_s"] = int(_read(self._p["cpuacct"] + "cpuacct.usage")) / 1e9
         except (OSError, KeyError, ValueError) as exc:
             log.warning("cgroup_stats_failed", error=str(exc))
         return out
@@ -296,7 +315,7 @@ class JobCgroup:
             delay = 0.001
             for _ in range(40):  # ~2 s in all, backing off
                 try:
-                    d.rmdir()
+                    os.rmdir(d)
                     break
                 except FileNotFoundError:
                     break
