@@ -1,8 +1,8 @@
-"""Fork server inside a long-lived bwrap sandbox: `python3 -I [-S] zygote.py MODULE...`.
+"""Fork server inside a long-lived bwrap sandbox: `python3 -I [-S] zygote.py SOCKET_FD SECCOMP_FD MODULE...`.
 
 Stdlib only; it never runs student code itself. It imports MODULE... (the
 runner, or pytest for the test side) once, then for every request from the
-host (a SOCK_SEQPACKET socket, fd XGRADER_ZYGOTE) forks a fresh sandbox for
+host (a SOCK_SEQPACKET socket, fd SOCKET_FD) forks a fresh sandbox for
 one job instead of starting bwrap and an interpreter again:
 
     zygote --fork--> G: pid 1 of a new pid namespace (the zygote unshares
@@ -362,15 +362,17 @@ def run_script(argv, env):
 
 
 def _zygote_main():
-    for name in sys.argv[1:]:
+    # Descriptors come as arguments, not environment variables: a job's
+    # /proc/1/environ and /proc/self/environ show the environment this process
+    # started with (PATH and LANG only).
+    sock_fd, seccomp_fd = int(sys.argv[1]), int(sys.argv[2])
+    for name in sys.argv[3:]:
         try:
             __import__(name)
         except ImportError:  # e.g. no pytest here: its jobs fail as they would cold
             pass
     if sys.path and sys.path[0] == _HERE:
         del sys.path[0]
-    sock_fd = int(os.environ.pop("XGRADER_ZYGOTE"))
-    seccomp_fd = int(os.environ.pop("XGRADER_ZYGOTE_SECCOMP", "-1"))
     seccomp = b""
     if seccomp_fd >= 0:
         while True:

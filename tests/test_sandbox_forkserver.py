@@ -258,3 +258,17 @@ def test_jobs_fork_in_parallel_from_one_server(forking):
     for t in threads:
         t.join()
     assert sorted(outs, key=int) == [str(i * 10 + j) for i in range(3) for j in range(5)]
+
+
+def test_no_daemon_configuration_in_any_environ_a_job_can_read(forking):
+    """The job and its init come from a server started with PATH, LANG and
+    PWD only (descriptors come as arguments); init is not even readable."""
+    r = run(forking, """
+        import os
+        for p in ('/proc/self/environ', '/proc/1/environ'):
+            try:
+                print(sorted(e.split('=', 1)[0] for e in open(p).read().split('\\0') if e))
+            except OSError as e:
+                print(type(e).__name__)
+    """)
+    assert r.stdout.splitlines() == ["['LANG', 'PATH', 'PWD']", "PermissionError"], r

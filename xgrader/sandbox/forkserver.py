@@ -240,10 +240,8 @@ class Zygote:
         host, mine = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         run.sock = host
         seccomp = b.seccomp_fd()
-        job = SandboxJob(argv=["python3", *self.flags, f"{RUNNER_DIR}/zygote.py", *FLAVOURS[self.flags]],
-                         limits=ZYGOTE_LIMITS, env={"XGRADER_ZYGOTE": str(mine.fileno()),
-                                                    "XGRADER_ZYGOTE_SECCOMP": str(seccomp)},
-                         label="zygote")
+        job = SandboxJob(argv=["python3", *self.flags, f"{RUNNER_DIR}/zygote.py", str(mine.fileno()), str(seccomp),
+                               *FLAVOURS[self.flags]], limits=ZYGOTE_LIMITS, label="zygote")
         run.cgroup = b.cgroups.create("zygote", ZYGOTE_LIMITS)
         argv = [*b.zygote_launcher(run.cgroup), *b.zygote_argv(job)]
         try:
