@@ -4,7 +4,7 @@ in-process and process-per-submission floors measured in the same run.
 
     python -m bench.throughput                   # 1,000 submissions
     python -m bench.throughput --count 10000     # + daemon RSS after 100 and after 10,000
-    python -m bench.throughput --warm-pool 2     # with the backend's warm pool
+    python -m bench.throughput --warm-pool 0     # without the warm pool (default: xgrader run's, 1)
 
 Phases:
 
@@ -159,13 +159,15 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def daemon(work: Path, url: str, scope: Scope, name: str, warm_pool: int, concurrency: int = 2) -> Proc:
+def daemon(work: Path, url: str, scope: Scope, name: str, warm_pool: int | None, concurrency: int = 2) -> Proc:
     env = {k: v for k, v in os.environ.items() if not k.startswith("XGRADER_")}
     env.update({"PYTHONUNBUFFERED": "1", "XGRADER_QUEUE_URL": url, "XGRADER_QUEUE_NAMES": QUEUE,
                 "XGRADER_QUEUE_USER": GRADER[0], "XGRADER_QUEUE_PASSWORD": GRADER[1],
                 "XGRADER_HANDLERS": str(g.HANDLERS), "XGRADER_SANDBOX": "bwrap", "XGRADER_CONCURRENCY": str(concurrency),
-                "XGRADER_LOG_FORMAT": "json", "XGRADER_POLL_MAX_S": "0.2", "XGRADER_WARM_POOL": str(warm_pool),
+                "XGRADER_LOG_FORMAT": "json", "XGRADER_POLL_MAX_S": "0.2",
                 "XDG_CACHE_HOME": str(work / "cache")})
+    if warm_pool is not None:  # else `xgrader run`'s own default
+        env["XGRADER_WARM_POOL"] = str(warm_pool)
     proc = Proc(name, [sys.executable, "-m", "xgrader", "run"], env, work / f"{name}.log",
                 preexec=scope.join if scope.active else None)
     proc.start()
@@ -204,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--count", type=int, default=1000, help="submissions in the throughput phase (default 1000)")
     ap.add_argument("--latency-samples", type=int, default=40, help="idle submissions timed one by one (default 40)")
-    ap.add_argument("--warm-pool", type=int, default=0, help="XGRADER_WARM_POOL of the daemon (default 0)")
+    ap.add_argument("--warm-pool", type=int, default=None,
+                    help="XGRADER_WARM_POOL of the daemon (default: unset, `xgrader run`'s default: 1 with bwrap)")
     ap.add_argument("--concurrency", type=int, default=2,
                     help="XGRADER_CONCURRENCY of the daemon (default 2: the target's 2 workers)")
     ap.add_argument("--timeout", type=float, default=1800, help="bound on the throughput phase in seconds")
@@ -296,8 +299,9 @@ def main(argv: list[str] | None = None) -> int:
         scope.remove()
 
     rate = args.count / elapsed
-    print(f"xgrader end to end: `xgrader queue serve` + `xgrader run` (concurrency {args.concurrency}, bwrap, warm pool "
-          f"{args.warm_pool}), {len(codes)} novice submissions of an 11-case exercise")
+    pool = "default (1)" if args.warm_pool is None else args.warm_pool
+    print(f"xgrader end to end: `xgrader queue serve` + `xgrader run` (concurrency {args.concurrency}, bwrap, fork "
+          f"servers, warm pool {pool}), {len(codes)} novice submissions of an 11-case exercise")
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores\n")
     print(f"{f'throughput (xgrader: {args.concurrency} workers; floors: 2)':<44} {'subs/s':>8} {'x xgrader':>10}")
     for name, r in ((f"xgrader ({args.count} submissions)", rate),
