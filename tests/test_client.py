@@ -396,3 +396,4 @@ def test_fast_path_reads_the_charset_and_only_for_plain_http():
     finally:
         server.stop()
     assert not make_client("https://127.0.0.1:9/xqueue/")._fast_ok
+    assert not make_client("http://u:p@127.0.0.1:9/xqueue/")._fast_ok   # requests turns these into auth

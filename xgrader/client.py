@@ -110,7 +110,10 @@ class XQueueClient:
         self._inherited_cookies: Any = None   # after_fork: the parent's jar, copied on first use
         parsed = urlparse(self.base)
         self._host, self._port = parsed.hostname or "", parsed.port or 80
-        self._fast_ok = parsed.scheme == "http" and bool(self._host) and not self._session.proxies
+        # Credentials in the URL are requests' business (it turns them into
+        # basic auth): such a URL keeps the requests path.
+        self._fast_ok = (parsed.scheme == "http" and bool(self._host) and not self._session.proxies
+                         and parsed.username is None)
         self._sock: socket.socket | None = None   # the fast path's kept-alive connection
         self._cookie_cache: dict[str, tuple[Any, str | None]] = {}
         self._parents: tuple[Any, ...] | None = None   # after_fork: the parent's, kept alive unused
