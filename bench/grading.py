@@ -11,7 +11,10 @@ Rows (each grades the same submission mix, correct and wrong novice code):
 - ``python -I per submission``: one fresh interpreter per submission running
   the same checks (the floor of process isolation);
 - ``xgrader bwrap``: :class:`xgrader.grading.Grader` on the bwrap backend, a
-  fresh sandbox per submission, expected values computed once beforehand;
+  fresh sandbox per submission forked by the fork server (docs/sandbox.md),
+  expected values computed once beforehand;
+- ``xgrader bwrap, no fork server``: the same with one bwrap and one
+  interpreter started per submission (``sandbox_fork_server=False``);
 - ``xgrader bwrap warm pool``: the same with ``Settings.warm_pool`` (when the
   backend supports it).
 
@@ -236,14 +239,15 @@ def process_grader(exprs: list[str], weights: list[float], expected: list[Any],
 # -- xgrader ------------------------------------------------------------------------
 
 @contextmanager
-def xgrader_grader(sandbox: str, warm_pool: int, cache: Path) -> Iterator[Callable[[str, str], float]]:
+def xgrader_grader(sandbox: str, warm_pool: int, cache: Path,
+                   fork_server: bool = True) -> Iterator[Callable[[str, str], float]]:
     from xgrader.config import Settings
     from xgrader.grading import Grader
     from xgrader.handlers.expected import ExpectedStore
     from xgrader.job import GradeRequest
     from xgrader.sandbox import make_backend
 
-    settings = Settings(handlers=HANDLERS, sandbox=sandbox, warm_pool=warm_pool)
+    settings = Settings(handlers=HANDLERS, sandbox=sandbox, warm_pool=warm_pool, sandbox_fork_server=fork_server)
     backend = make_backend(settings, unsafe_ok=sandbox == "unsafe")
     grader = Grader(settings, backend, store=ExpectedStore(cache))
     # Expected values once per assignment (and a warm-up of imports/caches).
@@ -315,6 +319,9 @@ def main(argv: list[str] | None = None) -> int:
                 profiler.stop()
                 args.profile.write_text(profiler.output_html())
                 print(profiler.output_text(unicode=False, color=False, show_all=False)[:6000])
+        if args.sandbox == "bwrap":  # the same without the fork servers: bwrap + python per job
+            with xgrader_grader(args.sandbox, 0, cache, fork_server=False) as grade:
+                rows.append(measure("xgrader bwrap, no fork server", subs, args.rounds, meter, grade))
         if args.warm_pool:
             try:
                 with xgrader_grader(args.sandbox, args.warm_pool, cache) as grade:
