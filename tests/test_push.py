@@ -295,3 +295,22 @@ def test_serve_push_command(handlers, tmp_path):
     graded = [line for line in lines if line.get("event") == "push_graded"]
     assert graded and graded[0]["queue"] == "push" and graded[0]["submission_id"].startswith("push-")
     assert graded[0]["assignment"] == "add"
+
+
+def test_push_children_grade_through_the_servers_fork_servers(push, monkeypatch):
+    """The push server starts bwrap's fork servers before it forks a child,
+    as the daemon does: a job's sandbox is forked by them, not started cold."""
+    import xgrader.sandbox.bwrap as bwrap_mod
+
+    server, url = push
+    servers = server.backend.forkservers.servers[("-I", "-S")]
+    before = servers.pids()
+    assert len(before) == 4  # started at serve(), before any request
+
+    def no_cold_start(*a, **kw):
+        raise RuntimeError("a cold bwrap start in a push child")
+    monkeypatch.setattr(bwrap_mod, "_launcher", no_cold_start)  # children are forked after this
+    reply = post(url, body(CORRECT)).json()
+    assert reply["correct"] is True, reply
+    assert servers.pids() == before  # the same servers, not restarted
+    assert server.cache is not None and "add" in server.cache.registry.names()

@@ -16,7 +16,7 @@ from xgrader import handlers, signatures
 from xgrader.assignment import Assignment
 from xgrader.config import Settings
 from xgrader.dispatch import AssignmentRegistry
-from xgrader.errors import AssignmentError, InfraError, SubmissionError
+from xgrader.errors import InfraError, SubmissionError
 from xgrader.handlers.context import GradeContext
 from xgrader.handlers.expected import ExpectedStore
 from xgrader.hooks import Hooks, safe_call
@@ -90,18 +90,3 @@ class Grader:
 def grade(request: GradeRequest, settings: Settings, backend: Backend, hooks: Hooks | None = None,
           grader: Grader | None = None) -> GradeReport:
     return (grader or Grader(settings, backend, hooks)).grade(request)
-
-
-def preload(settings: Settings) -> list[str]:
-    """Load and validate every assignment under the handlers root (the daemon
-    calls this once at start): configuration errors show in the log at once.
-    Returns the names that loaded."""
-    registry = AssignmentRegistry(settings.handlers)
-    ok = []
-    for name in registry.names():
-        try:
-            registry.get(name)
-            ok.append(name)
-        except AssignmentError as exc:
-            log.error("assignment_invalid", assignment=name, error=str(exc))
-    return ok

@@ -60,8 +60,8 @@ class GradingCache:
         self.store = ExpectedStore(runner_dir=settings.runner_dir)
 
     def preload(self) -> list[str]:
-        """Load and validate every assignment (errors are logged, as
-        grading.preload does) and read the expected values already on disk
+        """Load and validate every assignment (configuration errors show in
+        the log at start-up, and the rest still load) and read the expected values already on disk
         into memory; nothing is computed here (that runs the solution in a
         sandbox: left to the first grading). Returns the names that loaded."""
         ok = []

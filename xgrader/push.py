@@ -107,6 +107,7 @@ class PushServer:
         self.metrics.requires_loop = False    # no pull loop: alive = answering
         self.hooks = hooks or HookChain(self.metrics)
         self.hints = hints
+        self.cache: Any = None   # pipeline.GradingCache, filled by _preload before any fork
         self.deadline_s = min(deadline_s or settings.job_timeout_s, MAX_DEADLINE_S)
         self.slots = threading.BoundedSemaphore(settings.concurrency)
         self._in_flight = 0
@@ -245,7 +246,8 @@ class PushServer:
                 )
                 backend = InstrumentedBackend(self.backend, self.hooks, PUSH_QUEUE)
                 started = time.perf_counter()
-                report, reply = pipeline.grade_request(request, self.settings, backend, recorder, self.hints)
+                report, reply = pipeline.grade_request(request, self.settings, backend, recorder, self.hints,
+                                                       cache=self.cache)
                 phases["grade"] = time.perf_counter() - started
             except PayloadError as exc:
                 log.error("payload_error", layer=exc.layer, error=exc.detail)
@@ -326,12 +328,23 @@ class PushServer:
             srv.shutdown()
 
     def _preload(self) -> None:
-        """Load assignments once: every forked child inherits the caches."""
+        """Before any child is forked: load assignments and expected values
+        once (every child inherits the cache, as in the daemon) and start the
+        backend's long-lived helpers (bwrap's fork servers), which the
+        children then share."""
         try:
-            from xgrader import grading
-            grading.preload(self.settings)
+            from xgrader import pipeline
+            cache = pipeline.GradingCache(self.settings)
+            cache.preload()
+            self.cache = cache
         except Exception as exc:
             log.warning("grading_preload_failed", error=f"{type(exc).__name__}: {str(exc)[:200]}")
+        prepare = getattr(self.backend, "prepare", None)
+        if callable(prepare):
+            try:
+                prepare()
+            except Exception as exc:  # jobs start cold: slower, not wrong
+                log.warning("backend_prepare_failed", error=f"{type(exc).__name__}: {str(exc)[:200]}")
 
 
 def _kill_label(backend: Any, label: str) -> None:
