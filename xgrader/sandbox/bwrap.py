@@ -205,14 +205,14 @@ class BwrapBackend(Backend):
         """bwrap's argv for a fork server: the jobs' sandbox minus what each
         forked job builds for itself (/tmp, /proc, namespaces, seccomp), plus
         the capabilities, inside its user namespace only, that it takes to
-        build them (and to empty the jobs' bounding sets). No --die-with-parent: it exits when its socket closes,
-        whichever thread of its owner started it."""
+        build them (and to empty the jobs' bounding sets). No
+        --die-with-parent: it exits when its socket closes, whichever thread
+        of its owner started it. Its environment is PATH and LANG only."""
         argv = [a for a in self._prefix if a != "--die-with-parent"]
         argv += ["--cap-add", "CAP_SYS_ADMIN", "--cap-add", "CAP_NET_ADMIN", "--cap-add", "CAP_SETPCAP",
                  "--size", str(job.limits.tmp_mb * 1024 * 1024), "--tmpfs", "/tmp", "--dir", WORKDIR,
                  "--remount-ro", "/dev", "--remount-ro", "/", "--chdir", WORKDIR, "--clearenv"]
-        for key, value in {"PATH": BASE_PATH, "LANG": "C.UTF-8", **job.env}.items():
-            argv += ["--setenv", key, value]
+        argv += ["--setenv", "PATH", BASE_PATH, "--setenv", "LANG", "C.UTF-8"]
         return argv + ["--", self.python, *job.argv[1:]]
 
     def zygote_launcher(self, cg: JobCgroup | None) -> list[str]:
@@ -251,14 +251,8 @@ class BwrapBackend(Backend):
                 if fd is not None:
                     os.close(fd)
 
-        def done() -> dict[str, Any]:
-            cg.kill()
-            stats = cg.stats()
-            cg.remove()
-            return stats
-
         sandbox = ForkedSandbox(proc, job, started, channel, exit_128_is_signal=True,
-                                on_kill=cg.kill, on_done=done)
+                                on_kill=cg.kill, on_done=cg.finish)
         sandbox.cgroup = cg
         return sandbox
 
@@ -355,16 +349,8 @@ class BwrapBackend(Backend):
             raise
         log.debug("bwrap_started", label=job.label, pid=proc.pid)
 
-        def done() -> dict[str, Any]:
-            if cg is None:
-                return {}
-            cg.kill()
-            stats = cg.stats()
-            cg.remove()
-            return stats
-
         sandbox = ProcessSandbox(proc, job, started, channel, exit_128_is_signal=True,
-                                 on_kill=cg.kill if cg else None, on_done=done)
+                                 on_kill=cg.kill if cg else None, on_done=cg.finish if cg else None)
         sandbox.cgroup = cg
         return sandbox
 

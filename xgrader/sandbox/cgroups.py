@@ -305,6 +305,14 @@ class JobCgroup:
             log.warning("cgroup_stats_failed", error=str(exc))
         return out
 
+    def finish(self) -> dict:
+        """A job's end: everything in it killed, its accounting read, the
+        cgroup removed. Returns stats()."""
+        self.kill()
+        stats = self.stats()
+        self.remove()
+        return stats
+
     def remove(self) -> bool:
         """Kill what is left and rmdir every controller's directory, retrying
         while the kernel still reports it busy (exiting tasks). False if any

@@ -37,7 +37,7 @@ from typing import Any
 
 import structlog
 
-from xgrader.sandbox.base import RUNNER_DIR, WORKDIR, Limits, SandboxError, SandboxJob, clean_text
+from xgrader.sandbox.base import RUNNER_DIR, Limits, SandboxError, SandboxJob, clean_text
 from xgrader.sandbox.unsafe import ProcessSandbox, rlimit_values, safe_relpath
 
 log = structlog.get_logger(__name__)
@@ -296,7 +296,7 @@ class Zygote:
         # with its sender's pid as seen from here (the job's init: our `pid`).
         status_sock, status_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         status_sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
-        status_r, status_w = status_sock.detach(), status_theirs.detach()
+        status_w = status_theirs.detach()
         stdin_r, stdin_w = os.pipe()
         stdout_r, stdout_w = os.pipe()
         stderr_r, stderr_w = os.pipe()
@@ -321,38 +321,32 @@ class Zygote:
                 sock.sendmsg([request], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
                                           array.array("i", passed).tobytes())])
             except OSError as exc:
-                for fd in (status_r, stdin_w, stdout_r, stderr_r):
+                status_sock.close()
+                for fd in (stdin_w, stdout_r, stderr_r):
                     os.close(fd)
                 raise ConnectionError(f"fork server gone: {exc}") from None
         finally:
             for fd in theirs + procs:
                 os.close(fd)
         try:
-            pid = _await_setup(status_r, job.label)
+            pid = _await_setup(status_sock, job.label)
         except SandboxError:
-            for fd in (status_r, stdin_w, stdout_r, stderr_r):
+            status_sock.close()
+            for fd in (stdin_w, stdout_r, stderr_r):
                 os.close(fd)
             raise
-        return ForkedProcess(status_r, stdin_w, stdout_r, stderr_r, pid)
+        return ForkedProcess(status_sock.detach(), stdin_w, stdout_r, stderr_r, pid)
 
 
 _CREDS = struct.calcsize("iII")  # struct ucred
 
 
-def _await_setup(status_r: int, label: str) -> int | None:
+def _await_setup(status: socket.socket, label: str) -> int | None:
     """Wait (bounded) for `S` (the job runs; returns the host pid of the
     job's init, which sent it) or `E message` / EOF (its sandbox could not
     be set up: the sandbox's error, never the student's)."""
-    deadline = time.monotonic() + SPAWN_TIMEOUT_S
-    sock = socket.socket(fileno=os.dup(status_r))
-    try:
-        ready, _, _ = select.select([status_r], [], [], max(deadline - time.monotonic(), 0))
-        if ready:
-            data, anc, _, _ = sock.recvmsg(4096, socket.CMSG_SPACE(_CREDS))
-        else:
-            data, anc = b"", []
-    finally:
-        sock.close()
+    ready, _, _ = select.select([status], [], [], SPAWN_TIMEOUT_S)
+    data, anc = status.recvmsg(4096, socket.CMSG_SPACE(_CREDS))[:2] if ready else (b"", [])
     line = data.split(b"\n", 1)[0]
     if line == b"S":
         for level, kind, payload in anc:
@@ -413,4 +407,3 @@ def _changes_startup(env: dict[str, str]) -> bool:
     return any(k in ("LANG", "LANGUAGE") or k.startswith("LC_") for k in env)
 
 
-__all__ = ["ForkServers", "ForkedSandbox", "ForkedProcess", "WORKDIR"]
