@@ -7,7 +7,8 @@ one job instead of starting bwrap and an interpreter again:
 
     zygote --fork--> G: pid 1 of a new pid namespace (the zygote unshares
                         it for this one child, then returns to its own);
-                        joins the job's cgroups (cgroup.procs fds the host
+                        joins the job's cgroups (writes "0" to the `tasks` (v1) or
+                        `cgroup.procs` (v2) fds the host
                         opened), unshares mount, network and IPC namespaces,
                         mounts a new size-capped tmpfs at /tmp with the job's
                         files and a new /proc, brings loopback up; drops every
@@ -251,7 +252,7 @@ class Zygote:
         _libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
         try:
             n_cg = req["cgroups"]
-            for fd in fds[len(fds) - n_cg:]:  # "0": the writer itself; the host opened these files
+            for fd in fds[len(fds) - n_cg:]:  # "0": the writer itself (its one thread: no global lock on v1)
                 os.write(fd, b"0")
                 os.close(fd)
             del fds[len(fds) - n_cg:]

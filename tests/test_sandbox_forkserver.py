@@ -272,3 +272,32 @@ def test_no_daemon_configuration_in_any_environ_a_job_can_read(forking):
                 print(type(e).__name__)
     """)
     assert r.stdout.splitlines() == ["['LANG', 'PATH', 'PWD']", "PermissionError"], r
+
+
+@pytest.mark.parametrize("path", ["forked", "cold"])
+def test_every_thread_and_process_of_a_job_is_in_its_cgroups(forking, cold, path):
+    """Jobs join their cgroups by writing "0" (v1: to `tasks`, which moves
+    only the writing thread): the join happens before the job exists, so
+    the threads and processes it starts are all inside, in every controller."""
+    b = forking if path == "forked" else cold
+    result = run(b, """
+        import os, threading
+        def where(tag):
+            print(tag, sorted(l.split(':', 1)[1].strip() for l in open('/proc/thread-self/cgroup')), flush=True)
+        where('main')
+        t = threading.Thread(target=where, args=('thread',)); t.start(); t.join()
+        if os.fork() == 0:
+            where('child'); os._exit(0)
+        os.wait()
+    """, label="cgcheck")
+    lines = dict(line.split(" ", 1) for line in result.stdout.splitlines())
+    assert set(lines) == {"main", "thread", "child"}, result
+    assert len(set(lines.values())) == 1, lines
+    cgroups = eval(lines["main"])  # [('controllers:path'), ...] as printed
+    wanted = {"" if c == "unified" else c for c in b.cgroups.parents}   # v2: the "0::" line
+    managed = [c for c in cgroups if c.split(":", 1)[0] in wanted]
+    # Forked: the server's cgroup namespace shows the job's cgroup as a sibling
+    # path; cold: bwrap unshares the cgroup namespace after the launcher joined,
+    # so the job's cgroup is its namespace's root.
+    inside = (lambda c: "/../xgrader-bw-cgcheck-" in c) if path == "forked" else (lambda c: c.endswith(":/"))
+    assert len(managed) == len(wanted) and all(inside(c) for c in managed), cgroups

@@ -72,13 +72,13 @@ def _nobody_can_enter(path: Path) -> bool:
 
 
 SETPRIV = shutil.which("setpriv") or "/usr/bin/setpriv"
-# The launcher: a dash process joins the job's cgroups (writing its own pid:
-# bwrap and everything it starts are then inside from the start) and sets the
+# The launcher: a dash process joins the job's cgroups (writing "0", itself, to
+# JobCgroup.join_file: bwrap and everything it starts are then inside from the start) and sets the
 # rlimits (ulimit builtins), then execs setpriv, which drops to nobody (real,
 # effective and saved ids, no groups, so no capabilities) before bwrap builds
 # its user namespace. Two small execs cost less than a fork of the daemon with
-# a Python preexec_fn. Arguments: N, N cgroup.procs paths, then the command.
-_JOIN = 'n=$1; shift; while [ "$n" -gt 0 ]; do echo $$ >"$1" || exit 125; shift; n=$((n-1)); done; '
+# a Python preexec_fn. Arguments: N, N cgroup join files, then the command.
+_JOIN = 'n=$1; shift; while [ "$n" -gt 0 ]; do echo 0 >"$1" || exit 125; shift; n=$((n-1)); done; '
 _ULIMIT_FLAGS = {resource.RLIMIT_CPU: ("t", 1), resource.RLIMIT_FSIZE: ("f", 512),  # dash: -f in 512 B blocks
                  resource.RLIMIT_NOFILE: ("n", 1), resource.RLIMIT_CORE: ("c", 512),
                  resource.RLIMIT_NPROC: ("p", 1)}
@@ -98,7 +98,7 @@ def _launcher(limits: Limits, cg: JobCgroup | None) -> list[str]:
             steps.append(f"ulimit -S -{flag} {-(-soft // unit)}")
     # dash exports PWD; bwrap (pid 1's /proc/1/environ) gets an empty environment.
     script = _JOIN + " && ".join(steps) + ' || exit 125; unset PWD; exec "$@"'
-    procs = [os.path.join(d, "cgroup.procs") for d in cg.dirs.values()] if cg is not None else []
+    procs = [os.path.join(d, cg.join_file) for d in cg.dirs.values()] if cg is not None else []
     return ["/bin/sh", "-c", script, "sh", str(len(procs)), *procs,
             SETPRIV, "--reuid", str(NOBODY), "--regid", str(NOBODY), "--clear-groups", "--"]
 

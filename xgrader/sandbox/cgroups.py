@@ -220,6 +220,18 @@ class JobCgroup:
             _write(self._p["cpu"] + "cpu.cfs_period_us", str(CPU_PERIOD_US))
             _write(self._p["cpu"] + "cpu.cfs_quota_us", str(quota))
 
+    @property
+    def join_file(self) -> str:
+        """What a process writes "0" to, to join this cgroup itself. On v1 the
+        per-thread `tasks` file: moving the writer's own (single) thread skips
+        the kernel's global threadgroup lock, whose write side waits for an RCU
+        grace period (8-20 ms of wall time per job on an idle 2-core VM, every
+        job paying it once starts are more than ~30 ms apart); `cgroup.procs`
+        takes that lock. v2 allows only `cgroup.procs` between domain cgroups
+        (mounting cgroup2 with `favordynmods` avoids the wait there:
+        docs/operators.md)."""
+        return "cgroup.procs" if self.v2 else "tasks"
+
     def join(self, pid: int = 0) -> None:
         """Called in the child before exec (pid 0 = the caller)."""
         for d in self.dirs.values():

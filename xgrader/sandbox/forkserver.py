@@ -301,7 +301,7 @@ class Zygote:
         stdout_r, stdout_w = os.pipe()
         stderr_r, stderr_w = os.pipe()
         theirs = [status_w, stdin_r, stdout_w, stderr_w]
-        procs = [os.open(os.path.join(d, "cgroup.procs"), os.O_WRONLY) for d in cg.dirs.values()]
+        procs = [os.open(os.path.join(d, cg.join_file), os.O_WRONLY) for d in cg.dirs.values()]
         try:
             if files:
                 blob = os.memfd_create("xgrader-files", 0)
