@@ -252,7 +252,7 @@ class BwrapBackend(Backend):
                     os.close(fd)
 
         sandbox = ForkedSandbox(proc, job, started, channel, exit_128_is_signal=True,
-                                on_kill=cg.kill, on_done=cg.finish)
+                                on_kill=cg.kill_once, on_done=cg.finish)
         sandbox.cgroup = cg
         return sandbox
 

@@ -127,7 +127,9 @@ class ForkedProcess:
 
 class ForkedSandbox(ProcessSandbox):
     """A job forked by a server: killed through its cgroup (the host is not
-    its parent and does not know its pid)."""
+    its parent). kill() signals and returns (JobCgroup.kill_once: the job's
+    init takes its pid namespace along); wait() then gets the init's exit
+    status from the server and JobCgroup.finish() checks nothing is left."""
 
     def kill(self) -> None:
         if self._timer is not None:
