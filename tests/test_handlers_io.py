@@ -287,3 +287,34 @@ def test_expected_key_is_cached_per_assignment_and_follows_the_runner(tmp_path):
     _time.sleep(0.01)
     (runner / "runner_core.py").write_text((runner / "runner_core.py").read_text() + "\n# changed\n")
     assert store.key(assignment) == fingerprint(assignment, runner) != first
+
+
+def test_sandbox_teardown_can_wait_until_the_reply_is_out(io_kit):
+    """With `after_reply` (the daemon's child), grading returns once the
+    student's sandbox is killed, and its teardown (exit, accounting, cgroup
+    removal) is left to the list; without it, nothing is left at return."""
+    import os
+
+    from xgrader.daemon.child import tear_down
+    from xgrader.grading import Grader
+    from xgrader.job import GradeRequest
+
+    cgroups = io_kit.backend.cgroups
+    mine = lambda: [n for n in cgroups.owned_by(os.getpid()) if "-td-" in n]  # noqa: E731
+    request = GradeRequest(grader="primes", student_response=PRIMES_SOLUTION, submission_id="t1", label="td")
+    eager = Grader(io_kit.settings, io_kit.backend, store=io_kit.grader.store)
+    assert eager.grade(request).score == 11 and mine() == []
+
+    after_reply: list = []
+    deferred = Grader(io_kit.settings, io_kit.backend, store=io_kit.grader.store, after_reply=after_reply)
+    assert deferred.grade(request).score == 11
+    assert len(after_reply) == 1 and len(mine()) == 1, mine()
+    # Already killed: its processes go without anyone waiting for them.
+    import time
+    procs = [p / mine()[0] / "cgroup.procs" for p in cgroups.parents.values()]
+    end = time.monotonic() + 2
+    while any(f.read_text().split() for f in procs) and time.monotonic() < end:
+        time.sleep(0.01)
+    assert not any(f.read_text().split() for f in procs)
+    tear_down(after_reply)
+    assert after_reply == [] and mine() == []

@@ -41,8 +41,10 @@ def materialize(request: GradeRequest, assignment: Assignment) -> dict[str, byte
 
 class Grader:
     def __init__(self, settings: Settings, backend: Backend, hooks: Hooks | None = None,
-                 registry: AssignmentRegistry | None = None, store: ExpectedStore | None = None) -> None:
+                 registry: AssignmentRegistry | None = None, store: ExpectedStore | None = None,
+                 after_reply: list | None = None) -> None:
         self.settings = settings
+        self.after_reply = after_reply  # GradeContext.after_reply: None tears sandboxes down at once
         self.backend = backend
         self.hooks = hooks or Hooks()
         self.registry = registry or AssignmentRegistry(settings.handlers)
@@ -54,6 +56,7 @@ class Grader:
             limits=assignment.limits(self.settings), store=self.store,
             label=(request.label if request and request.label else "grade"),
             submission_id=request.submission_id if request else "",
+            after_reply=self.after_reply,
         )
 
     def grade(self, request: GradeRequest) -> GradeReport:

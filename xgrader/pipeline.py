@@ -80,8 +80,10 @@ class GradingCache:
                 log.warning("expected_preload_failed", assignment=name, error=f"{type(exc).__name__}: {exc}"[:200])
         return ok
 
-    def grader(self, settings: "Settings", backend: "Backend", hooks: Hooks) -> grading.Grader:
-        return grading.Grader(settings, backend, hooks, registry=self.registry, store=self.store)
+    def grader(self, settings: "Settings", backend: "Backend", hooks: Hooks,
+               after_reply: list | None = None) -> grading.Grader:
+        return grading.Grader(settings, backend, hooks, registry=self.registry, store=self.store,
+                              after_reply=after_reply)
 
 
 def grade_request(
@@ -91,9 +93,14 @@ def grade_request(
     hooks: Hooks | None = None,
     hints: HintStage | None = None,
     cache: GradingCache | None = None,
+    after_reply: list | None = None,
 ) -> tuple[GradeReport, GraderReply]:
+    """`after_reply`: a list the killed sandboxes' teardowns go to, for the
+    caller to run once its reply is out (GradeContext.after_reply); None
+    tears them down before returning."""
     hooks = hooks or Hooks()
-    grader = cache.grader(settings, backend, hooks) if cache is not None else None
+    grader = (cache.grader(settings, backend, hooks, after_reply) if cache is not None
+              else grading.Grader(settings, backend, hooks, after_reply=after_reply))
     try:
         report = grading.grade(request, settings, backend, hooks, grader)
     except AssignmentError as exc:

@@ -100,15 +100,31 @@ def grade_and_report(ctx: JobContext, reporter: Reporter) -> None:
     submission_id (and assignment once known) through structlog's context."""
     from xgrader.logs import bind_submission
 
+    after_reply: list = []
     with bind_submission(ctx.queue, ctx.submission_id):
-        graded = _grade(ctx, reporter)
-        if graded is None:
-            return
-        reply, timer, fields = graded
-        log.info("graded", attempt=ctx.attempt, assignment=fields["assignment"],
-                 outcome=fields["grade_outcome"], score=fields["score"], posted="by_parent")
-        reporter.report(ChildReport(outcome="graded", reply=reply.to_body(), phases=timer.phases,
-                                    events=child_events(ctx), **fields))
+        try:
+            graded = _grade(ctx, reporter, after_reply)
+            if graded is None:
+                return
+            reply, timer, fields = graded
+            log.info("graded", attempt=ctx.attempt, assignment=fields["assignment"],
+                     outcome=fields["grade_outcome"], score=fields["score"], posted="by_parent")
+            reporter.report(ChildReport(outcome="graded", reply=reply.to_body(), phases=timer.phases,
+                                        events=child_events(ctx), **fields))
+        finally:
+            # The sandboxes were killed before the report; waiting for them to
+            # be gone and removing their cgroups happens while the parent posts
+            # and the next job starts (the parent frees the slot on the report).
+            tear_down(after_reply)
+
+
+def tear_down(after_reply: list) -> None:
+    for step in after_reply:
+        try:
+            step()
+        except Exception as exc:  # the cgroup is an orphan for cleanup_stale; never fatal here
+            log.warning("sandbox_teardown_failed", error=f"{type(exc).__name__}: {str(exc)[:200]}")
+    after_reply.clear()
 
 
 def grade_and_post(ctx: JobContext, reporter: Reporter) -> None:
@@ -129,9 +145,11 @@ def grade_and_post(ctx: JobContext, reporter: Reporter) -> None:
                                     events=child_events(ctx), **fields))
 
 
-def _grade(ctx: JobContext, reporter: Reporter) -> tuple[GraderReply, _Timer, dict[str, Any]] | None:
+def _grade(ctx: JobContext, reporter: Reporter,
+           after_reply: list | None = None) -> tuple[GraderReply, _Timer, dict[str, Any]] | None:
     """Parse, fetch, grade. Returns (reply, timer, report fields), or None
-    after reporting an infrastructure failure (the parent retries, bounded)."""
+    after reporting an infrastructure failure (the parent retries, bounded).
+    Killed sandboxes' teardowns go to `after_reply` (None: done at once)."""
     from xgrader import pipeline  # imported by the parent before forking; cheap here
 
     bound = log.bind(attempt=ctx.attempt)
@@ -165,7 +183,7 @@ def _grade(ctx: JobContext, reporter: Reporter) -> tuple[GraderReply, _Timer, di
             )
             started = time.perf_counter()
             report, reply = pipeline.grade_request(request, ctx.settings, backend, recorder, ctx.hints,
-                                                   cache=ctx.cache)
+                                                   cache=ctx.cache, after_reply=after_reply)
             timer.add("grade", started)
             grade_outcome, score, max_score = report.outcome.value, report.score, report.max_score
     except (InfraError, SandboxError) as exc:

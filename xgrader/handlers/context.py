@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 from xgrader.config import Settings
 from xgrader.handlers.expected import ExpectedStore
@@ -19,6 +20,10 @@ class GradeContext:
     store: ExpectedStore
     label: str = "job"
     submission_id: str = ""
+    # Where sandboxes already killed put the rest of their teardown (waiting
+    # for their exit, accounting, removing the cgroup) for the caller to run
+    # once its reply is out (the daemon's child: after its report). None: at once.
+    after_reply: list[Callable[[], object]] | None = None
 
     def slack_s(self) -> float:
         """Sandbox and interpreter start-up, on top of the student's own time."""

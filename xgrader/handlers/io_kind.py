@@ -50,7 +50,7 @@ def evaluate_expressions(assignment: Assignment, files: dict[str, bytes], ctx: G
     fresh sandbox."""
     cfg = assignment.config
     runner = StudentRunner(ctx.backend, files, ctx.limits, module=cfg.module, entry=cfg.entry,
-                           label=ctx.label, submission_id=ctx.submission_id)
+                           label=ctx.label, submission_id=ctx.submission_id, after_reply=ctx.after_reply)
     load_timeout = cfg.test_timeout_s + ctx.slack_s()
     runs: dict[int, CaseRun] = {}
 

@@ -62,7 +62,7 @@ def relay(assignment: Assignment, files: dict[str, bytes], ctx: GradeContext, n_
     budget = _budget(assignment, ctx, n_tests)
     student_limits = ctx.limits.model_copy(update={"wall_s": budget})
     student = StudentRunner(ctx.backend, files, student_limits, module=cfg.module, entry=cfg.entry,
-                            label=ctx.label, submission_id=ctx.submission_id)
+                            label=ctx.label, submission_id=ctx.submission_id, after_reply=ctx.after_reply)
     load_timeout = cfg.test_timeout_s + ctx.slack_s()
 
     def load() -> dict[str, Any]:

@@ -45,8 +45,10 @@ class RunnerDied(Exception):
 
 class StudentRunner:
     def __init__(self, backend: Backend, files: dict[str, bytes], limits: Limits, *,
-                 module: str, entry: str, label: str, submission_id: str = "") -> None:
+                 module: str, entry: str, label: str, submission_id: str = "",
+                 after_reply: list | None = None) -> None:
         self.backend = backend
+        self.after_reply = after_reply
         self.files = files
         self.limits = limits
         self.module = module
@@ -85,7 +87,10 @@ class StudentRunner:
             box.channel.send({"op": "exit", "id": 0})
         except (ChannelError, OSError):
             pass
-        box.kill()
+        box.kill()  # nothing of the job runs past this point
+        if self.after_reply is not None:  # the wait for it to be gone: after the reply
+            self.after_reply.append(lambda: box.wait(timeout=1.0))
+            return None
         return box.wait(timeout=1.0)
 
     @property
