@@ -5,6 +5,7 @@ in-process and process-per-submission floors measured in the same run.
     python -m bench.throughput                   # 1,000 submissions
     python -m bench.throughput --count 10000     # + daemon RSS after 100 and after 10,000
     python -m bench.throughput --warm-pool 0     # without the warm pool (default: xgrader run's, 1)
+    python -m bench.throughput --no-forker       # the daemon's parent forks each job child itself
 
 Phases:
 
@@ -159,7 +160,8 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def daemon(work: Path, url: str, scope: Scope, name: str, warm_pool: int | None, concurrency: int = 2) -> Proc:
+def daemon(work: Path, url: str, scope: Scope, name: str, warm_pool: int | None, concurrency: int = 2,
+           forker: bool = True) -> Proc:
     env = {k: v for k, v in os.environ.items() if not k.startswith("XGRADER_")}
     env.update({"PYTHONUNBUFFERED": "1", "XGRADER_QUEUE_URL": url, "XGRADER_QUEUE_NAMES": QUEUE,
                 "XGRADER_QUEUE_USER": GRADER[0], "XGRADER_QUEUE_PASSWORD": GRADER[1],
@@ -168,6 +170,8 @@ def daemon(work: Path, url: str, scope: Scope, name: str, warm_pool: int | None,
                 "XDG_CACHE_HOME": str(work / "cache")})
     if warm_pool is not None:  # else `xgrader run`'s own default
         env["XGRADER_WARM_POOL"] = str(warm_pool)
+    if not forker:
+        env["XGRADER_FORKER"] = "0"
     proc = Proc(name, [sys.executable, "-m", "xgrader", "run"], env, work / f"{name}.log",
                 preexec=scope.join if scope.active else None)
     proc.start()
@@ -210,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="XGRADER_WARM_POOL of the daemon (default: unset, `xgrader run`'s default: 1 with bwrap)")
     ap.add_argument("--concurrency", type=int, default=2,
                     help="XGRADER_CONCURRENCY of the daemon (default 2: the target's 2 workers)")
+    ap.add_argument("--no-forker", dest="forker", action="store_false",
+                    help="XGRADER_FORKER=0: the daemon's parent forks each job child itself")
     ap.add_argument("--timeout", type=float, default=1800, help="bound on the throughput phase in seconds")
     args = ap.parse_args(argv)
 
@@ -236,7 +242,8 @@ def main(argv: list[str] | None = None) -> int:
         s = submitter(direct)
 
         # 1. idle latency, through the recording proxy
-        d1 = daemon(work, proxy.url + "/xqueue/", scope, "daemon-latency", args.warm_pool, args.concurrency)
+        d1 = daemon(work, proxy.url + "/xqueue/", scope, "daemon-latency", args.warm_pool, args.concurrency,
+                    args.forker)
         procs.append(d1)
         submit(s, direct, sink, "warmup", solution)
         if not sink.wait(["warmup"], 120):
@@ -254,7 +261,8 @@ def main(argv: list[str] | None = None) -> int:
         d1.stop()
 
         # 2. throughput, the daemon straight on the queue
-        d2 = daemon(work, direct, scope, "daemon-throughput", args.warm_pool, args.concurrency)
+        d2 = daemon(work, direct, scope, "daemon-throughput", args.warm_pool, args.concurrency,
+                    args.forker)
         procs.append(d2)
         submit(s, direct, sink, "warmup2", solution)
         if not sink.wait(["warmup2"], 120):
@@ -301,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     rate = args.count / elapsed
     pool = "default (1)" if args.warm_pool is None else args.warm_pool
     print(f"xgrader end to end: `xgrader queue serve` + `xgrader run` (concurrency {args.concurrency}, bwrap, fork "
-          f"servers, warm pool {pool}), {len(codes)} novice submissions of an 11-case exercise")
+          f"servers, warm pool {pool}, forker {'on' if args.forker else 'off'}), {len(codes)} novice submissions of an 11-case exercise")
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores\n")
     print(f"{f'throughput (xgrader: {args.concurrency} workers; floors: 2)':<44} {'subs/s':>8} {'x xgrader':>10}")
     for name, r in ((f"xgrader ({args.count} submissions)", rate),

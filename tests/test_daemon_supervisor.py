@@ -401,10 +401,11 @@ def test_queue_server_restart_mid_run_loses_nothing(mini_xqueue):
         mini_xqueue.restart(0.7)
 
     threading.Thread(target=restart_after_first, daemon=True).start()
-    # No ready children here: forked ahead of their job, they would keep this
-    # in-process server's old listening socket open through the restart.
+    # No ready children and no forker here: forked ahead of their jobs, they
+    # would keep this in-process server's old listening socket open through
+    # the restart (a real queue server is not in the daemon's process).
     code, _ = run_daemon(mini_xqueue, slow, lambda: mini_xqueue.answered() == 6, timeout=30,
-                         ready_children=0)
+                         ready_children=0, forker=False)
     time.sleep(0.2)
     assert code == 0 and [len(e.results) for e in mini_xqueue.entries] == [1] * 6
 

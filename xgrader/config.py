@@ -76,6 +76,7 @@ class Settings(BaseSettings):
     docker_api_timeout_s: float = Field(10.0, gt=0)  # every engine API call; a hung engine -> sandbox error
     concurrency: int = Field(2, ge=1)
     job_timeout_s: float = Field(120.0, gt=0)  # the forked child's hard wall-clock limit
+    forker: bool = True                        # job children forked by a frozen copy of the daemon (daemon/forker.py)
     max_attempts: int = Field(3, ge=1)         # infrastructure failures before "could not be graded"
     shutdown_grace_s: float = Field(30.0, ge=0)
     stall_timeout_s: float = Field(300.0, gt=0)  # outer watchdog: no loop progress -> exit non-zero

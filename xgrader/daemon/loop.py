@@ -15,6 +15,12 @@ whenever no job runs: the fork, its copy-on-write faults and, with a warm
 pool, the sandbox start happen while the daemon waits for work, not between
 pull and post. Once they are used up (a steady stream of work), each job
 gets a fresh fork.
+
+Children are forked by the forker (forker.py), a copy of this process made
+once after the grading path is loaded and the client logged in: the parent,
+which runs the HTTP loop, then shares no pages with a live child (no fork
+and no copy-on-write faults here per job). Without it (`forker=False`, or
+while it is gone) the parent forks them itself.
 """
 
 from __future__ import annotations
@@ -105,6 +111,8 @@ class Daemon:
         self._ready_seq = 0
         self._ready_paused_until = 0.0
         self.grading_cache: Any = None   # pipeline.GradingCache, filled by _preload
+        self._helpers: tuple = ()        # the backend's helpers the forker was forked with
+        self._check_seen = True
 
     # -- public --------------------------------------------------------------
     @property
@@ -135,6 +143,7 @@ class Daemon:
             gc.freeze()
             if not self._login():
                 return EXIT_OK if not self.flags.hard_stop else EXIT_FORCED
+            self._start_forker()
             return self._loop()
         except BaseException:
             # A bug in the loop: take the children down with us (their leases
@@ -144,6 +153,7 @@ class Daemon:
             self.supervisor.wait_all(timeout=5.0)
             raise
         finally:
+            self.supervisor.close_forkers()
             if self.watchdog:
                 self.watchdog.stop()
             if self._install_signals:
@@ -277,12 +287,12 @@ class Daemon:
         fields = {"content": pull.content, "queue": pull.queue, "header_raw": pull.header_raw,
                   "submission_id": pull.submission_id, "label": pull.label, "attempt": attempt}
         timeout = self.settings.job_timeout_s
+        job = json.dumps(fields).encode()
         ready = self.supervisor.ready()
-        if not (ready and self.supervisor.assign(ready[0], json.dumps(fields).encode(), timeout=timeout,
+        if not (ready and self.supervisor.assign(ready[0], job, timeout=timeout,
                                                  label=pull.label, context=pull)):
-            ctx = self._context(fields)
-            self.supervisor.spawn(lambda reporter: self._child(ctx, reporter), timeout=timeout,
-                                  label=pull.label, context=pull)
+            self.supervisor.spawn_job(job, lambda reporter: self._ready_child(reporter, job), timeout=timeout,
+                                      label=pull.label, context=pull)
         pull.holds_slot = True
         self.in_flight[pull.queue] += 1
         self.hooks.on_in_flight(pull.queue, self.in_flight[pull.queue])
@@ -300,8 +310,42 @@ class Daemon:
         finally:
             self._drop_idle()
 
+    def _start_forker(self) -> None:
+        """Fork the forker (once the grading path is loaded and the client has
+        its session): it forks every job child from then on."""
+        if not getattr(self.settings, "forker", True):
+            return
+        from xgrader.daemon.forker import start_forker
+
+        def in_forker() -> None:
+            # What the parent's loop owns, the forker must not hold or use:
+            # live children's pipe ends and an older forker's socket (held
+            # here, they would never reach EOF), the keep-alive connection,
+            # the signal wake-up pipe.
+            self.supervisor._close_inherited()
+            fresh_connections(self.client)
+            for fd in (self.signals.wake_r, self.signals.wake_w):
+                if fd >= 0:
+                    os.close(fd)
+
+        try:
+            forker = start_forker(self._ready_child, self._prewarm, in_forker)
+        except OSError as exc:  # EAGAIN, ENOMEM: children are forked here instead
+            log.warning("forker_start_failed", error=str(exc)[:200])
+            return
+        self.supervisor.use_forker(forker)
+        self._helpers = self._backend_helpers()
+
+    def _backend_helpers(self) -> tuple:
+        helpers = getattr(self.backend, "helpers", None)
+        try:
+            return tuple(helpers()) if callable(helpers) else ()
+        except Exception:
+            return ()
+
     def _ready_child(self, reporter: Reporter, job: bytes) -> None:
-        """In a ready child, once assign() or retire_ready() spoke."""
+        """In a ready child, once assign() or retire_ready() spoke; in a child
+        forked for a job, at once."""
         if not job:  # retired without a job
             self._drop_idle()
             return
@@ -513,6 +557,9 @@ class Daemon:
         loop (one overdue check reports not-ready)."""
         now = time.monotonic()
         running = self._backend_check
+        if running is not None and not running.is_alive() and not self._check_seen:
+            self._check_seen = True
+            self._refresh_forker()
         if running is not None and running.is_alive():
             if now - self._backend_check_started > BACKEND_CHECK_TIMEOUT_S:
                 self.hooks.on_backend_ready(False, "check timed out")
@@ -531,8 +578,20 @@ class Daemon:
                 self.hooks.on_backend_ready(False, detail)
 
         self._backend_check_started = now
+        self._check_seen = False
         self._backend_check = threading.Thread(target=check, daemon=True, name="backend-check")
         self._backend_check.start()
+
+    def _refresh_forker(self) -> None:
+        """The check may have restarted a helper (a fork server that died): the
+        forker holds the old one, so a new forker replaces it (the old one
+        stays until the children it forked are reaped)."""
+        if not self.supervisor.forkers:
+            return
+        helpers = self._backend_helpers()
+        if helpers != self._helpers and not self.flags.draining:
+            log.info("forker_refreshed", reason="sandbox helpers restarted")
+            self._start_forker()
 
     def _kill_everything(self, reason: str) -> None:
         self.supervisor.kill_all(reason)

@@ -9,6 +9,11 @@ it waits on a pipe of its own while it prepares (e.g. pre-starts its
 sandbox), and :meth:`Supervisor.assign` hands it the job bytes and starts its
 deadline. Closing that pipe instead (:meth:`Supervisor.retire_ready`) lets it
 clean up and exit without a job.
+
+With a forker attached (:meth:`Supervisor.use_forker`, forker.py) the
+children are forked by it instead of by this process: :meth:`spawn_job` and
+:meth:`spawn_ready` ask it first and fork here only when it is gone. Its
+children are supervised the same way; their exit statuses come from it.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ MAX_BUFFER = 256 * 1024   # a child's messages are small; more is garbage
 PR_SET_PDEATHSIG = 1
 ASSIGN_TIMEOUT_S = 5.0    # a ready child reads its job at once; a stuck one is replaced
 MAX_JOB_BYTES = 64 * 1024 * 1024
+KILLED = signal.SIGKILL   # os.waitstatus of a child killed by SIGKILL
 
 ChildFn = Callable[[Reporter], None]
 ReadyFn = Callable[[Reporter, bytes], None]
@@ -55,6 +61,7 @@ class ChildHandle:
     finished: float | None = None
     job_fd: int | None = None            # ready child: the pipe its job comes through
     assigned: bool = True                # False: a ready child still waiting for a job
+    forker: Any = None                   # the ForkerClient that forked it (None: this process did)
     _buf: bytearray = field(default_factory=bytearray)
 
     @property
@@ -80,6 +87,48 @@ class Supervisor:
     def __init__(self, on_kill: Callable[[ChildHandle], None] | None = None) -> None:
         self.children: dict[int, ChildHandle] = {}
         self._on_kill = on_kill
+        self.forkers: list[Any] = []     # ForkerClient; the last one takes new children
+
+    # -- the forker ------------------------------------------------------------
+    def use_forker(self, forker: Any) -> None:
+        """New children come from `forker`; an earlier one is retired (closed
+        once the children it forked are reaped)."""
+        for old in self.forkers:
+            old.retiring = True
+        self.forkers.append(forker)
+        self._close_idle_forkers()
+
+    def _forker(self) -> Any:
+        last = self.forkers[-1] if self.forkers else None
+        return last if last is not None and last.alive and not last.retiring else None
+
+    def _close_idle_forkers(self) -> None:
+        for f in list(self.forkers):
+            if (f.retiring or not f.alive) and not any(h.forker is f for h in self.children.values()):
+                f.close()
+                self.forkers.remove(f)
+
+    def close_forkers(self) -> None:
+        """At the end: every forker exits (its socket closes) and is reaped."""
+        for f in self.forkers:
+            f.close()
+        self.forkers = []
+
+    def spawn_job(self, job: bytes, local: ChildFn, *, timeout: float, label: str,
+                  context: Any = None) -> ChildHandle:
+        """A child for `job`: forked by the forker (which runs the job it was
+        started with on these bytes), else here, running `local`."""
+        forker = self._forker()
+        if forker is not None:
+            r, w = os.pipe()
+            pid = forker.spawn_job(job, w)
+            if pid is not None:
+                handle = self._register(pid, r, w, label=label, timeout=timeout, context=context)
+                handle.forker = forker
+                return handle
+            os.close(r)
+            os.close(w)
+        return self.spawn(local, timeout=timeout, label=label, context=context)
 
     def __len__(self) -> int:
         return len(self.children)
@@ -107,9 +156,20 @@ class Supervisor:
     def spawn_ready(self, fn: ReadyFn, *, label: str, prepare: Callable[[], None] | None = None) -> ChildHandle:
         """Fork a child now that runs prepare() at once, then fn(reporter, job)
         once assign() gives it its job; no deadline until then. Retired (or
-        the parent gone) it calls fn with an empty job, to clean up."""
+        the parent gone) it calls fn with an empty job, to clean up. With a
+        forker, the forker forks it (running its own prepare and job function)."""
         r, w = os.pipe()
         jr, jw = os.pipe()
+        forker = self._forker()
+        if forker is not None:
+            pid = forker.spawn_ready(w, jr)
+            if pid is not None:
+                os.close(jr)
+                handle = self._register(pid, r, w, label=label, timeout=float("inf"))
+                handle.job_fd = jw
+                handle.assigned = False
+                handle.forker = forker
+                return handle
         parent = os.getpid()
         pid = os.fork()
         if pid == 0:  # child: never returns
@@ -147,6 +207,12 @@ class Supervisor:
                     except OSError:
                         pass
         self.children = {}
+        for f in self.forkers:
+            try:
+                f.sock.close()
+            except OSError:
+                pass
+        self.forkers = []
 
     def ready(self) -> list[ChildHandle]:
         """Ready children still waiting for a job."""
@@ -191,7 +257,7 @@ class Supervisor:
 
     # -- watching ------------------------------------------------------------
     def fds(self) -> list[int]:
-        return [h.fd for h in self.children.values()]
+        return [h.fd for h in self.children.values()] + [f.fileno() for f in self.forkers if f.alive]
 
     def next_deadline(self) -> float | None:
         pending = [h.deadline for h in self.children.values() if h.killed_for is None]
@@ -199,6 +265,8 @@ class Supervisor:
 
     def poll(self) -> list[ChildHandle]:
         """Read messages, enforce deadlines, reap; returns children that finished."""
+        for f in self.forkers:
+            f.drain()  # exit statuses first: a reaped child is never signalled below
         now = time.monotonic()
         done: list[ChildHandle] = []
         for handle in list(self.children.values()):
@@ -209,6 +277,8 @@ class Supervisor:
                 self.kill(handle, "timeout")
             if self._reap(handle):
                 done.append(handle)
+        if self.forkers:
+            self._close_idle_forkers()
         return done
 
     def kill(self, handle: ChildHandle, reason: str) -> None:
@@ -267,6 +337,8 @@ class Supervisor:
             log.error("child_message_invalid", pid=handle.pid, label=handle.label, error=str(exc)[:200])
 
     def _reap(self, handle: ChildHandle) -> bool:
+        if handle.forker is not None:
+            return self._reap_forked(handle)
         try:
             # Peek without reaping: the group id stays ours until we reap.
             info = os.waitid(os.P_PID, handle.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
@@ -283,6 +355,28 @@ class Supervisor:
             _, status = os.waitpid(handle.pid, 0)
         except ChildProcessError:
             status = 255 << 8
+        self._done(handle, status)
+        return True
+
+    def _reap_forked(self, handle: ChildHandle) -> bool:
+        """A child of the forker: it reaped it (its group killed first) and
+        sent the status. A forker gone took its children along (PDEATHSIG):
+        they count as killed, and their sandboxes are cleaned up by label."""
+        forker = handle.forker
+        status = forker.exits.pop(handle.pid, None)
+        if status is None:
+            if forker.alive:
+                return False
+            status = int(KILLED)
+            if handle.killed_for is None and self._on_kill is not None:
+                try:
+                    self._on_kill(handle)
+                except Exception:
+                    log.exception("child_kill_cleanup_failed", label=handle.label)
+        self._done(handle, status)
+        return True
+
+    def _done(self, handle: ChildHandle, status: int) -> None:
         handle.exit_status = status
         handle.finished = time.monotonic()
         self._read(handle)  # what it wrote before exiting is still in the pipe
@@ -291,7 +385,6 @@ class Supervisor:
             os.close(handle.job_fd)
             handle.job_fd = None
         del self.children[handle.pid]
-        return True
 
 
 def _read_all(fd: int) -> bytes:

@@ -176,6 +176,12 @@ class Backend(abc.ABC):
         A daemon calls it before forking job children, which then share them;
         idempotent, and it restarts a helper that died."""
 
+    def helpers(self) -> tuple:
+        """Identities of long-lived helpers this process started (bwrap's fork
+        server pids). A process forked earlier holds the old ones when they
+        change: the daemon then replaces its forker."""
+        return ()
+
     def cleanup_stale(self) -> None:
         """Remove what a crashed predecessor left behind (cgroups, containers, temp dirs)."""
 

@@ -227,6 +227,9 @@ class BwrapBackend(Backend):
         if self.forkservers is not None and self.cgroups.usable:
             self.forkservers.prepare()
 
+    def helpers(self) -> tuple:
+        return tuple(self.forkservers.pids()) if self.forkservers is not None else ()
+
     def close(self) -> None:
         if self.forkservers is not None:
             self.forkservers.close()

@@ -294,6 +294,9 @@ class WarmPool(Backend):
     def prepare(self) -> None:
         self.inner.prepare()
 
+    def helpers(self) -> tuple:
+        return self.inner.helpers()
+
     def kill_label(self, label: str) -> None:
         self.inner.kill_label(label)
 
