@@ -56,10 +56,13 @@ def test_job_children_are_the_forkers_and_every_submission_is_answered_once(mini
     assert not alive(seen_forkers[0]) and daemon.supervisor.forkers == []
 
 
-def test_a_killed_forker_takes_its_children_and_the_parent_grades_them_again(mini_xqueue, tmp_path: Path):
+def test_a_killed_forker_takes_its_children_and_the_parent_grades_them_again(mini_xqueue, tmp_path: Path,
+                                                                            monkeypatch):
     """SIGKILL the forker while its child grades: the child dies with it
     (PDEATHSIG), the parent counts it as killed, retries the submission in a
-    child it forks itself, and the submission is answered once."""
+    child it forks itself, and the submission is answered once; after the
+    next backend check a new forker forks the children again."""
+    monkeypatch.setattr("xgrader.daemon.loop.BACKEND_CHECK_EVERY_S", 0.3)
     mini_xqueue.lease_s = 30.0  # only the daemon's own retry can answer it in time
     mini_xqueue.submit("q", BODY)
     marks = tmp_path / "marks"
@@ -67,7 +70,7 @@ def test_a_killed_forker_takes_its_children_and_the_parent_grades_them_again(min
     def job(ctx, reporter):
         with open(marks, "a") as fh:
             fh.write(f"{os.getpid()} {os.getppid()}\n")
-        if ctx.attempt == 1:
+        if ctx.attempt == 1 and ctx.submission_id == "1":
             time.sleep(30)
         ok_job(ctx, reporter)
 
@@ -77,16 +80,23 @@ def test_a_killed_forker_takes_its_children_and_the_parent_grades_them_again(min
         end = time.monotonic() + 10
         while not marks.exists() and time.monotonic() < end:
             time.sleep(0.01)
-        os.kill(daemon.supervisor.forkers[0].pid, signal.SIGKILL)
+        forkers.append(daemon.supervisor.forkers[0].pid)
+        os.kill(forkers[0], signal.SIGKILL)
+        while mini_xqueue.answered() < 1 and time.monotonic() < end:
+            time.sleep(0.01)
+        time.sleep(1.0)  # a backend check or more
+        mini_xqueue.submit("q", BODY)
 
+    forkers: list[int] = []
     threading.Thread(target=kill_forker, daemon=True).start()
-    code = _run(daemon, lambda: mini_xqueue.answered() == 1)
+    code = _run(daemon, lambda: mini_xqueue.answered() == 2)
     time.sleep(0.2)
-    (entry,) = mini_xqueue.entries
-    first, second = [tuple(map(int, line.split())) for line in marks.read_text().splitlines()]
-    assert code == 0 and len(entry.results) == 1
-    assert not alive(first[0])             # the forker's child went with it
+    first_entry, _ = mini_xqueue.entries
+    first, second, third = [tuple(map(int, line.split())) for line in marks.read_text().splitlines()]
+    assert code == 0 and [len(e.results) for e in mini_xqueue.entries] == [1, 1]
+    assert first[1] == forkers[0] and not alive(first[0])   # the forker's child went with it
     assert second[1] == os.getpid()        # the retry was forked by the parent itself
+    assert third[1] not in (os.getpid(), forkers[0])        # a new forker took over
 
 
 class Helpers(NoSandbox):

@@ -83,6 +83,12 @@ class ForkerClient:
         while self.alive:
             left = deadline - time.monotonic()
             if left <= 0 or not select.select([self.sock], [], [], left)[0]:
+                # Stuck: end it, so its children go too (PDEATHSIG) and none
+                # outlives the parent's view of it as killed.
+                try:
+                    os.kill(self.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
                 self._lost("no answer")
                 return None
             msg = self._read_one()

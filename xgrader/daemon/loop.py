@@ -583,13 +583,17 @@ class Daemon:
         self._backend_check.start()
 
     def _refresh_forker(self) -> None:
-        """The check may have restarted a helper (a fork server that died): the
-        forker holds the old one, so a new forker replaces it (the old one
-        stays until the children it forked are reaped)."""
-        if not self.supervisor.forkers:
+        """After each backend check: a forker that died is replaced (children
+        are forked here meanwhile), and so is one holding helpers the check
+        restarted (a fork server that died); an old forker stays until the
+        children it forked are reaped."""
+        if not getattr(self.settings, "forker", True) or self.flags.draining:
             return
-        helpers = self._backend_helpers()
-        if helpers != self._helpers and not self.flags.draining:
+        current = [f for f in self.supervisor.forkers if f.alive and not f.retiring]
+        if not current:
+            log.info("forker_restarted", reason="the forker was lost")
+            self._start_forker()
+        elif self._backend_helpers() != self._helpers:
             log.info("forker_refreshed", reason="sandbox helpers restarted")
             self._start_forker()
 
