@@ -47,6 +47,28 @@ CREATE TABLE IF NOT EXISTS submissions (
 CREATE INDEX IF NOT EXISTS sub_pending ON submissions(queue, id) WHERE state = 'pending';
 CREATE INDEX IF NOT EXISTS sub_callback ON submissions(lms_callback_url) WHERE state = 'pending';
 CREATE INDEX IF NOT EXISTS sub_delivery ON submissions(delivery_next) WHERE delivery = 'pending';
+-- Leased pending rows (few: one per grader in flight), for the queue length.
+CREATE INDEX IF NOT EXISTS sub_leased ON submissions(leased_until) WHERE state = 'pending' AND leased_until > 0;
+-- Pending rows per queue, kept by triggers in the same transaction as every
+-- change (any writer, any process), rebuilt at every start.
+CREATE TABLE IF NOT EXISTS pending_counts (
+    queue TEXT PRIMARY KEY,
+    n INTEGER NOT NULL
+);
+CREATE TRIGGER IF NOT EXISTS pending_ins AFTER INSERT ON submissions WHEN new.state = 'pending' BEGIN
+    INSERT INTO pending_counts(queue, n) VALUES (new.queue, 1) ON CONFLICT(queue) DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS pending_del AFTER DELETE ON submissions WHEN old.state = 'pending' BEGIN
+    UPDATE pending_counts SET n = n - 1 WHERE queue = old.queue;
+END;
+CREATE TRIGGER IF NOT EXISTS pending_left AFTER UPDATE OF state, queue ON submissions
+    WHEN old.state = 'pending' AND (new.state <> 'pending' OR new.queue <> old.queue) BEGIN
+    UPDATE pending_counts SET n = n - 1 WHERE queue = old.queue;
+END;
+CREATE TRIGGER IF NOT EXISTS pending_came AFTER UPDATE OF state, queue ON submissions
+    WHEN new.state = 'pending' AND (old.state <> 'pending' OR new.queue <> old.queue) BEGIN
+    INSERT INTO pending_counts(queue, n) VALUES (new.queue, 1) ON CONFLICT(queue) DO UPDATE SET n = n + 1;
+END;
 CREATE TABLE IF NOT EXISTS files (
     token TEXT PRIMARY KEY,
     name TEXT NOT NULL,
@@ -93,6 +115,13 @@ class Store:
         self._pool_size = pool_size
         with self.conn() as c:
             c.executescript(SCHEMA)
+            # The counts are derived data: recomputed at start, so a database
+            # from before they existed (or edited by hand) starts right.
+            c.execute("BEGIN IMMEDIATE")
+            c.execute("DELETE FROM pending_counts")
+            c.execute("INSERT INTO pending_counts(queue, n) SELECT queue, count(*) FROM submissions"
+                      " WHERE state='pending' GROUP BY queue")
+            c.execute("COMMIT")
 
     # -- connections ---------------------------------------------------------
     def _open(self) -> sqlite3.Connection:
@@ -158,8 +187,13 @@ class Store:
     # -- grader side ---------------------------------------------------------
     @staticmethod
     def _length(c: sqlite3.Connection, queue: str, now: float) -> int:
-        row = c.execute("SELECT count(*) FROM submissions WHERE state='pending' AND queue=? AND leased_until<=?",
-                        (queue, now)).fetchone()
+        """Pending, unleased submissions: the trigger-kept pending count less
+        the pending rows under a live lease (found through sub_leased, so the
+        cost follows the graders in flight, not the backlog)."""
+        row = c.execute(
+            "SELECT coalesce((SELECT n FROM pending_counts WHERE queue=?1), 0) - (SELECT count(*) FROM submissions"
+            " INDEXED BY sub_leased WHERE state='pending' AND leased_until>0 AND leased_until>?2 AND queue=?1)",
+            (queue, now)).fetchone()
         return int(row[0])
 
     def queue_length(self, queue: str) -> int:
