@@ -12,13 +12,19 @@ from __future__ import annotations
 
 import io
 import socket
+import socketserver
 import sys
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import time
+from email.utils import formatdate
+from http import HTTPStatus
+from http.server import ThreadingHTTPServer
 from typing import Any, Callable
 from urllib.parse import unquote
 
 MAX_DRAIN = 64 * 1024 * 1024
+MAX_LINE = 65536  # request line or one header line (http.server's limit)
+MAX_HEADERS = 100  # http.client's limit
 IDLE_TIMEOUT_S = 75.0  # an idle keep-alive connection is closed after this
 
 
@@ -54,59 +60,135 @@ class _BodyReader(io.RawIOBase):
         return True
 
 
-class WSGIHandler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server_version = "xgrader-queue"
-    sys_version = ""
+_REASONS = {s.value: s.phrase for s in HTTPStatus}
+_SKIP_HEADERS = ("content-length", "connection", "transfer-encoding")
+_date_cache = [0, ""]
+
+
+def _http_date() -> str:
+    """The Date header, formatted once per second."""
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache[1] = formatdate(now, usegmt=True)
+        _date_cache[0] = now
+    return _date_cache[1]
+
+
+class WSGIHandler(socketserver.StreamRequestHandler):
+    """One kept-alive connection: requests parsed here (request line, then
+    header lines split at the first colon, as `http.client` does, without
+    building an `email.message` per request), the app's response written in
+    one send."""
+
     timeout = IDLE_TIMEOUT_S
+    disable_nagle_algorithm = True  # TCP_NODELAY
 
-    def log_message(self, format: str, *args: Any) -> None:  # access logs cost more than the request
-        pass
-
-    def setup(self) -> None:
-        super().setup()
-        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-    def handle_one_request(self) -> None:
+    def handle(self) -> None:
+        self.close_connection = True
         try:
-            super().handle_one_request()
-        except (ConnectionError, socket.timeout):
+            while self.handle_one_request() and not self.close_connection:
+                pass
+        except (OSError, ValueError):  # reset, idle timeout, connection shut down by stop()
             self.close_connection = True
 
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("do_"):
-            return self._run
-        raise AttributeError(name)
+    def send_error(self, code: int, message: str) -> None:
+        body = f"{code} {message}\n".encode("latin-1", "replace")
+        self.wfile.write(
+            f"HTTP/1.1 {code} {_REASONS.get(code, '')}\r\nContent-Type: text/plain\r\nContent-Length: {len(body)}"
+            f"\r\nConnection: close\r\nDate: {_http_date()}\r\n\r\n".encode("latin-1") + body)
+        self.close_connection = True
 
-    def _run(self) -> None:
-        if self.headers.get("Transfer-Encoding"):
+    def handle_one_request(self) -> bool:
+        """Serve one request; False when the connection is to be closed."""
+        rfile = self.rfile
+        line = rfile.readline(MAX_LINE + 1)
+        if not line:
+            return False
+        if len(line) > MAX_LINE:
+            self.send_error(414, "Request-URI Too Long")
+            return False
+        words = line.decode("latin-1").split()
+        if len(words) != 3:
+            if words:
+                self.send_error(400, "Bad request syntax")
+            return False
+        command, path, version = words
+        major, dot, minor = version[5:].partition(".")
+        if (not version.startswith("HTTP/") or not dot or not major.isdigit() or not minor.isdigit()
+                or len(major) > 10 or len(minor) > 10):
+            self.send_error(400, "Bad request version")
+            return False
+        vnum = (int(major), int(minor))
+        if vnum >= (2, 0):
+            self.send_error(505, "Invalid HTTP version")
+            return False
+        keep = vnum >= (1, 1)
+        if path.startswith("//"):
+            path = "/" + path.lstrip("/")
+        env: dict[str, Any] = {}
+        count = 0
+        last = None
+        while True:
+            raw = rfile.readline(MAX_LINE + 1)
+            if len(raw) > MAX_LINE:
+                self.send_error(431, "Line too long")
+                return False
+            if raw in (b"\r\n", b"\n", b""):
+                break
+            count += 1
+            if count > MAX_HEADERS:
+                self.send_error(431, "Too many headers")
+                return False
+            text = raw.decode("latin-1")
+            if text[0] in " \t" and last is not None:  # obsolete line folding: continues the last header
+                env[last] = env[last] + " " + text.strip()
+                continue
+            name, colon, value = text.partition(":")
+            if not colon:
+                continue  # not a header line: ignored, like email's parser
+            key = "HTTP_" + name.strip().upper().replace("-", "_")
+            value = value.strip()
+            env[key] = f"{env[key]},{value}" if key in env else value
+            last = key
+        conn = env.get("HTTP_CONNECTION", "").lower()
+        if conn == "close":
+            keep = False
+        elif conn == "keep-alive":
+            keep = True
+        self.close_connection = not keep
+        if env.get("HTTP_TRANSFER_ENCODING"):
             self.send_error(411, "Content-Length required")
-            self.close_connection = True
-            return
+            return False
+        cl = env.pop("HTTP_CONTENT_LENGTH", "")
         try:
-            length = int(self.headers.get("Content-Length") or 0)
+            length = int(cl) if cl else 0
         except ValueError:
             length = -1
         if length < 0:
             self.send_error(400, "bad Content-Length")
-            self.close_connection = True
-            return
+            return False
+        if vnum >= (1, 1) and env.get("HTTP_EXPECT", "").lower() == "100-continue":
+            self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        self._run(env, command, path, version, length)
+        return True
+
+    def _run(self, env: dict, command: str, path: str, version: str, length: int) -> None:
         body = _BodyReader(self.rfile, length)
-        path, _, query = self.path.partition("?")
+        path, _, query = path.partition("?")
         if "://" in path:  # absolute-form request target
             path = "/" + path.split("://", 1)[1].partition("/")[2]
-        host, port = self.server.server_address[:2]
-        environ = {
-            "REQUEST_METHOD": self.command,
+        server = self.server
+        env.update({
+            "REQUEST_METHOD": command,
             "SCRIPT_NAME": "",
-            "PATH_INFO": unquote(path, "latin-1"),
+            "PATH_INFO": unquote(path, "latin-1") if "%" in path else path,
             "QUERY_STRING": query,
-            "SERVER_NAME": str(host),
-            "SERVER_PORT": str(port),
-            "SERVER_PROTOCOL": self.request_version,
+            "SERVER_NAME": server.host_str,
+            "SERVER_PORT": server.port_str,
+            "SERVER_PROTOCOL": version,
             "REMOTE_ADDR": self.client_address[0],
             "CONTENT_LENGTH": str(length) if length else "",
-            "CONTENT_TYPE": self.headers.get("Content-Type", ""),
+            "CONTENT_TYPE": env.pop("HTTP_CONTENT_TYPE", ""),
             "wsgi.version": (1, 0),
             "wsgi.url_scheme": "http",
             "wsgi.input": io.BufferedReader(body, 65536),
@@ -114,22 +196,16 @@ class WSGIHandler(BaseHTTPRequestHandler):
             "wsgi.multithread": True,
             "wsgi.multiprocess": False,
             "wsgi.run_once": False,
-        }
-        for key, value in self.headers.items():
-            name = "HTTP_" + key.upper().replace("-", "_")
-            if name in ("HTTP_CONTENT_TYPE", "HTTP_CONTENT_LENGTH"):
-                continue
-            environ[name] = f"{environ[name]},{value}" if name in environ else value
-
+        })
         status_headers: list = []
 
         def start_response(status: str, headers: list, exc_info: Any = None) -> Callable:
             status_headers[:] = [status, headers]
             return lambda data: None  # write() is not used by the app
 
-        self.server.busy(+1)
+        server.busy(+1)
         try:
-            result = self.server.app(environ, start_response)
+            result = server.app(env, start_response)
             try:
                 payload = b"".join(result)
             finally:
@@ -137,25 +213,22 @@ class WSGIHandler(BaseHTTPRequestHandler):
                 if close:
                     close()
         finally:
-            self.server.busy(-1)
+            server.busy(-1)
         status, headers = status_headers
-        code, _, reason = status.partition(" ")
-        self.send_response_only(int(code), reason)
+        out = [f"HTTP/1.1 {status}\r\n"]
         for k, v in headers:
-            if k.lower() not in ("content-length", "connection", "transfer-encoding"):
-                self.send_header(k, v)
-        self.send_header("Content-Length", str(len(payload)))
+            if k.lower() not in _SKIP_HEADERS:
+                out.append(f"{k}: {v}\r\n")
+        out.append(f"Content-Length: {len(payload)}\r\n")
         if not body.drain():
             self.close_connection = True
         if self.close_connection:
-            self.send_header("Connection", "close")
-        self.send_header("Date", self.date_time_string())
+            out.append("Connection: close\r\n")
+        out.append(f"Date: {_http_date()}\r\n\r\n")
+        head = "".join(out).encode("latin-1")
         # One write for headers and body: two small writes meet Nagle and
         # delayed ACKs and cost ~40 ms per response.
-        self._headers_buffer.append(b"\r\n")
-        if self.command != "HEAD":
-            self._headers_buffer.append(payload)
-        self.flush_headers()
+        self.wfile.write(head + payload if command != "HEAD" else head)
 
 
 class KeepAliveWSGIServer(ThreadingHTTPServer):
@@ -169,6 +242,7 @@ class KeepAliveWSGIServer(ThreadingHTTPServer):
         self._conns_lock = threading.Condition()
         self._busy = 0
         super().__init__((host, port), WSGIHandler)
+        self.host_str, self.port_str = str(self.server_address[0]), str(self.server_address[1])
 
     def process_request(self, request: Any, client_address: Any) -> None:
         with self._conns_lock:
