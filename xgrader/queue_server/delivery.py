@@ -5,16 +5,21 @@ backoff, every attempt recorded in the store so a restart resumes pending
 deliveries. Each submission is delivered at most once per successful post:
 only the first put_result ever enters the `pending` delivery state.
 
-A fresh result is handed over by put_result (`submit`) and posted at once;
-the database is scanned only for retries and for results a crash left
-pending (all due again at start-up)."""
+A fresh result is handed over by put_result (`submit`) and posted at once
+by one of a fixed set of worker threads; the database is scanned only for
+retries and for results a crash left pending (all due again at start-up).
+Plain-http callbacks are posted on a kept-alive socket per worker and LMS
+host with a minimal HTTP/1.1 exchange (Content-Length or chunked replies,
+or read to close); https goes through http.client."""
 
 from __future__ import annotations
 
 import http.client
+import queue
+import socket
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 import structlog
@@ -36,11 +41,15 @@ class Deliverer:
         self._busy: set[int] = set()
         self._lock = threading.Lock()
         self._local = threading.local()
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="xq-deliver")
+        self._jobs: queue.SimpleQueue[Delivery | None] = queue.SimpleQueue()
+        self._workers = [threading.Thread(target=self._work, name=f"xq-deliver-{i}", daemon=True)
+                         for i in range(max(1, workers))]
         self._thread = threading.Thread(target=self._run, name="xq-deliverer", daemon=True)
 
     def start(self) -> "Deliverer":
         self.store.deliveries_due_now()
+        for w in self._workers:
+            w.start()
         self._thread.start()
         return self
 
@@ -54,18 +63,37 @@ class Deliverer:
             if item.id in self._busy or self._stop.is_set():
                 return  # the scan (after a restart) will find it
             self._busy.add(item.id)
-        try:
-            self._pool.submit(self._deliver, item)
-        except RuntimeError:  # shutting down: pending in the database, due at the next start
-            with self._lock:
-                self._busy.discard(item.id)
+        self._jobs.put(item)
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop scheduling; in-flight posts finish (each bounded by its timeout)."""
+        """Stop scheduling; in-flight posts finish (each bounded by its
+        timeout); queued ones stay pending in the database, due at the next
+        start."""
         self._stop.set()
         self._wake.set()
         self._thread.join(timeout)
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        while True:
+            try:
+                if self._jobs.get_nowait() is None:
+                    continue
+            except queue.Empty:
+                break
+        for _ in self._workers:
+            self._jobs.put(None)
+        for w in self._workers:
+            if w.is_alive():
+                w.join()
+
+    def _work(self) -> None:
+        while True:
+            item = self._jobs.get()
+            if item is None:
+                return
+            if self._stop.is_set():  # queued before stop(): due again at the next start
+                with self._lock:
+                    self._busy.discard(item.id)
+                continue
+            self._deliver(item)
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -76,7 +104,7 @@ class Deliverer:
                 for item in due:
                     with self._lock:
                         self._busy.add(item.id)
-                    self._pool.submit(self._deliver, item)
+                    self._jobs.put(item)
                 nxt = self.store.next_delivery_at()
             except Exception:
                 log.exception("delivery_scan_failed")
@@ -85,9 +113,8 @@ class Deliverer:
             self._wake.wait(wait)
             self._wake.clear()
 
-    def _conn(self, scheme: str, netloc: str) -> tuple[http.client.HTTPConnection, bool]:
-        """A kept-alive connection per worker thread and LMS host (plain
-        http.client: a fraction of the CPU of a requests call). Returns
+    def _conn(self, scheme: str, netloc: str) -> tuple[Any, bool]:
+        """A kept-alive connection per worker thread and LMS host. Returns
         (connection, reused)."""
         conns = getattr(self._local, "conns", None)
         if conns is None:
@@ -95,8 +122,11 @@ class Deliverer:
         conn = conns.get((scheme, netloc))
         if conn is not None:
             return conn, True
-        cls = http.client.HTTPSConnection if scheme == "https" else http.client.HTTPConnection
-        conn = conns[(scheme, netloc)] = cls(netloc, timeout=self.timeout_s)
+        if scheme == "https":
+            conn = _TLSConnection(netloc, timeout=self.timeout_s)
+        else:
+            conn = _PlainConnection(netloc, self.timeout_s)
+        conns[(scheme, netloc)] = conn
         return conn, False
 
     def _drop(self, scheme: str, netloc: str) -> None:
@@ -113,13 +143,12 @@ class Deliverer:
             if not ok and tries < self.tries and not error.startswith("unsupported"):
                 retry_at = time.time() + self.backoff_s * 2 ** (tries - 1)
             self.store.delivery_done(item.id, ok, error, retry_at)
-            bound = log.bind(submission_id=item.id, tries=tries)
             if ok:
-                bound.debug("result_delivered")
+                log.debug("result_delivered", submission_id=item.id, tries=tries)
             elif retry_at is None:
-                bound.error("result_delivery_failed", error=error)
+                log.error("result_delivery_failed", submission_id=item.id, tries=tries, error=error)
             else:
-                bound.warning("result_delivery_retry", error=error)
+                log.warning("result_delivery_retry", submission_id=item.id, tries=tries, error=error)
         except Exception:
             log.exception("delivery_crashed", submission_id=item.id)
         finally:
@@ -134,14 +163,12 @@ class Deliverer:
             return False, "unsupported callback URL scheme"
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         body = urlencode({"xqueue_header": item.header, "xqueue_body": item.result}).encode()
-        headers = {"Content-Type": "application/x-www-form-urlencoded", "User-Agent": "xgrader-queue"}
         for _ in range(2):
-            conn, reused = self._conn(parts.scheme, parts.netloc)
+            reused = False
             try:
-                conn.request("POST", target, body=body, headers=headers)
-                resp = conn.getresponse()
-                resp.read()
-                if resp.will_close:
+                conn, reused = self._conn(parts.scheme, parts.netloc)
+                status, will_close = conn.post(target, body)
+                if will_close:
                     self._drop(parts.scheme, parts.netloc)
             except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
                 self._drop(parts.scheme, parts.netloc)
@@ -151,7 +178,127 @@ class Deliverer:
             except (OSError, http.client.HTTPException) as exc:
                 self._drop(parts.scheme, parts.netloc)
                 return False, f"{type(exc).__name__}: {str(exc)[:200]}"
-            if 200 <= resp.status < 300:
+            if 200 <= status < 300:
                 return True, ""
-            return False, f"HTTP {resp.status}"
+            return False, f"HTTP {status}"
         return False, "connection closed by the LMS"
+
+
+class _TLSConnection(http.client.HTTPSConnection):
+    def post(self, target: str, body: bytes) -> tuple[int, bool]:
+        self.request("POST", target, body=body, headers=_HEADERS)
+        resp = self.getresponse()
+        resp.read()
+        return resp.status, resp.will_close
+
+
+_HEADERS = {"Content-Type": "application/x-www-form-urlencoded", "User-Agent": "xgrader-queue"}
+MAX_LINE = 65536
+MAX_HEADERS = 100
+
+
+class _PlainConnection:
+    """One kept-alive plain-http connection to an LMS host: the request in
+    one send, the reply read by hand (status line, header lines split at the
+    first colon, the body by Content-Length, chunks, or to close), without
+    http.client's per-reply email.message parsing. Raises what http.client
+    raises for the same failures (RemoteDisconnected for a connection closed
+    before a reply, OSError, HTTPException for a malformed reply)."""
+
+    def __init__(self, netloc: str, timeout: float) -> None:
+        self.netloc = netloc.rpartition("@")[2]
+        try:
+            parts = urlsplit("//" + self.netloc)
+            self.addr = (parts.hostname or "", parts.port or 80)
+        except ValueError as exc:
+            raise http.client.InvalidURL(f"{self.netloc}: {exc}") from None
+        self.timeout = timeout
+        self.sock: socket.socket | None = None
+        self.rfile: Any = None
+
+    def close(self) -> None:
+        sock, rfile, self.sock, self.rfile = self.sock, self.rfile, None, None
+        for f in (rfile, sock):
+            if f is not None:
+                try:
+                    f.close()
+                except OSError:
+                    pass
+
+    def post(self, target: str, body: bytes) -> tuple[int, bool]:
+        """(status, will_close)."""
+        if self.sock is None:
+            self.sock = socket.create_connection(self.addr, timeout=self.timeout)
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.rfile = self.sock.makefile("rb")
+        head = (f"POST {target} HTTP/1.1\r\nHost: {self.netloc}\r\nAccept-Encoding: identity\r\n"
+                f"Content-Type: {_HEADERS['Content-Type']}\r\nUser-Agent: {_HEADERS['User-Agent']}\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n")
+        self.sock.sendall(head.encode("latin-1") + body)
+        rfile = self.rfile
+        while True:
+            line = rfile.readline(MAX_LINE + 1)
+            if not line:
+                raise http.client.RemoteDisconnected("Remote end closed connection without response")
+            version, _, rest = line.decode("latin-1").strip().partition(" ")
+            code = rest[:3]
+            if not version.startswith("HTTP/") or len(code) != 3 or not code.isdigit():
+                raise http.client.BadStatusLine(line[:100].decode("latin-1"))
+            status = int(code)
+            headers = self._headers(rfile)
+            if status != 100:
+                break
+        conn = headers.get("connection", "").lower()
+        will_close = conn == "close" or (version == "HTTP/1.0" and conn != "keep-alive")
+        if "chunked" in headers.get("transfer-encoding", "").lower():
+            self._read_chunked(rfile)
+        elif "content-length" in headers:
+            try:
+                length = int(headers["content-length"])
+            except ValueError:
+                raise http.client.HTTPException("bad Content-Length") from None
+            self._read_exactly(rfile, length)
+        elif status in (204, 304) or 100 <= status < 200:
+            pass
+        else:  # no length: the body ends when the LMS closes
+            while rfile.read(65536):
+                pass
+            will_close = True
+        return status, will_close
+
+    @staticmethod
+    def _headers(rfile: Any) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for _ in range(MAX_HEADERS + 1):
+            line = rfile.readline(MAX_LINE + 1)
+            if len(line) > MAX_LINE:
+                raise http.client.LineTooLong("header line")
+            if line in (b"\r\n", b"\n", b""):
+                return out
+            name, colon, value = line.decode("latin-1").partition(":")
+            if colon:
+                key = name.strip().lower()
+                out[key] = f"{out[key]}, {value.strip()}" if key in out else value.strip()
+        raise http.client.HTTPException("too many headers")
+
+    @staticmethod
+    def _read_exactly(rfile: Any, n: int) -> None:
+        while n > 0:
+            chunk = rfile.read(min(n, 65536))
+            if not chunk:
+                raise http.client.IncompleteRead(b"", n)
+            n -= len(chunk)
+
+    def _read_chunked(self, rfile: Any) -> None:
+        while True:
+            line = rfile.readline(MAX_LINE + 1)
+            if not line:
+                raise http.client.IncompleteRead(b"")
+            try:
+                size = int(line.split(b";", 1)[0].strip(), 16)
+            except ValueError:
+                raise http.client.HTTPException("bad chunk size") from None
+            if size == 0:
+                self._headers(rfile)  # trailers, up to the blank line
+                return
+            self._read_exactly(rfile, size + 2)  # the chunk and its CRLF
