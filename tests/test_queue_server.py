@@ -416,3 +416,159 @@ def test_upload_larger_than_the_cap_is_refused_and_nothing_stored(make_queue):
     assert queue.client().get_queuelen("q1") == 0
     # the connection (or a new one) still serves the next request
     assert queue.lms.get(queue.url + "status/", timeout=5).status_code == 200
+
+
+def test_queue_length_is_kept_by_counts_through_retire_lease_answer_and_restart(tmp_path):
+    from xgrader.queue_server.store import Store
+
+    db = tmp_path / "q.db"
+    store = Store(db)
+
+    def brute(queue: str) -> int:
+        with store.conn() as c:
+            return c.execute("SELECT count(*) FROM submissions WHERE state='pending' AND queue=? AND leased_until<=?",
+                             (queue, time.time())).fetchone()[0]
+
+    assert store.submit("a", "cb/1", "k", "{}", "{}")[1] == 1
+    assert store.submit("a", "cb/2", "k", "{}", "{}")[1] == 2
+    assert store.submit("b", "cb/3", "k", "{}", "{}")[1] == 1
+    assert store.submit("a", "cb/1", "k", "{}", "{}")[1] == 2  # retires the first cb/1
+    assert store.submit("b", "cb/2", "k", "{}", "{}")[1] == 2  # retires cb/2 in the *other* queue
+    assert (store.queue_length("a"), store.queue_length("b")) == (1, 2)
+    leased = store.pull("a", 60)
+    expired = store.pull("b", -1)  # its lease is already over: still waiting
+    assert leased and expired and store.queue_length("a") == 0 and store.queue_length("b") == 2
+    store.put_result(expired.id, expired.key, "{}")
+    assert store.queue_length("b") == 1
+    with store.conn() as c:  # any writer keeps the counts: the triggers live in the database
+        c.execute("UPDATE submissions SET state='retired' WHERE id=?", (leased.id,))
+    assert store.queue_length("a") == 0 and all(store.queue_length(q) == brute(q) for q in "ab")
+    with store.conn() as c:
+        c.execute("UPDATE pending_counts SET n = 99")  # derived data: rebuilt at every start
+    store.close()
+    store = Store(db)
+    assert (store.queue_length("a"), store.queue_length("b"), store.queue_length("none")) == (0, 1, 0)
+    with store.conn() as c:
+        plan = " ".join(r[3] for r in c.execute(
+            "EXPLAIN QUERY PLAN SELECT count(*) FROM submissions INDEXED BY sub_leased"
+            " WHERE state='pending' AND leased_until>0 AND leased_until>? AND queue=?", (0, "a")))
+    assert "sub_leased" in plan  # the cost follows the leases in flight, not the backlog
+    store.close()
+
+
+def test_delivery_reads_every_reply_framing_on_kept_alive_connections(tmp_path):
+    """The deliverer's own HTTP/1.1 client: Content-Length, 100 Continue then
+    chunks, an error status, HTTP/1.0 read to close, and an LMS that closes
+    a kept-alive connection (one more try on a new one)."""
+    import socket as socketlib
+
+    from xgrader.queue_server.delivery import Deliverer
+    from xgrader.queue_server.store import Delivery, Store
+
+    replies = [
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nOK", False),
+        (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+         b"2;x=y\r\nOK\r\n3\r\nabc\r\n0\r\nX-Trailer: 1\r\n\r\n", False),
+        (b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 5\r\n\r\noops!", False),
+        (b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the close", True),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", True),  # then closed without a word
+        (b"HTTP/1.1 204 No Content\r\n\r\n", False),
+    ]
+    requests_seen: list[tuple[int, bytes, bytes]] = []
+    lock = threading.Lock()
+    listener = socketlib.create_server(("127.0.0.1", 0))
+    conns = []
+
+    def serve(conn: socketlib.socket, n: int) -> None:
+        f = conn.makefile("rb")
+        with conn:
+            while True:
+                head = b""
+                while (line := f.readline()) not in (b"\r\n", b""):
+                    head += line
+                if not head:
+                    return
+                length = int(next(v for k, _, v in (h.partition(b":") for h in head.split(b"\r\n"))
+                                  if k.lower() == b"content-length"))
+                body = f.read(length)
+                with lock:
+                    requests_seen.append((n, head, body))
+                    reply, close = replies.pop(0)
+                conn.sendall(reply)
+                if close:
+                    return
+
+    def accept() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            conns.append(conn)
+            threading.Thread(target=serve, args=(conn, len(conns)), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}/cb/x?y=1"
+    d = Deliverer(Store(tmp_path / "q.db"))
+    item = Delivery(1, url, '{"lms":"h"}', '{"score": 1}', 0)
+    try:
+        outcomes = [d._post(item) for _ in range(6)]
+    finally:
+        listener.close()
+    assert outcomes == [(True, ""), (True, ""), (False, "HTTP 500"), (True, ""), (True, ""), (True, "")]
+    # one connection for the first four, a new one after the HTTP/1.0 close,
+    # and the sixth post retried on a third after the LMS dropped the second
+    assert [n for n, _, _ in requests_seen] == [1, 1, 1, 1, 2, 3]
+    n, head, body = requests_seen[0]
+    assert head.startswith(b"POST /cb/x?y=1 HTTP/1.1\r\n") and b"\r\nHost: 127.0.0.1:" in head
+    assert b"Content-Type: application/x-www-form-urlencoded" in head
+    assert {k: v[0] for k, v in __import__("urllib.parse").parse.parse_qs(body.decode()).items()} == {
+        "xqueue_header": '{"lms":"h"}', "xqueue_body": '{"score": 1}'}
+    bad = Delivery(2, "http://127.0.0.1:99999/cb", "{}", "{}", 0)
+    assert d._post(bad)[0] is False and d._post(Delivery(3, "ftp://x/", "{}", "{}", 0)) == (
+        False, "unsupported callback URL scheme")
+
+
+def test_http_request_parsing_edges(queue):
+    """The server's own request parser: 100-continue, HTTP/1.0 and
+    Connection: close end the connection, repeated headers, HEAD, and the
+    error replies for malformed requests."""
+    import re
+    import socket as socketlib
+
+    def exchange(raw: bytes) -> tuple[list[bytes], bytes]:
+        """Send raw bytes, read until the server closes: (status lines, all)."""
+        with socketlib.create_connection(("127.0.0.1", queue.server.port), timeout=5) as s:
+            s.sendall(raw)
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+        return re.findall(rb"HTTP/1\.1 \d{3}[^\r\n]*", data), data
+
+    status = b"GET /xqueue/status/ HTTP/1.1\r\nHost: x\r\n\r\n"
+    # keep-alive until Connection: close, which is honoured and answered
+    lines, data = exchange(status + b"GET /xqueue/status/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert lines == [b"HTTP/1.1 200 OK"] * 2 and data.count(b'{"return_code": 0, "content": "OK"}') == 2
+    assert data.endswith(b'"OK"}') and b"Connection: close\r\n" in data
+    lines, data = exchange(b"GET /xqueue/status/ HTTP/1.0\r\n\r\n" + status)  # 1.0: one request only
+    assert lines == [b"HTTP/1.1 200 OK"]
+    # Expect: 100-continue gets its interim reply before the body is read
+    body = b"username=lms&password=wrong"
+    lines, data = exchange(b"POST /xqueue/login/ HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nConnection: close\r\n"
+                           b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: %d\r\n\r\n%s"
+                           % (len(body), body))
+    assert lines == [b"HTTP/1.1 100 Continue", b"HTTP/1.1 200 OK"] and b"Incorrect login credentials" in data
+    lines, data = exchange(b"HEAD /xqueue/status/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert lines == [b"HTTP/1.1 200 OK"] and data.endswith(b"\r\n\r\n") and b"Content-Length: 35\r\n" in data
+    for raw, code in ((b"GARBAGE\r\n\r\n", b"400"), (b"GET / HTTP/2.0\r\n\r\n", b"505"),
+                      (b"GET / HTTX/1.1\r\n\r\n", b"400"),
+                      (b"GET / HTTP/1.1\r\n" + b"X-A: 1\r\n" * 101 + b"\r\n", b"431"),
+                      (b"GET / HTTP/1.1\r\nX-A: " + b"a" * 70000 + b"\r\n\r\n", b"431"),
+                      (b"POST /xqueue/status/ HTTP/1.1\r\nContent-Length: -3\r\n\r\n", b"400")):
+        lines, _ = exchange(raw + status)  # the connection ends after the error
+        assert len(lines) == 1 and lines[0].startswith(b"HTTP/1.1 " + code), (raw[:40], lines)
+    # a path starting with // is the same path; a percent-encoded path is decoded
+    lines, _ = exchange(b"GET //xqueue/status/ HTTP/1.1\r\nConnection: close\r\n\r\n")
+    assert lines == [b"HTTP/1.1 200 OK"]
+    lines, _ = exchange(b"GET /xqueue/%73tatus/ HTTP/1.1\r\nConnection: close\r\n\r\n")
+    assert lines == [b"HTTP/1.1 200 OK"]
