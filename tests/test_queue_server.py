@@ -527,6 +527,9 @@ def test_delivery_reads_every_reply_framing_on_kept_alive_connections(tmp_path):
     bad = Delivery(2, "http://127.0.0.1:99999/cb", "{}", "{}", 0)
     assert d._post(bad)[0] is False and d._post(Delivery(3, "ftp://x/", "{}", "{}", 0)) == (
         False, "unsupported callback URL scheme")
+    for url in ("http://127.0.0.1:1/a b", "http://127.0.0.1:1/a\r\nX-Injected: 1", "http://127.0.0.1:1/\u00e9"):
+        ok, error = d._post(Delivery(4, url, "{}", "{}", 0))  # refused before any byte is sent
+        assert not ok and error.startswith("InvalidURL"), (url, error)
 
 
 def test_http_request_parsing_edges(queue):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import http.client
 import queue
+import re
 import socket
 import threading
 import time
@@ -195,6 +196,7 @@ class _TLSConnection(http.client.HTTPSConnection):
 _HEADERS = {"Content-Type": "application/x-www-form-urlencoded", "User-Agent": "xgrader-queue"}
 MAX_LINE = 65536
 MAX_HEADERS = 100
+_BAD_URL_CHARS = re.compile("[\x00-\x20\x7f-\U0010ffff]")  # what http.client refuses in a request line
 
 
 class _PlainConnection:
@@ -227,6 +229,8 @@ class _PlainConnection:
 
     def post(self, target: str, body: bytes) -> tuple[int, bool]:
         """(status, will_close)."""
+        if _BAD_URL_CHARS.search(target) or _BAD_URL_CHARS.search(self.netloc):
+            raise http.client.InvalidURL(f"control characters, spaces or non-ASCII in the URL: {target[:100]!r}")
         if self.sock is None:
             self.sock = socket.create_connection(self.addr, timeout=self.timeout)
             self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
