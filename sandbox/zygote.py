@@ -10,12 +10,14 @@ one job instead of starting bwrap and an interpreter again:
                         joins the job's cgroups (writes "0" to the `tasks` (v1) or
                         `cgroup.procs` (v2) fds the host
                         opened), unshares mount, network and IPC namespaces,
+                        forks W; drops every capability and reaps; the
+                        zygote reports its exit
+      G --fork--> W: pid 2, in G's namespaces: makes every mount private,
                         mounts a new size-capped tmpfs at /tmp with the job's
-                        files and a new /proc, brings loopback up; drops every
-                        capability and reaps; the zygote reports its exit
-      G --fork--> W: pid 2: stdio and channel on fds 0-4, everything else
-                        closed, rlimits, no capabilities, the seccomp filter,
-                        the job's environment, cwd /tmp/work; then it returns
+                        files and a new /proc, brings loopback up; then stdio
+                        and channel on fds 0-4, everything else closed,
+                        rlimits, no capabilities, the seccomp filter, the
+                        job's environment, cwd /tmp/work; then it returns
                         out of the zygote's loop and runs the job's script as
                         __main__, the way `python3 -I [-S] SCRIPT ARGS` would.
 
@@ -24,8 +26,10 @@ mounts, network, IPC), its own /tmp, its own cgroup, and a copy-on-write copy
 of a process that only ever imported library code. The zygote keeps
 CAP_SYS_ADMIN, CAP_NET_ADMIN and CAP_SETPCAP inside its (unprivileged) user
 namespace to build those namespaces, and no seccomp filter (it must mount);
-every job process drops them all, bounding set included, before anything of
-the job runs, and W loads the deny-list. The zygote exits when the host's end of its socket closes.
+it empties its bounding and ambient sets before serving, so every job
+process starts with both empty, and each drops the rest (effective,
+permitted, inheritable) before anything of the job runs; W loads the
+deny-list. The zygote exits when the host's end of its socket closes.
 
 Status lines to the host on the job's status socket: `S` (set up: the job's
 code starts now), `E message` (the sandbox could not be set up: an
@@ -59,14 +63,24 @@ MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
 # What bwrap's --proc leaves read-only; a new /proc must hide them again.
 PROC_READ_ONLY = (b"/proc/sys", b"/proc/sysrq-trigger", b"/proc/irq", b"/proc/bus")
 PR_SET_DUMPABLE, PR_SET_NAME, PR_SET_SECCOMP, PR_CAP_AMBIENT = 4, 15, 22, 47
-PR_CAP_AMBIENT_CLEAR_ALL, SECCOMP_MODE_FILTER, PR_CAPBSET_DROP = 4, 2, 24
+PR_CAP_AMBIENT_CLEAR_ALL, SECCOMP_MODE_FILTER, PR_CAPBSET_READ, PR_CAPBSET_DROP = 4, 2, 23, 24
 LINUX_CAPABILITY_VERSION_3 = 0x20080522
 SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
 MAX_REQUEST = 1 << 16
 MAX_FDS = 32
+# Above every descriptor a job process holds: the server's hard RLIMIT_NOFILE
+# (forkserver.ZYGOTE_LIMITS) is far below it; a job lowers its own later.
+MAX_FD = 1 << 16
 WORK = "/tmp/work"
 
 _libc = ctypes.CDLL(None, use_errno=True)
+# Looked up once here: a lookup in a job creates the function object there
+# (copy-on-write faults in every job for what the server could share).
+for _name in ("prctl", "capset", "unshare", "setns", "mount"):
+    getattr(_libc, _name)
+# capset()'s arguments, built once: the header and two zeroed data structs.
+_CAP_HEADER = ctypes.create_string_buffer(struct.pack("=Ii", LINUX_CAPABILITY_VERSION_3, 0), 8)
+_CAP_NONE = ctypes.create_string_buffer(24)
 
 
 class _SockFprog(ctypes.Structure):
@@ -83,17 +97,31 @@ def _check(rc, what):
         raise SetupError("%s: %s" % (what, os.strerror(err)))
 
 
-def drop_capabilities():
-    """An empty bounding set, empty effective, permitted and inheritable sets,
-    no ambient ones; with no_new_privs (bwrap set it) no exec can bring any
-    back."""
+def empty_bounding_set():
+    """The server empties its bounding set and ambient set once, before it
+    serves: every job process inherits both empty (no process can ever add
+    to its bounding set), so a job only has to clear its own sets. Fails
+    (the server does not start) if anything is left."""
     for cap in range(64):
-        if _libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 and ctypes.get_errno() == errno.EINVAL:
-            break  # past the last capability this kernel knows
-    header = struct.pack("=Ii", LINUX_CAPABILITY_VERSION_3, 0)
-    data = ctypes.create_string_buffer(24)  # two zeroed __user_cap_data_struct
-    _check(_libc.capset(ctypes.c_char_p(header), data), "capset")
-    _libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
+        if _libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
+            if ctypes.get_errno() == errno.EINVAL:
+                break  # past the last capability this kernel knows
+            _check(-1, "prctl(CAPBSET_DROP)")
+    _check(_libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0), "prctl(CAP_AMBIENT)")
+    for cap in range(64):
+        left = _libc.prctl(PR_CAPBSET_READ, cap, 0, 0, 0)
+        if left < 0:
+            break
+        if left:
+            raise SetupError("capability %d is still in the bounding set" % cap)
+
+
+def drop_capabilities():
+    """Empty effective, permitted and inheritable sets (which empties the
+    ambient set too); the bounding set is empty since the server's
+    empty_bounding_set(), and with no_new_privs (bwrap set it) no exec can
+    bring any capability back."""
+    _check(_libc.capset(_CAP_HEADER, _CAP_NONE), "capset")
     _check(_libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0), "prctl(DUMPABLE)")
 
 
@@ -114,25 +142,27 @@ def loopback_up():
 
 
 def place_files(fd, files):
-    """The job's files, concatenated in one memfd, under /tmp/work."""
+    """The job's files, concatenated in one memfd, under /tmp/work (copied
+    in the kernel: no job-sized buffers in a forked process)."""
     offset = 0
+    made = {WORK}
     for rel, size in files:
         if rel.startswith("/") or ".." in rel.split("/"):
             raise SetupError("bad file name")
-        dest = os.path.join(WORK, rel)
-        os.makedirs(os.path.dirname(dest), mode=0o755, exist_ok=True)
+        dest = WORK + "/" + rel
+        folder = dest.rpartition("/")[0]
+        if folder not in made:
+            os.makedirs(folder, mode=0o755, exist_ok=True)
+            made.add(folder)
         out = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
             left = size
             while left:
-                chunk = os.pread(fd, min(left, 1 << 20), offset)
-                if not chunk:
+                sent = os.sendfile(out, fd, offset, left)
+                if not sent:
                     raise SetupError("short file data")
-                view = memoryview(chunk)
-                while view:
-                    view = view[os.write(out, view):]
-                offset += len(chunk)
-                left -= len(chunk)
+                offset += sent
+                left -= sent
         finally:
             os.close(out)
 
@@ -144,21 +174,27 @@ def _say(fd, line):
         pass
 
 
-def _close_except(keep):
-    """Close every descriptor not in `keep` (the zygote's socket included)."""
-    for name in os.listdir("/proc/self/fd"):
-        fd = int(name)
-        if fd not in keep:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+def _describe(exc):
+    return str(exc) if isinstance(exc, SetupError) else "%s: %s" % (type(exc).__name__, exc)
+
+
+def _keep_only(*keep):
+    """Close every descriptor but `keep` (the zygote's socket included): a
+    close_range() per gap instead of a listing of /proc/self/fd."""
+    low = 0
+    for fd in sorted(keep):
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, MAX_FD)
 
 
 class Zygote:
     def __init__(self, sock_fd, seccomp):
         self.sock = _socket.socket(fileno=sock_fd)
         self.seccomp = seccomp
+        # What bwrap's --proc made read-only and exists on this kernel: the
+        # same in every job's new /proc.
+        self.proc_read_only = [p for p in PROC_READ_ONLY if os.path.exists(p)]
         # Built before any fork: W only passes the address on.
         self._filter = ctypes.create_string_buffer(seccomp, len(seccomp))
         self._prog = _SockFprog(len(seccomp) // 8, ctypes.cast(self._filter, ctypes.c_void_p))
@@ -213,7 +249,7 @@ class Zygote:
                     if pid != 0:
                         _check(_libc.setns(own_pid_ns, CLONE_NEWPID), "setns(pid)")
             except BaseException as exc:  # noqa: BLE001 - reported, never raised into the host
-                _say(status, "E %s" % (exc if isinstance(exc, SetupError) else "%s: %s" % (type(exc).__name__, exc)))
+                _say(status, "E " + _describe(exc))
                 for fd in fds:
                     os.close(fd)
                 continue
@@ -245,8 +281,14 @@ class Zygote:
                 os.close(status)
 
     def init(self, req, fds):
-        """G: pid 1 of the job's pid namespace: builds its filesystem, starts
-        W and reaps until W is gone (the namespace dies with it)."""
+        """G: pid 1 of the job's pid namespace. It joins the job's cgroups,
+        unshares the job's mount, network and IPC namespaces and forks W at
+        once: W builds the job's filesystem itself (it holds the same
+        capabilities until it drops them), so this process runs as little
+        Python as possible (each page it touches is a copy-on-write fault,
+        and so is each page it dirtied before the fork that W then
+        touches). Then it drops every capability, relays W's set-up word
+        and reaps until W is gone (the namespace dies with it)."""
         status = fds[0]
         _libc.prctl(PR_SET_NAME, b"xg-job-init", 0, 0, 0)
         _libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
@@ -254,35 +296,15 @@ class Zygote:
             n_cg = req["cgroups"]
             for fd in fds[len(fds) - n_cg:]:  # "0": the writer itself (its one thread: no global lock on v1)
                 os.write(fd, b"0")
-                os.close(fd)
-            del fds[len(fds) - n_cg:]
             _check(_libc.unshare(CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC), "unshare")
-            # Nothing mounted here may propagate back to the zygote or other jobs.
-            _check(_libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None), "make / private")
-            _check(_libc.mount(b"tmpfs", b"/tmp", b"tmpfs", MS_NOSUID | MS_NODEV,
-                               b"mode=0755,size=%d" % int(req["tmp_bytes"])), "mount /tmp")
-            _check(_libc.mount(b"proc", b"/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None), "mount /proc")
-            for path in PROC_READ_ONLY:
-                if os.path.exists(path):
-                    _check(_libc.mount(path, path, None, MS_BIND | MS_REC, None), "bind " + path.decode())
-                    _check(_libc.mount(path, path, None, MS_BIND | MS_REMOUNT | MS_RDONLY, None),
-                           "read-only " + path.decode())
-            loopback_up()
-            os.mkdir(WORK, 0o755)
-            if req["files"]:
-                place_files(fds[4], req["files"])
-                os.close(fds[4])
-                del fds[4]
-            os.chdir(WORK)
             ready_r, ready_w = os.pipe()
             pid = os.fork()
         except BaseException as exc:  # noqa: BLE001
-            _say(status, "E %s" % (exc if isinstance(exc, SetupError) else "%s: %s" % (type(exc).__name__, exc)))
+            _say(status, "E " + _describe(exc))
             os._exit(1)
         if pid == 0:
-            os.close(ready_r)
-            return self.worker(req, fds[1:], ready_w)
-        _close_except({status, ready_r})
+            return self.worker(req, fds, ready_w)
+        _keep_only(status, ready_r)
         try:
             drop_capabilities()
         except SetupError as exc:
@@ -312,16 +334,38 @@ class Zygote:
         os._exit(code if code is not None and code >= 0 else 128 - (code or -9))
 
     def worker(self, req, fds, ready_w):
-        """W: becomes the job. Returns (argv, env) to run the script at top level."""
+        """W: builds the job's filesystem in the namespaces init made, then
+        becomes the job. Returns (argv, env) to run the script at top level."""
         _libc.prctl(PR_SET_NAME, b"python3", 0, 0, 0)  # what a job sees in /proc/self/comm
         try:
-            wanted = fds[0:3] + (fds[3:5] if req["channel"] else [])
-            # Copies far above 0..4 first, so no dup2 below clobbers a source.
-            moved = [fcntl.fcntl(fd, fcntl.F_DUPFD, 100) for fd in wanted]
-            ready_w = fcntl.fcntl(ready_w, fcntl.F_DUPFD, 100)
+            # Nothing mounted here may propagate back to the zygote or other jobs.
+            _check(_libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None), "make / private")
+            _check(_libc.mount(b"tmpfs", b"/tmp", b"tmpfs", MS_NOSUID | MS_NODEV,
+                               b"mode=0755,size=%d" % int(req["tmp_bytes"])), "mount /tmp")
+            # Mounted from inside the job's pid namespace: it shows that one.
+            _check(_libc.mount(b"proc", b"/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None), "mount /proc")
+            for path in self.proc_read_only:
+                _check(_libc.mount(path, path, None, MS_BIND | MS_REC, None), "bind " + path.decode())
+                _check(_libc.mount(path, path, None, MS_BIND | MS_REMOUNT | MS_RDONLY, None),
+                       "read-only " + path.decode())
+            loopback_up()
+            os.mkdir(WORK, 0o755)
+            if req["files"]:
+                place_files(fds[4], req["files"])
+            os.chdir(WORK)
+            # stdio, then the channel, then the set-up pipe on the lowest
+            # numbers (copies far above them first, so no dup2 clobbers a
+            # source), then everything else closed (the cgroup files, the
+            # memfd, the status socket, the zygote's) in one close_range.
+            wanted = fds[1:4]
+            if req["channel"]:
+                first = 5 if req["files"] else 4
+                wanted += fds[first:first + 2]
+            moved = [fcntl.fcntl(fd, fcntl.F_DUPFD, 100) for fd in wanted + [ready_w]]
             for i, fd in enumerate(moved):
                 os.dup2(fd, i)
-            _close_except(set(range(len(moved))) | {ready_w})
+            ready_w = len(wanted)
+            os.closerange(ready_w + 1, MAX_FD)
             for res, soft, hard in req["rlimits"]:
                 resource.setrlimit(res, (soft, hard))
             os.setsid()
@@ -337,16 +381,43 @@ class Zygote:
             os.close(ready_w)
         except BaseException as exc:  # noqa: BLE001
             try:
-                os.write(ready_w, ("%s: %s" % (type(exc).__name__, exc)).encode("utf-8", "replace")[:3000])
+                os.write(ready_w, _describe(exc).encode("utf-8", "replace")[:3000])
             except OSError:
                 pass
             os._exit(125)
         return req["argv"], env
 
 
+# The entry scripts jobs run, compiled once by the server (compiling one in
+# every job costs more than running it): path -> (identity, code object).
+ENTRY_SCRIPTS = ("runner.py", "pytest_side/launch.py")
+_compiled = {}
+
+
+def _identity(st):
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
+def _compile_script(path):
+    with open(path, "rb") as f:
+        st = os.fstat(f.fileno())
+        return _identity(st), compile(f.read(), path, "exec", dont_inherit=True)
+
+
+def precompile_entry_scripts():
+    """In the server, before serving: the code of the scripts jobs start."""
+    for rel in ENTRY_SCRIPTS:
+        path = os.path.join(_HERE, rel)  # as jobs' argv name it
+        try:
+            _compiled[path] = _compile_script(path)
+        except (OSError, SyntaxError, ValueError):
+            pass  # a job compiles it itself (and reports what is wrong)
+
+
 def run_script(argv, env):
     """What the interpreter does for `python3 -I [-S] SCRIPT ARGS`: the
-    script's folder first on sys.path, the script run as __main__."""
+    script's folder first on sys.path, the script run as __main__ (the
+    server's compiled code when the file is still the one it compiled)."""
     os.environ.clear()
     os.environ.update(env)
     script = argv[0]
@@ -357,8 +428,11 @@ def run_script(argv, env):
     main.__file__ = script
     main.__builtins__ = builtins
     sys.modules["__main__"] = main
-    with open(script, "rb") as f:
-        code = compile(f.read(), script, "exec", dont_inherit=True)
+    cached = _compiled.get(script)
+    if cached is not None and cached[0] == _identity(os.stat(script)):
+        code = cached[1]
+    else:
+        code = _compile_script(script)[1]
     exec(code, main.__dict__)
 
 
@@ -367,6 +441,7 @@ def _zygote_main():
     # /proc/1/environ and /proc/self/environ show the environment this process
     # started with (PATH and LANG only).
     sock_fd, seccomp_fd = int(sys.argv[1]), int(sys.argv[2])
+    empty_bounding_set()
     for name in sys.argv[3:]:
         try:
             __import__(name)
@@ -374,6 +449,7 @@ def _zygote_main():
             pass
     if sys.path and sys.path[0] == _HERE:
         del sys.path[0]
+    precompile_entry_scripts()
     seccomp = b""
     if seccomp_fd >= 0:
         while True:

@@ -301,3 +301,64 @@ def test_every_thread_and_process_of_a_job_is_in_its_cgroups(forking, cold, path
     # so the job's cgroup is its namespace's root.
     inside = (lambda c: "/../xgrader-bw-cgcheck-" in c) if path == "forked" else (lambda c: c.endswith(":/"))
     assert len(managed) == len(wanted) and all(inside(c) for c in managed), cgroups
+
+
+def _status_caps(pid: int) -> dict[str, int]:
+    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return {k: int(v, 16) for k, v in (l.split(":\t", 1) for l in lines if l.startswith("Cap"))}
+
+
+def test_the_server_empties_its_bounding_set_before_serving(forking):
+    """Jobs inherit an empty bounding and ambient set from the server (which
+    dropped them once, keeping only its effective capabilities), so a job
+    only clears its own sets: test_the_job_holds_no_privilege checks the job."""
+    assert forked(forking)
+    server = forking.forkservers.servers[("-I", "-S")].pids()[-1]
+    caps = _status_caps(server)
+    assert caps["CapBnd"] == 0 and caps["CapAmb"] == 0, caps
+    assert caps["CapEff"] == (1 << 21) | (1 << 12) | (1 << 8), caps  # SYS_ADMIN, NET_ADMIN, SETPCAP
+
+
+def test_init_and_job_share_the_jobs_own_namespaces(forking):
+    """The job's init makes its mount, network and IPC namespaces and W
+    builds the filesystem in them: both live in the same ones, none of them
+    the server's."""
+    job = program(forking, "import time\nprint('up', flush=True)\ntime.sleep(5)", limits=Limits(wall_s=20))
+    running = forking.start(job)
+    try:
+        assert running.proc.stdout.readline() == b"up\n"
+        init = running.proc.pid
+        [w] = Path(f"/proc/{init}/task/{init}/children").read_text().split()
+        server = forking.forkservers.servers[("-I", "-S")].pids()[-1]
+        for ns in ("mnt", "net", "ipc", "pid"):
+            mine = os.readlink(f"/proc/{init}/ns/{ns}")
+            assert os.readlink(f"/proc/{w}/ns/{ns}") == mine, ns
+            assert os.readlink(f"/proc/{server}/ns/{ns}") != mine, ns
+        assert _status_caps(init)["CapEff"] == 0 and _status_caps(int(w))["CapEff"] == 0
+    finally:
+        running.kill()
+        running.wait()
+
+
+def test_an_edited_entry_script_is_compiled_again():
+    """The server compiles runner.py once; a job runs what the file holds
+    now, like a cold start would."""
+    import shutil
+    import tempfile
+
+    from xgrader.config import DEFAULT_RUNNER_DIR
+    base = Path(tempfile.mkdtemp(prefix="xgrader-runner-"))
+    base.chmod(0o755)
+    dest = base / "runner"
+    shutil.copytree(DEFAULT_RUNNER_DIR, dest, ignore=shutil.ignore_patterns("__pycache__", "image"))
+    b = make_backend(Settings(sandbox="bwrap", runner_dir=dest))
+    try:
+        assert forked(b)
+        assert run(b, "print(1)").stdout == "1\n"
+        script = dest / "runner.py"
+        script.write_text("import sys\nsys.stdout.write('edited\\n')\n" + script.read_text())
+        assert forked(b)
+        assert run(b, "print(2)").stdout == "edited\n2\n"
+    finally:
+        b.close()
+        shutil.rmtree(base, ignore_errors=True)
