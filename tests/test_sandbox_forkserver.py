@@ -63,6 +63,11 @@ SAME_AS_COLD = {
     "uncaught": "def f():\n    1/0\nf()",
     "atexit": "import atexit\natexit.register(lambda: print('bye'))\nprint('hi')",
     "unflushed stream": "f = open(1, 'w', closefd=False)\nf.write('raw fd')\nimport sys\nsys.stdout.write('no newline')",
+    "custom stream flushed at exit": ("import io, os\n"
+                                      "class Raw(io.RawIOBase):\n"
+                                      "    def writable(self): return True\n"
+                                      "    def write(self, b): return os.write(1, bytes(b))\n"
+                                      "f = io.TextIOWrapper(io.BufferedWriter(Raw()))\nf.write('pending text')"),
     "thread joined at exit": ("import threading, time\n"
                               "def w():\n    time.sleep(0.2); print('thread done')\n"
                               "threading.Thread(target=w).start()\nprint('main done')"),
