@@ -159,30 +159,46 @@ class Deliverer:
                 self._wake.set()  # the scan's timer must cover the new retry time
 
     def _post(self, item: Delivery) -> tuple[bool, str]:
-        parts = urlsplit(item.callback_url)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
+        scheme, netloc, target = split_callback(item.callback_url)
+        if scheme not in ("http", "https") or not netloc:
             return False, "unsupported callback URL scheme"
-        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         body = urlencode({"xqueue_header": item.header, "xqueue_body": item.result}).encode()
         for _ in range(2):
             reused = False
             try:
-                conn, reused = self._conn(parts.scheme, parts.netloc)
+                conn, reused = self._conn(scheme, netloc)
                 status, will_close = conn.post(target, body)
                 if will_close:
-                    self._drop(parts.scheme, parts.netloc)
+                    self._drop(scheme, netloc)
             except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
-                self._drop(parts.scheme, parts.netloc)
+                self._drop(scheme, netloc)
                 if reused:
                     continue  # the LMS closed an idle kept-alive connection: once more on a new one
                 return False, f"{type(exc).__name__}: {str(exc)[:200]}"
             except (OSError, http.client.HTTPException) as exc:
-                self._drop(parts.scheme, parts.netloc)
+                self._drop(scheme, netloc)
                 return False, f"{type(exc).__name__}: {str(exc)[:200]}"
             if 200 <= status < 300:
                 return True, ""
             return False, f"HTTP {status}"
         return False, "connection closed by the LMS"
+
+
+_PLAIN_URL = re.compile(r"(https?)://([^/?#]+)(/[^?#]*)?(?:\?([^#]*))?(?:#.*)?\Z", re.ASCII | re.DOTALL)
+
+
+def split_callback(url: str) -> tuple[str, str, str]:
+    """(scheme, netloc, request target) of a callback URL, as urlsplit gives
+    them: one regular expression for the usual lowercase http(s) URL without
+    whitespace or control characters, urlsplit (which also strips and drops
+    some of those) for anything else."""
+    m = _PLAIN_URL.match(url)
+    if m is not None and not _BAD_URL_CHARS.search(url):
+        scheme, netloc, path, query = m.groups()
+    else:
+        parts = urlsplit(url)
+        scheme, netloc, path, query = parts.scheme, parts.netloc, parts.path, parts.query
+    return scheme, netloc, (path or "/") + (f"?{query}" if query else "")
 
 
 class _TLSConnection(http.client.HTTPSConnection):

@@ -203,7 +203,8 @@ class WSGIHandler(socketserver.StreamRequestHandler):
             status_headers[:] = [status, headers]
             return lambda data: None  # write() is not used by the app
 
-        server.busy(+1)
+        busy = server.busy
+        busy.add(self)  # set.add/discard are atomic: no lock per request
         try:
             result = server.app(env, start_response)
             try:
@@ -213,7 +214,7 @@ class WSGIHandler(socketserver.StreamRequestHandler):
                 if close:
                     close()
         finally:
-            server.busy(-1)
+            busy.discard(self)
         status, headers = status_headers
         out = [f"HTTP/1.1 {status}\r\n"]
         for k, v in headers:
@@ -239,8 +240,8 @@ class KeepAliveWSGIServer(ThreadingHTTPServer):
     def __init__(self, host: str, port: int, app: Callable) -> None:
         self.app = app
         self._conns: set[socket.socket] = set()
-        self._conns_lock = threading.Condition()
-        self._busy = 0
+        self._conns_lock = threading.Lock()
+        self.busy: set[WSGIHandler] = set()  # handlers inside the app right now
         super().__init__((host, port), WSGIHandler)
         self.host_str, self.port_str = str(self.server_address[0]), str(self.server_address[1])
 
@@ -254,18 +255,14 @@ class KeepAliveWSGIServer(ThreadingHTTPServer):
             self._conns.discard(request)
         super().shutdown_request(request)
 
-    def busy(self, delta: int) -> None:
-        with self._conns_lock:
-            self._busy += delta
-            if not self._busy:
-                self._conns_lock.notify_all()
-
     def close_connections(self, grace_s: float = 5.0) -> None:
         """After shutdown(): let requests in progress finish (bounded), then
         end the kept-alive connections so their threads stop serving (a
         stopped server must not answer anything)."""
+        deadline = time.monotonic() + grace_s
+        while self.busy and time.monotonic() < deadline:
+            time.sleep(0.01)
         with self._conns_lock:
-            self._conns_lock.wait_for(lambda: self._busy == 0, timeout=grace_s)
             conns = list(self._conns)
         for conn in conns:
             try:
