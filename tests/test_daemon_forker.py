@@ -143,3 +143,20 @@ def test_a_new_forker_replaces_one_holding_restarted_helpers(mini_xqueue, tmp_pa
     assert code == 0 and len(forkers) == 2 and forkers[0] != forkers[1]
     assert parents == forkers                # each job from the forker current at the time
     assert not alive(forkers[0])             # the old one closed once it had no children left
+
+
+def test_a_job_of_any_size_reaches_its_child_through_the_forker(mini_xqueue, tmp_path: Path):
+    """The job travels through a pipe the child reads to EOF, not in the
+    request datagram (a few hundred KB would not fit one)."""
+    big = dict(BODY, student_response="#" * 3_000_000)
+    mini_xqueue.submit("q", big)
+    marks = tmp_path / "marks"
+
+    def job(ctx, reporter):
+        marks.write_text(f"{len(ctx.content)} {os.getppid()}")
+        ok_job(ctx, reporter)
+
+    daemon = _daemon(mini_xqueue, job)
+    code = _run(daemon, lambda: mini_xqueue.answered() == 1)
+    size, parent = map(int, marks.read_text().split())
+    assert code == 0 and size > 3_000_000 and parent != os.getpid()

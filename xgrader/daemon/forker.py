@@ -18,9 +18,11 @@ deadlines and kills their trees, exactly as for children it forked itself
 children die with it; the parent then treats them as killed and forks
 its own children again.
 
-Protocol, on a SOCK_SEQPACKET pair (one JSON message per datagram):
-  parent -> forker: {"job": "<job JSON>"} with fds [report w]  (a job child)
-                    {"ready": true}        with fds [report w, job r]  (a ready child)
+Protocol, on a SOCK_SEQPACKET pair (one small JSON message per datagram):
+  parent -> forker: {"prepare": bool} with fds [report w, job r]: fork a
+                    child that runs prepare() if asked, reads its job from
+                    the job pipe to EOF (the parent writes it after the
+                    answer: a job of any size) and runs it
   forker -> parent: {"pid": N}  (the answer to each request, in order; -1: fork failed)
                     {"exit": N, "status": S}  (os.waitstatus of a reaped child)
 EOF on either side: the other side is gone.
@@ -62,20 +64,16 @@ class ForkerClient:
     def fileno(self) -> int:
         return self.sock.fileno() if self.alive else -1
 
-    def spawn_job(self, job: bytes, report_w: int) -> int | None:
-        return self._spawn({"job": job.decode()}, [report_w])
-
-    def spawn_ready(self, report_w: int, job_r: int) -> int | None:
-        return self._spawn({"ready": True}, [report_w, job_r])
-
-    def _spawn(self, request: dict, fds: list[int]) -> int | None:
-        """The new child's pid, or None when the forker is gone or stuck (the
-        caller forks the child itself). The fds stay the caller's to close."""
+    def spawn(self, report_w: int, job_r: int, prepare: bool) -> int | None:
+        """A new child's pid, or None when the forker is gone or stuck (the
+        caller forks the child itself). The fds stay the caller's to close;
+        the child reads its job from `job_r` to EOF."""
         if not self.alive or self.retiring:
             return None
         try:
-            self.sock.sendmsg([json.dumps(request).encode()],
-                              [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())])
+            self.sock.sendmsg([json.dumps({"prepare": prepare}).encode()],
+                              [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                array.array("i", [report_w, job_r]).tobytes())])
         except OSError as exc:
             self._lost(f"send: {exc}")
             return None
@@ -201,7 +199,7 @@ def _serve(sock: socket.socket, run_job: RunJob, prepare: Callable[[], None] | N
         _reap(sock, children)
         if sock not in ready:
             continue
-        data, anc, _flags, _addr = sock.recvmsg(1 << 20, socket.CMSG_SPACE(2 * 4))
+        data, anc, _flags, _addr = sock.recvmsg(4096, socket.CMSG_SPACE(2 * 4))
         if not data:
             return  # the parent is gone or done: our children go with us (PDEATHSIG)
         fds: list[int] = []
@@ -210,6 +208,8 @@ def _serve(sock: socket.socket, run_job: RunJob, prepare: Callable[[], None] | N
                 fds += array.array("i", payload[: len(payload) - len(payload) % 4]).tolist()
         try:
             request = json.loads(data)
+            if len(fds) != 2:
+                raise ValueError(f"{len(fds)} descriptors, not 2")
             pid = os.fork()
         except BaseException as exc:  # noqa: BLE001 - EAGAIN, ENOMEM, garbage: the parent forks itself
             log.warning("forker_fork_failed", error=f"{type(exc).__name__}: {str(exc)[:200]}")
@@ -225,15 +225,11 @@ def _serve(sock: socket.socket, run_job: RunJob, prepare: Callable[[], None] | N
                 os.setpgid(0, 0)
                 reset_in_child()
                 die_with_parent(me)
-                reporter = Reporter(fds[0])
-                if "ready" in request:
-                    if prepare is not None:
-                        prepare()
-                    job = _read_all(fds[1])
-                    os.close(fds[1])
-                    run_job(reporter, job)
-                else:
-                    run_job(reporter, request["job"].encode())
+                if request.get("prepare") and prepare is not None:
+                    prepare()
+                job = _read_all(fds[1])
+                os.close(fds[1])
+                run_job(Reporter(fds[0]), job)
             except BaseException:  # noqa: BLE001 - the parent sees the exit status
                 code = 1
             finally:

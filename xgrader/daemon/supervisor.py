@@ -121,13 +121,20 @@ class Supervisor:
         forker = self._forker()
         if forker is not None:
             r, w = os.pipe()
-            pid = forker.spawn_job(job, w)
+            jr, jw = os.pipe()
+            pid = forker.spawn(w, jr, prepare=False)
+            os.close(jr)
             if pid is not None:
                 handle = self._register(pid, r, w, label=label, timeout=timeout, context=context)
                 handle.forker = forker
-                return handle
-            os.close(r)
-            os.close(w)
+                handle.job_fd = jw
+                handle.assigned = False
+                if self.assign(handle, job, timeout=timeout, label=label, context=context):
+                    return handle
+                # It could not take its job (killed by assign; reaped by poll()).
+            else:
+                for fd in (r, w, jw):
+                    os.close(fd)
         return self.spawn(local, timeout=timeout, label=label, context=context)
 
     def __len__(self) -> int:
@@ -162,7 +169,7 @@ class Supervisor:
         jr, jw = os.pipe()
         forker = self._forker()
         if forker is not None:
-            pid = forker.spawn_ready(w, jr)
+            pid = forker.spawn(w, jr, prepare=prepare is not None)
             if pid is not None:
                 os.close(jr)
                 handle = self._register(pid, r, w, label=label, timeout=float("inf"))
