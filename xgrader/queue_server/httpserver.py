@@ -63,6 +63,8 @@ class _BodyReader(io.RawIOBase):
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
 _SKIP_HEADERS = ("content-length", "connection", "transfer-encoding")
 _date_cache = [0, ""]
+_ENV_KEYS: dict[str, str] = {}  # header name as sent -> its WSGI environ key
+SMALL_BODY = 65536  # bodies up to this are read whole before the app runs
 
 
 def _http_date() -> str:
@@ -146,7 +148,11 @@ class WSGIHandler(socketserver.StreamRequestHandler):
             name, colon, value = text.partition(":")
             if not colon:
                 continue  # not a header line: ignored, like email's parser
-            key = "HTTP_" + name.strip().upper().replace("-", "_")
+            key = _ENV_KEYS.get(name)
+            if key is None:
+                key = "HTTP_" + name.strip().upper().replace("-", "_")
+                if len(_ENV_KEYS) < 512:  # header names are the client's: bounded
+                    _ENV_KEYS[name] = key
             value = value.strip()
             env[key] = f"{env[key]},{value}" if key in env else value
             last = key
@@ -173,7 +179,15 @@ class WSGIHandler(socketserver.StreamRequestHandler):
         return True
 
     def _run(self, env: dict, command: str, path: str, version: str, length: int) -> None:
-        body = _BodyReader(self.rfile, length)
+        if length <= SMALL_BODY:  # the usual xqueue call: one read, no reader objects per request
+            data = self.rfile.read(length) if length else b""
+            if len(data) < length:
+                self.close_connection = True
+            body: Any = None
+            stream: Any = io.BytesIO(data)
+        else:
+            body = _BodyReader(self.rfile, length)
+            stream = io.BufferedReader(body, 65536)
         path, _, query = path.partition("?")
         if "://" in path:  # absolute-form request target
             path = "/" + path.split("://", 1)[1].partition("/")[2]
@@ -191,7 +205,7 @@ class WSGIHandler(socketserver.StreamRequestHandler):
             "CONTENT_TYPE": env.pop("HTTP_CONTENT_TYPE", ""),
             "wsgi.version": (1, 0),
             "wsgi.url_scheme": "http",
-            "wsgi.input": io.BufferedReader(body, 65536),
+            "wsgi.input": stream,
             "wsgi.errors": sys.stderr,
             "wsgi.multithread": True,
             "wsgi.multiprocess": False,
@@ -221,7 +235,7 @@ class WSGIHandler(socketserver.StreamRequestHandler):
             if k.lower() not in _SKIP_HEADERS:
                 out.append(f"{k}: {v}\r\n")
         out.append(f"Content-Length: {len(payload)}\r\n")
-        if not body.drain():
+        if body is not None and not body.drain():
             self.close_connection = True
         if self.close_connection:
             out.append("Connection: close\r\n")
