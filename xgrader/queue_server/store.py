@@ -111,6 +111,34 @@ class _Lease:
             c.close()
 
 
+class _WriteLease:
+    __slots__ = ("store",)
+
+    def __init__(self, store: "Store") -> None:
+        self.store = store
+
+    def __enter__(self) -> sqlite3.Connection:
+        store = self.store
+        store._wlock.acquire()
+        try:
+            if store._w is None:
+                store._w = store._open()
+                with store._lock:
+                    store._all.append(store._w)
+        except BaseException:
+            store._wlock.release()
+            raise
+        return store._w
+
+    def __exit__(self, *exc: object) -> None:
+        store = self.store
+        try:
+            if store._w is not None and store._w.in_transaction:
+                store._w.rollback()
+        finally:
+            store._wlock.release()
+
+
 @dataclass(frozen=True)
 class Pulled:
     id: int
@@ -142,6 +170,8 @@ class Store:
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         self._pool_size = pool_size
+        self._wlock = threading.Lock()
+        self._w: sqlite3.Connection | None = None
         with self.conn() as c:
             c.executescript(SCHEMA)
             # The counts are derived data: recomputed at start, so a database
@@ -165,6 +195,16 @@ class Store:
         open is rolled back when it comes back."""
         return _Lease(self)
 
+    def writer(self) -> "_WriteLease":
+        """`with store.writer() as c:` the one connection this process writes
+        through, one thread at a time. Writers in a process queue on a
+        Python lock (woken at once when the previous one is done) instead of
+        meeting in SQLite, whose busy handler sleeps and retries, and the
+        writer's page cache stays valid (no other connection of this
+        process writes). SQLite's own locking still orders this process
+        against any other."""
+        return _WriteLease(self)
+
     def close(self) -> None:
         with self._lock:
             for c in self._all:
@@ -180,7 +220,7 @@ class Store:
         """Store a submission (and its files); retire earlier unanswered ones
         from the same callback URL. Returns (id, queue length)."""
         now = time.time()
-        with self.conn() as c:
+        with self.writer() as c:
             c.execute("BEGIN IMMEDIATE")
             tokens: dict[str, str] = {}
             for field, (name, data) in (files or {}).items():
@@ -218,7 +258,7 @@ class Store:
         """Lease the oldest pending, unleased submission under a new key."""
         now = time.time()
         key = secrets.token_hex(16)
-        with self.conn() as c:
+        with self.writer() as c:
             # IMMEDIATE: take the write lock before reading, so the choice and
             # the lease are one step for every concurrent puller.
             c.execute("BEGIN IMMEDIATE")
@@ -242,7 +282,7 @@ class Store:
         but never delivered again."""
         now = time.time()
         delivery = None
-        with self.conn() as c:
+        with self.writer() as c:
             c.execute("BEGIN IMMEDIATE")
             row = c.execute("SELECT key, state, result IS NOT NULL, lms_callback_url, header"
                             " FROM submissions WHERE id=?", (sid,)).fetchone()
@@ -285,7 +325,7 @@ class Store:
     def deliveries_due_now(self) -> None:
         """At start-up: every pending delivery is due (handoffs of a previous
         run were lost with it)."""
-        with self.conn() as c:
+        with self.writer() as c:
             c.execute("UPDATE submissions SET delivery_next=0 WHERE delivery='pending'")
 
     def next_delivery_at(self) -> float | None:
@@ -294,7 +334,7 @@ class Store:
         return row[0]
 
     def delivery_done(self, sid: int, ok: bool, error: str, retry_at: float | None) -> None:
-        with self.conn() as c:
+        with self.writer() as c:
             if ok:
                 state = "delivered"
             elif retry_at is None:
@@ -313,7 +353,7 @@ class Store:
 
     def add_file(self, name: str, data: bytes) -> str:
         token = secrets.token_hex(16)
-        with self.conn() as c:
+        with self.writer() as c:
             c.execute("INSERT INTO files(token, name, data) VALUES (?, ?, ?)", (token, name, data))
         return token
 
@@ -321,7 +361,7 @@ class Store:
     def new_session(self, user: str, ttl_s: float) -> tuple[str, float]:
         token = secrets.token_hex(20)
         expires = time.time() + ttl_s
-        with self.conn() as c:
+        with self.writer() as c:
             c.execute("INSERT INTO sessions(token, user, expires) VALUES (?, ?, ?)", (token, user, expires))
             c.execute("DELETE FROM sessions WHERE expires < ?", (time.time(),))
         return token, expires
@@ -332,7 +372,7 @@ class Store:
         return (row[0], row[1]) if row else None
 
     def drop_session(self, token: str) -> None:
-        with self.conn() as c:
+        with self.writer() as c:
             c.execute("DELETE FROM sessions WHERE token=?", (token,))
 
     # -- read-only views -----------------------------------------------------
