@@ -2,11 +2,15 @@
 
 Everything a restart must not lose lives here: submissions with their
 lease (key, leased_until), results, callback delivery state, uploaded files
-and login sessions. Connections are pooled (the threaded server starts a
-thread per request, so a per-thread connection would be opened per request).
+and login sessions. Writes go through one connection, one thread at a
+time (`writer()`); reads take a connection from a small pool (the server
+keeps a thread per client connection).
 
-Pulling is one `UPDATE ... RETURNING` statement: SQLite serialises writers,
-so two graders can never lease the same submission at once.
+Pulling is one `UPDATE ... RETURNING` statement in a `BEGIN IMMEDIATE`
+transaction: writers are serialised, so two graders can never lease the same
+submission at once. The queue length comes from a per-queue count of
+pending rows that triggers keep in the same transactions, less the rows
+under a live lease: its cost does not grow with the backlog.
 """
 
 from __future__ import annotations
