@@ -567,7 +567,11 @@ def test_http_request_parsing_edges(queue):
                       (b"GET / HTTX/1.1\r\n\r\n", b"400"),
                       (b"GET / HTTP/1.1\r\n" + b"X-A: 1\r\n" * 101 + b"\r\n", b"431"),
                       (b"GET / HTTP/1.1\r\nX-A: " + b"a" * 70000 + b"\r\n\r\n", b"431"),
-                      (b"POST /xqueue/status/ HTTP/1.1\r\nContent-Length: -3\r\n\r\n", b"400")):
+                      (b"POST /xqueue/status/ HTTP/1.1\r\nContent-Length: -3\r\n\r\n", b"400"),
+                      (b"POST /xqueue/status/ HTTP/1.1\r\nContent-Length: 1_0\r\n\r\n", b"400"),
+                      (b"POST /xqueue/status/ HTTP/1.1\r\nContent-Length: +2\r\n\r\nab", b"400"),
+                      (b"POST /xqueue/status/ HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nab",
+                       b"400")):
         lines, _ = exchange(raw + status)  # the connection ends after the error
         assert len(lines) == 1 and lines[0].startswith(b"HTTP/1.1 " + code), (raw[:40], lines)
     # a path starting with // is the same path; a percent-encoded path is decoded

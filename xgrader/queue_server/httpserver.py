@@ -169,10 +169,9 @@ class WSGIHandler(socketserver.StreamRequestHandler):
             self.send_error(411, "Content-Length required")
             return False
         cl = env.pop("HTTP_CONTENT_LENGTH", "")
-        try:
-            length = int(cl) if cl else 0
-        except ValueError:
-            length = -1
+        # ASCII digits only: int() would also take "+5", "1_0" or " 5", and a
+        # repeated header arrives joined ("5,5"); any of them is a 400.
+        length = int(cl) if cl.isascii() and cl.isdigit() else (0 if not cl else -1)
         if length < 0:
             self.send_error(400, "bad Content-Length")
             return False
