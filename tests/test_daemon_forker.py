@@ -11,7 +11,7 @@ import threading
 import time
 from pathlib import Path
 
-from tests.support.daemon import MiniClient, NoSandbox, mini_xqueue, stop_when  # noqa: F401 - fixture
+from tests.support.daemon import MiniClient, NoSandbox, stop_when
 from tests.test_daemon_supervisor import BODY, alive, ok_job, settings_for
 from xgrader.daemon import Daemon
 

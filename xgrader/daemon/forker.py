@@ -46,7 +46,6 @@ from xgrader.daemon.messages import Reporter
 log = structlog.get_logger(__name__)
 
 ANSWER_TIMEOUT_S = 5.0    # a fork answers in milliseconds; longer means a stuck forker
-KILLED = signal.SIGKILL   # status of children whose forker died (PDEATHSIG killed them)
 
 RunJob = Callable[[Reporter, bytes], None]
 

@@ -322,7 +322,7 @@ class Daemon:
             # live children's pipe ends and an older forker's socket (held
             # here, they would never reach EOF), the keep-alive connection,
             # the signal wake-up pipe.
-            self.supervisor._close_inherited()
+            self.supervisor.drop_inherited()
             fresh_connections(self.client)
             for fd in (self.signals.wake_r, self.signals.wake_w):
                 if fd >= 0:

@@ -118,24 +118,31 @@ class Supervisor:
                   context: Any = None) -> ChildHandle:
         """A child for `job`: forked by the forker (which runs the job it was
         started with on these bytes), else here, running `local`."""
-        forker = self._forker()
-        if forker is not None:
-            r, w = os.pipe()
-            jr, jw = os.pipe()
-            pid = forker.spawn(w, jr, prepare=False)
-            os.close(jr)
-            if pid is not None:
-                handle = self._register(pid, r, w, label=label, timeout=timeout, context=context)
-                handle.forker = forker
-                handle.job_fd = jw
-                handle.assigned = False
-                if self.assign(handle, job, timeout=timeout, label=label, context=context):
-                    return handle
-                # It could not take its job (killed by assign; reaped by poll()).
-            else:
-                for fd in (r, w, jw):
-                    os.close(fd)
+        handle = self._from_forker(label, prepare=False)
+        if handle is not None and self.assign(handle, job, timeout=timeout, label=label, context=context):
+            return handle
+        # No forker, or its child could not take the job (killed by assign; reaped by poll()).
         return self.spawn(local, timeout=timeout, label=label, context=context)
+
+    def _from_forker(self, label: str, *, prepare: bool) -> ChildHandle | None:
+        """A child forked by the forker, waiting for its job on its own pipe
+        (no deadline until assign()); None when there is no usable forker."""
+        forker = self._forker()
+        if forker is None:
+            return None
+        r, w = os.pipe()
+        jr, jw = os.pipe()
+        pid = forker.spawn(w, jr, prepare=prepare)
+        os.close(jr)
+        if pid is None:
+            for fd in (r, w, jw):
+                os.close(fd)
+            return None
+        handle = self._register(pid, r, w, label=label, timeout=float("inf"))
+        handle.job_fd = jw
+        handle.assigned = False
+        handle.forker = forker
+        return handle
 
     def __len__(self) -> int:
         return len(self.children)
@@ -149,7 +156,7 @@ class Supervisor:
             code = 0
             try:
                 os.close(r)
-                self._close_inherited()
+                self.drop_inherited()
                 os.setpgid(0, 0)
                 reset_in_child()
                 die_with_parent(parent)
@@ -165,18 +172,11 @@ class Supervisor:
         once assign() gives it its job; no deadline until then. Retired (or
         the parent gone) it calls fn with an empty job, to clean up. With a
         forker, the forker forks it (running its own prepare and job function)."""
+        handle = self._from_forker(label, prepare=prepare is not None)
+        if handle is not None:
+            return handle
         r, w = os.pipe()
         jr, jw = os.pipe()
-        forker = self._forker()
-        if forker is not None:
-            pid = forker.spawn(w, jr, prepare=prepare is not None)
-            if pid is not None:
-                os.close(jr)
-                handle = self._register(pid, r, w, label=label, timeout=float("inf"))
-                handle.job_fd = jw
-                handle.assigned = False
-                handle.forker = forker
-                return handle
         parent = os.getpid()
         pid = os.fork()
         if pid == 0:  # child: never returns
@@ -184,7 +184,7 @@ class Supervisor:
             try:
                 os.close(r)
                 os.close(jw)
-                self._close_inherited()
+                self.drop_inherited()
                 os.setpgid(0, 0)
                 reset_in_child()
                 die_with_parent(parent)
@@ -203,9 +203,10 @@ class Supervisor:
         handle.assigned = False
         return handle
 
-    def _close_inherited(self) -> None:
-        """In a new child: the other children's pipe ends are the parent's.
-        A ready child's job pipe held open here would never reach EOF."""
+    def drop_inherited(self) -> None:
+        """In a new child or a new forker: the other children's pipe ends and
+        the forkers' sockets are the parent's (a ready child's job pipe, or an
+        old forker's socket, held open here would never reach EOF)."""
         for handle in self.children.values():
             for fd in (handle.fd, handle.job_fd):
                 if fd is not None:

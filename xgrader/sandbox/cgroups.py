@@ -258,41 +258,43 @@ class JobCgroup:
         except OSError:
             return self.pids()
 
+    def _cgroup_kill(self) -> bool:
+        """v2: the kernel kills the whole cgroup; False where it cannot (v1,
+        or before Linux 5.14)."""
+        if not self.v2:
+            return False
+        try:
+            _write(self._p["unified"] + "cgroup.kill", "1")
+            return True
+        except OSError:
+            return False
+
+    def _sweep(self) -> bool:
+        """SIGKILL every process in the job now; False when there was none."""
+        pids = self._live_pids()
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        return bool(pids)
+
     def kill_once(self) -> None:
         """SIGKILL everything in the job now, without waiting for it to go.
         Enough for a forked job: its init (pid 1 of the job's pid namespace)
         is in here, and the kernel takes every process of that namespace down
         with it; the host then waits for the init's exit status (an event, no
         polling) and finish() checks the cgroup is empty."""
-        if self.v2:
-            try:
-                _write(self._p["unified"] + "cgroup.kill", "1")
-                return
-            except OSError:  # before Linux 5.14: no cgroup.kill
-                pass
-        for pid in self._live_pids():
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        if not self._cgroup_kill():
+            self._sweep()
 
     def kill(self) -> None:
-        if self.v2:
-            try:
-                _write(self._p["unified"] + "cgroup.kill", "1")
-            except OSError:  # before Linux 5.14: no cgroup.kill
-                pass
+        self._cgroup_kill()
         # v1 (and the v2 fallback): SIGKILL until empty; a forking job cannot outrun
         # the loop because pids.max bounds it and killed pids never come back.
         for _ in range(1000):
-            pids = self._live_pids()
-            if not pids:
+            if not self._sweep():
                 return
-            for pid in pids:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
             time.sleep(0.001)
         log.warning("cgroup_not_empty", cgroup=str(next(iter(self.dirs.values()))))
 
