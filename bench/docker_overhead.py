@@ -14,8 +14,8 @@ import sys
 import time
 
 from xgrader.config import Settings
-from xgrader.sandbox.base import SandboxJob, Verdict
-from xgrader.sandbox.docker_backend import DockerBackend
+from xgrader.backends.base import SandboxJob, Verdict
+from xgrader.backends.docker_backend import DockerBackend
 
 DEFAULT_URL = "unix:///run/xgrader-podman.sock"
 
@@ -60,7 +60,7 @@ def main(n: int = 20, url: str = DEFAULT_URL) -> dict[str, float]:
 def interactive(n: int, url: str) -> tuple[float, float]:
     """Medians of start -> load -> call -> result, cold and warm (the pool
     refilled between samples: the latency of a job that finds one ready)."""
-    from xgrader.sandbox import make_backend
+    from xgrader.backends import make_backend
     src = {"sub.py": b"def f(x):\n    return x + 1\n"}
 
     def one(b) -> float:

@@ -39,9 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     from xgrader.grading import Grader
     from xgrader.handlers.expected import ExpectedStore
     from xgrader.job import GradeRequest
-    from xgrader.sandbox import cgroups as cgm
-    from xgrader.sandbox import make_backend
-    from xgrader.sandbox.base import SandboxJob, Verdict
+    from xgrader.backends import cgroups as cgm
+    from xgrader.backends import make_backend
+    from xgrader.backends.base import SandboxJob, Verdict
 
     current = [""]
     job_cpu: dict[str, float] = {}

@@ -245,7 +245,7 @@ def xgrader_grader(sandbox: str, warm_pool: int, cache: Path,
     from xgrader.grading import Grader
     from xgrader.handlers.expected import ExpectedStore
     from xgrader.job import GradeRequest
-    from xgrader.sandbox import make_backend
+    from xgrader.backends import make_backend
 
     settings = Settings(handlers=HANDLERS, sandbox=sandbox, warm_pool=warm_pool, sandbox_fork_server=fork_server)
     backend = make_backend(settings, unsafe_ok=sandbox == "unsafe")

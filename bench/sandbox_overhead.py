@@ -8,7 +8,7 @@
    so a busy host's drift hits all of them alike.
 2. Latency of a trivial interactive job (start the runner, load a one-line
    module, call it, exit) forked by the fork server, started cold, and from
-   the warm pool (xgrader/sandbox/warm.py; the pool refills between samples,
+   the warm pool (xgrader/backends/warm.py; the pool refills between samples,
    outside the timing: the latency a job sees when a warm sandbox is ready).
 3. Where a cold bwrap start goes: the same bwrap command without our harness
    (no cgroup, no seccomp memfd, no rlimits/uid drop in a Python preexec),
@@ -29,10 +29,10 @@ from pathlib import Path
 import structlog
 
 from xgrader.config import Settings
-from xgrader.sandbox.base import SandboxJob, Verdict
-from xgrader.sandbox.bwrap import BwrapBackend
-from xgrader.sandbox.unsafe import UnsafeBackend
-from xgrader.sandbox.warm import WarmPool
+from xgrader.backends.base import SandboxJob, Verdict
+from xgrader.backends.bwrap import BwrapBackend
+from xgrader.backends.unsafe import UnsafeBackend
+from xgrader.backends.warm import WarmPool
 
 BLOCK = 10
 MODULE = {"m.py": b"def f(x):\n    return x + 1\n"}
@@ -129,7 +129,7 @@ def main(n: int = 40) -> dict[str, float]:
     prefix = bwrap._argv(batch, [], 3)
     prefix = [a for i, a in enumerate(prefix) if a != "--seccomp" and prefix[i - 1] != "--seccomp"]
     raw = [_ms(lambda: subprocess.run(prefix, env={}, check=True)) for _ in range(n)]
-    from xgrader.sandbox.base import Limits
+    from xgrader.backends.base import Limits
 
     def cgroup_cycle() -> None:
         cg = bwrap.cgroups.create("bench", Limits())

@@ -290,7 +290,7 @@ class Scope:
         return None
 
     def leftovers(self) -> list[str]:
-        from xgrader.sandbox.cgroups import DAEMON_LEAF
+        from xgrader.backends.cgroups import DAEMON_LEAF
         found = []
         for d in self.dirs:
             for sub in sorted(d.rglob("*")):

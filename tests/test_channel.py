@@ -1,4 +1,4 @@
-"""The harness channel's decoder (xgrader/sandbox/channel.py): nesting is
+"""The harness channel's decoder (xgrader/backends/channel.py): nesting is
 bounded before json.loads runs, whatever brackets hide inside strings."""
 
 import json
@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from xgrader.sandbox.channel import MAX_DEPTH, ChannelError, check_depth, decode_message
+from xgrader.backends.channel import MAX_DEPTH, ChannelError, check_depth, decode_message
 
 
 def nested(rng: random.Random, depth: int):

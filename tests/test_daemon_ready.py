@@ -12,8 +12,8 @@ from xgrader.config import Settings
 from xgrader.daemon.child import JobContext
 from xgrader.daemon.messages import ChildReport, Reporter
 from xgrader.daemon.supervisor import Supervisor
-from xgrader.sandbox import make_backend
-from xgrader.sandbox.base import SandboxJob
+from xgrader.backends import make_backend
+from xgrader.backends.base import SandboxJob
 from xgrader.wire import GraderReply
 from tests.support.fork import in_forked_child
 from tests.test_daemon_supervisor import BODY, Recorder, run_daemon

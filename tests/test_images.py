@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from xgrader.config import Settings
-from xgrader.sandbox.docker_backend import runner_digest
+from xgrader.backends.docker_backend import runner_digest
 
 pytestmark = pytest.mark.docker
 
@@ -81,7 +81,7 @@ def test_daemon_image_runs_as_non_root(daemon_image):
     r = podman("run", "--rm", "--network=none", daemon_image, "xgrader", "--help")
     assert r.returncode == 0 and "xqueue-compatible external grader" in r.stdout, r.stderr
     r = podman("run", "--rm", "--network=none", daemon_image, "python3", "-c",
-               "import os, xgrader.sandbox.docker_backend\n"
+               "import os, xgrader.backends.docker_backend\n"
                "from xgrader.config import Settings\ns = Settings()\n"
                "print(os.getuid(), (s.runner_dir / 'runner.py').is_file(), s.handlers.is_dir())")
     assert r.returncode == 0 and r.stdout.split() == ["10001", "True", "True"], r.stdout + r.stderr

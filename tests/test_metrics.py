@@ -15,7 +15,7 @@ from xgrader.daemon.messages import ChildReport, Reporter
 from xgrader.daemon.supervisor import Supervisor
 from xgrader.hooks import HookChain
 from xgrader.metrics import InstrumentedBackend, MetricsHooks, build_hooks, metric_names, start_metrics_server
-from xgrader.sandbox import SandboxError, SandboxJob, make_backend
+from xgrader.backends import SandboxError, SandboxJob, make_backend
 
 
 def scrape(port: int) -> str:

@@ -18,7 +18,7 @@ import requests
 
 from xgrader.config import Settings
 from xgrader.push import PushServer, parse_push
-from xgrader.sandbox import make_backend
+from xgrader.backends import make_backend
 from xgrader.wire import PayloadError
 from tests.support.grading import write_assignment
 
@@ -300,7 +300,7 @@ def test_serve_push_command(handlers, tmp_path):
 def test_push_children_grade_through_the_servers_fork_servers(push, monkeypatch):
     """The push server starts bwrap's fork servers before it forks a child,
     as the daemon does: a job's sandbox is forked by them, not started cold."""
-    import xgrader.sandbox.bwrap as bwrap_mod
+    import xgrader.backends.bwrap as bwrap_mod
 
     server, url = push
     servers = server.backend.forkservers.servers[("-I", "-S")]

@@ -11,7 +11,7 @@ import pytest
 
 from xgrader.handlers.student import StudentRunner
 from xgrader.handlers.values import Handle, decode, strict_equal
-from xgrader.sandbox.base import Limits, SandboxJob
+from xgrader.backends.base import Limits, SandboxJob
 
 SOURCE = '''
 import sys

@@ -15,8 +15,8 @@ import pytest
 
 from xgrader.config import DEFAULT_RUNNER_DIR, Settings
 from xgrader.handlers.student import StudentRunner, _cache_tag, _fresh, ensure_runner_bytecode
-from xgrader.sandbox import make_backend
-from xgrader.sandbox.base import Limits
+from xgrader.backends import make_backend
+from xgrader.backends.base import Limits
 
 PYTHON = Settings().sandbox_python
 

@@ -5,7 +5,7 @@ properties are in tests/attacks/ (sandboxed backends only)."""
 
 import time
 
-from xgrader.sandbox.base import Limits, SandboxJob, Verdict
+from xgrader.backends.base import Limits, SandboxJob, Verdict
 
 PY = ["python3", "-I", "-S", "x.py"]
 

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 
 from xgrader.config import Settings
-from xgrader.sandbox.base import Limits, SandboxError, SandboxJob, Verdict
-from xgrader.sandbox.bwrap import BwrapBackend
+from xgrader.backends.base import Limits, SandboxError, SandboxJob, Verdict
+from xgrader.backends.bwrap import BwrapBackend
 
 
 @pytest.fixture(scope="module")
@@ -97,8 +97,8 @@ def test_cgroup_limits_written_and_removed(bw):
 CRASHER = """
 import sys, time
 from xgrader.config import Settings
-from xgrader.sandbox.bwrap import BwrapBackend
-from xgrader.sandbox.base import SandboxJob
+from xgrader.backends.bwrap import BwrapBackend
+from xgrader.backends.base import SandboxJob
 b = BwrapBackend(Settings(sandbox="bwrap"))
 sb = b.start(SandboxJob(argv=["python3", "-I", "-S", "-c", "import time; time.sleep(300)"], label="crashme"))
 time.sleep(0.3)
@@ -199,7 +199,7 @@ def test_cgroup_v2_delegation_moves_the_daemon_to_a_leaf(tmp_path, monkeypatch):
     holds processes (EBUSY) they move to a leaf first; job limits land in the
     v2 files."""
     import errno
-    from xgrader.sandbox import cgroups
+    from xgrader.backends import cgroups
     root = tmp_path / "cg"
     svc = root / "system.slice" / "xgrader.service"
     svc.mkdir(parents=True)
@@ -290,7 +290,7 @@ def test_student_code_imports_course_packages_without_site_hooks():
 def test_launcher_failure_is_a_sandbox_error_not_a_verdict(bw, monkeypatch):
     """The spawn chain (dash: cgroup join + ulimits, setpriv, bwrap) failing
     before bwrap reports its child: SandboxError at start, cgroup removed."""
-    import xgrader.sandbox.bwrap as bwrap_mod
+    import xgrader.backends.bwrap as bwrap_mod
     before = set(bw.cgroups.owned_by(os.getpid()))
     monkeypatch.setattr(bwrap_mod, "SETPRIV", "/nonexistent/setpriv")
     with pytest.raises(SandboxError, match="cannot start the sandbox: .*setpriv"):

@@ -17,9 +17,9 @@ import pytest
 
 from tests.support.sandbox import docker_settings
 from xgrader.config import Settings
-from xgrader.sandbox import make_backend
-from xgrader.sandbox.base import ChannelError, Limits, SandboxError, SandboxJob, Verdict
-from xgrader.sandbox.docker_backend import CGROUP_PREFIX, LABEL, OWNER, TMP_PREFIX, DockerBackend
+from xgrader.backends import make_backend
+from xgrader.backends.base import ChannelError, Limits, SandboxError, SandboxJob, Verdict
+from xgrader.backends.docker_backend import CGROUP_PREFIX, LABEL, OWNER, TMP_PREFIX, DockerBackend
 
 pytestmark = pytest.mark.docker
 
@@ -199,7 +199,7 @@ def test_channel_is_the_socket_not_stdout(docker):
 
 
 def test_runner_that_dies_before_connecting_is_a_channel_error(docker):
-    from xgrader.sandbox.base import ChannelError
+    from xgrader.backends.base import ChannelError
     j = SandboxJob(argv=["python3", "-c", "raise SystemExit(4)"], channel=True, label="noconn")
     t0 = time.monotonic()
     with docker.start(j) as sb:
@@ -317,7 +317,7 @@ def test_warm_pool_serves_a_job_with_its_own_limits(podman_engine):
     """Pre-started containers (XGRADER_WARM_POOL): a job takes one, gets its
     files through the runner, the job's memory limit (not the template's)
     applies, and every container is used once."""
-    from xgrader.sandbox.warm import WarmPool
+    from xgrader.backends.warm import WarmPool
     pool = make_backend(docker_settings(podman_engine, warm_pool=1))
     try:
         assert isinstance(pool, WarmPool) and pool.name == "docker"
@@ -382,7 +382,7 @@ def test_planted_seccomp_profile_is_not_used(tmp_path, monkeypatch):
     content, or not ours) is replaced, never loaded."""
     import json
 
-    from xgrader.sandbox.docker_backend import _profile_file
+    from xgrader.backends.docker_backend import _profile_file
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     profile = json.dumps({"defaultAction": "SCMP_ACT_ERRNO", "syscalls": []})
     first = _profile_file(profile)

@@ -1,4 +1,4 @@
-"""bwrap's fork servers (xgrader/sandbox/forkserver.py, sandbox/zygote.py):
+"""bwrap's fork servers (xgrader/backends/forkserver.py, sandbox/zygote.py):
 a job forked from a server behaves like one started cold, shares nothing
 with other jobs, holds no privilege, and the servers come and go with their
 owner. The backend contract and the attack suite also run on both paths
@@ -19,10 +19,10 @@ import pytest
 
 from tests.support.fork import in_forked_child
 from xgrader.config import Settings
-from xgrader.sandbox import make_backend
-from xgrader.sandbox.base import Limits, SandboxError, SandboxJob, Verdict
-from xgrader.sandbox.cgroups import CgroupManager, _alive as alive
-from xgrader.sandbox.forkserver import ForkedSandbox
+from xgrader.backends import make_backend
+from xgrader.backends.base import Limits, SandboxError, SandboxJob, Verdict
+from xgrader.backends.cgroups import CgroupManager, _alive as alive
+from xgrader.backends.forkserver import ForkedSandbox
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -216,7 +216,7 @@ def test_servers_stop_with_close_and_with_a_killed_owner():
         import logging, structlog, sys, time
         structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
         from xgrader.config import Settings
-        from xgrader.sandbox import make_backend
+        from xgrader.backends import make_backend
         b = make_backend(Settings(sandbox='bwrap'))
         b.prepare()
         print(*b.forkservers.pids(), flush=True)

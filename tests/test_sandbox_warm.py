@@ -1,4 +1,4 @@
-"""Warm pool (xgrader/sandbox/warm.py): pre-started bwrap runners, each used once."""
+"""Warm pool (xgrader/backends/warm.py): pre-started bwrap runners, each used once."""
 
 import os
 import time
@@ -6,9 +6,9 @@ import time
 import pytest
 
 from xgrader.config import Settings
-from xgrader.sandbox import make_backend
-from xgrader.sandbox.base import Limits, SandboxJob, Verdict
-from xgrader.sandbox.warm import WarmPool
+from xgrader.backends import make_backend
+from xgrader.backends.base import Limits, SandboxJob, Verdict
+from xgrader.backends.warm import WarmPool
 from tests.support.fork import in_forked_child
 
 MOD = b"import os\ndef f(x):\n    return x * 2\ndef pid():\n    return os.getpid()\n"

@@ -20,12 +20,15 @@ import fnmatch
 import re
 import tomllib
 from pathlib import Path, PurePosixPath
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from xgrader.errors import AssignmentError
-from xgrader.sandbox.base import Limits
+from xgrader.backends.base import Limits
+
+if TYPE_CHECKING:
+    from xgrader.config import Settings
 
 CONFIG_FILE = "assignment.toml"
 CASES_FILE = "cases.toml"
@@ -215,7 +218,7 @@ class Assignment(BaseModel):
     def max_points(self) -> float:
         return self.config.max_points
 
-    def limits(self, settings: Any) -> Limits:
+    def limits(self, settings: Settings) -> Limits:
         """The assignment's limits over the operator defaults, clamped by the ceilings."""
         base = settings.default_limits.model_dump()
         base.update(self.config.limits.model_dump(exclude_none=True))

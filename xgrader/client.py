@@ -28,7 +28,7 @@ import socket
 import time
 from dataclasses import dataclass
 from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode, urlparse
 
 import requests
@@ -40,6 +40,9 @@ from tenacity import (Retrying, retry_if_exception, stop_after_attempt, stop_aft
 from xgrader.errors import InfraError, SubmissionError
 from xgrader.hooks import Hooks, safe_call
 from xgrader.wire import EXTERNAL_DICTS_KEY, GraderReply, PayloadError
+
+if TYPE_CHECKING:
+    from xgrader.config import Settings
 
 log = structlog.get_logger(__name__)
 
@@ -100,7 +103,7 @@ class PutOutcome:
 
 
 class XQueueClient:
-    def __init__(self, settings: Any, hooks: Hooks | None = None) -> None:
+    def __init__(self, settings: Settings, hooks: Hooks | None = None) -> None:
         self.settings = settings
         self.base = settings.queue_url if settings.queue_url.endswith("/") else settings.queue_url + "/"
         self.hooks = hooks or Hooks()

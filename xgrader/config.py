@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from xgrader.sandbox.base import Limits
+from xgrader.backends.base import Limits
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_HANDLERS = REPO_ROOT / "payload_handlers"

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from xgrader.report import Explanation, GradeReport, Outcome, TestReport, TestStatus
-from xgrader.sandbox.base import clean_text
+from xgrader.backends.base import clean_text
 
 # Beyond clean_text: C1 controls, XML-invalid U+FFFE/U+FFFF, and bidi
 # embedding/override/isolate controls (they can make feedback lie visually).

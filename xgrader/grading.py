@@ -22,7 +22,7 @@ from xgrader.handlers.expected import ExpectedStore
 from xgrader.hooks import Hooks, safe_call
 from xgrader.job import GradeRequest
 from xgrader.report import GradeReport, bad_submission_report
-from xgrader.sandbox.base import Backend, SandboxError
+from xgrader.backends.base import Backend, SandboxError
 
 log = structlog.get_logger(__name__)
 

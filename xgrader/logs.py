@@ -14,10 +14,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import structlog
 from pydantic import SecretStr
+
+if TYPE_CHECKING:
+    from xgrader.config import Settings
 
 SECRET_KEYS = frozenset({"password", "api_key", "token", "authorization", "queue_password",
                          "basic_auth_password", "secret", "cookie", "session_key"})
@@ -57,7 +60,7 @@ class _Stderr:
         return sys.stderr.isatty()
 
 
-def configure(settings: Any) -> None:
+def configure(settings: Settings) -> None:
     """Process-wide logging setup (the CLI calls it once per process)."""
     fmt = getattr(settings, "log_format", "auto")
     level = logging.getLevelName(str(getattr(settings, "log_level", "info")).upper())

@@ -12,9 +12,9 @@ from __future__ import annotations
 import json
 import threading
 import time
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-from xgrader.sandbox.base import Backend, RunningSandbox, SandboxError, SandboxJob, SandboxResult, Verdict
+from xgrader.backends.base import Backend, RunningSandbox, SandboxError, SandboxJob, SandboxResult, Verdict
 
 import structlog
 from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, Info,
@@ -23,6 +23,9 @@ from werkzeug.serving import WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 
 from xgrader.hooks import Hooks
+
+if TYPE_CHECKING:
+    from xgrader.config import Settings
 
 log = structlog.get_logger(__name__)
 
@@ -145,7 +148,7 @@ def metric_names(registry: CollectorRegistry) -> set[str]:
     return names
 
 
-def build_hooks(settings: Any) -> MetricsHooks:
+def build_hooks(settings: Settings) -> MetricsHooks:
     """Called by the daemon's wiring. The daemon does not start the HTTP
     server itself, so do it here when metrics_port is set (on
     settings.metrics_host, loopback by default)."""
@@ -156,7 +159,7 @@ def build_hooks(settings: Any) -> MetricsHooks:
     return hooks
 
 
-def _stall_for(settings: Any) -> float:
+def _stall_for(settings: Settings) -> float:
     """/healthz fails before the in-process stall watchdog would exit: a
     loop iteration is at most ~0.5 s plus one poll backoff, so 60 s without
     one is a wedged loop (capped by the watchdog's own timeout)."""
@@ -268,7 +271,7 @@ class MetricsServer:
         self._thread.join(timeout=5)
 
 
-def start_metrics_server(settings: Any, hooks: MetricsHooks,
+def start_metrics_server(settings: Settings, hooks: MetricsHooks,
                          readiness: Callable[[], tuple[bool, str]],
                          host: str = "127.0.0.1") -> MetricsServer:
     """Loopback by default; containers set XGRADER_METRICS_HOST=0.0.0.0 so

@@ -29,7 +29,7 @@ from xgrader.wire import GraderReply
 
 if TYPE_CHECKING:
     from xgrader.config import Settings
-    from xgrader.sandbox.base import Backend
+    from xgrader.backends.base import Backend
 
 log = structlog.get_logger(__name__)
 

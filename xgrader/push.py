@@ -26,7 +26,7 @@ import select
 import threading
 import time
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -41,8 +41,11 @@ from xgrader.errors import InfraError
 from xgrader.hooks import HookChain
 from xgrader.logs import bind_submission
 from xgrader.metrics import InstrumentedBackend, MetricsHooks, QuietHandler
-from xgrader.sandbox.base import SandboxError
+from xgrader.backends.base import SandboxError
 from xgrader.wire import GraderReply, PayloadError, parse_submission
+
+if TYPE_CHECKING:
+    from xgrader.config import Settings
 
 log = structlog.get_logger(__name__)
 
@@ -85,7 +88,7 @@ def parse_push(raw: bytes, request_id: str):
     return parse_submission(content)
 
 
-def fetch_files(files: dict[str, str], settings: Any, hooks: Any = None) -> dict[str, bytes]:
+def fetch_files(files: dict[str, str], settings: Settings, hooks: Any = None) -> dict[str, bytes]:
     """Download a submission's files with the queue client's fetch_files:
     timeouts, settings.max_file_bytes per file, URL_FOR_EXTERNAL_DICTS
     indirection, PayloadError on a bad map. No login is needed for it."""
@@ -97,7 +100,7 @@ def fetch_files(files: dict[str, str], settings: Any, hooks: Any = None) -> dict
 class PushServer:
     """The WSGI app plus its bounded pool of grading slots."""
 
-    def __init__(self, settings: Any, backend: Any, *, hooks: HookChain | None = None,
+    def __init__(self, settings: Settings, backend: Any, *, hooks: HookChain | None = None,
                  metrics: MetricsHooks | None = None, hints: Any = None,
                  deadline_s: float | None = None) -> None:
         self.settings = settings

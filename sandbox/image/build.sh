@@ -33,7 +33,7 @@ fi
 
 # Identical inputs -> identical digest -> no rebuild.
 digest=$( (echo "$BASE"; cd "$ctx" && find . -type f -print0 | sort -z | xargs -0 sha256sum) | sha256sum | cut -c1-16)
-runner_digest=$(PYTHONPATH=. "$PY" -c 'from xgrader.sandbox.docker_backend import runner_digest; print(runner_digest("sandbox"))')
+runner_digest=$(PYTHONPATH=. "$PY" -c 'from xgrader.backends.docker_backend import runner_digest; print(runner_digest("sandbox"))')
 if [ "$($ENGINE image inspect --format '{{index .Labels "xgrader.inputs"}}' "$TAG" 2>/dev/null || true)" = "$digest" ]; then
   echo "grading image $TAG up to date ($digest)"
   exit 0

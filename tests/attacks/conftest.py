@@ -20,7 +20,7 @@ from xgrader.config import Settings
 from xgrader.grading import Grader
 from xgrader.handlers.expected import ExpectedStore
 from xgrader.job import GradeRequest
-from xgrader.sandbox import make_backend
+from xgrader.backends import make_backend
 
 # The instructor tests of the target assignments run inside sandboxes, never here.
 collect_ignore = ["assignments"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from xgrader.sandbox.base import Limits, SandboxJob, SandboxResult
+from xgrader.backends.base import Limits, SandboxJob, SandboxResult
 
 # Small limits keep the suite quick (< 3 min per backend) and the host safe.
 SMALL = Limits(wall_s=2.5, cpu_s=1.5, memory_mb=128, pids=32, output_bytes=64_000,

@@ -156,7 +156,7 @@ def test_new_namespaces_denied(sandbox):
 
 def test_privileged_syscalls_denied(sandbox):
     import platform
-    from xgrader.sandbox.seccomp import _COMMON, ARCHES
+    from xgrader.backends.seccomp import _COMMON, ARCHES
     nr = {**ARCHES[platform.machine()][1], **_COMMON}
     calls = [("mount", (nr["mount"], "b'none'", "b'/tmp'", "b'tmpfs'", 0, 0)), ("chroot", (nr["chroot"], "b'/tmp'")),
              ("keyctl", (nr["keyctl"], 0, 0)), ("bpf", (nr["bpf"], 0, 0, 0)),

@@ -6,7 +6,7 @@ import time
 
 from tests.attacks.conftest import leaks
 from tests.attacks.support import SMALL, attack, lines
-from xgrader.sandbox.base import Verdict
+from xgrader.backends.base import Verdict
 
 PROMPT = SMALL.wall_s + 2.0  # a verdict must come this soon at the latest
 

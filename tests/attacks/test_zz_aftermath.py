@@ -33,7 +33,7 @@ def _leftovers(backend) -> list[str]:
     if cgroups is not None:
         found += [f"cgroup {n}" for n in cgroups.owned_by(os.getpid()) if n not in spare_cgroups]
     if backend.name == "docker":
-        from xgrader.sandbox.docker_backend import OWNER
+        from xgrader.backends.docker_backend import OWNER
         found += [f"container {c['Id'][:12]}" for c in
                   backend.api.containers(all=True, filters={"label": [f"{OWNER}={backend.owner}"]})]
     found += [f"temp dir {p}" for p in glob.glob(os.path.join(tempfile.gettempdir(), f"xgrader-*-{os.getpid()}-*"))]

@@ -20,7 +20,7 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 import requests
 
-from xgrader.sandbox.base import Backend, SandboxError
+from xgrader.backends.base import Backend, SandboxError
 
 
 @dataclass

@@ -14,7 +14,7 @@ from xgrader.grading import Grader
 from xgrader.handlers.expected import ExpectedStore
 from xgrader.job import GradeRequest
 from xgrader.report import GradeReport
-from xgrader.sandbox import make_backend
+from xgrader.backends import make_backend
 
 
 def write_assignment(root: Path, name: str, files: dict[str, str]) -> Path:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from xgrader.config import Settings
-from xgrader.sandbox import make_backend
+from xgrader.backends import make_backend
 
 BACKEND_PARAMS = [
     pytest.param("bwrap", id="bwrap"),             # jobs forked by the fork servers

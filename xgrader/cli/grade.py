@@ -38,7 +38,7 @@ def open_grader(args: argparse.Namespace) -> Any:
     from xgrader import logs
     from xgrader.config import Settings
     from xgrader.grading import Grader
-    from xgrader.sandbox import SandboxError, make_backend
+    from xgrader.backends import SandboxError, make_backend
 
     logs.configure(SimpleNamespace(log_format="console", log_level="debug" if args.verbose else "warning"))
     overrides: dict[str, Any] = {}
@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     from xgrader import authoring, pipeline
     from xgrader.errors import InfraError
     from xgrader.report import Outcome
-    from xgrader.sandbox import SandboxError
+    from xgrader.backends import SandboxError
 
     payload = parse_payload(args.payload)
     try:

@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     from xgrader.config import Settings
     from xgrader.daemon import Daemon
     from xgrader.daemon import wiring
-    from xgrader.sandbox import SandboxError, make_backend
+    from xgrader.backends import SandboxError, make_backend
 
     settings = Settings.load(args.config, **overrides_from(args))
     wiring.configure_logging(settings)
@@ -103,10 +103,10 @@ def _default_warm_pool(settings, backend):
     not set, and only for bwrap with cgroups (what make_backend warms)."""
     if "warm_pool" in settings.model_fields_set:
         return backend
-    from xgrader.sandbox.bwrap import BwrapBackend
+    from xgrader.backends.bwrap import BwrapBackend
 
     if type(backend) is BwrapBackend and backend.cgroups.usable:
-        from xgrader.sandbox.warm import WarmPool
+        from xgrader.backends.warm import WarmPool
 
         return WarmPool(backend, 1, settings)
     return backend

@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     from xgrader.hooks import HookChain
     from xgrader.metrics import MetricsHooks, build_hooks
     from xgrader.push import MAX_DEADLINE_S, PushServer
-    from xgrader.sandbox import SandboxError, make_backend
+    from xgrader.backends import SandboxError, make_backend
 
     overrides = {field: value for field, value in (
         ("handlers", args.handlers), ("sandbox", args.sandbox), ("concurrency", args.concurrency),

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -20,8 +20,11 @@ from xgrader.daemon.messages import ChildReport, Reporter
 from xgrader.errors import AssignmentError, InfraError, SubmissionError
 from xgrader.hooks import Hooks
 from xgrader.job import GradeRequest
-from xgrader.sandbox.base import SandboxError
+from xgrader.backends.base import SandboxError
 from xgrader.wire import GraderReply, PayloadError, Submission, parse_submission
+
+if TYPE_CHECKING:
+    from xgrader.config import Settings
 
 log = structlog.get_logger(__name__)
 
@@ -35,7 +38,7 @@ class JobContext:
     header_raw: str
     submission_id: str
     label: str                   # xg-<daemon pid>-<submission id>: names the job's sandboxes
-    settings: Any
+    settings: Settings
     client: Any
     backend: Any
     hints: Any = None

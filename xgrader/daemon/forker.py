@@ -37,7 +37,7 @@ import select
 import signal
 import socket
 import time
-from typing import Any, Callable
+from typing import Callable
 
 import structlog
 

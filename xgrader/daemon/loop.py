@@ -32,7 +32,7 @@ import select
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import structlog
 
@@ -45,6 +45,9 @@ from xgrader.daemon.supervisor import ChildHandle, Supervisor
 from xgrader.daemon.watchdog import StallWatchdog
 from xgrader.hooks import Hooks, HookChain
 from xgrader.wire import GraderReply, PayloadError, parse_header
+
+if TYPE_CHECKING:
+    from xgrader.config import Settings
 
 log = structlog.get_logger(__name__)
 
@@ -74,7 +77,7 @@ class Pull:
 class Daemon:
     def __init__(
         self,
-        settings: Any,
+        settings: Settings,
         client: Any,
         backend: Any,
         hooks: Hooks | None = None,

@@ -5,11 +5,14 @@ logged and skipped, never fatal."""
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from xgrader.hooks import HookChain, Hooks
+
+if TYPE_CHECKING:
+    from xgrader.config import Settings
 
 log = structlog.get_logger(__name__)
 
@@ -23,13 +26,13 @@ def _optional(module: str) -> Any | None:
         raise
 
 
-def configure_logging(settings: Any) -> None:
+def configure_logging(settings: Settings) -> None:
     logs = _optional("xgrader.logs")
     if logs is not None and hasattr(logs, "configure"):
         logs.configure(settings)
 
 
-def build_hooks(settings: Any) -> Hooks:
+def build_hooks(settings: Settings) -> Hooks:
     """Metrics (and whatever else implements Hooks) chained together."""
     hooks: list[Hooks] = []
     metrics = _optional("xgrader.metrics")
@@ -48,7 +51,7 @@ def build_hooks(settings: Any) -> Hooks:
     return HookChain(*hooks) if hooks else HookChain(Hooks())
 
 
-def build_client(settings: Any, hooks: Hooks) -> Any:
+def build_client(settings: Settings, hooks: Hooks) -> Any:
     from xgrader.client import XQueueClient
 
     try:
@@ -57,7 +60,7 @@ def build_client(settings: Any, hooks: Hooks) -> Any:
         return XQueueClient(settings)
 
 
-def build_hints(settings: Any, hooks: Hooks) -> Any | None:
+def build_hints(settings: Settings, hooks: Hooks) -> Any | None:
     if not settings.hints.enabled:
         return None
     hints = _optional("xgrader.hints")

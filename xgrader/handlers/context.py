@@ -8,7 +8,7 @@ from typing import Callable
 from xgrader.config import Settings
 from xgrader.handlers.expected import ExpectedStore
 from xgrader.hooks import Hooks
-from xgrader.sandbox.base import Backend, Limits
+from xgrader.backends.base import Backend, Limits
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from xgrader.handlers.context import GradeContext
 from xgrader.handlers.student import RequestTimeout, RunnerDied, StudentRunner
 from xgrader.handlers.values import BadValue, decode, show
 from xgrader.report import GradeReport, TestReport, TestStatus
-from xgrader.sandbox.base import SandboxError, SandboxJob, SandboxResult, Verdict, clean_text
+from xgrader.backends.base import SandboxError, SandboxJob, SandboxResult, Verdict
 
 log = structlog.get_logger(__name__)
 

@@ -23,7 +23,7 @@ from xgrader.handlers.context import GradeContext
 from xgrader.handlers.io_kind import SYNTAX_TYPES
 from xgrader.handlers.student import RequestTimeout, RunnerDied, StudentRunner
 from xgrader.report import Explanation, GradeReport, TestReport, TestStatus
-from xgrader.sandbox.base import (
+from xgrader.backends.base import (
     RUNNER_DIR, ChannelError, RunningSandbox, SandboxError, SandboxJob, SandboxResult, Verdict, clean_text,
 )
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from xgrader.assignment import Assignment
 from xgrader.report import Explanation, GradeReport, Outcome, TestReport, TestStatus
-from xgrader.sandbox.base import Verdict
+from xgrader.backends.base import Verdict
 
 LIMIT_OUTCOME = {
     Verdict.wall_time: Outcome.time_limit,

@@ -19,7 +19,7 @@ from typing import Any
 import structlog
 
 from xgrader.errors import InfraError
-from xgrader.sandbox.base import (
+from xgrader.backends.base import (
     Backend, ChannelError, Limits, RunningSandbox, SandboxError, SandboxJob, SandboxResult, Verdict,
     clean_text,
 )

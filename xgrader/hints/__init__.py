@@ -7,7 +7,7 @@ full marks. The hint never changes the score or `correct`.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -16,13 +16,16 @@ from xgrader.hints.stage import HintStage
 from xgrader.hints.store import HintStore, RedisStore, SQLiteStore, check_store_url, open_store
 from xgrader.hooks import Hooks
 
+if TYPE_CHECKING:
+    from xgrader.config import Settings
+
 log = structlog.get_logger(__name__)
 
 __all__ = ["HintStage", "HintStore", "SQLiteStore", "RedisStore", "open_store", "build_stage",
            "HintType", "HintOutcome", "PROMPT_VERSION"]
 
 
-def build_stage(settings: Any, hooks: Hooks | None = None) -> HintStage | None:
+def build_stage(settings: Settings, hooks: Hooks | None = None) -> HintStage | None:
     """The stage the daemon wires in, or None (logged) when the hint settings
     are unusable: hints are optional, the daemon grades without them. The
     store is opened per process on first use (the daemon forks per job)."""

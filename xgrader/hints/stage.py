@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import structlog
 from pydantic import SecretStr
@@ -31,6 +31,9 @@ from xgrader.hooks import Hooks, safe_call
 from xgrader.job import GradeRequest
 from xgrader.report import GradeReport, Outcome
 
+if TYPE_CHECKING:
+    from xgrader.config import Settings
+
 log = structlog.get_logger(__name__)
 
 SLOT_POLL_S = 0.05
@@ -40,7 +43,7 @@ REPAIR_SHARE = 0.5
 _NO_HINT = {Outcome.passed, Outcome.error, Outcome.bad_submission}
 
 
-def secret_values(settings: Any) -> list[str]:
+def secret_values(settings: Settings) -> list[str]:
     """Every SecretStr in the settings (queue password, basic auth, API key...)."""
     out: list[str] = []
 
@@ -76,7 +79,7 @@ class _Run:
 
 
 class HintStage:
-    def __init__(self, settings: Any, hooks: Hooks | None = None, *, store: HintStore | None = None,
+    def __init__(self, settings: Settings, hooks: Hooks | None = None, *, store: HintStore | None = None,
                  llm: LLMClient | None = None, registry: Any = None,
                  grade_files: Callable[[Assignment, dict[str, bytes]], GradeReport] | None = None) -> None:
         self.settings = settings
@@ -246,7 +249,7 @@ class HintStage:
     def _grader(self) -> Callable[[Assignment, dict[str, bytes]], GradeReport]:
         if self._grade_files is None:
             from xgrader.grading import Grader
-            from xgrader.sandbox import make_backend
+            from xgrader.backends import make_backend
             self._grade_files = Grader(self.settings, make_backend(self.settings)).grade_files
         return self._grade_files
 

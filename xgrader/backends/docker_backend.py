@@ -45,17 +45,20 @@ import threading
 import time
 import weakref
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from xgrader.sandbox.base import (
+from xgrader.backends.base import (
     WORKDIR, Backend, Channel, ChannelError, RunningSandbox, SandboxError, SandboxJob,
     SandboxResult, Verdict, clean_text,
 )
-from xgrader.sandbox.channel import FdChannel
-from xgrader.sandbox.seccomp import CLONE_NS_FLAGS, DENIED
-from xgrader.sandbox.unsafe import BASE_PATH, safe_relpath
+from xgrader.backends.channel import FdChannel
+from xgrader.backends.seccomp import CLONE_NS_FLAGS, DENIED
+from xgrader.backends.process import BASE_PATH, safe_relpath
+
+if TYPE_CHECKING:
+    from xgrader.config import Settings
 
 log = structlog.get_logger(__name__)
 
@@ -600,7 +603,7 @@ class DockerSandbox(RunningSandbox):
 class DockerBackend(Backend):
     name = "docker"
 
-    def __init__(self, settings: Any, *, api_timeout: float | None = None) -> None:
+    def __init__(self, settings: Settings, *, api_timeout: float | None = None) -> None:
         docker = _import_docker()
         self.settings = settings
         self.image = settings.docker_image
@@ -731,7 +734,7 @@ class DockerBackend(Backend):
             return False
         return bool(self._cgroups_usable)
 
-    # -- warm start (xgrader.sandbox.warm.WarmPool) ---------------------------------
+    # -- warm start (xgrader.backends.warm.WarmPool) ---------------------------------
     def prestart(self, template: SandboxJob) -> DockerSandbox:
         """A container started for `template` (the runner waiting on its channel,
         no files) whose wall clock does not run until :meth:`activate`. Needs
@@ -744,7 +747,7 @@ class DockerBackend(Backend):
     def activate(self, sandbox: DockerSandbox, job: SandboxJob) -> None:
         """Make a pre-started container `job`'s. Rlimits and the tmpfs size were
         fixed at start and must already be the job's (the pool keys by them)."""
-        from xgrader.sandbox.unsafe import rlimit_key  # noqa: PLC0415
+        from xgrader.backends.process import rlimit_key  # noqa: PLC0415
         if sandbox.cgroup is None:
             raise SandboxError("warm container without a cgroup parent")
         if rlimit_key(sandbox.job.limits) != rlimit_key(job.limits):

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from xgrader.sandbox.base import (  # noqa: F401  (re-exported)
+from xgrader.backends.base import (  # noqa: F401  (re-exported)
     Backend, Limits, RunningSandbox, SandboxError, SandboxJob, SandboxResult, Verdict, clean_text,
 )
 
@@ -19,21 +19,21 @@ _log = structlog.get_logger(__name__)
 def make_backend(settings: "Settings", *, unsafe_ok: bool = False) -> Backend:
     """The configured backend. `auto` picks docker when an engine answers,
     else bwrap. `unsafe` needs an explicit opt-in (`--unsafe-no-sandbox`).
-    bwrap comes behind a WarmPool (xgrader/sandbox/warm.py) when
+    bwrap comes behind a WarmPool (xgrader/backends/warm.py) when
     `settings.warm_pool` > 0 and cgroups are usable."""
     kind = settings.sandbox
     if kind == "unsafe":
         if not unsafe_ok:
             raise SandboxError("the unsafe backend runs student code unsandboxed; pass --unsafe-no-sandbox")
-        from xgrader.sandbox.unsafe import UnsafeBackend
+        from xgrader.backends.unsafe import UnsafeBackend
         return UnsafeBackend(settings)
     if kind in ("auto", "docker"):
         try:
-            from xgrader.sandbox.docker_backend import DockerBackend
+            from xgrader.backends.docker_backend import DockerBackend
             backend = DockerBackend(settings)
             backend.check()
             if getattr(settings, "warm_pool", 0) > 0 and backend.warmable:
-                from xgrader.sandbox.warm import WarmPool
+                from xgrader.backends.warm import WarmPool
                 return WarmPool(backend, settings.warm_pool, settings)
             return backend
         except Exception as exc:  # noqa: BLE001  (ImportError, DockerException, no engine, no image)
@@ -42,9 +42,9 @@ def make_backend(settings: "Settings", *, unsafe_ok: bool = False) -> Backend:
                     raise
                 raise SandboxError(f"docker backend unusable: {exc}") from exc
             _log.info("sandbox_auto_fallback", backend="bwrap", reason=str(exc)[:200])
-    from xgrader.sandbox.bwrap import BwrapBackend
+    from xgrader.backends.bwrap import BwrapBackend
     bwrap = BwrapBackend(settings)
     if getattr(settings, "warm_pool", 0) > 0 and bwrap.cgroups.usable:
-        from xgrader.sandbox.warm import WarmPool
+        from xgrader.backends.warm import WarmPool
         return WarmPool(bwrap, settings.warm_pool, settings)
     return bwrap

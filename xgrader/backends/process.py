@@ -1,10 +1,7 @@
-"""UNSAFE debug backend: a plain subprocess in a temp dir with rlimits only.
-
-No isolation at all (student code sees the host). make_backend only builds it
-with the explicit `--unsafe-no-sandbox` opt-in, and every job logs a warning.
-The process supervision here (streamed capped output, wall timer, group kill)
-is the part a real backend would share.
-"""
+"""Process supervision every backend shares: job-file placement, rlimits,
+fd layout for the channel, the sandbox's site dirs, and ProcessSandbox (one
+started process group: capped streamed output, wall timer, group kill,
+verdict)."""
 
 from __future__ import annotations
 
@@ -12,10 +9,8 @@ import fcntl
 import os
 import resource
 import selectors
-import shutil
 import signal
 import subprocess
-import tempfile
 import threading
 import time
 from pathlib import Path, PurePosixPath
@@ -23,14 +18,13 @@ from typing import Any
 
 import structlog
 
-from xgrader.sandbox.base import (
-    RUNNER_DIR, Backend, Limits, RunningSandbox, SandboxError, SandboxJob, SandboxResult, Verdict, clean_text,
+from xgrader.backends.base import (
+    Limits, RunningSandbox, SandboxError, SandboxJob, SandboxResult, Verdict, clean_text,
 )
-from xgrader.sandbox.channel import FdChannel, make_pipes
+from xgrader.backends.channel import FdChannel
 
 log = structlog.get_logger(__name__)
 
-TMP_PREFIX = "xgrader-unsafe-"
 BASE_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 
@@ -292,73 +286,3 @@ class ProcessSandbox(RunningSandbox):
         return self._result
 
 
-class UnsafeBackend(Backend):
-    name = "unsafe"
-
-    def __init__(self, settings: Any = None) -> None:
-        self.settings = settings
-        python = str(getattr(settings, "sandbox_python", "") or "python3")
-        self.site_dirs = ":".join(sandbox_site_dirs(python))  # course packages, as on bwrap
-
-    def start(self, job: SandboxJob) -> RunningSandbox:
-        log.warning("unsafe_sandbox_job", label=job.label, reason="no isolation: debug only")
-        tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX + job.label[:40] + "-"))
-        work = tmp / "work"
-        work.mkdir()
-        try:
-            place_files(work, job.files)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        env = {"PATH": BASE_PATH, "LANG": "C.UTF-8", **job.env}
-        channel = child_r = child_w = None
-        if job.channel:
-            channel, child_r, child_w = make_pipes()
-            env["XGRADER_CHANNEL"] = "fd:3,4"
-        if self.site_dirs:
-            env.setdefault("SANDBOX_SITE_DIRS", self.site_dirs)
-
-        def preexec() -> None:
-            arrange_fds([child_r, child_w] if child_r is not None else [])
-            set_rlimits(job.limits)  # after: RLIMIT_NOFILE would refuse the high fds
-
-        argv = list(job.argv)
-        if argv[0] == "python3" and self.settings is not None:
-            argv[0] = getattr(self.settings, "sandbox_python", "python3")
-        # No mount namespace here: the runner is used where it lies in the repository.
-        runner_dir = str(getattr(self.settings, "runner_dir", "") or RUNNER_DIR)
-        argv = [runner_dir + a[len(RUNNER_DIR):] if a == RUNNER_DIR or a.startswith(RUNNER_DIR + "/") else a
-                for a in argv]
-        # Debug-grade CPU accounting: children's rusage delta (racy with concurrent jobs).
-        usage0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-        started = time.monotonic()
-        try:
-            proc = subprocess.Popen(
-                argv, cwd=work, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE, start_new_session=True, preexec_fn=preexec,
-                close_fds=False,
-            )
-        except OSError as exc:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise SandboxError(f"cannot start job: {exc.strerror}") from None
-        finally:
-            for fd in (child_r, child_w):
-                if fd is not None:
-                    os.close(fd)
-
-        def done() -> dict[str, Any]:
-            shutil.rmtree(tmp, ignore_errors=True)
-            usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-            return {"cpu_s": (usage.ru_utime + usage.ru_stime) - (usage0.ru_utime + usage0.ru_stime)}
-
-        sandbox = ProcessSandbox(proc, job, started, channel, on_done=done)
-        sandbox.arm()
-        return sandbox
-
-    def check(self) -> None:
-        if not os.access(tempfile.gettempdir(), os.W_OK):
-            raise SandboxError("temp dir not writable")
-
-    def cleanup_stale(self) -> None:
-        for path in Path(tempfile.gettempdir()).glob(TMP_PREFIX + "*"):
-            shutil.rmtree(path, ignore_errors=True)

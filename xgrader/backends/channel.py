@@ -14,7 +14,7 @@ import select
 import time
 from typing import Any
 
-from xgrader.sandbox.base import Channel, ChannelError
+from xgrader.backends.base import Channel, ChannelError
 
 MAX_LINE = 4 * 1024 * 1024
 MAX_DEPTH = 64

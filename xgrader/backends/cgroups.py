@@ -17,7 +17,7 @@ from pathlib import Path
 
 import structlog
 
-from xgrader.sandbox.base import Limits
+from xgrader.backends.base import Limits
 
 log = structlog.get_logger(__name__)
 

@@ -4,7 +4,7 @@ A warm sandbox is a bwrap sandbox whose runner (sandbox/runner.py, serve mode)
 is already up and blocked on its channel, with no files and no job. A job
 that would start exactly that (the runner in serve mode with a channel: every
 StudentRunner start and restart) with the same rlimits and tmpfs size (fixed
-when a sandbox starts: unsafe.rlimit_key) takes one instead: the backend sets
+when a sandbox starts: process.rlimit_key) takes one instead: the backend sets
 the job's cgroup limits (memory, pids, CPU quota), starts the job's wall
 clock, and the job's files go in through the runner's `files` op. Only
 then can student code run. The sandbox is never given back: nothing a
@@ -40,12 +40,15 @@ import sys
 import threading
 import weakref
 from collections import deque
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from xgrader.sandbox.base import Backend, ChannelError, RunningSandbox, SandboxError, SandboxJob
-from xgrader.sandbox.unsafe import ProcessSandbox, rlimit_key
+from xgrader.backends.base import Backend, ChannelError, RunningSandbox, SandboxError, SandboxJob
+from xgrader.backends.process import ProcessSandbox, rlimit_key
+
+if TYPE_CHECKING:
+    from xgrader.config import Settings
 
 log = structlog.get_logger(__name__)
 
@@ -62,7 +65,7 @@ class WarmPool(Backend):
     """Wraps a backend with prestart()/activate() (bwrap); keeps `size` idle
     sandboxes for the runner-serve template. Everything else is delegated."""
 
-    def __init__(self, inner: Any, size: int, settings: Any = None) -> None:
+    def __init__(self, inner: Any, size: int, settings: Settings | None = None) -> None:
         if not hasattr(inner, "prestart") or not hasattr(inner, "activate"):
             raise SandboxError(f"backend {inner.name} has no warm start")
         self.inner = inner

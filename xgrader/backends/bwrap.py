@@ -12,7 +12,7 @@ The sandbox's Python is `settings.sandbox_python` (under the read-only /usr
 bind), or, when `settings.sandbox_venv` is set, that virtualenv bound
 read-only at /opt/venv and run as /opt/venv/bin/python3 (docs/sandbox.md).
 
-Warm sandboxes (xgrader/sandbox/warm.py) use :meth:`BwrapBackend.prestart` and
+Warm sandboxes (xgrader/backends/warm.py) use :meth:`BwrapBackend.prestart` and
 :meth:`BwrapBackend.activate`: the sandbox starts with no files and the job's
 rlimits and tmpfs size (the pool's key), and on activation its cgroup limits
 become the job's before any student file reaches it.
@@ -28,20 +28,23 @@ import signal
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from xgrader.sandbox.base import (
+from xgrader.backends.base import (
     RUNNER_DIR, WORKDIR, Backend, Limits, RunningSandbox, SandboxError, SandboxJob, clean_text,
 )
-from xgrader.sandbox.cgroups import CgroupManager, JobCgroup
-from xgrader.sandbox.channel import make_pipes
-from xgrader.sandbox.forkserver import ZYGOTE_LIMITS, ForkedSandbox, ForkServers
-from xgrader.sandbox.seccomp import build_filter, filter_fd
-from xgrader.sandbox.unsafe import (
+from xgrader.backends.cgroups import CgroupManager, JobCgroup
+from xgrader.backends.channel import make_pipes
+from xgrader.backends.forkserver import ZYGOTE_LIMITS, ForkedSandbox, ForkServers
+from xgrader.backends.seccomp import build_filter, filter_fd
+from xgrader.backends.process import (
     BASE_PATH, ProcessSandbox, rlimit_key, rlimit_values, safe_relpath, sandbox_site_dirs,
 )
+
+if TYPE_CHECKING:
+    from xgrader.config import Settings
 
 log = structlog.get_logger(__name__)
 
@@ -139,7 +142,7 @@ def _await_launch(proc: subprocess.Popen, info_r: int, label: str) -> None:
 class BwrapBackend(Backend):
     name = "bwrap"
 
-    def __init__(self, settings: Any) -> None:
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.bwrap = shutil.which("bwrap") or "/usr/bin/bwrap"
         self.python = str(settings.sandbox_python)
@@ -200,7 +203,7 @@ class BwrapBackend(Backend):
             env.setdefault("SANDBOX_SITE_DIRS", self.site_dirs)
         return env
 
-    # -- fork servers (xgrader/sandbox/forkserver.py) ----------------------------
+    # -- fork servers (xgrader/backends/forkserver.py) ----------------------------
     def zygote_argv(self, job: SandboxJob) -> list[str]:
         """bwrap's argv for a fork server: the jobs' sandbox minus what each
         forked job builds for itself (/tmp, /proc, namespaces, seccomp), plus
@@ -276,7 +279,7 @@ class BwrapBackend(Backend):
         """Make a pre-started (idle, runner blocked on its channel) sandbox
         `job`'s: its cgroup limits become the job's, its wall clock starts.
         Rlimits and the tmpfs size were fixed at start and must already be the
-        job's (the pool keys sandboxes by them: unsafe.rlimit_key); changing
+        job's (the pool keys sandboxes by them: process.rlimit_key); changing
         another uid's rlimits would need CAP_SYS_RESOURCE, which a container's
         root often lacks."""
         cg = sandbox.cgroup

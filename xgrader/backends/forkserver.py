@@ -37,8 +37,8 @@ from typing import Any
 
 import structlog
 
-from xgrader.sandbox.base import RUNNER_DIR, Limits, SandboxError, SandboxJob, clean_text
-from xgrader.sandbox.unsafe import ProcessSandbox, rlimit_values, safe_relpath
+from xgrader.backends.base import RUNNER_DIR, Limits, SandboxError, SandboxJob, clean_text
+from xgrader.backends.process import ProcessSandbox, rlimit_values, safe_relpath
 
 log = structlog.get_logger(__name__)
 
