@@ -157,3 +157,55 @@ def test_parse_fixes_and_best_fix_picks_closest_passing():
     assert result.fix == "near a b d\n" and "2 passed, kept distance 1" in result.summary
     assert best_fix(a, student, ["wrong\n"], grade, deadline=1e18).fix is None
     assert best_fix(a, student, ["near\n"], grade, deadline=0).summary.endswith("0 graded, none passed")
+
+
+# -- hidden numbers are compared by value, not by text --------------------------
+
+def _numbers_guard(seen: str = "") -> Guard:
+    return Guard(HintType.debugging, CODE + seen, "area(2, 3) should be 6", {"33.83", "1000", "4096"},
+                 REFERENCE, [])
+
+
+@pytest.mark.parametrize("text", [
+    "The total should come out as 33.830 here.",
+    "Your loop should stop after 1e3 steps.",
+    "Think about what happens with 1,000 items.",
+    "Think about what happens with 1 000 items.",
+    "Think about what happens with 1_000 items.",
+    "Think about what happens with 1\u202f000 items.",
+    "The result is 33,83 in some locales.",
+    "Try it with one thousand items.",
+    "Try it with a thousand items.",
+    "Try it with four thousand and ninety-six items.",
+    "It should be 4.096E3, not less.",
+    "Check the case of -1000.",
+])
+def test_rewritten_hidden_numbers_are_rejected(text):
+    v = _numbers_guard().check(json.dumps({"hint": text}))
+    assert not v.ok and "hidden test value" in v.reason
+    assert "33" not in v.reason and "1000" not in v.reason   # the reason goes back to the model
+
+
+@pytest.mark.parametrize("text", [
+    "Think about what happens with 100 items.",
+    "Try a case like 14242429 by hand.",
+    "Compare 33.8 with what you print.",
+    "One thing at a time: first the loop, then the sum.",
+])
+def test_other_numbers_pass(text):
+    assert _numbers_guard().check(json.dumps({"hint": text})).ok
+
+
+def test_numbers_the_student_has_seen_pass_in_any_spelling():
+    # The student's own code holds 1000: "one thousand" tells them nothing new.
+    assert _numbers_guard("LIMIT = 1000\n").check(json.dumps({"hint": "Your limit of one thousand is fine."})).ok
+    assert not _numbers_guard("LIMIT = 1000\n").check(json.dumps({"hint": "Expect 33.830 instead."})).ok
+
+
+def test_hidden_numbers_of_an_assignment_are_policed_by_value():
+    a = _assignment(tests={"test_a.py": b"import pytest\n\ndef test_x():\n"
+                                        b"    assert total([1.5, 2]) == pytest.approx(33.83)\n"
+                                        b"    assert count(1e3) == 'Total: 4,096'\n"})
+    g = Guard(HintType.debugging, "def total(xs): return 0\n", "", hidden_values(a), "", [])
+    for text in ("It should be 33.830.", "Use one thousand.", "Expect 4096 in total."):
+        assert not g.check(json.dumps({"hint": text})).ok, text

@@ -1,7 +1,11 @@
 """Checks a model reply before a student sees it. A reply is rejected if it
 is not the JSON asked for, contains a code block or code-like lines, overlaps
 heavily with the private fix or the reference solution, contains a hidden
-test value or a secret, or is too long."""
+test value or a secret, or is too long.
+
+Hidden values are matched as text and, for numbers, by value: `33.830`,
+`1e3`, `1,000` and `one thousand` are the hidden 33.83 and 1000
+(:mod:`xgrader.hints.numbers`)."""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ from dataclasses import dataclass
 from pydantic import ValidationError
 
 from xgrader.assignment import Assignment
+from xgrader.hints import numbers
 from xgrader.hints.models import HintReply, HintType
 
 MAX_CHARS = {HintType.planning: 700, HintType.debugging: 400, HintType.optimisation: 400}
@@ -100,6 +105,10 @@ class Guard:
         visible = student_code + "\n" + public
         # Hidden values the student has been shown anyway are not secret.
         self.hidden = {v for v in hidden if not _contains(visible, v)}
+        # ...and by value for numbers: the student's own 1000 makes a hidden 1e3 not secret.
+        seen = numbers.values(visible)
+        self.hidden_numbers = {n for v in hidden for n in numbers.values(v)
+                               if len(numbers.canonical(n)) >= MIN_VALUE_CHARS and n not in seen}
         self.visible_ngrams = ngrams(tokens(visible))
         self.reference = reference
 
@@ -108,7 +117,11 @@ class Guard:
             reply = HintReply.model_validate(json.loads(raw))
         except (ValueError, ValidationError) as exc:
             return Verdict(False, f"malformed: {str(exc).splitlines()[0][:120]}")
-        hint = reply.hint.strip()
+        return self.check_text(reply.hint, private_fix)
+
+    def check_text(self, hint: str, private_fix: str | None = None) -> Verdict:
+        """The rules on a hint's text (a model reply, or a cached hint served again)."""
+        hint = hint.strip()
         if len(hint) > MAX_CHARS[self.hint_type]:
             return Verdict(False, f"too long: {len(hint)} > {MAX_CHARS[self.hint_type]} characters")
         if "```" in hint or "~~~" in hint:
@@ -125,6 +138,9 @@ class Guard:
         for value in self.hidden:
             if _contains(hint, value):
                 return Verdict(False, "contains a hidden test value")
+        if numbers.values(hint) & self.hidden_numbers:
+            # The reason goes back to the model on regeneration: never the value itself.
+            return Verdict(False, "contains a hidden test value (a number, by value)")
         hint_ngrams = ngrams(tokens(hint))
         for label, source in (("the fix", private_fix or ""), ("the reference solution", self.reference)):
             leaked = (ngrams(tokens(source)) - self.visible_ngrams) & hint_ngrams
