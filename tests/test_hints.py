@@ -466,3 +466,20 @@ def test_pytest_kind_hidden_test_values_stay_out(squares, fake_llm, sqlite_url):
     assert "shout('hi')" in prompt or "test_hi" in prompt        # the visible failure is there
     assert_no_canaries(fake_llm, out.hint)
     assert HIDDEN_CANARY.upper() not in prompt
+
+
+def test_a_cached_hint_passes_the_current_guard_again(squares, wrong_report, fake_llm, store_url):
+    """A hint cached before the guard learned a rule (here: a hidden number
+    rewritten as 982,007,569) is not served again; a fresh one is."""
+    stage, hooks = make_stage(squares, fake_llm, store_url)
+    assert stage.apply(request(), wrong_report).hint
+    key = last_audit(stage).cache_key
+    from xgrader.hints.models import CachedHint, HintType
+    stale = "The hidden case expects 982,007,569 for one of its inputs."
+    stage.store.cache_put(key, CachedHint(hint=stale, hint_type=HintType.debugging, audit_id=last_audit(stage).id))
+    out = stage.apply(request(student="anon-2", submission_id="sub-2"), wrong_report)
+    assert out.hint and out.hint != stale and "982" not in out.hint
+    record = last_audit(stage)
+    assert record.outcome is HintOutcome.delivered and "fails the current guard" in record.reason
+    assert len(fake_llm.requests) == 2                  # regenerated, not served from the cache
+    assert stage.store.cache_get(key).hint == out.hint  # the cache now holds the fresh hint

@@ -151,8 +151,16 @@ class HintStage:
         try:
             cached = self.store.cache_get(rec.cache_key)
             if cached is not None:
-                rec.outcome, rec.source_audit_id, hint = HintOutcome.cached, cached.audit_id, cached.hint
-            else:
+                # The guard may have changed since (new rules, new hidden tests): check again.
+                verdict = self._guard(assignment, code, hint_type).check_text(cached.hint)
+                if verdict.ok:
+                    rec.outcome, rec.source_audit_id, hint = HintOutcome.cached, cached.audit_id, verdict.hint
+                else:
+                    self.store.cache_delete(rec.cache_key)
+                    rec.reason = (f"cached hint of decision {cached.audit_id} fails the current guard "
+                                  f"({verdict.reason}): dropped from the cache")
+                    cached = None
+            if cached is None:
                 hint = self._generate(assignment, report, files, code, hint_type, deadline, run)
             rec.delivered = hint is not None
             rec.hint = hint
@@ -169,9 +177,7 @@ class HintStage:
             return None
         try:
             ctx = prompts.build_context(report, code, assignment.description, hint_type, self.secrets)
-            guard = Guard(hint_type, code, public_text(assignment), hidden_values(assignment),
-                          "\n".join(d.decode("utf-8", "replace") for d in assignment.solution.values()),
-                          self.secrets)
+            guard = self._guard(assignment, code, hint_type)
             try:
                 fix = self._repair(assignment, files, ctx, deadline, run) if self.cfg.repair else None
                 rejected: str | None = None
@@ -213,6 +219,11 @@ class HintStage:
         return result.fix
 
     # -- helpers -------------------------------------------------------------
+    def _guard(self, assignment: Assignment, code: str, hint_type: HintType) -> Guard:
+        return Guard(hint_type, code, public_text(assignment), hidden_values(assignment),
+                     "\n".join(d.decode("utf-8", "replace") for d in assignment.solution.values()),
+                     self.secrets)
+
     def _hint_type(self, request: GradeRequest, assignment: Assignment) -> HintType:
         wanted = request.hint_type or request.options.get("hint")
         if wanted:

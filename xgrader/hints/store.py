@@ -52,6 +52,9 @@ class HintStore(abc.ABC):
     @abc.abstractmethod
     def cache_put(self, key: str, entry: CachedHint) -> None: ...
 
+    @abc.abstractmethod
+    def cache_delete(self, key: str) -> None: ...
+
     # -- concurrency slots (a semaphore across processes) -------------------
     @abc.abstractmethod
     def acquire_slot(self, limit: int, hold_s: float) -> str | None: ...
@@ -187,6 +190,10 @@ class SQLiteStore(HintStore):
     def cache_put(self, key, entry):
         with self._tx() as db:
             db.execute("INSERT OR REPLACE INTO cache VALUES (?,?,?)", (key, entry.model_dump_json(), entry.audit_id))
+
+    def cache_delete(self, key):
+        with self._tx() as db:
+            db.execute("DELETE FROM cache WHERE key=?", (key,))
 
     def acquire_slot(self, limit, hold_s):
         now = time.time()
@@ -368,6 +375,9 @@ class RedisStore(HintStore):
         pipe.set(f"{self.p}cache:{key}", entry.model_dump_json())
         pipe.sadd(f"{self.p}cache_by_audit:{entry.audit_id}", key)
         pipe.execute()
+
+    def cache_delete(self, key):
+        self._r().delete(f"{self.p}cache:{key}")
 
     def acquire_slot(self, limit, hold_s):
         token = uuid.uuid4().hex
