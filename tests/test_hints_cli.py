@@ -89,3 +89,38 @@ def test_daemon_wiring_builds_the_stage_only_when_enabled(tmp_path):
     # Unusable hint settings cost the hints, not the daemon.
     bad = Settings(hints=HintSettings(enabled=True, store="postgres://x"))
     assert wiring.build_hints(bad, Hooks()) is None
+
+
+def test_grade_hints_previews_a_hint_against_the_configured_endpoint(squares, fake_llm, tmp_path):  # noqa: F811
+    import os
+    import subprocess
+    import sys
+
+    from tests.support.fake_llm import GOOD
+
+    code = tmp_path / "wrong.py"
+    code.write_text(__import__("tests.test_hints", fromlist=["WRONG"]).WRONG)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("XGRADER_")}
+    env.update({"XGRADER_HINTS__BASE_URL": fake_llm.url, "XGRADER_HINTS__MODEL": "fake-model",
+                "XGRADER_HINTS__API_KEY": "sk-preview", "XDG_CACHE_HOME": str(tmp_path / "cache"),
+                # the daemon's store must stay untouched by a preview
+                "XGRADER_HINTS__STORE": f"sqlite:///{tmp_path / 'daemon-hints.db'}"})
+    cmd = [sys.executable, "-m", "xgrader", "grade", "--handlers", str(squares.root), "--sandbox", "bwrap",
+           "--payload", '{"grader": "squares"}', str(code)]
+    plain = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    assert plain.returncode == 0, plain.stderr
+    assert HINT_LABEL not in json.loads(plain.stdout)["msg"] and fake_llm.requests == []
+
+    proc = subprocess.run(cmd + ["--hints"], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    reply = json.loads(proc.stdout)
+    assert reply["score"] == json.loads(plain.stdout)["score"]
+    assert HINT_LABEL in reply["msg"] and json.loads(GOOD.content)["hint"][:40] in reply["msg"]
+    assert len(fake_llm.requests) == 1 and fake_llm.requests[0]["model"] == "fake-model"
+    assert "hint: delivered (debugging, model fake-model, 1 call(s)" in proc.stderr
+    assert not (tmp_path / "daemon-hints.db").exists()
+
+    fake_llm.default = Reply.hint("```python\nreturn 0\n```")           # rejected twice: no hint, reasons shown
+    proc = subprocess.run(cmd + ["--hints", "--text"], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0 and HINT_LABEL not in proc.stdout
+    assert "hint: guard_rejected" in proc.stderr and "hint rejected: code block" in proc.stderr

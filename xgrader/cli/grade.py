@@ -14,6 +14,10 @@ FILE: one text file (.py ...) is sent as typed code (student_response, saved und
 assignment's entry name); one other file (.ipynb, .zip), a folder, or several files are
 sent as uploaded files. The payload is the problem's <grader_payload>: '{"grader": "is_prime"}'
 or just the assignment name.
+--hints previews the AI hint the daemon would add: it calls the configured endpoint
+(XGRADER_HINTS__BASE_URL, __MODEL, __API_KEY or the --config file's [hints]) even if
+XGRADER_HINTS__ENABLED is off, with a throwaway hint store (no quota, cache or audit of the
+daemon is touched), and prints the hint decision on stderr. The assignment must enable hints.
 Exit codes: 0 graded (any score); 2 bad arguments, unknown or broken assignment;
 3 the sandbox or another part of the infrastructure failed.
 """
@@ -71,6 +75,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--payload", required=True, help="the grader_payload text, e.g. '{\"grader\": \"is_prime\"}'")
     p.add_argument("--text", action="store_true", help="print the feedback as plain text instead of JSON")
+    p.add_argument("--hints", action="store_true",
+                   help="preview the AI hint: call the configured hint endpoint as the daemon would "
+                   "(a throwaway store; the decision is printed on stderr)")
     add_common(p)
     p.add_argument("files", nargs="+", type=Path, metavar="FILE", help="the submission (file(s) or a folder)")
     p.set_defaults(func=run)
@@ -99,14 +106,18 @@ def run(args: argparse.Namespace) -> int:
     except (authoring.SubmissionReadError, OSError) as exc:
         print(f"xgrader: {exc}", file=sys.stderr)
         return 2
-    settings, backend, _grader = open_grader(args)
+    settings, backend, grader = open_grader(args)
+    preview = _HintPreview(settings, grader) if args.hints else None
     try:
-        report, reply = pipeline.grade_request(request, settings, backend)
+        report, reply = pipeline.grade_request(request, settings, backend,
+                                               hints=preview.stage if preview else None)
     except (InfraError, SandboxError) as exc:
         print(f"xgrader: could not grade (infrastructure): {exc}", file=sys.stderr)
         return 3
     finally:
         backend.close()
+        if preview is not None:
+            preview.report()
     from xgrader import feedback
 
     try:
@@ -119,3 +130,41 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     return 0
+
+
+class _HintPreview:
+    """The daemon's hint stage on a throwaway SQLite store in a temporary
+    folder: the configured endpoint is called, nothing of the daemon's store
+    (quotas, cache, audit) is read or written."""
+
+    def __init__(self, settings: Any, grader: Any) -> None:
+        import tempfile
+
+        from xgrader.hints import HintStage
+        from xgrader.hints.store import SQLiteStore
+
+        self._dir = tempfile.TemporaryDirectory(prefix="xgrader-hint-preview-")
+        self.store = SQLiteStore(Path(self._dir.name) / "hints.db")
+        hints = settings.hints.model_copy(update={"enabled": True, "store": f"sqlite:///{self._dir.name}/hints.db"})
+        self.stage = HintStage(settings.model_copy(update={"hints": hints}), store=self.store,
+                               registry=grader.registry, grade_files=grader.grade_files)
+
+    def report(self) -> None:
+        try:
+            records = self.store.audit_list(limit=1)
+            if not records:
+                print("xgrader: hint: none asked (full marks, or the submission could not be graded)",
+                      file=sys.stderr)
+                return
+            r = records[0]
+            calls = len(r.attempts)
+            detail = f"{r.hint_type.value if r.hint_type else '-'}, model {r.model}, {calls} call(s), " \
+                     f"{r.tokens} tokens, {r.seconds:.1f} s"
+            why = f": {r.reason}" if r.reason else ""
+            print(f"xgrader: hint: {r.outcome.value} ({detail}){why}", file=sys.stderr)
+            for a in r.attempts:
+                if a.verdict != "ok":
+                    print(f"xgrader: hint: {a.step} rejected: {a.verdict}", file=sys.stderr)
+        finally:
+            self.store.close()
+            self._dir.cleanup()
