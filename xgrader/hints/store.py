@@ -1,7 +1,8 @@
 """One small store for everything hints share across processes and replicas:
 quotas (reserved atomically, counted only when delivered), the hint cache,
 the cross-process concurrency slots, the circuit breaker, per-assignment
-switches and the audit log.
+switches and the audit log; and the instructor loop (xgrader/hints/loop_store.py):
+delivered hints with their student page, ratings, escalations, answers.
 
 `open_store(url)`: `sqlite:///path.db` (default: one host, any number of
 processes) or `redis://host:port/db` (replicas). The daemon forks a child per
@@ -19,9 +20,12 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
+from xgrader.hints.loop_store import SCHEMA as LOOP_SCHEMA
+from xgrader.hints.loop_store import RedisLoop, SQLiteLoop
 from xgrader.hints.models import AuditRecord, CachedHint
+from xgrader.hints.records import Delivery, Escalation, EscalationState, LoopStats, Rating
 
 
 class HintStore(abc.ABC):
@@ -97,6 +101,67 @@ class HintStore(abc.ABC):
         """Mark the decision blocked and drop its hint from the cache, so it is
         never served again. False if no such record."""
 
+    # -- the instructor loop: student pages, ratings, escalations ---------------
+    # State changes that are not allowed raise records.Refused (with an HTTP status).
+    @abc.abstractmethod
+    def delivery_put(self, delivery: Delivery) -> None:
+        """A delivered hint with a student page: what the page and the staff see."""
+
+    @abc.abstractmethod
+    def delivery_get(self, audit_id: int) -> Delivery | None: ...
+
+    @abc.abstractmethod
+    def use_form(self, nonce: str, expires: float) -> bool:
+        """Mark a one-time form token used; False if it was used already (a
+        replay or a double submit). Kept until `expires`."""
+
+    @abc.abstractmethod
+    def rate(self, audit_id: int, helpful: bool) -> Rating:
+        """Record the student's rating; one per hint (Refused otherwise)."""
+
+    @abc.abstractmethod
+    def rating_get(self, audit_id: int) -> Rating | None: ...
+
+    @abc.abstractmethod
+    def escalate(self, audit_id: int, note: str, per_assignment: int) -> Escalation:
+        """Send a hint rated not helpful to the staff, at most once per hint and
+        `per_assignment` times per (student, assignment) (Refused otherwise)."""
+
+    @abc.abstractmethod
+    def escalation_get(self, escalation_id: int) -> Escalation | None: ...
+
+    @abc.abstractmethod
+    def escalation_for(self, audit_id: int) -> Escalation | None: ...
+
+    @abc.abstractmethod
+    def escalations_count(self, student: str, assignment: str) -> int: ...
+
+    @abc.abstractmethod
+    def escalations(self, states: Sequence[EscalationState] | None = None, limit: int = 100) -> list[Escalation]:
+        """Oldest first; only these states if given."""
+
+    @abc.abstractmethod
+    def escalation_act(self, escalation_id: int, action: str, staff: str, text: str = "") -> Escalation:
+        """claim | release | answer | close, by `staff` (records.transition)."""
+
+    @abc.abstractmethod
+    def take_answers(self, student: str, assignment: str) -> list[Escalation]:
+        """Answers not yet added to the student's feedback, marked as added."""
+
+    @abc.abstractmethod
+    def loop_stats(self) -> LoopStats:
+        """Ratings and escalations per (assignment, hint type, model), open requests."""
+
+    @abc.abstractmethod
+    def forget_student(self, student: str) -> dict[str, int]:
+        """Delete everything kept about one student (decisions, hints, ratings,
+        escalations, cached hints made from their code, quota counters)."""
+
+    @abc.abstractmethod
+    def purge(self, before: float) -> dict[str, int]:
+        """Delete decisions and delivered hints (with their ratings,
+        escalations, cached hints) older than `before` (a Unix time)."""
+
     def close(self) -> None: ...
 
 
@@ -131,7 +196,7 @@ CREATE TABLE IF NOT EXISTS audit (
 """
 
 
-class SQLiteStore(HintStore):
+class SQLiteStore(SQLiteLoop, HintStore):
     def __init__(self, path: Path) -> None:
         self.path = path
         self._conns: dict[tuple[int, int], sqlite3.Connection] = {}
@@ -147,7 +212,7 @@ class SQLiteStore(HintStore):
             db = sqlite3.connect(self.path, timeout=10, isolation_level=None, check_same_thread=False)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA busy_timeout=10000")
-            db.executescript(_SCHEMA)
+            db.executescript(_SCHEMA + LOOP_SCHEMA)
             self._conns[key] = db
         return db
 
@@ -315,7 +380,7 @@ return failures
 _INF = "+inf"
 
 
-class RedisStore(HintStore):
+class RedisStore(RedisLoop, HintStore):
     def __init__(self, url: str, prefix: str = "xgrader:hints:") -> None:
         import redis  # only needed for this store
 
