@@ -39,6 +39,27 @@ class HintSettings(BaseModel):
     quota_per_type: int = Field(5, ge=0)
     breaker_failures: int = Field(5, ge=1)
     breaker_reset_s: float = Field(60.0, gt=0)
+    # -- the student page (rate, escalate, read the answer) and the staff side --
+    page_url: str | None = None              # public URL of the hint pages, e.g. https://grader.example.edu/hints/
+    link_secret: SecretStr | None = None     # HMAC key of the signed links (>= 32 characters)
+    link_secret_file: Path | None = None
+    link_ttl_s: float = Field(30 * 24 * 3600.0, gt=0)    # a link expires after this
+    escalations_per_assignment: int = Field(3, ge=0)     # per student and assignment
+    note_max_chars: int = Field(1000, ge=1, le=10_000)   # the student's note to the staff
+    answers_in_feedback: bool = False        # staff answers also go into the student's next feedback
+
+    @model_validator(mode="after")
+    def _page(self) -> "HintSettings":
+        if self.link_secret_file and not self.link_secret:
+            object.__setattr__(self, "link_secret", SecretStr(self.link_secret_file.read_text().strip()))
+        if self.link_secret is not None and len(self.link_secret.get_secret_value()) < 32:
+            raise ValueError("hints.link_secret must be at least 32 characters (e.g. `openssl rand -hex 32`)")
+        if self.page_url is not None:
+            if not self.page_url.startswith(("http://", "https://")):
+                raise ValueError(f"hints.page_url must be an http(s) URL, not {self.page_url!r}")
+            if self.link_secret is None:
+                raise ValueError("hints.page_url needs hints.link_secret (XGRADER_HINTS__LINK_SECRET)")
+        return self
 
 
 class Settings(BaseSettings):

@@ -9,7 +9,8 @@ HTML is built so that, whatever those strings hold:
 - every untrusted string is cleaned (control characters, lone surrogates,
   XML-invalid code points, bidi overrides removed) and escaped with
   ``html.escape(quote=True)``; untrusted text never lands in an attribute,
-  and there is no ``<script>``, no event attribute, no link;
+  and there is no ``<script>``, no event attribute; the one link is the AI
+  hint's student page, built and signed by xgrader (http or https only);
 - it is bounded: each field is capped (with a visible "truncated" note), and the
   total is capped by adding whole, closed pieces until the budget is spent; the
   final string is never cut.
@@ -26,7 +27,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from xgrader.report import Explanation, GradeReport, Outcome, TestReport, TestStatus
+from xgrader.report import Explanation, GradeReport, Outcome, StaffAnswer, TestReport, TestStatus
 from xgrader.backends.base import clean_text
 
 # Beyond clean_text: C1 controls, XML-invalid U+FFFE/U+FFFF, and bidi
@@ -34,6 +35,8 @@ from xgrader.backends.base import clean_text
 _EXTRA_STRIP = re.compile(r"[\x80-\x9f\ufffe\uffff\u202a-\u202e\u2066-\u2069]")
 
 HINT_LABEL = "AI-generated hint — may be wrong"
+HINT_LINK_TEXT = "Was this hint helpful? Rate it, or ask the course staff"
+ANSWER_LABEL = "Answer from the course staff to your question about an AI hint"
 
 
 @dataclass(frozen=True)
@@ -148,11 +151,12 @@ class Part:
     dropped: int = 0    # chars (or lines) cut
     unit: str = "characters"
     pre: bool = True
+    link: str | None = None   # an http(s) URL xgrader built (the hint page): text becomes its anchor
 
 
 @dataclass(frozen=True)
 class Block:
-    kind: str                       # "explanation" | "test" | "hidden" | "hint"
+    kind: str                       # "explanation" | "test" | "hidden" | "hint" | "answer"
     heading: str
     fields: tuple[Part, ...] = ()
 
@@ -238,7 +242,16 @@ def _hint_block(report: GradeReport, caps: Caps) -> Block | None:
     if not report.hint:
         return None
     text, dropped = _cap_text(clean(report.hint), caps.field * 2)
-    return Block("hint", HINT_LABEL, (Part("", text, dropped, pre=True),))
+    parts = [Part("", text, dropped, pre=True)]
+    if report.hint_link and report.hint_link.startswith(("https://", "http://")):
+        parts.append(Part("", HINT_LINK_TEXT, pre=False, link=clean(report.hint_link)))
+    return Block("hint", HINT_LABEL, tuple(parts))
+
+
+def _answer_block(answer: StaffAnswer, caps: Caps) -> Block:
+    fields = [_field("Your question", answer.question, caps) if answer.question else None,
+              _field("Answer", answer.answer, caps)]
+    return Block("answer", ANSWER_LABEL, tuple(f for f in fields if f))
 
 
 def _truncated_note(dropped: int, unit: str) -> str:
@@ -255,6 +268,9 @@ _PRE = '<pre style="white-space:pre-wrap">'
 
 
 def _html_field(f: Part) -> str:
+    if f.link:
+        return f'<p class="xgrader-hint-link"><a href="{_e(f.link)}" target="_blank" rel="noopener noreferrer">' \
+               f"{_e(f.text)}</a></p>"
     label = f"<p><strong>{_e(f.label)}:</strong></p>" if f.label else ""
     note = _e(_truncated_note(f.dropped, f.unit)) if f.dropped else ""
     if f.pre:
@@ -293,6 +309,8 @@ def render_html(report: GradeReport, caps: Caps = DEFAULT_CAPS) -> str:
 # ------------------------------------------------------------------------ text
 
 def _text_field(f: Part) -> str:
+    if f.link:
+        return f"  {f.text}: {f.link}"
     out = []
     if f.label:
         out.append(f"  {f.label}:")
@@ -306,7 +324,7 @@ def _text_field(f: Part) -> str:
 def _text_block(b: Block) -> str:
     if b.kind == "hidden":
         return f"- {b.heading}"
-    mark = {"test": "- ", "explanation": "! ", "hint": "? "}[b.kind]
+    mark = {"test": "- ", "explanation": "! ", "hint": "? ", "answer": "> "}[b.kind]
     return "\n".join([mark + b.heading] + [_text_field(f) for f in b.fields])
 
 
@@ -370,6 +388,14 @@ def _layout(report: GradeReport, caps: Caps, fmt: _Format, head: str) -> str:
             notes.append(fmt.line("truncated", "[truncated: the AI hint is not shown (feedback size limit)]"))
         else:
             budget -= cost(hint)
+
+    for answer in report.staff_answers:
+        piece = _bounded(lambda c, a=answer: _answer_block(a, c), caps, fmt)
+        if cost(piece) > budget:
+            notes.append(fmt.line("truncated", "[truncated: a staff answer is not shown (feedback size limit)]"))
+            continue
+        pieces.append(piece)
+        budget -= cost(piece)
 
     shown_expl = 0
     for e in report.explanations[: caps.explanations]:

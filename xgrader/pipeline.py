@@ -111,7 +111,8 @@ def grade_request(
         # points) only by a handler that finds the files unusable.
         log.info("submission_error", grader=request.grader, submission_id=request.submission_id, error=str(exc))
         report = bad_submission_report(request.grader, str(exc))
-    if hints is not None and not report.correct and report.outcome is not Outcome.error:
+    if hints is not None and report.outcome is not Outcome.error:
+        # Full marks get no hint, but may carry a staff answer (docs/hints.md).
         report = _keep_grade(report, hints.apply(request, report))
     return report, reply_for(report)
 
@@ -147,5 +148,6 @@ def payload_error_report(layer: str, detail: str) -> GradeReport:
 
 
 def _keep_grade(before: GradeReport, after: GradeReport) -> GradeReport:
-    """The hint stage may only add the hint: score and verdict are the grader's."""
-    return before.model_copy(update={"hint": after.hint, "hint_type": after.hint_type})
+    """The hint stage may only add the hint (and staff answers): score and verdict are the grader's."""
+    return before.model_copy(update={"hint": after.hint, "hint_type": after.hint_type, "hint_link": after.hint_link,
+                                     "staff_answers": after.staff_answers})

@@ -69,6 +69,15 @@ class Explanation(BaseModel):
     traceback: str | None = None  # trimmed to the student's own frames
 
 
+class StaffAnswer(BaseModel):
+    """A course staff answer to the student's question about an AI hint."""
+
+    model_config = ConfigDict(frozen=True)
+
+    question: str = ""   # the student's note
+    answer: str
+
+
 class GradeReport(BaseModel):
     model_config = ConfigDict(frozen=True)
 
@@ -82,6 +91,9 @@ class GradeReport(BaseModel):
     # Appended by the hint stage; never changes score or outcome.
     hint: str | None = None
     hint_type: str | None = None
+    hint_link: str | None = None     # the hint's student page (rate, ask the staff), signed by xgrader
+    # Staff answers not yet shown to this student (an operator setting; docs/hints.md).
+    staff_answers: list[StaffAnswer] = Field(default_factory=list)
 
     @property
     def correct(self) -> bool:

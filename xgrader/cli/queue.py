@@ -38,6 +38,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--delivery-tries", type=int, dest="delivery_tries", help="LMS callback attempts (default 5)")
     s.add_argument("--delivery-backoff", type=float, dest="delivery_backoff_s", metavar="S",
                    help="first retry delay of LMS callbacks, doubled per try (default 1)")
+    s.add_argument("--hints-config", type=Path, metavar="FILE",
+                   help="the daemon's settings file whose [hints] page_url and link_secret turn on the AI hint "
+                   "pages (student links, staff escalations behind the dashboard login); XGRADER_HINTS__* "
+                   "environment variables work too (docs/hints.md)")
     s.set_defaults(func=serve)
 
     st = qsub.add_parser("status", help="print queues and the latest submissions from a database",
@@ -69,6 +73,16 @@ def serve(args: argparse.Namespace) -> int:
     if not config.users:
         print("xgrader queue serve: no users: give --user NAME:PASSWORD at least once", file=sys.stderr)
         return 2
+    try:
+        from xgrader.config import Settings
+
+        hint_settings = Settings.load(args.hints_config).hints
+        if hint_settings.page_url:
+            from xgrader.queue_server.hint_routes import check_hint_settings
+            check_hint_settings(hint_settings)
+    except (ValidationError, ValueError, OSError) as exc:
+        print(f"xgrader queue serve: bad hint settings: {exc}", file=sys.stderr)
+        return 2
     from types import SimpleNamespace
 
     from xgrader.logs import configure
@@ -79,6 +93,9 @@ def serve(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"xgrader queue serve: cannot listen on {config.host}:{config.port}: {exc}", file=sys.stderr)
         return 1
+    if hint_settings.page_url:
+        from xgrader.queue_server.hint_routes import attach_hint_pages
+        attach_hint_pages(server.app, hint_settings)
     return server.serve_forever()
 
 

@@ -2,9 +2,12 @@
 or unchanged. Never raises, never changes score or outcome (the pipeline
 enforces that too). Every decision is audited in the store.
 
-    switch -> breaker -> quota reservation -> cache -> concurrency slot
+    switch -> breaker -> quota reservation -> cache (guarded again) -> concurrency slot
       -> context -> [repair in the sandbox] -> hint -> guard (one regeneration)
-      -> deliver (commit quota, cache, audit) | no hint (release quota, audit)
+      -> deliver (commit quota, cache, audit, [student page + signed link]) | no hint (release quota, audit)
+
+With `answers_in_feedback`, staff answers the student has not seen in
+feedback yet are attached to any graded report (full marks too).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from xgrader.assignment import Assignment
 from xgrader.errors import AssignmentError, SubmissionError
 from xgrader.hints import prompts
 from xgrader.hints.guard import Guard, hidden_values, public_text
+from xgrader.hints.links import HintLinks
 from xgrader.hints.llm import Completion, LLMClient, LLMError, LLMTimeout
 from xgrader.hints.models import (
     PROMPT_VERSION, Attempt, AuditRecord, CachedHint, HintOutcome, HintType,
@@ -29,7 +33,7 @@ from xgrader.hints.repair import best_fix, code_tokens, parse_fixes
 from xgrader.hints.store import HintStore, open_store
 from xgrader.hooks import Hooks, safe_call
 from xgrader.job import GradeRequest
-from xgrader.report import GradeReport, Outcome
+from xgrader.report import GradeReport, Outcome, StaffAnswer
 
 if TYPE_CHECKING:
     from xgrader.config import Settings
@@ -67,6 +71,8 @@ class _Run:
         self.record = AuditRecord(submission_id=request.submission_id, student=request.student_id,
                                   assignment=assignment, model=model, outcome=HintOutcome.error)
         self.tokens = 0
+        self.assignment: Assignment | None = None
+        self.files: dict[str, bytes] = {}
 
     def attempt(self, step: str, messages: list[dict[str, str]], completion: Completion | None,
                 verdict: str) -> None:
@@ -95,6 +101,8 @@ class HintStage:
         self.registry = registry
         self._grade_files = grade_files
         self.secrets = secret_values(settings)
+        self.links = (HintLinks(self.cfg.link_secret.get_secret_value(), self.cfg.page_url, self.cfg.link_ttl_s)
+                      if self.cfg.page_url and self.cfg.link_secret else None)
 
     @property
     def store(self) -> HintStore:
@@ -104,8 +112,10 @@ class HintStage:
 
     # -- the HintStage protocol ----------------------------------------------
     def apply(self, request: GradeRequest, report: GradeReport) -> GradeReport:
+        answers = self._answers(request, report)
+        update: dict[str, Any] = {"staff_answers": answers} if answers else {}
         if report.correct or report.outcome in _NO_HINT:
-            return report
+            return report.model_copy(update=update) if update else report
         run = _Run(request, report.assignment, self.cfg.model)
         try:
             hint, hint_type = self._decide(request, report, run)
@@ -113,10 +123,40 @@ class HintStage:
             log.exception("hint_failed", submission_id=request.submission_id)
             run.record.outcome, run.record.reason = HintOutcome.error, f"{type(exc).__name__}: {exc}"[:300]
             hint, hint_type = None, None
-        self._finish(run)
-        if hint is None:
-            return report
-        return report.model_copy(update={"hint": hint, "hint_type": hint_type.value if hint_type else None})
+        audit_id = self._finish(run)
+        if hint is not None and hint_type is not None:
+            update.update(hint=hint, hint_type=hint_type.value,
+                          hint_link=self._student_page(run, audit_id, report, hint, hint_type))
+        return report.model_copy(update=update) if update else report
+
+    def _answers(self, request: GradeRequest, report: GradeReport) -> list[StaffAnswer]:
+        """Staff answers to this student's escalations about this assignment
+        not yet shown in feedback (when the operator turned that on)."""
+        if not self.cfg.answers_in_feedback or not request.student_id:
+            return []
+        try:
+            taken = self.store.take_answers(request.student_id, report.assignment)
+        except Exception:  # costs the answer in feedback, never the grade (it stays on the hint page)
+            log.exception("hint_answers_failed", submission_id=request.submission_id)
+            return []
+        if taken:
+            log.info("hint_answers_in_feedback", submission_id=request.submission_id,
+                     escalations=[e.id for e in taken])
+        return [StaffAnswer(question=e.note, answer=e.answer or "") for e in taken]
+
+    def _student_page(self, run: _Run, audit_id: int, report: GradeReport, hint: str,
+                      hint_type: HintType) -> str | None:
+        """Record what the hint's student page and the staff need; the signed link, or None."""
+        if self.links is None or not audit_id or run.assignment is None:
+            return None
+        from xgrader.hints.staff_view import delivery_for
+        try:
+            self.store.delivery_put(delivery_for(run.record.model_copy(update={"id": audit_id}), run.assignment,
+                                                 report, run.files, hint_type, hint))
+            return self.links.url(audit_id)
+        except Exception:  # the hint is still delivered, without its page
+            log.exception("hint_page_failed", submission_id=run.record.submission_id, audit_id=audit_id)
+            return None
 
     # -- steps ---------------------------------------------------------------
     def _decide(self, request: GradeRequest, report: GradeReport, run: _Run) -> tuple[str | None, HintType | None]:
@@ -138,6 +178,7 @@ class HintStage:
             rec.outcome, rec.reason = HintOutcome.error, "circuit breaker open"
             return None, None
         files = self._files(request, assignment)
+        run.assignment, run.files = assignment, files
         code = files.get(assignment.config.entry, b"").decode("utf-8", "replace")
         rec.cache_key = self.cache_key(assignment, code, hint_type)
 
@@ -264,7 +305,8 @@ class HintStage:
             self._grade_files = Grader(self.settings, make_backend(self.settings)).grade_files
         return self._grade_files
 
-    def _finish(self, run: _Run) -> None:
+    def _finish(self, run: _Run) -> int:
+        """Audit the decision (its number, 0 if the store failed), cache a new hint, report it."""
         rec = run.record
         rec.tokens, rec.seconds = run.tokens, round(time.monotonic() - run.started, 3)
         try:
@@ -280,3 +322,4 @@ class HintStage:
                  seconds=rec.seconds)
         safe_call(self.hooks.on_hint, rec.outcome.value, rec.seconds, rec.tokens)
         safe_call(self.hooks.on_phase, "", "hint", rec.seconds)
+        return audit_id

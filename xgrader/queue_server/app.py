@@ -140,6 +140,7 @@ class QueueApp:
         self._lock = threading.Lock()
         self.edx = config.mode == "edx"
         self._base_urls: dict[tuple, str] = {}
+        self.hint_pages: Any = None   # xgrader.hints.web.HintPages, set by queue_server.hint_routes
 
     # -- WSGI ----------------------------------------------------------------
     def __call__(self, environ: dict, start_response: Callable) -> Any:
@@ -158,6 +159,8 @@ class QueueApp:
         path = request.path
         if path in ("/", PREFIX, PREFIX.rstrip("/")):
             return self.dashboard(request)
+        if self.hint_pages is not None and self.hint_pages.handles(path):
+            return self.hint_pages.respond(request)
         if path.startswith(PREFIX + "files/"):
             return self.serve_file(request, path[len(PREFIX + "files/"):])
         if path.startswith(PREFIX + "filemap/"):
