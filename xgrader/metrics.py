@@ -153,6 +153,9 @@ def build_hooks(settings: Settings) -> MetricsHooks:
     server itself, so do it here when metrics_port is set (on
     settings.metrics_host, loopback by default)."""
     hooks = MetricsHooks(stall_seconds=_stall_for(settings))
+    if settings.hints.enabled:   # ratings, escalations, time to answer: read from the hint store
+        from xgrader.hints.loop_metrics import HintLoopCollector
+        hooks.registry.register(HintLoopCollector(settings.hints.store))
     if getattr(settings, "metrics_port", None):
         hooks.server = start_metrics_server(settings, hooks, hooks.readiness,
                                             host=getattr(settings, "metrics_host", "127.0.0.1"))

@@ -1,7 +1,8 @@
 """`xgrader hints`: the instructor-in-the-loop view of AI hints. Every hint
 decision is in the hint store's audit log (prompt sent, reply, guard
 verdict, delivered or not); staff list and read them, block a cached hint,
-or switch hints off for one assignment."""
+or switch hints off for one assignment. The escalation queue, the
+helpful-rate report and data deletion are in cli/hint_staff.py."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import datetime
 import sys
 from pathlib import Path
 
+from xgrader.cli import hint_staff
+
 EPILOG = """\
 examples:
   xgrader hints list --assignment squares      newest decisions first
@@ -17,6 +20,7 @@ examples:
   xgrader hints block 42                       never serve that hint again (drops it from the cache)
   xgrader hints disable squares                no hints for this assignment from now on
   xgrader hints enable squares
+{staff}
 The store is the daemon's: XGRADER_HINTS__STORE, the config file's [hints] store, or --store
 (sqlite:///PATH or redis://HOST:PORT/DB). Exit 0 on success, 1 for an unknown ID, 2 on bad arguments.
 """
@@ -26,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "hints", help="audit, block and switch off AI hints",
         description="Read the AI hint audit log; block a cached hint; switch hints off or on per assignment.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EPILOG.format(staff=hint_staff.EPILOG), formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--config", type=Path, help="daemon config file (TOML or JSON) naming the hint store")
     p.add_argument("--store", help="hint store URL (overrides the config)")
@@ -44,6 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     off.add_argument("assignment")
     on = acts.add_parser("enable", help="switch hints back on for an assignment")
     on.add_argument("assignment")
+    hint_staff.register(acts)
     p.set_defaults(func=run)
 
 
@@ -64,6 +69,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"xgrader hints: cannot open the hint store: {exc}", file=sys.stderr)
         return 2
     try:
+        if args.action in ("escalations", "report", "forget-student", "purge"):
+            return hint_staff.run(store, args)
         if args.action == "list":
             return _list(store, args)
         if args.action == "show":
