@@ -15,6 +15,7 @@ import html
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -159,10 +160,19 @@ def test_student_rates_escalates_instructor_answers_in_chromium(tmp_path, fake_l
         row = next(line for line in report.stdout.splitlines() if line.startswith("squares"))
         assert row.split()[:8] == ["squares", "debugging", "fake-model", "1", "1", "0", "1", "0%"]
     finally:
-        for proc in procs.values():
+        for proc in procs.values():   # SIGTERM: the daemon drains and stops its sandboxes; then the group
             if proc.poll() is None:
-                proc.kill()
-                proc.wait(10)
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in procs.values():
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                pass
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait(10)
         receiver.stop()
     for shot in shots.iterdir():
         assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 5000

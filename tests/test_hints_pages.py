@@ -271,3 +271,24 @@ def test_staff_pages_need_login_csrf_and_respect_claims(env):
     assert env.store.escalation_get(esc.id).answer == "Square each number."
     assert "Square each number." in s.get(link, timeout=10).text
     assert ana.get(f"{env.base}/hints/staff/999", timeout=10).status_code == 404
+
+
+def test_feedback_links_the_hint_page_and_shows_staff_answers_escaped():
+    import xml.etree.ElementTree as ET
+
+    from xgrader import feedback
+    from xgrader.report import GradeReport, Outcome, StaffAnswer
+
+    report = GradeReport(assignment="a", title="A", outcome=Outcome.failed, score=0, max_score=1, hint="h <b>",
+                         hint_link="https://g.example/hints/h/abc.def-_x?a=1&b=2",
+                         staff_answers=[StaffAnswer(question="<q>", answer="<script>x()</script>")])
+    out = feedback.render_html(report)
+    ET.fromstring(out)                                              # still one well-formed element
+    assert '<a href="https://g.example/hints/h/abc.def-_x?a=1&amp;b=2" target="_blank"' in out
+    assert out.count("<a ") == 1 and feedback.HINT_LINK_TEXT in out
+    assert feedback.ANSWER_LABEL in out and "&lt;script&gt;x()&lt;/script&gt;" in out and "<script>" not in out
+    assert out.index(feedback.ANSWER_LABEL) < out.index(feedback.HINT_LABEL)
+    for bad in ("javascript:alert(1)", "data:text/html,x", "//evil.example/"):
+        assert "<a " not in feedback.render_html(report.model_copy(update={"hint_link": bad}))
+    text = feedback.render_text(report)
+    assert f"{feedback.HINT_LINK_TEXT}: https://g.example/hints/h/abc" in text and "<script>x()</script>" in text

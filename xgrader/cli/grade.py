@@ -145,7 +145,9 @@ class _HintPreview:
 
         self._dir = tempfile.TemporaryDirectory(prefix="xgrader-hint-preview-")
         self.store = SQLiteStore(Path(self._dir.name) / "hints.db")
-        hints = settings.hints.model_copy(update={"enabled": True, "store": f"sqlite:///{self._dir.name}/hints.db"})
+        # No student page (its records would not be in the daemon's store), no staff answers.
+        hints = settings.hints.model_copy(update={"enabled": True, "store": f"sqlite:///{self._dir.name}/hints.db",
+                                                  "page_url": None, "answers_in_feedback": False})
         self.stage = HintStage(settings.model_copy(update={"hints": hints}), store=self.store,
                                registry=grader.registry, grade_files=grader.grade_files)
 
