@@ -89,7 +89,7 @@ def student(d: Delivery, rating: Rating | None, esc: Escalation | None, action: 
                 "<p><button id='escalate'>Send to the course staff</button></p>"
                 f"<p class='muted'>You can ask {asks_left} more time(s) about this assignment. The staff see "
                 "your code, your feedback, this hint and your note.</p></form>")
-        else:
+        elif asks_used:   # (no questions at all when the operator set the limit to 0)
             parts.append(f"<p id='quota'>You have asked the course staff {asks_used} time(s) about this "
                          "assignment, which is the limit.</p>")
     return page(f"Hint: {d.title or d.assignment}", "".join(parts))
