@@ -16,10 +16,11 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from xgrader.backends.base import Limits
+from xgrader.resources import EXAMPLES_DIR, RUNNER_DIR
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_HANDLERS = REPO_ROOT / "payload_handlers"
-DEFAULT_RUNNER_DIR = REPO_ROOT / "sandbox"
+# Shipped with the package (xgrader/resources.py): in a checkout, payload_handlers/ and sandbox/.
+DEFAULT_HANDLERS = EXAMPLES_DIR
+DEFAULT_RUNNER_DIR = RUNNER_DIR
 
 
 class HintSettings(BaseModel):

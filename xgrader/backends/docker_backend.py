@@ -164,11 +164,12 @@ def _safe(label: str) -> str:
 
 
 def _import_docker() -> Any:
+    from xgrader.extras import MissingExtra, require  # optional at import time: auto falls back to bwrap
+
     try:
-        import docker  # noqa: PLC0415  (optional at import time: auto falls back to bwrap)
-    except ImportError as exc:
-        raise SandboxError(f"the docker SDK is not installed: {exc}") from None
-    return docker
+        return require("docker", "docker")
+    except MissingExtra as exc:
+        raise SandboxError(str(exc)) from None
 
 
 def _engine_error(what: str, exc: BaseException) -> SandboxError:

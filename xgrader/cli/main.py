@@ -32,8 +32,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from xgrader.extras import MissingExtra
+
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except MissingExtra as exc:  # an optional feature without its extra: one line, no traceback
+        print(f"xgrader: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
+from xgrader.extras import MissingExtra
 from xgrader.hints.models import HintOutcome, HintType, PROMPT_VERSION
 from xgrader.hints.stage import HintStage
 from xgrader.hints.store import HintStore, RedisStore, SQLiteStore, check_store_url, open_store
@@ -32,6 +33,8 @@ def build_stage(settings: Settings, hooks: Hooks | None = None) -> HintStage | N
     try:
         check_store_url(settings.hints.store)
         return HintStage(settings, hooks)
+    except MissingExtra:  # not a setting to fix but an install: the caller stops with one line
+        raise
     except Exception as exc:
         log.error("hints_unavailable", error=str(exc)[:300])
         return None

@@ -10,9 +10,11 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, TypeVar
 
-import openai
 import structlog
 
+from xgrader.extras import require
+
+openai = require("openai", "hints")
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
 

@@ -168,6 +168,10 @@ class HintStore(abc.ABC):
 def check_store_url(url: str) -> None:
     if not url.startswith(("sqlite:///", "redis://", "rediss://", "unix://")) or url == "sqlite:///":
         raise ValueError(f"hint store URL must be sqlite:///PATH or redis://HOST:PORT/DB, not {url!r}")
+    if not url.startswith("sqlite:///"):
+        from xgrader.extras import require
+
+        require("redis", "redis")  # at start, not in the first job that needs a hint
 
 
 def open_store(url: str) -> HintStore:
@@ -382,9 +386,9 @@ _INF = "+inf"
 
 class RedisStore(RedisLoop, HintStore):
     def __init__(self, url: str, prefix: str = "xgrader:hints:") -> None:
-        import redis  # only needed for this store
+        from xgrader.extras import require
 
-        self._redis = redis
+        self._redis = require("redis", "redis")  # only this store needs it
         self.url = url
         self.p = prefix
         self._client: tuple[int, Any] | None = None
