@@ -16,11 +16,12 @@ if TYPE_CHECKING:
 _log = structlog.get_logger(__name__)
 
 
-def make_backend(settings: "Settings", *, unsafe_ok: bool = False) -> Backend:
+def make_backend(settings: "Settings", *, unsafe_ok: bool = False, daemon: bool = False) -> Backend:
     """The configured backend. `auto` picks docker when an engine answers,
     else bwrap. `unsafe` needs an explicit opt-in (`--unsafe-no-sandbox`).
-    bwrap comes behind a WarmPool (xgrader/backends/warm.py) when
-    `settings.warm_pool` > 0 and cgroups are usable."""
+    A backend comes behind a WarmPool (xgrader/backends/warm.py) of
+    `settings.warm_pool_for(kind, daemon=...)` sandboxes when that is > 0 (bwrap:
+    and cgroups are usable)."""
     kind = settings.sandbox
     if kind == "unsafe":
         if not unsafe_ok:
@@ -32,9 +33,10 @@ def make_backend(settings: "Settings", *, unsafe_ok: bool = False) -> Backend:
             from xgrader.backends.docker_backend import DockerBackend
             backend = DockerBackend(settings)
             backend.check()
-            if getattr(settings, "warm_pool", 0) > 0 and backend.warmable:
+            warm = settings.warm_pool_for("docker", daemon=daemon)
+            if warm > 0 and backend.warmable:
                 from xgrader.backends.warm import WarmPool
-                return WarmPool(backend, settings.warm_pool, settings)
+                return WarmPool(backend, warm, settings)
             return backend
         except Exception as exc:  # noqa: BLE001  (ImportError, DockerException, no engine, no image)
             if kind == "docker":
@@ -44,7 +46,8 @@ def make_backend(settings: "Settings", *, unsafe_ok: bool = False) -> Backend:
             _log.info("sandbox_auto_fallback", backend="bwrap", reason=str(exc)[:200])
     from xgrader.backends.bwrap import BwrapBackend
     bwrap = BwrapBackend(settings)
-    if getattr(settings, "warm_pool", 0) > 0 and bwrap.cgroups.usable:
+    warm = settings.warm_pool_for("bwrap", daemon=daemon)
+    if warm > 0 and bwrap.cgroups.usable:
         from xgrader.backends.warm import WarmPool
-        return WarmPool(bwrap, settings.warm_pool, settings)
+        return WarmPool(bwrap, warm, settings)
     return bwrap

@@ -22,7 +22,7 @@ Environment (every Settings field is XGRADER_<FIELD>, nested XGRADER_HINTS__<FIE
   XGRADER_STALL_TIMEOUT_S      no loop progress for this long -> exit 70 (default 300)
   XGRADER_POLL_MIN_S / XGRADER_POLL_MAX_S   empty-queue backoff bounds (default 0.05 / 5)
   XGRADER_WARM_POOL            sandboxes pre-started per forked child while the daemon waits for work
-                               (bwrap with cgroups: default 1 for `run`, idle pull-to-post ~3x shorter
+                               (bwrap with cgroups: default 1, idle pull-to-post ~3x shorter
                                for about the same CPU; 0 turns it off)
   XGRADER_METRICS_PORT         /metrics, /healthz, /readyz (default off)
   XGRADER_METRICS_HOST         their listen address (default 127.0.0.1; 0.0.0.0 in containers)
@@ -85,28 +85,12 @@ def run(args: argparse.Namespace) -> int:
     wiring.configure_logging(settings)
     log = structlog.get_logger("xgrader.cli.run")
     hooks = wiring.build_hooks(settings)
+    hints = wiring.build_hints(settings, hooks)  # before any sandbox starts: a missing extra stops here
     try:
-        backend = make_backend(settings, unsafe_ok=args.unsafe_no_sandbox)
+        backend = make_backend(settings, unsafe_ok=args.unsafe_no_sandbox, daemon=True)
     except SandboxError as exc:
         log.error("sandbox_unavailable", error=str(exc))
         return 2
-    backend = _default_warm_pool(settings, backend)
     client = wiring.build_client(settings, hooks)
-    hints = wiring.build_hints(settings, hooks)
     return Daemon(settings, client, backend, hooks, hints=hints).run()
 
-
-def _default_warm_pool(settings, backend):
-    """The daemon forks its children ahead of their job; with bwrap each one
-    pre-starts its one sandbox meanwhile (docs/performance.md: idle
-    pull-to-post 44 -> 15 ms at equal CPU). Only when XGRADER_WARM_POOL was
-    not set, and only for bwrap with cgroups (what make_backend warms)."""
-    if "warm_pool" in settings.model_fields_set:
-        return backend
-    from xgrader.backends.bwrap import BwrapBackend
-
-    if type(backend) is BwrapBackend and backend.cgroups.usable:
-        from xgrader.backends.warm import WarmPool
-
-        return WarmPool(backend, 1, settings)
-    return backend
