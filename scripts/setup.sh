@@ -23,8 +23,11 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 PY=${PYTHON:-python3}
-if ! "$PY" -c "import xgrader, pytest_timeout" 2>/dev/null || [ pyproject.toml -nt .cache/pip-stamp ]; then
-  "$PY" -m pip install -q --disable-pip-version-check -e '.[dev]' 2>&1 | grep -v "Running pip as the 'root' user" || true
+# The demo needs the core only; the test suite also exercises every optional extra.
+extras=dev,hints,redis,docker,postgres
+[ "$mode" = "--local" ] && extras=dev
+if ! "$PY" -c "import xgrader, pytest_timeout, hypothesis" 2>/dev/null || [ pyproject.toml -nt .cache/pip-stamp ]; then
+  "$PY" -m pip install -q --disable-pip-version-check -e ".[$extras]" 2>&1 | grep -v "Running pip as the 'root' user" || true
   mkdir -p .cache && touch .cache/pip-stamp
 fi
 
