@@ -81,10 +81,14 @@ def test_daemon_image_runs_as_non_root(daemon_image):
     r = podman("run", "--rm", "--network=none", daemon_image, "xgrader", "--help")
     assert r.returncode == 0 and "xqueue-compatible external grader" in r.stdout, r.stderr
     r = podman("run", "--rm", "--network=none", daemon_image, "python3", "-c",
-               "import os, xgrader.backends.docker_backend\n"
+               "import os, shutil, xgrader.backends.docker_backend\n"
                "from xgrader.config import Settings\ns = Settings()\n"
-               "print(os.getuid(), (s.runner_dir / 'runner.py').is_file(), s.handlers.is_dir())")
-    assert r.returncode == 0 and r.stdout.split() == ["10001", "True", "True"], r.stdout + r.stderr
+               "print(os.getuid(), (s.runner_dir / 'runner.py').is_file(), s.handlers.is_dir(),\n"
+               "      str(s.runner_dir).startswith('/opt/xgrader/venv/'), bool(shutil.which('bwrap')),\n"
+               "      sorted(k for k in os.environ if k.startswith('XGRADER_')))")
+    # The runner and the examples come from the installed wheel, no XGRADER_* workaround; bwrap is there.
+    assert r.returncode == 0 and r.stdout.split() == ["10001", "True", "True", "True", "True", "[]"], \
+        r.stdout + r.stderr
 
 
 @pytest.mark.slow
@@ -94,15 +98,15 @@ def test_daemon_in_a_container_grades_through_the_host_engine(daemon_image, podm
     only because this host's socket is root-only (compose uses group_add)."""
     jobs = Path(tempfile.mkdtemp(prefix="xgrader-e2e-", dir="/var/tmp"))
     sock = podman_engine.removeprefix("unix://")
-    samples = "/opt/xgrader/app/payload_handlers/is_prime/samples"
+    samples = REPO / "payload_handlers" / "is_prime" / "samples"
     try:
         replies = {}
         for sample in ("correct.py", "wrong_offbyone.py"):
             r = podman("run", "--rm", "--network=none", "--user", "0",
-                       "-v", f"{sock}:/run/engine.sock", "-v", f"{jobs}:{jobs}",
+                       "-v", f"{sock}:/run/engine.sock", "-v", f"{jobs}:{jobs}", "-v", f"{samples}:/samples:ro",
                        "-e", f"TMPDIR={jobs}", "-e", "XGRADER_SANDBOX=docker",
                        "-e", "XGRADER_DOCKER_URL=unix:///run/engine.sock",
-                       daemon_image, "xgrader", "grade", "--payload", "is_prime", f"{samples}/{sample}",
+                       daemon_image, "xgrader", "grade", "--payload", "is_prime", f"/samples/{sample}",
                        timeout=300)
             assert r.returncode == 0, r.stdout + r.stderr
             replies[sample] = json.loads(r.stdout)
