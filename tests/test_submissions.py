@@ -163,14 +163,31 @@ def test_zip_bomb_is_stopped_by_bytes_actually_read() -> None:
     _rejected("larger than the allowed 5000000 bytes", files={"bomb.zip": bomb})
 
 
+def _set_uncompressed_size(data: bytes, header: bytes, size: int) -> bytes:
+    """Rewrite the uncompressed-size field of the first local (PK\\3\\4) or central (PK\\1\\2) header."""
+    at = data.index(header) + {b"PK\x03\x04": 22, b"PK\x01\x02": 24}[header]
+    return data[:at] + size.to_bytes(4, "little") + data[at + 4:]
+
+
 def test_zip_bomb_with_lying_header_sizes() -> None:
-    data = bytearray(_zip({"submission.py": b"\0" * 20_000_000}))
-    # Claim 10 bytes uncompressed in both headers: reading must not trust it.
-    real = (20_000_000).to_bytes(4, "little")
-    assert data.count(real) == 2
-    data = bytearray(bytes(data).replace(real, (10).to_bytes(4, "little")))
-    with pytest.raises(SubmissionError):
-        _files(files={"bomb.zip": bytes(data)})
+    """20 MB of zeros (~20 KB compressed) whose local header claims 10 bytes:
+    a reader that trusted it would let the bomb through. Only the bytes really
+    decompressed count, and the budget stops the read (with the budget check
+    removed, the whole 20 MB would be accepted: this test would fail)."""
+    data = _zip({"submission.py": b"\0" * 20_000_000})
+    assert len(data) < 100_000
+    data = _set_uncompressed_size(data, b"PK\x03\x04", 10)
+    message = _rejected("larger than the allowed 5000000 bytes", files={"bomb.zip": data}, max_bytes=5_000_000)
+    assert "bomb.zip" in message
+
+
+def test_zip_entry_longer_than_both_headers_claim_is_rejected() -> None:
+    """Both headers claim 10 bytes of a 20 MB entry: zipfile stops at the claim,
+    and the truncated content must not pass as the file (its CRC fails)."""
+    data = _zip({"submission.py": b"\0" * 20_000_000})
+    for header in (b"PK\x03\x04", b"PK\x01\x02"):
+        data = _set_uncompressed_size(data, header, 10)
+    _rejected("cannot be read", files={"bomb.zip": data})
 
 
 def test_stored_zip_counts_its_content_once() -> None:
