@@ -4,8 +4,9 @@ grading kit over tests/attacks/assignments (canaries in hidden tests and the
 reference solution).
 
 `sandbox` is session-scoped and parametrised, so pytest runs the whole suite
-backend by backend; test_zz_aftermath.py then checks, per backend, that
-nothing of any attack is left and an ordinary submission still grades."""
+backend by backend; its teardown (aftermath.py) then checks, per backend and
+whatever tests ran, that an ordinary submission still grades and nothing of
+any attack is left."""
 
 from __future__ import annotations
 
@@ -58,11 +59,16 @@ def config_file() -> Path:
 
 
 @pytest.fixture(scope="session", params=ATTACK_PARAMS)
-def sandbox(request):
+def sandbox(request, tmp_path_factory):
     b = make_backend(settings_for(request.param, request))
     b.param_name = request.param  # which variant (bwrap, bwrap_cold, bwrap_warm, docker)
     yield b
-    b.close()
+    try:  # after the last test that used this backend, in any order
+        from tests.attacks import aftermath
+        settings = settings_for(request.param, request, handlers=ASSIGNMENTS)
+        aftermath.check(b, AttackGrader(b, settings, tmp_path_factory.mktemp("aftermath-expected")))
+    finally:
+        b.close()
 
 
 @pytest.fixture(autouse=True)

@@ -1,13 +1,14 @@
-"""After every attack on a backend (pytest runs the suite backend by backend:
-`sandbox` is a session-scoped parameter; this module sorts last): nothing of
-any job is left, and an ordinary submission still grades correctly."""
+"""The aftermath of the attacks on one backend, checked when the session-scoped
+`sandbox` fixture of that backend is torn down (tests/attacks/conftest.py):
+after every test that used it, in whatever order or selection they ran. An
+ordinary submission still grades correctly, and nothing of any job is left
+(process, cgroup, container, temp dir). A failure shows as an error at the
+teardown of the last test that used the backend."""
 
 import glob
 import os
 import tempfile
 import time
-
-import pytest
 
 from tests.attacks.conftest import descendants
 from xgrader.report import Outcome
@@ -15,7 +16,7 @@ from xgrader.report import Outcome
 HONEST = "def double(n):\n    return 2 * n\n"
 
 
-def _leftovers(backend) -> list[str]:
+def leftovers(backend) -> list[str]:
     # A warm pool's idle sandboxes are no job's: they are expected to be there.
     idle = list(getattr(backend, "_idle", ()))
     spare_pids = {p for sb in idle for p in [sb.proc.pid, *[d for d, _ in descendants(sb.proc.pid)]]}
@@ -45,21 +46,20 @@ def _ppid(pid: int) -> int:
         return int(fh.read().rsplit(b")", 1)[1].split()[1])
 
 
-def test_nothing_left_behind(sandbox):
-    if hasattr(sandbox, "wait_ready"):
-        assert sandbox.wait_ready(timeout=15)  # no start half done while we look
+def check(backend, grader) -> None:
+    """Raise AssertionError unless the backend still grades an ordinary
+    submission (on the warm path too) and nothing of any job is left."""
+    for kind in ("vault", "vault_io"):
+        hits = getattr(backend, "hits", None)
+        report = grader.grade(kind, HONEST)
+        assert report.outcome is Outcome.passed and report.score == 4, report
+        wrong = grader.grade(kind, "def double(n):\n    return n * 2 if n > 0 else 0\n")
+        assert wrong.score == 3 and wrong.outcome is Outcome.partial, wrong  # only double(-4) is wrong
+        if hits is not None:
+            assert backend.hits > hits  # the warm path was taken
+    if hasattr(backend, "wait_ready"):
+        assert backend.wait_ready(timeout=15)  # no start half done while we look
     deadline = time.monotonic() + 10  # removal of the last job's parts may still be under way
-    while (left := _leftovers(sandbox)) and time.monotonic() < deadline:
+    while (left := leftovers(backend)) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert left == [], left
-
-
-@pytest.mark.parametrize("kind", ["vault", "vault_io"])
-def test_ordinary_submission_still_grades(attack_grader, kind):
-    hits = getattr(attack_grader.backend, "hits", None)
-    report = attack_grader.grade(kind, HONEST)
-    assert report.outcome is Outcome.passed and report.score == 4, report
-    wrong = attack_grader.grade(kind, "def double(n):\n    return n * 2 if n > 0 else 0\n")
-    assert wrong.score == 3 and wrong.outcome is Outcome.partial, wrong  # only double(-4) is wrong
-    if hits is not None:
-        assert attack_grader.backend.hits > hits  # the warm path was taken
+    assert left == [], f"{backend.param_name}: left behind after the attacks: {left}"
