@@ -1,5 +1,6 @@
-"""Submission in, verdict out: the one grading path every entry point shares
-(the daemon's per-job child, push mode, `xgrader grade`, `xgrader batch`).
+"""Submission in, verdict out: the grading path of the daemon's per-job
+child, push mode and `xgrader grade` (`batch` and `check` call the Grader
+this wraps, without hints or the reply).
 
     GradeRequest -> grading.grade -> [hints] -> feedback.render_html -> GraderReply
 
