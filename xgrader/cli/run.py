@@ -13,7 +13,7 @@ Environment (every Settings field is XGRADER_<FIELD>, nested XGRADER_HINTS__<FIE
   XGRADER_QUEUE_USER           queue login user (default xgrader)
   XGRADER_QUEUE_PASSWORD       queue password (or XGRADER_QUEUE_PASSWORD_FILE); never logged
   XGRADER_BASIC_AUTH_USER / XGRADER_BASIC_AUTH_PASSWORD   HTTP Basic auth for a proxy
-  XGRADER_HANDLERS             assignments root (default payload_handlers/)
+  XGRADER_HANDLERS             assignments root (default: the bundled example assignments)
   XGRADER_SANDBOX              auto | bwrap | docker | unsafe (unsafe needs --unsafe-no-sandbox)
   XGRADER_CONCURRENCY          submissions graded at once per queue (default 2)
   XGRADER_JOB_TIMEOUT_S        hard wall-clock limit of one submission's child (default 120)
