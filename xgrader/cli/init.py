@@ -291,7 +291,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("name", metavar="NAME", help="assignment name, also the payload's grader (e.g. week1/vowels)")
     p.add_argument("--kind", choices=sorted(KINDS), default="pytest", help="handler kind (default pytest)")
-    p.add_argument("--handlers", type=Path, default=Path("."),
+    p.add_argument("--handlers", type=Path, default=Path("."), metavar="DIR",
                    help="assignments root to create it in (default: the current folder)")
     p.set_defaults(func=run)
 
