@@ -163,8 +163,12 @@ def test_missing_extras_fail_with_one_line(installed):
     hints = _run([xg, "run", "--sandbox", "bwrap"], cwd=installed["cwd"], timeout=60,
                  env={"XGRADER_HINTS__ENABLED": "true", "XGRADER_LOG_LEVEL": "warning"})
     docker = _run([xg, "grade", "--sandbox", "docker", "--payload", "is_prime", sample], cwd=installed["cwd"])
+    preview = _run([xg, "grade", "--hints", "--payload", "is_prime", sample], cwd=installed["cwd"],
+                   env={"XGRADER_HINTS__ENABLED": "true"})
+    # The hints' staff side (audit, questions, reports) works without the LLM client.
     audit = _run([xg, "hints", "list"], cwd=installed["cwd"])
-    for r, code, extra in ((hints, 2, "hints"), (docker, 3, "docker"), (audit, 2, "hints")):
+    assert audit.returncode == 0 and "ASSIGNMENT" in audit.stdout, audit.stderr
+    for r, code, extra in ((hints, 2, "hints"), (docker, 3, "docker"), (preview, 2, "hints")):
         lines = r.stderr.strip().splitlines()
         assert r.returncode == code and len(lines) == 1, r.stdout + r.stderr
         assert f"pip install 'xgrader[{extra}]'" in lines[0], lines
