@@ -114,61 +114,188 @@ class Channel:
             data = data[n:]
 
 
-# -- capture -------------------------------------------------------------------
+# -- standard streams ------------------------------------------------------------
+# Student code gets real text streams (io.TextIOWrapper over a buffered file
+# descriptor, as the interpreter builds them): reconfigure(), .buffer,
+# fileno(), encoding, errors, isatty(), close() all behave as in a program.
 
-class Capture:
-    """A text stream keeping the first OUT_CAP characters of what is written.
-    Past `hard_cap` in total the request ends as an output-limit verdict."""
-
-    encoding = "utf-8"
-    errors = "replace"
-
-    def __init__(self, on_limit=None, hard_cap=None):
-        self.parts = []
-        self.size = 0
-        self.total = 0
-        self.truncated = False
-        self.on_limit = on_limit
-        self.hard_cap = hard_cap
-
-    def write(self, s):
-        if not isinstance(s, str):
-            raise TypeError("write() argument must be str, not " + type(s).__name__)
-        self.total += len(s)
-        if self.hard_cap is not None and self.total > self.hard_cap:
-            self.on_limit()
-        room = OUT_CAP - self.size
-        if len(s) > room:
-            self.truncated = True
-            s = s[:max(room, 0)]
-        if s:
-            self.parts.append(s)
-            self.size += len(s)
-        return len(s)
-
-    def writelines(self, lines):
-        for line in lines:
-            self.write(line)
-
-    def flush(self):
+def std_stream(fd, name, like=None, line_buffering=False, raw=None):
+    """sys.<name> over `fd` the way the interpreter builds it at start-up
+    (encoding and errors taken from `like`, the interpreter's own stream)."""
+    import io
+    if raw is None:
+        raw = io.FileIO(fd, "rb" if name == "stdin" else "wb", closefd=False)
+    try:
+        raw.name = "<%s>" % name
+    except AttributeError:
         pass
+    buffer = (io.BufferedReader if name == "stdin" else io.BufferedWriter)(raw, io.DEFAULT_BUFFER_SIZE)
+    encoding = getattr(like, "encoding", None) or "utf-8"
+    errors = "backslashreplace" if name == "stderr" else (getattr(like, "errors", None) or "strict")
+    stream = io.TextIOWrapper(buffer, encoding, errors, newline="\n", line_buffering=line_buffering)
+    stream.mode = "r" if name == "stdin" else "w"
+    return stream
 
-    def isatty(self):
-        return False
 
-    def text(self):
-        return "".join(self.parts) + ("\n[output truncated]" if self.truncated else "")
+def fresh_stdio():
+    """New sys.stdin/stdout/stderr (and sys.__std*__) for fds 0-2. A forked
+    job (sandbox/zygote.py) inherits stream objects built for the fork server's
+    descriptors: cached seekability makes reconfigure() fail with ESPIPE on a
+    pipe. The interpreter's encoding and errors are kept."""
+    for fd, name in enumerate(("stdin", "stdout", "stderr")):
+        old = getattr(sys, "__%s__" % name, None) or getattr(sys, name, None)
+        try:
+            os.fstat(fd)
+            stream = std_stream(fd, name, old, line_buffering=name == "stderr" or (
+                name == "stdout" and os.isatty(fd)))
+        except (OSError, ValueError):
+            continue  # a closed descriptor: as the interpreter, keep what is there
+        setattr(sys, name, stream)
+        setattr(sys, "__%s__" % name, stream)
 
 
-class EmptyStdin:
-    def read(self, *a):
-        return ""
+def _counted_file():
+    """io.FileIO counting the bytes the student's streams write through it."""
+    import io
 
-    def readline(self, *a):
-        return ""
+    class CountedFile(io.FileIO):
+        budget = None
 
-    def __iter__(self):
-        return iter(())
+        def write(self, data):
+            self.budget.spend(len(data))
+            return io.FileIO.write(self, data)
+
+        def seekable(self):
+            return False  # like the pipe a program's stdout is
+
+    return CountedFile
+
+
+class Output:
+    """What the student's code prints during one request, captured at the
+    descriptor level: during a request fds 1 and 2 point at emptied
+    in-memory files (memfd) and sys.stdout/sys.stderr are text streams over
+    fds 1 and 2; afterwards the real descriptors come back. So print(),
+    sys.stdout.buffer, os.write(sys.stdout.fileno(), ...), sys.__stdout__ and
+    child processes are all captured, in the order they reached the
+    descriptor. The streams live as long as the runner, as in a program
+    (`write = sys.stdout.write` at import keeps working, a reconfigure()
+    stays); one the code closed ends that request's output (what was
+    printed before counts) and is replaced for the next request.
+
+    Written through these streams past `cap` bytes (stdout + stderr), or
+    found past it at the end, the request ends with an output-limit verdict
+    (`on_limit`)."""
+
+    def __init__(self, on_limit):
+        self.real = (sys.stdout, sys.stderr, sys.stdin)  # the runner's own
+        self.like = sys.stdout      # the interpreter's stdout: encoding, errors
+        self.on_limit = on_limit
+        self.cap = 1000000
+        self.used = 0
+        self.saved = {}
+        self.sinks = {}
+        self.out = self.err = self.stdin = None
+        self.file_type = _counted_file()
+        self.file_type.budget = self
+
+    def spend(self, n):
+        self.used += n
+        if self.used > self.cap:
+            self.on_limit()
+
+    def _sink(self, fd):
+        """The in-memory file behind `fd` during requests (empty: end() empties it)."""
+        sink = self.sinks.get(fd)
+        if sink is None:
+            try:
+                sink = os.memfd_create("std%s" % ("out" if fd == 1 else "err"))
+            except (AttributeError, OSError):
+                sink = os.open(os.path.dirname(WORKDIR) or "/tmp", os.O_TMPFILE | os.O_RDWR, 0o600)
+            self.sinks[fd] = sink
+        return sink
+
+    def _stream(self, fd, name):
+        return std_stream(fd, name, self.like, line_buffering=name == "stderr",
+                          raw=self.file_type(fd, "wb", closefd=False))
+
+    def begin(self):
+        """Point fds 1 and 2 at empty sinks and sys.stdout/stderr/stdin at
+        the student's streams."""
+        import io
+        self.used = 0
+        _flush(self.real[:2])  # the runner's own, before the switch
+        for fd in (1, 2):
+            if fd not in self.saved:
+                try:
+                    self.saved[fd] = os.dup(fd)
+                except OSError:
+                    self.saved[fd] = None  # closed at start: restored as closed
+            os.dup2(self._sink(fd), fd)
+        if self.out is None or self.out.closed:
+            self.out = self._stream(1, "stdout")
+        if self.err is None or self.err.closed:
+            self.err = self._stream(2, "stderr")
+        if self.stdin is None or self.stdin.closed:
+            self.stdin = io.TextIOWrapper(io.BytesIO(), "utf-8")
+            self.stdin.mode = "r"
+        # sys.__stdout__ is sys.stdout in a program (`sys.stdout = sys.__stdout__` undoes a redirect).
+        sys.stdout, sys.stderr, sys.stdin = sys.__stdout__, sys.__stderr__, sys.__stdin__ = (
+            self.out, self.err, self.stdin)
+
+    def end(self):
+        """(stdout text, stderr text): what reached fds 1 and 2, each capped
+        at OUT_CAP bytes (truncation marked); the real fds come back."""
+        # What is still buffered reaches the sinks first, as at a program's
+        # exit: the streams, and a plain io stream the code put in their
+        # place (open(1, "w")...).
+        _flush((sys.stdout, sys.stderr, self.out, self.err, sys.__stdout__, sys.__stderr__))
+        texts = []
+        size = 0
+        for fd in (1, 2):
+            sink = self.sinks.get(fd)
+            data = b""
+            try:
+                n = os.fstat(sink).st_size
+                if n:
+                    size += n
+                    data = os.pread(sink, OUT_CAP + 1, 0)
+                    os.ftruncate(sink, 0)  # empty for the next request
+                    os.lseek(sink, 0, 0)
+            except (OSError, TypeError):  # the code closed it: a new one next time
+                self.sinks.pop(fd, None)
+            text = data[:OUT_CAP].decode("utf-8", "replace")
+            texts.append(text + "\n[output truncated]" if len(data) > OUT_CAP else text)
+        self.restore()
+        if size > self.cap:
+            self.on_limit()
+        return texts[0], texts[1]
+
+    def restore(self):
+        """The runner's own descriptors and streams back."""
+        for fd in (1, 2):
+            real = self.saved.get(fd)
+            try:
+                if real is None:
+                    os.close(fd)
+                else:
+                    os.dup2(real, fd)
+            except OSError:
+                pass
+        sys.stdout, sys.stderr, sys.stdin = sys.__stdout__, sys.__stderr__, sys.__stdin__ = self.real
+
+
+def _flush(streams):
+    """Flush the plain io streams among `streams` (never a student object's
+    own flush()); errors are ignored, as at exit."""
+    import io
+    for stream in streams:
+        if type(stream) in (io.TextIOWrapper, io.BufferedWriter, io.FileIO):
+            try:
+                if not stream.closed:
+                    stream.flush()
+            except BaseException:  # noqa: BLE001  (a student raw layer may raise anything)
+                pass
 
 
 # -- values --------------------------------------------------------------------
@@ -370,9 +497,8 @@ class Runner:
         self.channel = channel
         self.handles = Handles()
         self.module = None
-        self.real = (sys.stdout, sys.stderr, sys.stdin)
         self.current = (None, None)   # (request id, batch index) being served
-        self.output_cap = 1000000
+        self.output = Output(self.output_limit)
 
     def output_limit(self):
         """The student's code printed past the job's output limit: answer the
@@ -381,7 +507,7 @@ class Runner:
         rid, index = self.current
         msg = {"id": rid, "ok": False, "output_limit": True, "error": {
             "type": "OutputLimit", "builtin": False, "traceback": "",
-            "message": "printed more than %d characters" % self.output_cap}}
+            "message": "printed more than %d bytes" % self.output.cap}}
         if index is not None:
             msg["index"] = index
         try:
@@ -407,18 +533,20 @@ class Runner:
             self.channel.send(self.handle(req))
 
     def captured(self, fn):
-        """Run fn with fresh capped stdout/stderr; (ok, value-or-exc, out, err)."""
-        out = Capture(self.output_limit, self.output_cap)
-        err = Capture(self.output_limit, self.output_cap)
-        sys.stdout, sys.stderr, sys.stdin = out, err, EmptyStdin()
+        """Run fn with fresh captured stdio; (ok, value-or-exc, out, err)."""
         try:
+            self.output.begin()
             value = fn()
             ok = True
         except BaseException as exc:  # SystemExit, KeyboardInterrupt: still the student's fault
             value, ok = exc, False
         finally:
-            sys.stdout, sys.stderr, sys.stdin = self.real
-        return ok, value, out.text(), err.text()
+            try:
+                out, err = self.output.end()
+            except BaseException:
+                self.output.restore()
+                raise
+        return ok, value, out, err
 
     def handle(self, req):
         rid = req.get("id")
@@ -462,7 +590,7 @@ class Runner:
 
     def op_load(self, req):
         if isinstance(req.get("output_bytes"), int):
-            self.output_cap = req["output_bytes"]
+            self.output.cap = req["output_bytes"]
         name = req.get("module", "submission")
         path = os.path.join(WORKDIR, req.get("path", name + ".py"))
         if WORKDIR not in sys.path:
@@ -558,6 +686,21 @@ class Runner:
         self.channel.send({"id": rid, "ok": True, "done": True})
 
 
+def _report(text):
+    """Text for the host on stderr, after the student's own (a closed or
+    replaced sys.stderr must not lose a crash description)."""
+    try:
+        sys.stderr.flush()
+    except BaseException:
+        pass
+    data = text.encode("utf-8", "replace")
+    try:
+        while data:
+            data = data[os.write(2, data):]
+    except OSError:
+        pass
+
+
 def exec_main(path):
     """Program mode: run FILE as __main__; a crash ends with a MARKER line."""
     import builtins
@@ -569,7 +712,7 @@ def exec_main(path):
         with open(full, "rb") as f:
             code = compile(f.read(), full, "exec", dont_inherit=True)
     except (SyntaxError, ValueError) as exc:
-        sys.stderr.write(MARKER + json_dumps(describe(exc)) + "\n")
+        _report(MARKER + json_dumps(describe(exc)) + "\n")
         return 1
     module = type(sys)("__main__")
     module.__file__ = full
@@ -581,9 +724,8 @@ def exec_main(path):
         raise
     except BaseException as exc:
         err = describe(exc)
-        sys.stderr.write("Traceback (most recent call last):\n" + err["traceback"]
-                         + err["type"] + ": " + err["message"] + "\n")
-        sys.stderr.write(MARKER + json_dumps(err) + "\n")
+        _report("Traceback (most recent call last):\n" + err["traceback"]
+                + err["type"] + ": " + err["message"] + "\n" + MARKER + json_dumps(err) + "\n")
         return 1
     finally:
         try:
@@ -607,6 +749,7 @@ def add_site_dirs():
 
 def main(argv):
     add_site_dirs()
+    fresh_stdio()
     if len(argv) >= 3 and argv[1] == "exec":
         return exec_main(argv[2])
     spec = os.environ.pop("XGRADER_CHANNEL", "")

@@ -9,9 +9,9 @@ import time
 
 import pytest
 
-from xgrader.handlers.student import StudentRunner
+from xgrader.handlers.student import RunnerDied, StudentRunner
 from xgrader.handlers.values import Handle, decode, strict_equal
-from xgrader.backends.base import Limits, SandboxJob
+from xgrader.backends.base import Limits, SandboxJob, Verdict
 
 SOURCE = '''
 import sys
@@ -208,3 +208,94 @@ def test_runner_starts_fast(bwrap_backend):
         times.append(time.monotonic() - began)
         r.close()
     assert min(times) < 0.5, times
+
+
+# -- the student's standard streams -------------------------------------------------
+
+STREAMS = '''
+import os, subprocess, sys
+print("at import")
+AT_IMPORT = sys.stdout
+write = sys.stdout.write
+def fd_level():
+    os.write(1, b"one ")
+    os.write(sys.stdout.fileno(), b"two ")
+    sys.__stdout__.write("three ")
+    print("four", flush=True)
+    subprocess.run([sys.executable, "-I", "-S", "-c", "print('child')"], check=True)
+    os.write(2, b"fd2")
+def by_alias(text):
+    write(text)
+def say(text):
+    print(text)
+def stream():
+    return id(sys.stdout), sys.stdout.line_buffering, sys.stdout.encoding
+def reconfigure():
+    sys.stdout.reconfigure(line_buffering=True)
+def close(text):
+    print(text)
+    sys.stdout.close()
+    sys.stderr.close()
+def close_fds():
+    print("gone", flush=True)
+    os.close(1)
+    os.close(2)
+def flood(n):
+    chunk = b"z" * 65536
+    for _ in range(n):
+        os.write(1, chunk)
+def stdin():
+    return sys.stdin.read(), sys.stdin.isatty(), sys.stdin.encoding
+def ask():
+    return input("name? ")
+'''
+
+
+@pytest.fixture
+def streams(bwrap_backend):
+    r = StudentRunner(bwrap_backend, {"submission.py": STREAMS.encode()}, Limits(wall_s=20, output_bytes=500_000),
+                      module="submission", entry="submission.py", label="test-runner")
+    reply = r.start(10)
+    assert reply["ok"] and reply["stdout"] == "at import\n", reply
+    yield r
+    r.close()
+
+
+def test_output_is_captured_at_the_descriptor(streams):
+    """os.write on fd 1, sys.__stdout__, a child process: all part of the call's output, in order."""
+    reply = call(streams, "fd_level")
+    assert reply["ok"], reply
+    assert reply["stdout"] == "one two three four\nchild\n" and reply["stderr"] == "fd2"
+    assert call(streams, "stream")["stdout"] == ""  # nothing carries over to the next call
+
+
+def test_streams_live_as_long_as_the_program(streams):
+    """A stream bound at import keeps working; a reconfigure() stays, as in a program."""
+    assert call(streams, "by_alias", "late\n")["stdout"] == "late\n"
+    first = call(streams, "stream")["value"]
+    call(streams, "reconfigure")
+    second = call(streams, "stream")["value"]
+    assert first["$tuple"][0] == second["$tuple"][0] and second["$tuple"][1:] == [True, "utf-8"]
+
+
+def test_closing_stdout_ends_the_output_of_that_call(streams):
+    reply = call(streams, "close", "answer")
+    assert reply["ok"] and reply["stdout"] == "answer\n", reply
+    assert call(streams, "close", "again")["stdout"] == "again\n"  # fresh streams next time
+    reply = call(streams, "close_fds")
+    assert reply["ok"] and reply["stdout"] == "gone\n", reply
+    assert call(streams, "say", "still here")["stdout"] == "still here\n"
+    assert call(streams, "by_alias", "x")["error"]["type"] == "ValueError"  # bound to the closed one, as in a program
+
+
+def test_output_limit_counts_bytes_written_to_the_descriptor(bwrap_backend, streams):
+    assert call(streams, "flood", 2)["ok"]  # 128 KiB: under the 500 KB limit
+    with pytest.raises(RunnerDied) as died:
+        call(streams, "flood", 10)
+    assert died.value.verdict is Verdict.output
+
+
+def test_stdin_is_an_empty_text_stream(streams):
+    assert call(streams, "stdin")["value"] == {"$tuple": ["", False, "utf-8"]}
+    reply = call(streams, "ask")
+    assert reply["error"]["type"] == "EOFError" and reply["stdout"] == "name? "

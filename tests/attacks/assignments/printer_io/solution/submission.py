@@ -1,0 +1,7 @@
+# CANARY_SOLUTION_7f3a91: the reference solution must never be readable by students.
+ANSWER_KEY = "CANARY_SOLUTION_7f3a91"
+
+
+def double(n):
+    print(2 * n)
+    return 2 * n
