@@ -31,6 +31,9 @@ def main(argv):
         *argv[1:], "-q", "-p", "no:cacheprovider", "-p", "no:stepwise",
         "-c", os.path.join(HERE, "pytest.ini"), "--rootdir", os.getcwd(),
         "--tb=short", "-o", "console_output_style=classic",
+        # What student code printed is echoed into pytest's capture (capsys
+        # sees it); failure reports need not repeat it on this box's stdout.
+        "--show-capture=no",
     ]
     try:
         code = pytest.main(args, plugins=[Reporter(session, channel)])

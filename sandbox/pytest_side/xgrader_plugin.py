@@ -25,6 +25,14 @@ class Reporter:
         self.phases = {}
         self.excinfo = None
 
+    @pytest.fixture
+    def student_output(self):
+        """What the student's code printed during this test: `.last` (the
+        last call's Printed(out, err)) and `.readouterr()` (everything since
+        the test started or the previous readouterr())."""
+        from xgrader_proxy import StudentOutput
+        return StudentOutput(self.session)
+
     def pytest_collection_finish(self, session):
         self.channel.send({"op": "collected", "tests": [item.nodeid for item in session.items]})
 

@@ -31,15 +31,81 @@ class MissingName(StudentException):
     """The submission does not define a name the tests use."""
 
 
+class Printed(tuple):
+    """What student code printed: `out` (stdout) and `err` (stderr), like
+    the result of pytest's capsys.readouterr()."""
+
+    __slots__ = ()
+
+    def __new__(cls, out="", err=""):
+        return tuple.__new__(cls, (out, err))
+
+    out = property(lambda self: self[0])
+    err = property(lambda self: self[1])
+
+    def __repr__(self):
+        return "Printed(out=%r, err=%r)" % self
+
+
 class TestState:
+    """One test's record of its calls into student code."""
+
+    ECHO_CAP = 1000000   # characters echoed into the test's own capture
+
     def __init__(self):
         self.input = None
         self.output = []
         self.compare = None
+        self.last = Printed()
+        self.unread = ([], [])
+        self.echoed = 0
 
     def add_output(self, text):
         if text and sum(len(t) for t in self.output) < 20000:
             self.output.append(text)
+
+    def printed(self, out, err):
+        """A call's output: kept for the report and for `student_output`, and
+        written to this process's sys.stdout/sys.stderr (pytest's capture,
+        so capsys and capfd see it as if the code had run here)."""
+        self.add_output(out)
+        self.add_output(err)
+        self.last = Printed(out, err)
+        for text, kept, stream in ((out, self.unread[0], sys.stdout), (err, self.unread[1], sys.stderr)):
+            if not text or self.echoed >= self.ECHO_CAP:
+                continue
+            self.echoed += len(text)
+            kept.append(text)
+            try:
+                stream.write(text)
+            except (AttributeError, OSError, ValueError):  # a closed or odd stream: the record stays
+                pass
+
+    def readouterr(self):
+        result = Printed("".join(self.unread[0]), "".join(self.unread[1]))
+        self.unread = ([], [])
+        return result
+
+
+class StudentOutput:
+    """The `student_output` fixture: what the student's code printed during
+    the current test. The code runs in another sandbox; what each call
+    printed comes back with its reply, as plain text."""
+
+    def __init__(self, session):
+        self._session = session
+
+    @property
+    def last(self):
+        """Printed(out, err) of the last call into the student's code (a
+        function or method call, an attribute read, str() or len() of a
+        returned object)."""
+        return self._session.state.last
+
+    def readouterr(self):
+        """Printed(out, err) of every call since the test started or the
+        previous readouterr(), then forgets it, as capsys.readouterr() does."""
+        return self._session.state.readouterr()
 
 
 class Session:
@@ -64,8 +130,7 @@ class Session:
                 return reply
 
     def reply_value(self, reply):
-        self.state.add_output(reply.get("stdout", ""))
-        self.state.add_output(reply.get("stderr", ""))
+        self.state.printed(_text(reply.get("stdout")), _text(reply.get("stderr")))
         if reply.get("ok"):
             return self.decode(reply.get("value"))
         if reply.get("timeout"):
@@ -175,6 +240,10 @@ class Session:
     def special(self, target, name, *args):
         return self.reply_value(self.request({"op": "special", "target": target, "name": name,
                                               "args": [self.encode(a) for a in args]}))
+
+
+def _text(value):
+    return value if type(value) is str else ""
 
 
 def _short(value):
