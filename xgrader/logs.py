@@ -14,7 +14,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
-from typing import TYPE_CHECKING, Any, Iterator
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 import structlog
 from pydantic import SecretStr
@@ -81,6 +82,48 @@ def configure(settings: Settings) -> None:
         cache_logger_on_first_use=False,
     )
     _route_stdlib(shared, renderer, level)
+
+
+class _Notice:
+    """The quiet renderer of the course-staff commands: a warning or an error
+    as one plain line (`xgrader: warning: docker_image_stale (fix=...)`),
+    each event once per run (stdlib records: every one, a formatter cannot
+    drop); nothing below warning reaches it."""
+
+    def __init__(self, once: bool = True, covered: frozenset[str] = frozenset()) -> None:
+        self.once = once
+        self.seen: set[tuple[str, str]] = set()
+        self.covered = covered
+
+    def __call__(self, _logger: Any, _name: str, event: dict[str, Any]) -> str:
+        level = str(event.pop("level", "warning"))
+        name = str(event.pop("event", ""))
+        for key in ("timestamp", "logger", "_record", "_from_structlog"):
+            event.pop(key, None)
+        if name in self.covered:
+            raise structlog.DropEvent
+        if self.once:
+            if (level, name) in self.seen:
+                raise structlog.DropEvent
+            self.seen.add((level, name))
+        details = " ".join(f"{k}={v!r}" if isinstance(v, str) and " " in v else f"{k}={v}"
+                           for k, v in event.items() if v not in (None, ""))
+        return f"xgrader: {level}: {name}" + (f" ({details})" if details else "")
+
+
+def configure_cli(verbose: bool, covered: Iterable[str] = ()) -> None:
+    """Logging for `xgrader grade`, `batch` and `check`, whose output is their
+    own: with -v, every grading step as console log lines; without, only
+    warnings and errors, each once, as a plain `xgrader: warning: ...` line
+    (a clean run prints nothing but the command's output), except the
+    `covered` events, which the command reports itself."""
+    if verbose:
+        configure(SimpleNamespace(log_format="console", log_level="debug"))
+        return
+    configure(SimpleNamespace(log_format="console", log_level="warning"))
+    shared = [structlog.contextvars.merge_contextvars, structlog.processors.add_log_level, redact_secrets]
+    structlog.configure(processors=[*shared, _Notice(covered=frozenset(covered))])
+    _route_stdlib(shared, _Notice(once=False), logging.WARNING)
 
 
 def _route_stdlib(shared: list, renderer: Any, level: int) -> None:

@@ -181,7 +181,7 @@ class _Running:
                 except subprocess.TimeoutExpired:
                     self.proc.kill()
                     self.proc.wait()
-            else:
+            elif self.proc.returncode != 0:  # 0: it saw its socket close, as asked
                 log.warning("fork_server_exited", flavour=" ".join(self.flags), code=self.proc.returncode,
                             stderr=self.stderr()[-600:])
             self.proc = None

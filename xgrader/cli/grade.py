@@ -6,7 +6,6 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 EPILOG = """\
@@ -31,12 +30,14 @@ def add_common(p: argparse.ArgumentParser) -> None:
                    help="sandbox backend (default: settings; XGRADER_SANDBOX, auto)")
     p.add_argument("--unsafe-no-sandbox", action="store_true",
                    help="allow --sandbox unsafe (runs student code unsandboxed; debugging only)")
-    p.add_argument("-v", "--verbose", action="store_true", help="log grading steps to stderr")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="log every grading step to stderr (without: only real problems, one line each)")
 
 
-def open_grader(args: argparse.Namespace) -> Any:
+def open_grader(args: argparse.Namespace, covered: tuple[str, ...] = ()) -> Any:
     """(settings, backend, Grader) from the common options; raises SystemExit(2/3)
-    with a clear message when the settings or the sandbox are unusable."""
+    with a clear message when the settings or the sandbox are unusable.
+    `covered`: log events the command reports itself (not repeated as warnings)."""
     from pydantic import ValidationError
 
     from xgrader import logs
@@ -44,7 +45,7 @@ def open_grader(args: argparse.Namespace) -> Any:
     from xgrader.grading import Grader
     from xgrader.backends import SandboxError, make_backend
 
-    logs.configure(SimpleNamespace(log_format="console", log_level="debug" if args.verbose else "warning"))
+    logs.configure_cli(args.verbose, covered)
     overrides: dict[str, Any] = {}
     if args.handlers is not None:
         overrides["handlers"] = args.handlers.resolve()
