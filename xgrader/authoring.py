@@ -17,6 +17,7 @@ every other sample must get less (docs/assignments.md).
 from __future__ import annotations
 
 import concurrent.futures
+import math
 import threading
 import time
 from pathlib import Path
@@ -33,6 +34,7 @@ from xgrader.report import GradeReport, Outcome, TestStatus
 # Suffixes the demo harness sends as typed code (kept in step with demo_harness.TEXT_SUFFIXES).
 TEXT_SUFFIXES = {".py", ".txt", ".js", ".c", ".java", ".md", ".sql", ".r", ".sh", ""}
 CORRECT_PREFIX = "correct"
+REFERENCE = "(reference solution)"   # its row in a check
 MAX_SUBMISSION_BYTES = 20_000_000   # a stray huge folder is an error, not a memory spike
 
 
@@ -102,17 +104,18 @@ def expects_full_marks(sample: Path) -> bool:
     return sample.name.startswith(CORRECT_PREFIX)
 
 
-def warm(grader: grading.Grader, assignment: Assignment) -> None:
+def warm(grader: grading.Grader, assignment: Assignment) -> dict | None:
     """Compute (or load) the assignment's expected values once, so parallel
-    graders all find them in the shared store instead of racing to compute."""
+    graders all find them in the shared store instead of racing to compute.
+    Returns them (None when every io case has its `expected`)."""
     ctx = grader.context(assignment)
     if assignment.config.kind == "io":
         if all(c.expected is not None for c in assignment.cases):
-            return
+            return None
         from xgrader.handlers.io_kind import compute_reference
     else:
         from xgrader.handlers.pytest_kind import compute_reference
-    grader.store.get(assignment, lambda: compute_reference(assignment, ctx))
+    return grader.store.get(assignment, lambda: compute_reference(assignment, ctx))
 
 
 # -- grading many ------------------------------------------------------------
@@ -250,12 +253,14 @@ def check_assignment(grader: grading.Grader, name: str, jobs: int = 2,
     if errors:
         return CheckResult(assignment=name, ok=False, errors=errors, warnings=warnings)
     try:
-        warm(grader, assignment)
+        reference = warm(grader, assignment) or {}
     except (AssignmentError, InfraError) as exc:
         return CheckResult(assignment=name, ok=False, errors=[str(exc)], warnings=warnings)
+    # pytest kind: why the reference solution fails a test (its own run, hidden tests included).
+    why = reference.get("failing_why") if isinstance(reference.get("failing_why"), dict) else {}
     samples_dir = assignment.root / "samples"
     items: list[tuple[str, GradeRequest]] = [
-        ("(reference solution)", GradeRequest(grader=name, files=dict(assignment.solution),
+        (REFERENCE, GradeRequest(grader=name, files=dict(assignment.solution),
                                               submission_id=f"check-{name}-solution"))]
     want = [True]
     for path in submission_paths(samples_dir) if samples_dir.is_dir() else []:
@@ -281,7 +286,9 @@ def check_assignment(grader: grading.Grader, name: str, jobs: int = 2,
             note = ("expected full marks" if want_full else "a known-wrong sample got full marks: "
                     "the tests miss this mistake")
             failing = [t.name for t in report.tests if t.status is not TestStatus.passed]
-            if want_full and failing:
+            if graded.name == REFERENCE and why:
+                note += "; failing: " + "; ".join(f"{t.split('/', 1)[-1]}: {w}" for t, w in list(why.items())[:5])
+            elif want_full and failing:
                 note += f"; failing: {', '.join(failing[:5])}"
             elif want_full and report.explanations:
                 note += f"; {report.explanations[0].title}"
@@ -295,6 +302,15 @@ def check_assignment(grader: grading.Grader, name: str, jobs: int = 2,
     return CheckResult(assignment=name, ok=ok, errors=errors, warnings=warnings, samples=checks)
 
 
+def points(value: float, of: float | None = None) -> str:
+    """A score for people: at most two decimals (8.57), never rounded up to
+    full marks it did not get (9.999 of 10 shows 9.99)."""
+    shown = round(value, 2)
+    if of is not None and value < of <= shown:
+        shown = math.floor(value * 100) / 100
+    return f"{shown:.2f}".rstrip("0").rstrip(".")
+
+
 def render_check(result: CheckResult) -> str:
     """A readable report of one assignment's check."""
     lines = [f"{'PASS' if result.ok else 'FAIL'}  {result.assignment}"]
@@ -305,7 +321,7 @@ def render_check(result: CheckResult) -> str:
     if result.samples:
         width = max(len(c.name) for c in result.samples)
         for c in result.samples:
-            score = "-" if c.score is None else f"{c.score:g}/{c.max_score:g}"
+            score = "-" if c.score is None else f"{points(c.score, c.max_score)}/{points(c.max_score)}"
             want = "full marks" if c.want_full else "less than full"
             mark = "ok  " if c.ok else "FAIL"
             line = f"  {mark} {c.name.ljust(width)}  {score:>9}  {c.outcome:<16} want {want:<14} {c.seconds:5.1f}s"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 from xgrader.cli.grade import add_common, open_grader
@@ -15,6 +16,9 @@ What is checked, per assignment:
   * every samples/correct* gets full marks, every other sample gets less
     (a wrong sample at full marks means the tests miss that mistake).
 Samples: a text file is typed code, another file (.ipynb, .zip) or a folder is uploaded.
+A reference solution that does not load or fails a test is shown with why: the
+exception, its message and the line. Scores show at most two decimals (--json:
+full precision).
 Exit 0 when every checked assignment passes, 1 when one fails, 2/3 on bad
 arguments / an unusable sandbox.
 """
@@ -30,6 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("assignment", nargs="?", help="assignment name under the handlers root (e.g. is_prime)")
     p.add_argument("--all", action="store_true", help="check every assignment under the handlers root")
     p.add_argument("--jobs", type=int, default=2, help="samples graded at once (default 2)")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object (every assignment's result, scores at full precision)")
     add_common(p)
     p.set_defaults(func=run)
 
@@ -43,13 +49,15 @@ def run(args: argparse.Namespace) -> int:
         else:
             print("xgrader check: give one ASSIGNMENT or --all", file=sys.stderr)
             return 2
-    _settings, backend, grader = open_grader(args)
+    # A failing reference solution is a row of the report, with why.
+    _settings, backend, grader = open_grader(args, covered=("reference_solution_fails_tests",))
     try:
         names = grader.registry.names() if args.all else [args.assignment]
         if not names:
             print(f"xgrader check: no assignments under {grader.settings.handlers}", file=sys.stderr)
             return 1
         failed = []
+        results = []
         for name in names:
             def progress(done: int, total: int, name: str = name) -> None:
                 if sys.stderr.isatty():
@@ -57,11 +65,17 @@ def run(args: argparse.Namespace) -> int:
             result = authoring.check_assignment(grader, name, jobs=args.jobs, progress=progress)
             if sys.stderr.isatty():
                 print("\r\033[K", end="", file=sys.stderr, flush=True)
-            print(authoring.render_check(result), flush=True)
+            if not args.json:
+                print(authoring.render_check(result), flush=True)
+            results.append(result)
             if not result.ok:
                 failed.append(name)
     finally:
         backend.close()
-    print(f"\n{len(names) - len(failed)}/{len(names)} assignments pass"
-          + (f"; failing: {', '.join(failed)}" if failed else ""))
+    if args.json:
+        print(json.dumps({"ok": not failed, "assignments": [r.model_dump(mode="json") for r in results]},
+                         indent=2))
+    else:
+        print(f"\n{len(names) - len(failed)}/{len(names)} assignments pass"
+              + (f"; failing: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0

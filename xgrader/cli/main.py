@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import signal
 import sys
 
 from xgrader import __version__
@@ -34,12 +36,25 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from xgrader.extras import MissingExtra
 
-    args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        try:
+            args = build_parser().parse_args(argv)
+            return int(args.func(args) or 0)
+        finally:
+            sys.stdout.flush()  # a reader that left shows up here, not at interpreter exit
     except MissingExtra as exc:  # an optional feature without its extra: one line, no traceback
         print(f"xgrader: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # `xgrader ... | head`: the reader is gone. Stop quietly with the status
+        # of a program ended by SIGPIPE, as cat or grep would.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                os.dup2(devnull, stream.fileno())
+            except (OSError, ValueError, AttributeError):
+                pass
+        return 128 + signal.SIGPIPE
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -154,12 +155,12 @@ def compute_reference(assignment: Assignment, ctx: GradeContext) -> dict[str, An
         load, runs = evaluate_expressions(assignment, files, ctx, exprs)
         if not load.get("ok"):
             raise AssignmentError(f"{assignment.root / 'solution'}: the reference solution does not load "
-                                  f"({_describe(load)})")
+                                  f"({describe_failure(load)})")
         for i, _ in exprs:
             run = runs[i]
             if run.status != "ok":
                 raise AssignmentError(f"{assignment.root / 'tests/cases.toml'}: {assignment.case_name(i)}: "
-                                      f"the reference solution failed ({run.status}: {_describe(run.reply)})")
+                                      f"the reference solution failed ({run.status}: {describe_failure(run.reply)})")
             out[str(i)] = {k: run.reply.get(k) for k in ("value", "repr", "stdout")}
     for i, case in need:
         if case.stdin is None:
@@ -167,18 +168,43 @@ def compute_reference(assignment: Assignment, ctx: GradeContext) -> dict[str, An
         run = _program_run(run_program(assignment, files, ctx, case))
         if run.status != "ok":
             raise AssignmentError(f"{assignment.root / 'tests/cases.toml'}: {assignment.case_name(i)}: "
-                                  f"the reference solution failed ({run.status}: {_describe(run.reply)})")
+                                  f"the reference solution failed ({run.status}: {describe_failure(run.reply)})")
         out[str(i)] = {"stdout": run.reply.get("stdout", "")}
     return {"cases": out}
 
 
-def _describe(reply: dict[str, Any]) -> str:
+def describe_failure(reply: dict[str, Any]) -> str:
+    """Why the reference solution failed, for its author: exception, message, where."""
     err = reply.get("error")
     if isinstance(err, dict):
-        return f"{err.get('type')}: {str(err.get('message'))[:200]}"
+        return f"{err.get('type')}: {str(err.get('message'))[:200]}{where(err)}"
     if reply.get("timeout"):
         return "timed out"
+    if reply.get("died"):
+        verdict = reply.get("verdict")
+        return f"the process ended ({getattr(verdict, 'value', verdict) or 'killed'})"
     return "no answer"
+
+
+_FRAME = re.compile(r'\s*File "([^"]+)", line (\d+)')
+
+
+def where(err: dict[str, Any]) -> str:
+    """' at FILE, line N: CODE': a syntax error's position, or the last frame
+    of the runner's (student-frames-only) traceback; '' when unknown."""
+    name, line, code = err.get("filename"), err.get("lineno"), err.get("text")
+    if not line:
+        rows = str(err.get("traceback") or "").splitlines()
+        for i, row in enumerate(rows):
+            frame = _FRAME.match(row)
+            if frame:
+                name, line = frame.group(1), frame.group(2)
+                after = rows[i + 1].strip() if i + 1 < len(rows) else ""
+                code = after if after and not _FRAME.match(after) and set(after) != {"^"} else None
+    if not line:
+        return ""
+    code = str(code or "").strip()
+    return f" at {f'{name}, ' if name else ''}line {line}" + (f": {code[:120]}" if code else "")
 
 
 # -- grading -----------------------------------------------------------------------

@@ -20,7 +20,7 @@ from xgrader.assignment import Assignment
 from xgrader.errors import AssignmentError, InfraError
 from xgrader.handlers import scoring
 from xgrader.handlers.context import GradeContext
-from xgrader.handlers.io_kind import SYNTAX_TYPES
+from xgrader.handlers.io_kind import SYNTAX_TYPES, describe_failure, where
 from xgrader.handlers.student import RequestTimeout, RunnerDied, StudentRunner
 from xgrader.report import Explanation, GradeReport, TestReport, TestStatus
 from xgrader.backends.base import (
@@ -162,14 +162,26 @@ def compute_reference(assignment: Assignment, ctx: GradeContext) -> dict[str, An
     n_guess = max(20, sum(data.count(b"def test_") for data in assignment.tests.values()) * 5)
     run = relay(assignment, files, ctx, n_guess)
     if not run.load.get("ok"):
-        raise AssignmentError(f"{assignment.root / 'solution'}: the reference solution does not load")
+        raise AssignmentError(f"{assignment.root / 'solution'}: the reference solution does not load "
+                              f"({describe_failure(run.load)})")
     if not run.collected:
         tail = clean_text(run.test_box.stdout if run.test_box else "", 4000)[-1500:]
         raise AssignmentError(f"{assignment.root / 'tests'}: pytest collected no tests ({tail.strip()})")
     failing = [t for t in run.collected if (run.results.get(t) or {}).get("outcome") not in ("passed", "skipped")]
     if failing:
         log.warning("reference_solution_fails_tests", assignment=assignment.name, tests=failing[:10])
-    return {"tests": run.collected, "failing": failing}
+    # Why, for `xgrader check` (the reference's own run: nothing here is a student's).
+    why = {t: _failure(run.results.get(t), run.host.get(t)) for t in failing[:20]}
+    return {"tests": run.collected, "failing": failing, "failing_why": why}
+
+
+def _failure(result: dict[str, Any] | None, host: tuple[str, Verdict | None] | None) -> str:
+    if host is not None:
+        return "timed out" if host[0] == "timeout" else f"the process ended ({host[1].value if host[1] else 'killed'})"
+    if result is None:
+        return "did not report (the test run stopped early)"
+    text = clean_text(str(result.get("message") or result.get("outcome") or "failed"), 300)
+    return text + where({"traceback": result.get("traceback")})
 
 
 # -- grading -------------------------------------------------------------------
