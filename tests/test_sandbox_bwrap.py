@@ -319,9 +319,13 @@ def test_spawned_with_vfork_job_sees_only_its_own_fds(bw):
             call = {"op": "call", "args": [], "kwargs": {}}
             assert sr.request({**call, "target": "data"}, 10)["value"] == "payload"
             links = sr.request({**call, "target": "fds"}, 10)["value"]
-            # stdin/out/err, the runner's two channel copies (pipes); the listing's
+            # Pipes: stdin, the runner's two channel copies, its own stdout/stderr
+            # (kept while fds 1 and 2 capture the call); fds 1 and 2 and the
+            # in-memory files behind them (sandbox/PROTOCOL.md). The listing's
             # own fd is gone by the time it is read.
-            assert len(links) == 5 and all(l.startswith("pipe:") for l in links), links
+            pipes = [l for l in links if l.startswith("pipe:")]
+            memfds = sorted(l for l in links if not l.startswith("pipe:"))
+            assert len(pipes) == 5 and memfds == ["/memfd:stderr (deleted)"] * 2 + ["/memfd:stdout (deleted)"] * 2, links
         finally:
             sr.close()
     finally:
