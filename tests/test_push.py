@@ -82,7 +82,9 @@ def start(settings: Settings, **kw) -> tuple[PushServer, str, threading.Thread]:
 
 @pytest.fixture(scope="module")
 def push(handlers, env_cache):
-    server, url, thread = start(Settings(handlers=handlers, sandbox="bwrap", concurrency=2))
+    # file_hosts: the test's file server is on loopback, refused unless listed.
+    server, url, thread = start(Settings(handlers=handlers, sandbox="bwrap", concurrency=2,
+                                         file_hosts=["127.0.0.1"]))
     yield server, url
     server.shutdown()
     thread.join(10)

@@ -6,7 +6,18 @@ CSRF enforced): it always GETs `login/` first for the `csrftoken` cookie and
 sends `X-CSRFToken` + `Referer` on every POST. A request answered with
 301/302/401/403 or `login_required` logs in again, once per request, then
 is retried. Connection errors and 5xx are retried with tenacity
-(exponential backoff with jitter, bounded). Secrets are never logged.
+(exponential backoff with jitter, bounded), except for put_result: it is
+sent again only when it provably never left (the connection could not be
+made, or a kept-alive socket was found closed before anything was written)
+or a proxy answered 502/503/504; a 500, a reset or a timeout after the body
+went out may have been processed, so it is never resent. Secrets are never
+logged.
+
+Server flavours: :attr:`XQueueClient.flavor` says what login/ looked like
+(`edx-submissions` answers a GET with return_code 0 and a CSRF cookie,
+legacy xqueue and the bundled server with `login_required`), and
+`get_queuelen/` answering 404 (edx-submissions has none) raises
+:class:`EndpointMissing` instead of counting as a bad reply.
 
 The calls the daemon makes for every submission (get_submission,
 put_result, get_queuelen) go over a fast path when the queue URL is plain
@@ -15,7 +26,9 @@ send, the reply parsed by http.client, cookies read from (and Set-Cookie
 stored into) the same requests cookie jar. It raises the same requests
 exceptions, so retries, hooks and re-login behave as on the requests path;
 it costs ~0.2 ms of CPU per call instead of ~1.1 ms through requests.
-Login, logout, status and file downloads always use requests.
+Login, logout and status always use requests; file downloads go through
+xgrader.downloads (credentials to the queue's origin only, peer addresses
+checked at connect time).
 """
 
 from __future__ import annotations
@@ -37,9 +50,12 @@ import structlog
 from tenacity import (Retrying, retry_if_exception, stop_after_attempt, stop_after_delay,
                       wait_random_exponential)
 
-from xgrader.errors import InfraError, SubmissionError
+from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
+
+from xgrader.downloads import MAX_FILES, FileFetcher, FilesPayloadError  # noqa: F401 - re-exported
 from xgrader.hooks import Hooks, safe_call
-from xgrader.wire import EXTERNAL_DICTS_KEY, GraderReply, PayloadError
+from xgrader.logs import clip
+from xgrader.wire import GraderReply
 
 if TYPE_CHECKING:
     from xgrader.config import Settings
@@ -54,7 +70,8 @@ GATEWAY_STATUSES = {502, 503, 504}
 AUTH_STATUSES = {301, 302, 401, 403}
 # Replies that are answers, not authentication problems, even with a 403.
 NOT_AUTH = {"Incorrect key for submission", "Submission does not exist", "Incorrect reply format"}
-MAX_FILES = 200
+EDX_SUBMISSIONS = "edx-submissions"
+XQUEUE = "xqueue"
 
 
 class QueueError(RuntimeError):
@@ -66,8 +83,30 @@ class QueueError(RuntimeError):
 
 
 class LoginError(QueueError):
-    def __init__(self, message: str) -> None:
+    """Not logged in. `refused`: the server answered and said no (wrong
+    credentials, no permission, no login endpoint there), as opposed to a
+    server that could not be reached or failed (5xx): those are transient."""
+
+    def __init__(self, message: str, refused: bool = True) -> None:
+        self.refused = refused
         super().__init__(message, kind="login")
+
+
+class UnknownQueue(QueueError):
+    """The server does not know the queue (legacy xqueue's `Queue 'x' not
+    found`, `Valid queue names are: ...`). edx-submissions cannot say: an
+    unknown queue is empty there."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, kind="unknown_queue")
+
+
+class EndpointMissing(QueueError):
+    """The server has no such endpoint (HTTP 404 without an xqueue reply):
+    edx-submissions has no get_queuelen/."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, kind="not_found")
 
 
 @dataclass
@@ -86,12 +125,8 @@ class _Retryable(Exception):
         super().__init__(f"HTTP {response.status_code}")
 
 
-class FilesPayloadError(PayloadError, SubmissionError):
-    """A bad xqueue_files map or file: the child answers it as a 0-point
-    result naming the reason (SubmissionError) instead of retrying."""
-
-    def __init__(self, detail: str) -> None:
-        super().__init__("xqueue_files", detail)
+class _ConnectFailed(requests.ConnectionError):
+    """The fast path could not connect: nothing was sent."""
 
 
 @dataclass(frozen=True)
@@ -120,6 +155,7 @@ class XQueueClient:
         self._sock: socket.socket | None = None   # the fast path's kept-alive connection
         self._cookie_cache: dict[str, tuple[Any, str | None]] = {}
         self._parents: tuple[Any, ...] | None = None   # after_fork: the parent's, kept alive unused
+        self.flavor: str | None = None   # EDX_SUBMISSIONS | XQUEUE once login/ answered a GET
 
     # -- session -------------------------------------------------------------
     @property
@@ -196,19 +232,20 @@ class XQueueClient:
               timeout: tuple[float, float], idempotent: bool = True,
               fast: bool = False) -> requests.Response | _Reply:
         """One logical request with bounded retries. Non-idempotent calls
-        (put_result) are only resent when the request cannot have been
-        processed: connection failures and gateway statuses, never a read
-        timeout or a 500. `fast`: over the fast path when the URL allows it."""
+        (put_result) are only resent when the request provably never left
+        (no connection could be made; a stale kept-alive socket is found
+        before writing, and replaced, on both paths) or a proxy answered
+        502/503/504; never after a reset, a read timeout or a 500, which
+        may come after the server processed it. `fast`: over the fast path
+        when the URL allows it."""
         fast = fast and self._fast_ok and url.startswith(self.base)
 
         def retryable(exc: BaseException) -> bool:
             if isinstance(exc, _Retryable):
                 return idempotent or exc.response.status_code in GATEWAY_STATUSES
-            if isinstance(exc, requests.ConnectTimeout):
-                return True
-            if isinstance(exc, requests.ReadTimeout):
-                return idempotent
-            return isinstance(exc, requests.ConnectionError)
+            if isinstance(exc, requests.ConnectionError):   # ConnectTimeout included
+                return idempotent or _never_sent(exc)
+            return isinstance(exc, requests.Timeout) and idempotent
 
         def once() -> requests.Response | _Reply:
             headers = self._post_headers() if method == "POST" else None
@@ -278,7 +315,7 @@ class XQueueClient:
             except socket.timeout as exc:
                 raise requests.ConnectTimeout(f"connecting to {target.netloc}: {exc}") from None
             except OSError as exc:
-                raise requests.ConnectionError(f"connecting to {target.netloc}: {exc}") from None
+                raise _ConnectFailed(f"connecting to {target.netloc}: {exc}") from None
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._sock = sock
         try:
@@ -344,7 +381,7 @@ class XQueueClient:
         except (ValueError, KeyError, TypeError):
             self._hook("on_client_error", "bad_envelope")
             raise QueueError(f"{endpoint}: not an xqueue reply (HTTP {resp.status_code}): "
-                             f"{resp.text[:120]!r}", kind="bad_envelope") from None
+                             f"{clip(resp.text, 120)!r}", kind="bad_envelope") from None
 
     def _needs_login(self, resp: requests.Response) -> bool:
         if resp.status_code in (301, 302, 401):
@@ -358,74 +395,104 @@ class XQueueClient:
         return resp.status_code == 403 and content not in NOT_AUTH
 
     def _call(self, method: str, endpoint: str, *, params: dict | None = None, data: dict | None = None,
-              timeout: tuple[float, float] | None = None, idempotent: bool = True) -> tuple[int, Any]:
+              timeout: tuple[float, float] | None = None, idempotent: bool = True,
+              fast: bool = True) -> tuple[int, Any]:
         url = self.base + endpoint
         resp = self._send(method, url, params=params, data=data, timeout=timeout or self.timeout,
-                          idempotent=idempotent, fast=True)
+                          idempotent=idempotent, fast=fast)
         if self._needs_login(resp):
             # The session expired (or never was): log in again, once, then retry.
             log.info("queue_relogin", endpoint=endpoint, status=resp.status_code)
             self._hook("on_relogin")
             self.login()
             resp = self._send(method, url, params=params, data=data, timeout=timeout or self.timeout,
-                              idempotent=idempotent, fast=True)
+                              idempotent=idempotent, fast=fast)
             if self._needs_login(resp):
                 self._hook("on_client_error", "login")
+                hint = (" (edx-submissions: the user must be in the 'xqueue' group)"
+                        if resp.status_code == 403 and self.flavor == EDX_SUBMISSIONS else "")
                 raise LoginError(f"{endpoint}: still not authorised after logging in again "
-                                 f"(HTTP {resp.status_code})")
+                                 f"(HTTP {resp.status_code}){hint}")
+        if resp.status_code == 404 and not _is_envelope(resp.text):
+            raise EndpointMissing(f"{endpoint}: HTTP 404, the server has no such endpoint")
         return self._envelope(resp, endpoint)
 
     # -- protocol ------------------------------------------------------------
     def login(self) -> None:
-        """GET login/ (sets csrftoken on edx-submissions), then POST the form."""
+        """GET login/ (sets csrftoken on edx-submissions, and tells the
+        flavours apart), then POST the form. Raises LoginError(refused=True)
+        when the server answered no, refused=False when it could not say."""
         url = self.base + "login/"
-        self._send("GET", url, timeout=self.timeout)
-        resp = self._send("POST", url, timeout=self.timeout, data={
-            "username": self.settings.queue_user,
-            "password": self.settings.queue_password.get_secret_value(),
-        })
+        try:
+            probe = self._send("GET", url, timeout=self.timeout)
+            resp = self._send("POST", url, timeout=self.timeout, data={
+                "username": self.settings.queue_user,
+                "password": self.settings.queue_password.get_secret_value(),
+            })
+        except (requests.RequestException, QueueError):
+            self._hook("on_logged_in", False)
+            raise
+        self._note_flavor(probe)
         try:
             code, content = self._envelope(resp, "login/")
         except QueueError:
             self._hook("on_logged_in", False)
-            raise LoginError(f"login/: unexpected reply (HTTP {resp.status_code})") from None
+            raise LoginError(f"login/: unexpected reply (HTTP {resp.status_code}) from {self.base}",
+                             refused=resp.status_code < 500) from None
         if code != 0:
             self._hook("on_logged_in", False)
             self._hook("on_client_error", "login")
-            raise LoginError(f"login/ as {self.settings.queue_user!r} refused: {content}")
+            raise LoginError(f"login/ as {self.settings.queue_user!r} refused: {clip(content, 200)}")
         self._hook("on_logged_in", True)
+
+    def _note_flavor(self, probe: requests.Response | _Reply) -> None:
+        try:
+            data = json.loads(probe.text)
+            self.flavor = EDX_SUBMISSIONS if int(data["return_code"]) == 0 else XQUEUE
+        except (ValueError, KeyError, TypeError):
+            self.flavor = None
 
     def logout(self) -> None:
         self._send("POST", self.base + "logout/", timeout=self.timeout)
 
     def status(self) -> bool:
-        code, _ = self._envelope(self._send("GET", self.base + "status/", timeout=self.timeout), "status/")
+        """True when the server says it is up. POST with the session
+        (edx-submissions only answers a logged-in POST; legacy takes any)."""
+        code, _ = self._call("POST", "status/", fast=False)
         return code == 0
 
     def get_queuelen(self, queue: str) -> int | None:
-        """Waiting submissions, or None when the server refuses (unknown queue)."""
+        """Waiting submissions, or None when the server refuses. Raises
+        UnknownQueue for a queue the server does not know, EndpointMissing
+        where there is no get_queuelen/ (edx-submissions)."""
         code, content = self._call("GET", "get_queuelen/", params={"queue_name": queue})
         if code != 0:
-            log.warning("queuelen_refused", queue=queue, reply=str(content)[:200])
+            if isinstance(content, str) and content.startswith("Valid queue names are"):
+                raise UnknownQueue(f"queue {queue!r} unknown to the server: {clip(content, 200)}")
+            log.warning("queuelen_refused", queue=queue, reply=clip(content, 200))
             return None
         try:
             return int(content)
         except (TypeError, ValueError):
-            raise QueueError(f"get_queuelen/: not a number: {str(content)[:80]!r}") from None
+            raise QueueError(f"get_queuelen/: not a number: {clip(content, 80)!r}") from None
 
     def get_submission(self, queue: str) -> str | None:
         """The raw `content` string (parse it with xgrader.wire), or None when
-        the queue is empty. Other refusals raise QueueError."""
+        the queue is empty. An unknown queue raises UnknownQueue; other
+        refusals QueueError."""
         code, content = self._call("GET", "get_submission/", params={"queue_name": queue})
         if code == 0:
             return content if isinstance(content, str) else json.dumps(content)
         if isinstance(content, str) and content.endswith("is empty"):
             return None
-        raise QueueError(f"get_submission/ {queue!r}: {str(content)[:200]}", kind="refused")
+        if isinstance(content, str) and content.endswith("not found"):
+            raise UnknownQueue(f"queue {queue!r} unknown to the server: {clip(content, 200)}")
+        raise QueueError(f"get_submission/ {queue!r}: {clip(content, 200)}", kind="refused")
 
     def put_result(self, header_raw: str, reply: GraderReply) -> PutOutcome:
         """Post the reply under the header exactly as received. Never resent
-        once the server may have processed it."""
+        once the server may have processed it: a QueueError (kind http_5xx)
+        or a requests error then means "maybe processed"."""
         code, content = self._call(
             "POST", "put_result/", data={"xqueue_header": header_raw, "xqueue_body": reply.to_body()},
             timeout=self.put_timeout, idempotent=False)
@@ -438,83 +505,17 @@ class XQueueClient:
 
     # -- files ---------------------------------------------------------------
     def fetch_files(self, files: dict[str, str]) -> dict[str, bytes]:
-        """Download every file of `xqueue_files` (name -> URL), each capped at
-        settings.max_file_bytes, following a URL_FOR_EXTERNAL_DICTS map first.
-        Bad maps and oversized files raise FilesPayloadError (a PayloadError
-        the child answers as a submission problem); network failures raise
-        InfraError (retried, bounded)."""
-        if not isinstance(files, dict):
-            raise FilesPayloadError("must map file names to URLs")
-        if set(files) == {EXTERNAL_DICTS_KEY}:
-            raw = self._download(EXTERNAL_DICTS_KEY, files[EXTERNAL_DICTS_KEY])
-            try:
-                files = json.loads(raw)
-            except ValueError:
-                raise FilesPayloadError("the URL_FOR_EXTERNAL_DICTS map is not JSON") from None
-        if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, str)
-                                                  for k, v in files.items()):
-            raise FilesPayloadError("must map file names to URL strings")
-        if len(files) > MAX_FILES:
-            raise FilesPayloadError(f"{len(files)} files; at most {MAX_FILES} are accepted")
-        total_cap = 10 * self.settings.max_file_bytes
-        out: dict[str, bytes] = {}
-        total = 0
-        for name, url in files.items():
-            if (not name or "/" in name or "\\" in name or name in (".", "..")
-                    or any(ord(ch) < 32 for ch in name)):  # NUL, newline and other controls
-                raise FilesPayloadError(f"bad file name {name[:80]!r}")
-            out[name] = self._download(name, url)
-            total += len(out[name])
-            if total > total_cap:
-                raise FilesPayloadError(f"files larger than {total_cap} bytes in total")
-        return out
-
-    def _download(self, name: str, url: str) -> bytes:
-        if urlparse(url).scheme not in ("http", "https"):
-            raise FilesPayloadError(f"file {name[:80]!r}: URL is not http(s)")
-        cap = self.settings.max_file_bytes
+        """Download every file of `xqueue_files` (xgrader.downloads): the
+        session's credentials go to the queue's own origin only, other
+        hosts are checked at connect time. Bad maps, refused URLs and
+        oversized files raise FilesPayloadError (answered as a submission
+        problem); network failures raise InfraError (retried, bounded)."""
+        fetcher = FileFetcher(self.settings, queue_url=self.base, queue_session=lambda: self.session,
+                              timeout=self.timeout)
         try:
-            resp = self._send_stream(url)
-        except (requests.RequestException, QueueError) as exc:
-            raise InfraError(f"file {name[:80]!r}: download failed: {type(exc).__name__}: {str(exc)[:200]}") from None
-        with resp:
-            if resp.status_code != 200:
-                raise InfraError(f"file {name[:80]!r}: HTTP {resp.status_code}")
-            length = resp.headers.get("Content-Length")
-            if length and length.isdigit() and int(length) > cap:
-                raise FilesPayloadError(f"file {name[:80]!r} is larger than {cap} bytes")
-            chunks, size = [], 0
-            try:
-                for chunk in resp.iter_content(65536):
-                    size += len(chunk)
-                    if size > cap:
-                        raise FilesPayloadError(f"file {name[:80]!r} is larger than {cap} bytes")
-                    chunks.append(chunk)
-            except requests.RequestException as exc:
-                raise InfraError(f"file {name[:80]!r}: download failed: {str(exc)[:200]}") from None
-        return b"".join(chunks)
-
-    def _send_stream(self, url: str) -> requests.Response:
-        """GET a file with the queue session (some servers protect them),
-        retried on connection errors and 5xx like every idempotent call."""
-        retrying = Retrying(
-            stop=stop_after_attempt(RETRY_ATTEMPTS) | stop_after_delay(RETRY_MAX_S),
-            wait=wait_random_exponential(multiplier=0.2, max=4.0),
-            retry=retry_if_exception(lambda e: isinstance(e, (requests.ConnectionError, requests.Timeout, _Retryable))),
-            reraise=True,
-        )
-
-        def once() -> requests.Response:
-            resp = self.session.get(url, timeout=self.timeout, stream=True)
-            if resp.status_code >= 500:
-                resp.close()
-                raise _Retryable(resp)
-            return resp
-
-        try:
-            return retrying(once)
-        except _Retryable as exc:
-            raise QueueError(f"HTTP {exc.response.status_code}", kind="http_5xx") from None
+            return fetcher.fetch_files(files)
+        finally:
+            fetcher.close()
 
 
 def _dropped(sock: socket.socket) -> bool:
@@ -524,6 +525,22 @@ def _dropped(sock: socket.socket) -> bool:
         return bool(select.select([sock], [], [], 0)[0])
     except (OSError, ValueError):
         return True
+
+
+def _never_sent(exc: BaseException) -> bool:
+    """The request cannot have reached the server: the connection was never
+    made (the fast path's own error, or urllib3's new-connection errors)."""
+    if isinstance(exc, (_ConnectFailed, requests.ConnectTimeout)):
+        return True
+    reason = getattr(exc.args[0], "reason", None) if exc.args else None
+    return isinstance(reason, (NewConnectionError, ConnectTimeoutError))
+
+
+def _is_envelope(text: str) -> bool:
+    try:
+        return isinstance(json.loads(text), dict)
+    except ValueError:
+        return False
 
 
 def _charset(content_type: str) -> str:

@@ -85,6 +85,28 @@ class Settings(BaseSettings):
     max_file_bytes: int = Field(5_000_000, gt=0)
     poll_min_s: float = Field(0.05, gt=0)
     poll_max_s: float = Field(5.0, gt=0)
+    # What `score` means to the server: points (legacy xqueue / the LMS's
+    # CodeResponse) or a fraction 0..1 (edx-submissions scales it by the
+    # problem's points). auto: a fraction for 36-character UUID keys (what
+    # edx-submissions issues), points otherwise; the choice is logged.
+    score_format: Literal["auto", "points", "fraction"] = "auto"
+    # Per queue, over score_format: {"q1": "fraction"} or q1=fraction,q2=points.
+    score_formats: Annotated[dict[str, Literal["auto", "points", "fraction"]], NoDecode] = Field(
+        default_factory=dict)
+    # The server's lease (a pulled, unanswered submission is served again
+    # after it); None: 300 s on edx-submissions, 60 s otherwise. Checked
+    # against job_timeout_s at start-up.
+    queue_lease_s: float | None = Field(None, gt=0)
+    # Grading results kept by (submission id, body hash) so a re-served
+    # submission gets its known result again instead of a new grading.
+    result_cache_size: int = Field(10_000, ge=0)   # 0: off
+    result_cache_ttl_s: float = Field(3600.0, gt=0)  # longer than any lease
+    # Refused logins (the server answered no) before the daemon exits 3,
+    # tried 5 s apart: about a minute. Connection failures are retried forever.
+    login_max_refusals: int = Field(12, ge=1)
+    # Hosts files may be downloaded from although they resolve to loopback,
+    # link-local or private addresses: name, name:port, IP or CIDR, comma-separated.
+    file_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
     # -- grading -------------------------------------------------------------
     handlers: Path = DEFAULT_HANDLERS
@@ -102,6 +124,8 @@ class Settings(BaseSettings):
     max_attempts: int = Field(3, ge=1)         # infrastructure failures before "could not be graded"
     shutdown_grace_s: float = Field(30.0, ge=0)
     stall_timeout_s: float = Field(300.0, gt=0)  # outer watchdog: no loop progress -> exit non-zero
+    # The sandbox backend's check failing this long (no pulls meanwhile): exit 4.
+    backend_unready_exit_s: float = Field(300.0, gt=0)
     default_limits: Limits = Field(default_factory=Limits)
     limit_ceilings: Limits = Field(
         default_factory=lambda: Limits(
@@ -128,6 +152,27 @@ class Settings(BaseSettings):
             if s.startswith("["):
                 return json.loads(s)
             return [n.strip() for n in s.split(",") if n.strip()]
+        return v
+
+    @field_validator("file_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            s = v.strip()
+            return json.loads(s) if s.startswith("[") else [n.strip() for n in s.split(",") if n.strip()]
+        return v
+
+    @field_validator("score_formats", mode="before")
+    @classmethod
+    def _split_formats(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            s = v.strip()
+            if s.startswith("{"):
+                return json.loads(s)
+            pairs = [p.split("=", 1) for p in s.split(",") if p.strip()]
+            if any(len(p) != 2 for p in pairs):
+                raise ValueError("expected queue=format pairs, e.g. q1=fraction,q2=points")
+            return {q.strip(): f.strip() for q, f in pairs}
         return v
 
     @field_validator("queue_url")
@@ -164,6 +209,10 @@ class Settings(BaseSettings):
         if self.warm_pool is not None:
             return self.warm_pool
         return 1 if daemon and backend == "bwrap" else 0
+
+    def score_format_for(self, queue: str) -> str:
+        """points | fraction | auto, for one queue."""
+        return self.score_formats.get(queue, self.score_format)
 
     def limits_for(self, requested: Limits | None) -> Limits:
         return (requested or self.default_limits).clamp(self.limit_ceilings)

@@ -160,3 +160,17 @@ def bind_submission(queue: str, submission_id: str, assignment: str = "") -> Ite
     with structlog.contextvars.bound_contextvars(
             queue=queue, submission_id=submission_id, assignment=assignment):
         yield
+
+
+def clip(text: object, limit: int = 300) -> str:
+    """`text` in at most `limit` characters for a log line or an error
+    detail, cut at a word boundary and marked with "..." when shortened
+    (an error cut mid-word reads as a different error)."""
+    text = " ".join(str(text).split())
+    if len(text) <= limit:
+        return text
+    cut = text[: max(0, limit - 3)]
+    space = cut.rfind(" ")
+    if space > limit // 2:
+        cut = cut[:space]
+    return cut.rstrip(" ,;:") + "..."

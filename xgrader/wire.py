@@ -14,7 +14,9 @@ answer the submission with a clear error instead of crashing.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -116,9 +118,10 @@ class Submission(BaseModel):
 
 
 class GraderReply(BaseModel):
-    """The xqueue_body a grader posts back. `score` is points, not a fraction;
-    `msg` must be one well-formed XML element; correct=None only for the
-    standard could-not-grade answer."""
+    """The xqueue_body a grader posts back. `score` is points as graded
+    (legacy xqueue records them as they are; :meth:`as_fraction` gives what
+    edx-submissions expects); `msg` must be one well-formed XML element;
+    correct=None only for the standard could-not-grade answer."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -130,9 +133,43 @@ class GraderReply(BaseModel):
     def could_not_grade(cls) -> "GraderReply":
         return cls(correct=None, score=0, msg=COULD_NOT_GRADE_MSG)
 
+    def as_fraction(self, max_score: float | None) -> "GraderReply":
+        """The same reply with `score` as a fraction 0..1 of `max_score`
+        (edx-submissions stores round(score x points_possible))."""
+        fraction = float(self.score) / float(max_score) if max_score and max_score > 0 else 0.0
+        return self.model_copy(update={"score": min(1.0, max(0.0, fraction))})
+
     def to_body(self) -> str:
         score: float | int = int(self.score) if float(self.score).is_integer() else self.score
         return json.dumps({"correct": self.correct, "score": score, "msg": self.msg})
+
+
+UUID_KEY = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+HEX32_KEY = re.compile(r"^[0-9a-fA-F]{32}$")
+
+
+def key_kind(key: str) -> str:
+    """`uuid` (edx-submissions: 36-character UUID keys, score as a fraction),
+    `hex32` (legacy xqueue and the bundled server: 32 hex digits, points),
+    or `other`."""
+    if UUID_KEY.match(key):
+        return "uuid"
+    return "hex32" if HEX32_KEY.match(key) else "other"
+
+
+def body_digest(content: Any) -> str:
+    """What identifies a submission's content across re-serves: a hash of
+    its xqueue_body and its file names (file URLs may be signed per pull)."""
+    try:
+        outer = json.loads(content) if isinstance(content, str) else content
+        body = outer.get("xqueue_body", "")
+        files = outer.get("xqueue_files") or "{}"
+        files = json.loads(files) if isinstance(files, str) else files
+        names = sorted(files) if isinstance(files, dict) else []
+    except (ValueError, AttributeError, TypeError):
+        body, names = content, []
+    text = body if isinstance(body, str) else json.dumps(body, sort_keys=True)
+    return hashlib.sha256(json.dumps([text, names]).encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
 def _loads(text: Any, layer: str, sid: str | None) -> Any:
