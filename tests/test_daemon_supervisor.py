@@ -13,7 +13,7 @@ import pytest
 
 from xgrader.config import Settings
 from xgrader.daemon import Daemon
-from xgrader.daemon.child import JobContext, _Timer, post_once
+from xgrader.daemon.child import JobContext
 from xgrader.daemon.messages import ChildReport, Reporter
 from xgrader.daemon.supervisor import Supervisor
 from xgrader.daemon.watchdog import StallWatchdog
@@ -60,9 +60,10 @@ def settings_for(url: str, **kw) -> Settings:
 
 
 def ok_job(ctx: JobContext, reporter: Reporter) -> None:
+    """What production's child does: report the reply; the parent posts it."""
     reply = GraderReply(correct=True, score=1, msg="<div>ok</div>")
-    outcome, detail = post_once(ctx, reply, reporter, _Timer())
-    reporter.report(ChildReport(outcome=outcome, detail=detail, grade_outcome="passed", score=1))
+    reporter.report(ChildReport(outcome="graded", reply=reply.to_body(), grade_outcome="passed",
+                                score=1, max_score=1))
 
 
 def run_daemon(server, job, until, timeout=20.0, hooks=None, ready_children=None, **kw) -> tuple[int, float]:
@@ -126,13 +127,13 @@ def _sid(pid: int) -> int:
 
 def test_child_messages_and_exit_are_collected():
     def job(reporter: Reporter) -> None:
-        reporter.posting()
-        reporter.report(ChildReport(outcome="posted", phases={"run": 0.5}, score=2))
+        reporter.report(ChildReport(outcome="graded", reply="{}", phases={"run": 0.5}, score=2))
 
     sup = Supervisor()
     sup.spawn(job, timeout=5, label="t2")
     done = sup.wait_all(5)
-    assert len(done) == 1 and done[0].posting and done[0].report.score == 2 and done[0].exit_code == 0
+    assert len(done) == 1 and done[0].report.score == 2 and done[0].report.phases == {"run": 0.5}
+    assert done[0].exit_code == 0
     assert sup.children == {}
 
 
@@ -186,45 +187,73 @@ def test_infra_report_is_retried_and_then_succeeds(mini_xqueue, tmp_path: Path):
     assert ("infra", "sandbox_start") in hooks.calls
 
 
-def test_child_dying_after_announcing_posting_is_never_posted_again(mini_xqueue):
-    def post_then_die(ctx, reporter):
-        reporter.posting()
-        ctx.client.put_result(ctx.header_raw, GraderReply(correct=True, score=1, msg="<div/>"))
-        os._exit(9)
+def test_child_dying_after_its_report_is_posted_once_and_not_retried(mini_xqueue, tmp_path: Path):
+    tries = tmp_path / "tries"
 
-    mini_xqueue.submit("q", BODY)
-    code, _ = run_daemon(mini_xqueue, post_then_die, lambda: mini_xqueue.answered() == 1)
-    time.sleep(0.1)
-    assert code == 0
-    assert len(mini_xqueue.entries[0].results) == 1 and mini_xqueue.entries[0].pulls == 1
-
-
-def test_poison_submission_is_answered_across_reserves(mini_xqueue):
-    """A child that dies mid-post every time: each re-serve (short lease) counts,
-    and after max_attempts pulls the parent answers could-not-grade."""
-    mini_xqueue.lease_s = 0.2
-
-    def die_while_posting(ctx, reporter):
-        reporter.posting()
-        os._exit(1)
-
-    mini_xqueue.submit("q", BODY)
-    code, _ = run_daemon(mini_xqueue, die_while_posting, lambda: mini_xqueue.answered() == 1, max_attempts=2)
-    (entry,) = mini_xqueue.entries
-    assert code == 0 and entry.pulls == 3 and len(entry.results) == 1 and entry.results[0]["correct"] is None
-
-
-def test_foreign_key_is_counted_and_dropped(mini_xqueue):
-    def stale_key(ctx, reporter):
-        header = json.loads(ctx.header_raw)
-        header["submission_key"] = "0" * 32
-        ctx.header_raw = json.dumps(header)
+    def report_then_die(ctx, reporter):
+        with open(tries, "a") as fh:
+            fh.write("x\n")
         ok_job(ctx, reporter)
+        os._exit(9)
 
     hooks = Recorder()
     mini_xqueue.submit("q", BODY)
-    code, _ = run_daemon(mini_xqueue, stale_key, lambda: mini_xqueue.entries[0].rejected >= 1, hooks=hooks)
-    time.sleep(0.1)
+    code, _ = run_daemon(mini_xqueue, report_then_die, lambda: mini_xqueue.answered() == 1, hooks=hooks)
+    assert code == 0
+    (entry,) = mini_xqueue.entries
+    assert len(entry.results) == 1 and entry.results[0]["correct"] is True and entry.pulls == 1
+    assert len(tries.read_text().split()) == 1 and not [c for c in hooks.calls if c[0] == "infra"]
+
+
+def test_poison_submission_reserved_while_failing_is_answered_once(mini_xqueue, tmp_path: Path):
+    """A child that hangs until its deadline, every time, on a server whose
+    lease is shorter than the deadline: the re-serves (new keys) while it is
+    being graded start no grading and count nothing; the gradings that
+    failed do, and after max_attempts the parent answers could-not-grade,
+    once, with the latest key."""
+    mini_xqueue.lease_s = 0.2
+    tries = tmp_path / "tries"
+
+    def hang(ctx, reporter):
+        with open(tries, "a") as fh:
+            fh.write("x\n")
+        time.sleep(60)
+
+    hooks = Recorder()
+    mini_xqueue.submit("q", BODY)
+    code, _ = run_daemon(mini_xqueue, hang, lambda: mini_xqueue.answered() == 1, hooks=hooks,
+                         job_timeout_s=0.6, max_attempts=2)
+    (entry,) = mini_xqueue.entries
+    assert code == 0 and entry.pulls >= 3            # served again while being graded
+    assert len(tries.read_text().split()) == 2       # graded max_attempts times, not once per pull
+    assert len(entry.results) == 1 and entry.results[0]["correct"] is None and entry.rejected == 0
+    assert hooks.calls.count(("infra", "timeout")) == 2
+
+
+def test_foreign_key_is_counted_and_dropped(mini_xqueue, tmp_path: Path):
+    started, go = tmp_path / "started", tmp_path / "go"
+
+    def job(ctx, reporter):
+        started.write_text("1")
+        end = time.monotonic() + 10
+        while not go.exists() and time.monotonic() < end:
+            time.sleep(0.01)
+        ok_job(ctx, reporter)
+
+    def another_grader_pulls_it() -> None:
+        end = time.monotonic() + 10
+        while not started.exists() and time.monotonic() < end:
+            time.sleep(0.01)
+        with mini_xqueue.lock:
+            entry = mini_xqueue.entries[0]
+            entry.key, entry.leased_until = "0" * 32, time.monotonic() + 60
+        go.write_text("1")
+
+    import threading
+    threading.Thread(target=another_grader_pulls_it, daemon=True).start()
+    hooks = Recorder()
+    mini_xqueue.submit("q", BODY)
+    code, _ = run_daemon(mini_xqueue, job, lambda: mini_xqueue.entries[0].rejected >= 1, hooks=hooks)
     (entry,) = mini_xqueue.entries
     assert code == 0 and entry.rejected == 1 and entry.results == [] and entry.pulls == 1
     assert ("posted", False, "foreign_key") in hooks.calls
@@ -277,9 +306,9 @@ def test_second_signal_kills_children_and_exits_nonzero(mini_xqueue, tmp_path: P
         time.sleep(60)
 
     mini_xqueue.submit("q", BODY)
-    first = stop_when(started.exists, 10)
-    second = stop_when(lambda: started.exists() and time.sleep(0.3) is None, 10)
     daemon = Daemon(settings_for(mini_xqueue.url), MiniClient(mini_xqueue.url), NoSandbox(), job=hang)
+    first = stop_when(started.exists, 10)
+    second = stop_when(lambda: daemon.flags.draining, 10)   # once the first signal was taken
     start = time.monotonic()
     try:
         code = daemon.run()

@@ -94,7 +94,8 @@ def queue_server(tmp_path):
     server.stop()
 
 
-def start_daemon(tmp_path: Path, queue_url: str, password: str, metrics_port: int) -> subprocess.Popen:
+def start_daemon(tmp_path: Path, queue_url: str, password: str, metrics_port: int,
+                 **extra_env: str) -> subprocess.Popen:
     handlers = tmp_path / "handlers"
     if not (handlers / "add").exists():
         write_assignment(handlers, "add", ADD)
@@ -106,6 +107,7 @@ def start_daemon(tmp_path: Path, queue_url: str, password: str, metrics_port: in
         "XGRADER_METRICS_PORT": str(metrics_port), "XGRADER_LOG_FORMAT": "json", "XGRADER_LOG_LEVEL": "info",
         "XGRADER_POLL_MAX_S": "0.5", "XDG_CACHE_HOME": str(tmp_path / "cache"),
     })
+    env.update(extra_env)
     log = open(tmp_path / "daemon.log", "w")
     return subprocess.Popen([sys.executable, "-m", "xgrader", "run"], env=env, stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True)
@@ -224,22 +226,31 @@ def _try_scrape(port: int) -> dict[str, float] | None:
         return None
 
 
-def test_not_ready_while_the_queue_refuses_the_login(tmp_path, queue_server):
-    """Wrong password: alive (the login loop keeps trying) but not ready."""
+def test_a_refused_login_is_not_ready_at_once_then_exits_with_one_clear_line(tmp_path, queue_server):
+    """Wrong password: /readyz says why at once; after the bounded number of
+    refusals the daemon exits 3 with one error line (systemd and Kubernetes
+    show it), never having pulled."""
     port = free_port()
     log = tmp_path / "daemon.log"
-    proc = start_daemon(tmp_path, queue_server.url, "wrong-" + SECRET_PW, port)
+    proc = start_daemon(tmp_path, queue_server.url, "wrong-" + SECRET_PW, port, XGRADER_LOGIN_MAX_REFUSALS="3")
     try:
-        wait_for(lambda: (r := get(port, "/healthz")) is not None and r.status_code == 200, 30, proc,
-                 "healthz", log)
-        ready = get(port, "/readyz")
-        assert ready.status_code == 503 and "not logged in" in ready.json()["detail"]
-        m = wait_for(lambda: (s := scrape(port)) and any(k.startswith("xgrader_queue_client_errors_total") for k in s)
-                     and s, 20, proc, "a client error counted", log)
+        ready = wait_for(lambda: (r := get(port, "/readyz")) is not None and "login" in r.text and [r], 30,
+                         proc, "readyz naming the login", log)[0]
+        assert ready.status_code == 503
+        assert "Incorrect login credentials" in ready.json()["detail"], ready.text
+        assert get(port, "/healthz").status_code == 200   # alive: it is still trying
+        m = scrape(port)
         assert m['xgrader_queue_client_errors_total{kind="login"}'] >= 1
+        assert m['xgrader_queue_served{queue="q1"}'] == 0
+        code = proc.wait(timeout=40)   # refusals 5 s apart: about 10 s
     finally:
-        code = stop_daemon(proc)
-    assert code == 0, log.read_text()[-3000:]
+        stop_daemon(proc)
+    assert code == 3, log.read_text()[-3000:]
     text = log.read_text()
     assert SECRET_PW not in text and SECRET_KEY not in text
-    assert re.search(r'"event": "login_failed"', text)
+    lines = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    errors = [line for line in lines if line["level"] in ("error", "critical")]
+    assert [e["event"] for e in errors] == ["login_refused_giving_up"], errors
+    assert "refused the login 3 times" in errors[0]["error"] and "Incorrect login credentials" in errors[0]["error"]
+    assert [line["event"] for line in lines].count("login_refused") == 3
+    assert not any(line["event"] == "pull_failed" for line in lines)

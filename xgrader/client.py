@@ -77,8 +77,9 @@ XQUEUE = "xqueue"
 class QueueError(RuntimeError):
     """The queue server answered, but not with what the call needs."""
 
-    def __init__(self, message: str, kind: str = "bad_reply") -> None:
+    def __init__(self, message: str, kind: str = "bad_reply", status: int | None = None) -> None:
         self.kind = kind
+        self.status = status   # the HTTP status, when that was the problem
         super().__init__(message)
 
 
@@ -276,7 +277,7 @@ class XQueueClient:
             return retrying(once)
         except _Retryable as exc:
             raise QueueError(f"{_endpoint(url)}: HTTP {exc.response.status_code} from the queue server",
-                             kind="http_5xx") from None
+                             kind="http_5xx", status=exc.response.status_code) from None
 
     # -- fast path -------------------------------------------------------------
     def _fast_request(self, method: str, url: str, params: dict | None, data: dict | None,

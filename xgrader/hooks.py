@@ -45,10 +45,36 @@ class Hooks:
     def on_loop_progress(self) -> None:
         """Called every pull-loop iteration (liveness)."""
 
-    def on_logged_in(self, ok: bool) -> None: ...
+    def on_logged_in(self, ok: bool, detail: str = "") -> None:
+        """detail: why not (the server's refusal, or the connection error)."""
 
     def on_backend_ready(self, ok: bool, detail: str = "") -> None:
         """The sandbox backend's check() result (readiness)."""
+
+    def on_queue_served(self, queue: str, ok: bool, reason: str = "", detail: str = "") -> None:
+        """Whether the daemon is serving `queue`; reason when not:
+        unknown_queue | login | backend | unreachable."""
+
+    def on_pull(self, queue: str, result: str) -> None:
+        """A get_submission: work | empty | in_flight (a re-serve of one being
+        graded) | cached (its known result re-posted) | poison | error."""
+
+    def on_busy(self, queue: str, seconds: float) -> None:
+        """Slot-seconds spent grading (in-flight jobs x elapsed time)."""
+
+    def on_slots(self, queue: str, count: int) -> None:
+        """Grading slots this process has for the queue (its concurrency)."""
+
+    def on_reposted(self, queue: str) -> None:
+        """A known result posted again for a re-served submission."""
+
+    def on_put_failed(self, queue: str, status: str) -> None:
+        """put_result not answered with an xqueue reply: an HTTP status,
+        `connection` or `timeout` (maybe processed: never resent)."""
+
+    def on_poison(self, queue: str, reason: str) -> None:
+        """A submission answered "could not be graded"; reason: the failure
+        kind counted most."""
 
     def on_hint(self, outcome: str, seconds: float, tokens: int = 0) -> None:
         """outcome: delivered | guard_rejected | timeout | quota | error | cached | disabled"""

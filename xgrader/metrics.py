@@ -75,6 +75,23 @@ class MetricsHooks(Hooks):
         self.hint_tokens = Counter("xgrader_hint_tokens", "LLM tokens used", registry=r)
         self.push_requests = Counter("xgrader_push_requests", "Push-mode HTTP requests by status code",
                                      ["status"], registry=r)
+        # Queue state and scaling signals that do not need get_queuelen/.
+        self.login_detail = ""
+        self.unknown_queues: dict[str, str] = {}   # queue -> the server's answer (readiness)
+        self.queue_served = Gauge("xgrader_queue_served", "1 while the queue is being served (logged in, "
+                                  "known to the server, sandbox backend ready)", ["queue"], registry=r)
+        self.pulls = Counter("xgrader_pulls", "get_submission calls by result: work, empty, in_flight, "
+                             "cached, poison, error", ["queue", "result"], registry=r)
+        self.busy = Counter("xgrader_slot_busy_seconds", "Slot-seconds spent grading; rate() = busy slots",
+                            ["queue"], registry=r)
+        self.slots = Gauge("xgrader_slots", "Grading slots of this replica", ["queue"], registry=r)
+        self.reposted = Counter("xgrader_results_reposted", "Known results posted again for a re-served "
+                                "submission, without grading again", ["queue"], registry=r)
+        self.put_failures = Counter("xgrader_put_result_failures", "put_result without an xqueue answer, by "
+                                    "HTTP status, connection or timeout", ["queue", "status"], registry=r)
+        self.poison = Counter("xgrader_poison_submissions", "Submissions answered 'could not be graded' "
+                              "after grading failures, by the failure counted most", ["queue", "reason"],
+                              registry=r)
         try:
             from importlib.metadata import version
             ver = version("xgrader")
@@ -106,7 +123,21 @@ class MetricsHooks(Hooks):
     def on_queue_length(self, queue, length): self.queue_len.labels(queue).set(length)
     def on_in_flight(self, queue, count): self.in_flight.labels(queue).set(count)
     def on_loop_progress(self): self.last_progress = time.monotonic()
-    def on_logged_in(self, ok): self.logged_in = ok
+    def on_logged_in(self, ok, detail=""):
+        self.logged_in = bool(ok)
+        self.login_detail = "" if ok else str(detail)
+    def on_queue_served(self, queue, ok, reason="", detail=""):
+        self.queue_served.labels(queue).set(1 if ok else 0)
+        if ok or reason != "unknown_queue":
+            self.unknown_queues.pop(queue, None)
+        if not ok and reason == "unknown_queue":
+            self.unknown_queues[queue] = detail or f"queue {queue!r} unknown to the server"
+    def on_pull(self, queue, result): self.pulls.labels(queue, result).inc()
+    def on_busy(self, queue, seconds): self.busy.labels(queue).inc(max(0.0, seconds))
+    def on_slots(self, queue, count): self.slots.labels(queue).set(count)
+    def on_reposted(self, queue): self.reposted.labels(queue).inc()
+    def on_put_failed(self, queue, status): self.put_failures.labels(queue, str(status)).inc()
+    def on_poison(self, queue, reason): self.poison.labels(queue, reason).inc()
     def on_backend_ready(self, ok, detail=""):
         self.backend_ok = (bool(ok), detail or ("ok" if ok else "sandbox backend unusable"))
     def on_hint(self, outcome, seconds, tokens=0):
@@ -125,11 +156,15 @@ class MetricsHooks(Hooks):
         return True, "ok"
 
     def readiness(self) -> tuple[bool, str]:
-        """Ready = logged in to the queue (daemon only) and the sandbox
-        backend's last check passed."""
+        """Ready = logged in to the queue (daemon only), every configured
+        queue known to the server, and the sandbox backend's last check
+        passed. The reasons are the actual errors."""
         problems = []
         if self.requires_login and not self.logged_in:
-            problems.append("not logged in to the queue")
+            problems.append(f"not logged in to the queue: {self.login_detail}" if self.login_detail
+                            else "not logged in to the queue")
+        for queue in sorted(self.unknown_queues):
+            problems.append(self.unknown_queues[queue])
         if self.backend_ok is None:
             problems.append("sandbox backend not checked yet")
         elif not self.backend_ok[0]:

@@ -12,6 +12,7 @@ import secrets
 import signal
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
@@ -33,6 +34,7 @@ class Entry:
     pulls: int = 0
     results: list[dict] = field(default_factory=list)   # every put_result accepted
     rejected: int = 0
+    delivered: list[dict] = field(default_factory=list)  # every body the LMS got (answered with 500 too)
 
 
 class MiniXQueue:
@@ -41,12 +43,20 @@ class MiniXQueue:
     'Incorrect key for submission'; a second put with a valid key accepted
     (and recorded: tests assert exactly one)."""
 
-    def __init__(self, lease_s: float = 60.0) -> None:
+    def __init__(self, lease_s: float = 60.0, port: int = 0) -> None:
         self.lease_s = lease_s
         self.lock = threading.Lock()
         self.entries: list[Entry] = []
         self.down = False  # answer 503 to everything (a dead queue server)
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        # Other behaviours a test can switch on:
+        self.queues: set[str] | None = None   # known queues (None: any); others are "not found"
+        self.password: str | None = None      # None: any login succeeds
+        self.login_refusal = "Incorrect login credentials"
+        self.fail_puts = 0        # the next N valid put_results reach the LMS, then answer 500 (rolled back)
+        self.same_key = False     # edx-submissions: a re-serve keeps the key, keys are UUIDs
+        self.no_queuelen = False  # edx-submissions: get_queuelen/ is a 404 page
+        self.requests: list[str] = []   # every request path (without the query)
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/xqueue/"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -93,10 +103,13 @@ class MiniXQueue:
     # -- HTTP ----------------------------------------------------------------
     def _get_submission(self, queue: str) -> tuple[int, Any]:
         now = time.monotonic()
+        if self.queues is not None and queue not in self.queues:
+            return 1, f"Queue '{queue}' not found"
         with self.lock:
             for e in self.entries:
                 if e.queue == queue and not e.results and e.leased_until <= now:
-                    e.key = secrets.token_hex(16)
+                    if not (self.same_key and e.key):
+                        e.key = str(uuid.uuid4()) if self.same_key else secrets.token_hex(16)
                     e.leased_until = now + self.lease_s
                     e.pulls += 1
                     header = json.dumps({"submission_id": e.id, "submission_key": e.key})
@@ -120,6 +133,10 @@ class MiniXQueue:
                     if key != e.key:
                         e.rejected += 1
                         return 1, "Incorrect key for submission"
+                    e.delivered.append(body)
+                    if self.fail_puts > 0:   # told the LMS, then failed: not answered, served again
+                        self.fail_puts -= 1
+                        return 500, ""
                     e.results.append(body)
                     return 0, ""
         return 1, "Submission does not exist"
@@ -136,6 +153,9 @@ class MiniXQueue:
                     self.send_response(503)
                     self.end_headers()
                     return
+                if code >= 400:   # a server error page, not an xqueue reply
+                    self._page(code)
+                    return
                 data = json.dumps({"return_code": code, "content": content}).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "text/html")
@@ -143,14 +163,31 @@ class MiniXQueue:
                 self.end_headers()
                 self.wfile.write(data)
 
+            def _page(self, code: int) -> None:
+                data = f"<html><h1>{code}</h1></html>".encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "text/html")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
             def do_GET(self) -> None:
                 url = urlparse(self.path)
+                with mini.lock:
+                    mini.requests.append(url.path)
                 qs = {k: v[0] for k, v in parse_qs(url.query).items()}
                 if url.path.endswith("/get_submission/"):
                     self._reply(*mini._get_submission(qs.get("queue_name", "")))
                 elif url.path.endswith("/get_queuelen/"):
+                    if mini.no_queuelen:
+                        self._page(404)
+                        return
+                    queue = qs.get("queue_name")
+                    if mini.queues is not None and queue not in mini.queues:
+                        self._reply(1, "Valid queue names are: " + ", ".join(sorted(mini.queues)))
+                        return
                     with mini.lock:
-                        n = sum(1 for e in mini.entries if e.queue == qs.get("queue_name") and not e.results)
+                        n = sum(1 for e in mini.entries if e.queue == queue and not e.results)
                     self._reply(0, n)
                 else:
                     self._reply(1, "login_required")
@@ -158,7 +195,12 @@ class MiniXQueue:
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 form = {k: v[0] for k, v in parse_qs(self.rfile.read(length).decode()).items()}
+                with mini.lock:
+                    mini.requests.append(self.path)
                 if self.path.endswith("/login/"):
+                    if mini.password is not None and form.get("password") != mini.password:
+                        self._reply(1, mini.login_refusal)
+                        return
                     self._reply(0, "Logged in")
                 elif self.path.endswith("/put_result/"):
                     self._reply(*mini._put_result(form))

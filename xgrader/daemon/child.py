@@ -130,24 +130,6 @@ def tear_down(after_reply: list) -> None:
     after_reply.clear()
 
 
-def grade_and_post(ctx: JobContext, reporter: Reporter) -> None:
-    """The older child job that posts itself (announce, then put_result once
-    on a fresh connection). Kept for jobs that must post from the child;
-    the daemon's default is :func:`grade_and_report`."""
-    from xgrader.logs import bind_submission
-
-    with bind_submission(ctx.queue, ctx.submission_id):
-        graded = _grade(ctx, reporter)
-        if graded is None:
-            return
-        reply, timer, fields = graded
-        outcome, detail = post_once(ctx, reply, reporter, timer)
-        log.info("graded", attempt=ctx.attempt, assignment=fields["assignment"],
-                 outcome=fields["grade_outcome"], score=fields["score"], posted=outcome)
-        reporter.report(ChildReport(outcome=outcome, detail=detail, phases=timer.phases,
-                                    events=child_events(ctx), **fields))
-
-
 def _grade(ctx: JobContext, reporter: Reporter,
            after_reply: list | None = None) -> tuple[GraderReply, _Timer, dict[str, Any]] | None:
     """Parse, fetch, grade. Returns (reply, timer, report fields), or None
@@ -210,20 +192,6 @@ def _grade(ctx: JobContext, reporter: Reporter,
         return None
     return reply, timer, {"assignment": assignment, "grade_outcome": grade_outcome,
                           "score": score, "max_score": max_score}
-
-
-def post_once(ctx: JobContext, reply: GraderReply, reporter: Reporter, timer: _Timer) -> tuple[str, str]:
-    """Announce, then put_result exactly once. Returns (ChildReport outcome, detail)."""
-    reporter.posting()
-    started = time.perf_counter()
-    try:
-        result = ctx.client.put_result(ctx.header_raw, reply)
-    except Exception as exc:  # the lease expires and the submission comes back
-        log.error("post_failed", error=str(exc)[:300])
-        return "post_failed", str(exc)[:300]
-    finally:
-        timer.add("post", started)
-    return classify_put(result)
 
 
 def classify_put(result: Any) -> tuple[str, str]:

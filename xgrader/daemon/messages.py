@@ -1,8 +1,9 @@
 """What a child tells the parent over its pipe: JSON lines.
 
-    {"phase": "posting"}          a job posting itself, just before put_result
-                                  (the parent must not post after this)
     {"report": {...ChildReport}}  the final word
+
+A child never posts: the daemon's parent posts the reply a child reported
+(outcome "graded"); push mode answers the HTTP request with it.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-# "graded": the child did not post; `reply` holds the body the parent posts.
+# "graded": `reply` holds the body the parent posts; "infra": grading failed
+# (retried, bounded). Push mode's children report "posted" with the reply.
 ChildOutcome = Literal["graded", "posted", "foreign_key", "rejected", "post_failed", "infra"]
 
 
@@ -48,9 +50,6 @@ class Reporter:
         while view:
             n = os.write(self.fd, view)
             view = view[n:]
-
-    def posting(self) -> None:
-        self._send({"phase": "posting"})
 
     def report(self, report: ChildReport) -> None:
         self._send({"report": report.model_dump()})

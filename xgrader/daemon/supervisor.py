@@ -54,7 +54,6 @@ class ChildHandle:
     started: float
     deadline: float
     context: Any = None                  # the caller's (the loop keeps its pull here)
-    posting: bool = False                # announced put_result: never post again
     report: ChildReport | None = None
     exit_status: int | None = None       # os.waitstatus
     killed_for: str | None = None        # "timeout" | "shutdown"
@@ -337,9 +336,7 @@ class Supervisor:
     def _message(self, handle: ChildHandle, line: bytes) -> None:
         try:
             msg = json.loads(line)
-            if msg.get("phase") == "posting":
-                handle.posting = True
-            elif "report" in msg:
+            if "report" in msg:
                 handle.report = ChildReport.model_validate(msg["report"])
         except (ValueError, AttributeError, ValidationError) as exc:
             log.error("child_message_invalid", pid=handle.pid, label=handle.label, error=str(exc)[:200])

@@ -1,6 +1,6 @@
-"""Builds the daemon's parts from Settings. Optional parts (metrics, hints,
-structured-log setup) are imported lazily: a missing or broken one is
-logged and skipped, never fatal."""
+"""Builds the daemon's parts from Settings: logging, the metrics hooks, the
+queue client, and the optional hints stage (imported lazily: missing, it is
+logged and skipped, never fatal)."""
 
 from __future__ import annotations
 
@@ -27,37 +27,23 @@ def _optional(module: str) -> Any | None:
 
 
 def configure_logging(settings: Settings) -> None:
-    logs = _optional("xgrader.logs")
-    if logs is not None and hasattr(logs, "configure"):
-        logs.configure(settings)
+    from xgrader.logs import configure
+
+    configure(settings)
 
 
 def build_hooks(settings: Settings) -> Hooks:
-    """Metrics (and whatever else implements Hooks) chained together."""
-    hooks: list[Hooks] = []
-    metrics = _optional("xgrader.metrics")
-    if metrics is not None:
-        for name in ("build_hooks", "from_settings", "start"):
-            factory = getattr(metrics, name, None)
-            if callable(factory):
-                made = factory(settings)
-                if isinstance(made, Hooks):
-                    hooks.append(made)
-                break
-        else:
-            cls = getattr(metrics, "MetricsHooks", None)
-            if cls is not None:
-                hooks.append(cls())
-    return HookChain(*hooks) if hooks else HookChain(Hooks())
+    """The metrics hooks (which serve /metrics, /healthz and /readyz when
+    metrics_port is set), in a chain other hooks can join."""
+    from xgrader.metrics import build_hooks as metrics_hooks
+
+    return HookChain(metrics_hooks(settings))
 
 
 def build_client(settings: Settings, hooks: Hooks) -> Any:
     from xgrader.client import XQueueClient
 
-    try:
-        return XQueueClient(settings, hooks=hooks)
-    except TypeError:
-        return XQueueClient(settings)
+    return XQueueClient(settings, hooks=hooks)
 
 
 def build_hints(settings: Settings, hooks: Hooks) -> Any | None:
