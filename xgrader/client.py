@@ -424,27 +424,20 @@ class XQueueClient:
         flavours apart), then POST the form. Raises LoginError(refused=True)
         when the server answered no, refused=False when it could not say."""
         url = self.base + "login/"
-        try:
-            probe = self._send("GET", url, timeout=self.timeout)
-            resp = self._send("POST", url, timeout=self.timeout, data={
-                "username": self.settings.queue_user,
-                "password": self.settings.queue_password.get_secret_value(),
-            })
-        except (requests.RequestException, QueueError):
-            self._hook("on_logged_in", False)
-            raise
+        probe = self._send("GET", url, timeout=self.timeout)
+        resp = self._send("POST", url, timeout=self.timeout, data={
+            "username": self.settings.queue_user,
+            "password": self.settings.queue_password.get_secret_value(),
+        })
         self._note_flavor(probe)
         try:
             code, content = self._envelope(resp, "login/")
         except QueueError:
-            self._hook("on_logged_in", False)
             raise LoginError(f"login/: unexpected reply (HTTP {resp.status_code}) from {self.base}",
                              refused=resp.status_code < 500) from None
         if code != 0:
-            self._hook("on_logged_in", False)
             self._hook("on_client_error", "login")
             raise LoginError(f"login/ as {self.settings.queue_user!r} refused: {clip(content, 200)}")
-        self._hook("on_logged_in", True)
 
     def _note_flavor(self, probe: requests.Response | _Reply) -> None:
         try:
@@ -458,8 +451,19 @@ class XQueueClient:
 
     def status(self) -> bool:
         """True when the server says it is up. POST with the session
-        (edx-submissions only answers a logged-in POST; legacy takes any)."""
-        code, _ = self._call("POST", "status/", fast=False)
+        (edx-submissions only answers a logged-in POST; legacy takes any).
+        edx-submissions 4.x answers 200 with a body that is not JSON (its
+        view renders the reply dict as "return_codecontent"): a 200 that
+        is not an xqueue reply counts as up."""
+        url = self.base + "status/"
+        resp = self._send("POST", url, timeout=self.timeout)
+        if self._needs_login(resp):
+            self._hook("on_relogin")
+            self.login()
+            resp = self._send("POST", url, timeout=self.timeout)
+        if resp.status_code == 200 and not _is_envelope(resp.text):
+            return True
+        code, _ = self._envelope(resp, "status/")
         return code == 0
 
     def get_queuelen(self, queue: str) -> int | None:

@@ -278,9 +278,12 @@ class Daemon:
                 self._next_login = time.monotonic() + self._login_backoff.next_delay()
             return
         self._logged_in = True
-        self._login_refusals = 0
         self._login_backoff.reset()
-        self.hooks.on_logged_in(True)
+        if not self._login_refusals:
+            # After refusals, ready only once a call is accepted: a login can
+            # succeed for a user the server then refuses everything
+            # (edx-submissions: not in the xqueue group).
+            self.hooks.on_logged_in(True)
         log.info("logged_in", queue_url=self.settings.queue_url,
                  server=getattr(self.client, "flavor", None) or "unknown")
 
@@ -447,6 +450,9 @@ class Daemon:
                 log.warning("pull_failed", queue=queue, error=detail)
                 self._set_served(queue, False, "unreachable", detail)
             return "error"
+        if self._login_refusals:
+            self._login_refusals = 0
+            self.hooks.on_logged_in(True)
         self._unknown.pop(queue, None)
         self._set_served(queue, True)
         if content is None:
