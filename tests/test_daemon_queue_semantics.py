@@ -366,3 +366,31 @@ def test_shutdown_draining_counts_only_jobs_being_graded(mini, tmp_path):
         code = run(daemon, lambda: len(daemon.supervisor.ready()) == 2)   # two ready children, no job
     (draining,) = [e for e in logs if e["event"] == "shutdown_draining"]
     assert code == 0 and draining["in_flight"] == 0
+
+
+# -- start-up checks -------------------------------------------------------------------
+
+@pytest.mark.parametrize("settings, warned", [
+    ({"job_timeout_s": 120}, True),                              # legacy xqueue's 60 s lease
+    ({"job_timeout_s": 50}, False),
+    ({"job_timeout_s": 120, "queue_lease_s": 300}, False),       # the server's lease, stated
+])
+def test_job_timeout_is_checked_against_the_lease(mini, tmp_path, settings, warned):
+    mini.submit("q", BODY)
+    with structlog.testing.capture_logs() as logs:
+        daemon = daemon_for(mini, counting_job(tmp_path / "tries"), **settings)
+        assert run(daemon, lambda: mini.answered() == 1) == 0
+    found = [e for e in logs if e["event"] == "job_timeout_exceeds_lease"]
+    assert bool(found) is warned
+    if warned:
+        assert found[0]["lease_s"] == 60 and found[0]["log_level"] == "warning"
+
+
+def test_clip_cuts_at_a_word_boundary():
+    from xgrader.logs import clip
+
+    text = "connection refused by the queue server at its address " * 10
+    out = clip(text, 60)
+    assert len(out) <= 60 and out.endswith("...")
+    assert all(word in text.split() for word in out.removesuffix("...").split())
+    assert clip("short\nmessage", 60) == "short message"

@@ -139,10 +139,14 @@ def test_selectors_and_scaler_point_at_the_deployment():
     assert 1 <= so["spec"]["minReplicaCount"] <= so["spec"]["maxReplicaCount"]
     namespaces = {doc["metadata"].get("namespace") for _, doc in k8s_docs() if doc["kind"] != "Namespace"}
     assert namespaces == {by_kind("Namespace")["metadata"]["name"]}
-    (trigger,) = so["spec"]["triggers"]
-    assert trigger["type"] == "prometheus"
-    check_promql(trigger["metadata"]["query"])
-    assert "xgrader_queue_length" in trigger["metadata"]["query"]
+    triggers = {t["name"]: t for t in so["spec"]["triggers"]}
+    assert all(t["type"] == "prometheus" for t in triggers.values())
+    for trigger in triggers.values():
+        check_promql(trigger["metadata"]["query"])
+    # the backlog where the server reports it, busy slots everywhere (edx-submissions has no queue length)
+    assert "xgrader_queue_length" in triggers["backlog"]["metadata"]["query"]
+    assert triggers["backlog"]["metadata"]["ignoreNullValues"] == "true"
+    assert "xgrader_slot_busy_seconds_total" in triggers["busy-slots"]["metadata"]["query"]
 
 
 # -- metrics referenced by alerts, dashboard, scaler -----------------------------------

@@ -506,7 +506,7 @@ class XQueueClient:
         message = str(content)
         if message == "Incorrect key for submission":
             return PutOutcome(accepted=False, foreign_key=True, message=message)
-        return PutOutcome(accepted=False, rejected=True, message=message[:300])
+        return PutOutcome(accepted=False, rejected=True, message=clip(message, 300))
 
     # -- files ---------------------------------------------------------------
     def fetch_files(self, files: dict[str, str]) -> dict[str, bytes]:

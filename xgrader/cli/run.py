@@ -17,7 +17,11 @@ Environment (every Settings field is XGRADER_<FIELD>, nested XGRADER_HINTS__<FIE
   XGRADER_SANDBOX              auto | bwrap | docker | unsafe (unsafe needs --unsafe-no-sandbox)
   XGRADER_CONCURRENCY          submissions graded at once per queue (default 2)
   XGRADER_JOB_TIMEOUT_S        hard wall-clock limit of one submission's child (default 120)
-  XGRADER_MAX_ATTEMPTS         infrastructure failures before "could not be graded" (default 3)
+  XGRADER_MAX_ATTEMPTS         failed gradings before "could not be graded" (default 3)
+  XGRADER_SCORE_FORMAT         auto | points | fraction (edx-submissions); per queue XGRADER_SCORE_FORMATS
+  XGRADER_LOGIN_MAX_REFUSALS   refused logins in a row before exiting 3 (default 12, about a minute)
+  XGRADER_BACKEND_UNREADY_EXIT_S   sandbox backend failing its check this long: exit 4 (default 300)
+  XGRADER_FILE_HOSTS           file hosts allowed although on loopback/private addresses
   XGRADER_SHUTDOWN_GRACE_S     first SIGTERM: time in-flight jobs get to finish (default 30)
   XGRADER_STALL_TIMEOUT_S      no loop progress for this long -> exit 70 (default 300)
   XGRADER_POLL_MIN_S / XGRADER_POLL_MAX_S   empty-queue backoff bounds (default 0.05 / 5)
@@ -29,7 +33,9 @@ Environment (every Settings field is XGRADER_<FIELD>, nested XGRADER_HINTS__<FIE
   XGRADER_LOG_FORMAT / XGRADER_LOG_LEVEL    auto|json|console / info
 Signals: first SIGTERM/SIGINT stops pulling and lets in-flight jobs post (exit 0);
 a second one kills them at once (their leases expire, nothing is lost; exit 1).
-Exit 70: the stall watchdog fired.
+Exit 2: no sandbox backend. Exit 3: the queue refused the login XGRADER_LOGIN_MAX_REFUSALS
+times in a row. Exit 4: the sandbox backend failed its check for XGRADER_BACKEND_UNREADY_EXIT_S.
+Exit 70: the stall watchdog fired. Nothing is pulled before the login and the backend check pass.
 """
 
 FLAGS = [
@@ -40,7 +46,7 @@ FLAGS = [
     ("--sandbox", "sandbox", str, "auto | bwrap | docker | unsafe"),
     ("--concurrency", "concurrency", int, "submissions graded at once per queue"),
     ("--job-timeout", "job_timeout_s", float, "hard limit of one submission, seconds"),
-    ("--max-attempts", "max_attempts", int, "infrastructure failures before could-not-grade"),
+    ("--max-attempts", "max_attempts", int, "failed gradings before could-not-grade"),
     ("--shutdown-grace", "shutdown_grace_s", float, "seconds in-flight jobs get on SIGTERM"),
     ("--metrics-port", "metrics_port", int, "serve /metrics, /healthz, /readyz on this port"),
     ("--metrics-host", "metrics_host", str, "listen address of the metrics port (default 127.0.0.1)"),

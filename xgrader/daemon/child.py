@@ -19,6 +19,7 @@ import structlog
 from xgrader.daemon.messages import ChildReport, Reporter
 from xgrader.errors import AssignmentError, InfraError, SubmissionError
 from xgrader.hooks import Hooks
+from xgrader.logs import clip
 from xgrader.job import GradeRequest
 from xgrader.backends.base import SandboxError
 from xgrader.wire import GraderReply, PayloadError, Submission, parse_submission
@@ -126,7 +127,7 @@ def tear_down(after_reply: list) -> None:
         try:
             step()
         except Exception as exc:  # the cgroup is an orphan for cleanup_stale; never fatal here
-            log.warning("sandbox_teardown_failed", error=f"{type(exc).__name__}: {str(exc)[:200]}")
+            log.warning("sandbox_teardown_failed", error=clip(f"{type(exc).__name__}: {exc}", 200))
     after_reply.clear()
 
 
@@ -173,20 +174,20 @@ def _grade(ctx: JobContext, reporter: Reporter,
             grade_outcome, score, max_score = report.outcome.value, report.score, report.max_score
     except (InfraError, SandboxError) as exc:
         kind = "sandbox_start" if isinstance(exc, SandboxError) else "infra"
-        bound.error("infra_failure", kind=kind, error=str(exc)[:500])
-        reporter.report(ChildReport(outcome="infra", infra_kind=kind, detail=str(exc)[:500],
+        bound.error("infra_failure", kind=kind, error=clip(exc, 500))
+        reporter.report(ChildReport(outcome="infra", infra_kind=kind, detail=clip(exc, 500),
                                     phases=timer.phases, assignment=assignment,
                                     events=child_events(ctx)))
         return None
     except (AssignmentError, SubmissionError) as exc:  # pipeline answers these; be safe
-        bound.error("unexpected_grading_error", error=str(exc)[:500])
-        report = pipeline.error_report(assignment or "(unknown)", str(exc)[:500])
+        bound.error("unexpected_grading_error", error=clip(exc, 500))
+        report = pipeline.error_report(assignment or "(unknown)", clip(exc, 500))
         reply = pipeline.reply_for(report)
         grade_outcome, score, max_score = "error", 0.0, report.max_score
     except Exception as exc:  # a handler bug: retried by the parent, bounded
         bound.exception("handler_crash")
         reporter.report(ChildReport(outcome="infra", infra_kind="handler_crash",
-                                    detail=f"{type(exc).__name__}: {str(exc)[:400]}",
+                                    detail=clip(f"{type(exc).__name__}: {exc}", 400),
                                     phases=timer.phases, assignment=assignment,
                                     events=child_events(ctx)))
         return None
@@ -199,7 +200,7 @@ def classify_put(result: Any) -> tuple[str, str]:
         return "posted", ""
     if getattr(result, "foreign_key", False):
         return "foreign_key", "Incorrect key for submission"
-    return "rejected", str(getattr(result, "message", "") or getattr(result, "rejected", ""))[:300]
+    return "rejected", clip(getattr(result, "message", "") or getattr(result, "rejected", ""), 300)
 
 
 def _label_field(label: str) -> dict[str, str]:

@@ -42,6 +42,7 @@ from typing import Callable
 import structlog
 
 from xgrader.daemon.messages import Reporter
+from xgrader.logs import clip
 
 log = structlog.get_logger(__name__)
 
@@ -211,7 +212,7 @@ def _serve(sock: socket.socket, run_job: RunJob, prepare: Callable[[], None] | N
                 raise ValueError(f"{len(fds)} descriptors, not 2")
             pid = os.fork()
         except BaseException as exc:  # noqa: BLE001 - EAGAIN, ENOMEM, garbage: the parent forks itself
-            log.warning("forker_fork_failed", error=f"{type(exc).__name__}: {str(exc)[:200]}")
+            log.warning("forker_fork_failed", error=clip(f"{type(exc).__name__}: {exc}", 200))
             pid = -1
             request = None
         if pid == 0:  # a job child: never returns

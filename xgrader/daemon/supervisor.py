@@ -33,6 +33,7 @@ from pydantic import ValidationError
 from xgrader.daemon import proctree
 from xgrader.daemon.messages import ChildReport, Reporter
 from xgrader.daemon.signals import reset_in_child
+from xgrader.logs import clip
 
 log = structlog.get_logger(__name__)
 
@@ -339,7 +340,7 @@ class Supervisor:
             if "report" in msg:
                 handle.report = ChildReport.model_validate(msg["report"])
         except (ValueError, AttributeError, ValidationError) as exc:
-            log.error("child_message_invalid", pid=handle.pid, label=handle.label, error=str(exc)[:200])
+            log.error("child_message_invalid", pid=handle.pid, label=handle.label, error=clip(exc, 200))
 
     def _reap(self, handle: ChildHandle) -> bool:
         if handle.forker is not None:
