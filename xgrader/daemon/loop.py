@@ -250,32 +250,14 @@ class Daemon:
         return False
 
     def _try_login(self) -> None:
-        """One login attempt. A refusal by the server counts toward
-        login_max_refusals (then exit 3); anything else (connection
-        refused, 5xx) is transient and retried with backoff, forever."""
+        """One login attempt (see :meth:`_not_logged_in` for a failed one)."""
         if not callable(getattr(self.client, "login", None)):
             self._logged_in = True   # a client that logs in lazily
             return
         try:
             self.client.login()
         except Exception as exc:
-            detail = clip(f"{type(exc).__name__}: {exc}", 300)
-            self._logged_in = False
-            self.hooks.on_logged_in(False, detail)
-            for queue in self.settings.queue_names:
-                self._set_served(queue, False, "login", detail)
-            if getattr(exc, "refused", False):
-                self._login_refusals += 1
-                log.warning("login_refused", error=detail, refusals=self._login_refusals,
-                            max_refusals=self.settings.login_max_refusals)
-                if self._login_refusals >= self.settings.login_max_refusals:
-                    self._fatal(EXIT_LOGIN_REFUSED, "login_refused_giving_up",
-                                f"the queue refused the login {self._login_refusals} times in a row "
-                                f"(last: {detail}); check XGRADER_QUEUE_USER / XGRADER_QUEUE_PASSWORD")
-                self._next_login = time.monotonic() + LOGIN_REFUSED_RETRY_S
-            else:
-                log.warning("login_failed", error=detail)
-                self._next_login = time.monotonic() + self._login_backoff.next_delay()
+            self._not_logged_in(exc)
             return
         self._logged_in = True
         self._login_backoff.reset()
@@ -287,21 +269,29 @@ class Daemon:
         log.info("logged_in", queue_url=self.settings.queue_url,
                  server=getattr(self.client, "flavor", None) or "unknown")
 
-    def _lost_login(self, exc: Exception) -> None:
-        """A call found the session refused even after logging in again."""
-        self._logged_in = False
-        self._next_login = time.monotonic()
+    def _not_logged_in(self, exc: Exception) -> None:
+        """A login failed, or a call was refused even after logging in again.
+        Not ready at once. A refusal by the server counts toward
+        login_max_refusals (then exit 3), tried again LOGIN_REFUSED_RETRY_S
+        later; anything else (connection refused, 5xx) is transient and
+        retried with backoff, forever."""
         detail = clip(f"{type(exc).__name__}: {exc}", 300)
+        self._logged_in = False
         self.hooks.on_logged_in(False, detail)
-        if getattr(exc, "refused", False):
-            self._login_refusals += 1
-            log.warning("login_refused", error=detail, refusals=self._login_refusals,
-                        max_refusals=self.settings.login_max_refusals)
-            self._next_login = time.monotonic() + LOGIN_REFUSED_RETRY_S
-            if self._login_refusals >= self.settings.login_max_refusals:
-                self._fatal(EXIT_LOGIN_REFUSED, "login_refused_giving_up",
-                            f"the queue refused the login {self._login_refusals} times in a row "
-                            f"(last: {detail}); check XGRADER_QUEUE_USER / XGRADER_QUEUE_PASSWORD")
+        for queue in self.settings.queue_names:
+            self._set_served(queue, False, "login", detail)
+        if not getattr(exc, "refused", False):
+            log.warning("login_failed", error=detail)
+            self._next_login = time.monotonic() + self._login_backoff.next_delay()
+            return
+        self._login_refusals += 1
+        log.warning("login_refused", error=detail, refusals=self._login_refusals,
+                    max_refusals=self.settings.login_max_refusals)
+        self._next_login = time.monotonic() + LOGIN_REFUSED_RETRY_S
+        if self._login_refusals >= self.settings.login_max_refusals:
+            self._fatal(EXIT_LOGIN_REFUSED, "login_refused_giving_up",
+                        f"the queue refused the login {self._login_refusals} times in a row "
+                        f"(last: {detail}); check XGRADER_QUEUE_USER / XGRADER_QUEUE_PASSWORD")
 
     def _fatal(self, code: int, event: str, message: str) -> None:
         """One clear error line, then stop like a SIGTERM (in-flight jobs may
@@ -445,7 +435,7 @@ class Daemon:
             if kind == "unknown_queue":
                 self._mark_unknown(queue, str(exc))
             elif kind == "login":
-                self._lost_login(exc)
+                self._not_logged_in(exc)
             else:
                 log.warning("pull_failed", queue=queue, error=detail)
                 self._set_served(queue, False, "unreachable", detail)
