@@ -144,7 +144,7 @@ class Settings(BaseSettings):
 
     hints: HintSettings = Field(default_factory=HintSettings)
 
-    @field_validator("queue_names", mode="before")
+    @field_validator("queue_names", "file_hosts", mode="before")
     @classmethod
     def _split_names(cls, v: Any) -> Any:
         if isinstance(v, str):
@@ -152,14 +152,6 @@ class Settings(BaseSettings):
             if s.startswith("["):
                 return json.loads(s)
             return [n.strip() for n in s.split(",") if n.strip()]
-        return v
-
-    @field_validator("file_hosts", mode="before")
-    @classmethod
-    def _split_hosts(cls, v: Any) -> Any:
-        if isinstance(v, str):
-            s = v.strip()
-            return json.loads(s) if s.startswith("[") else [n.strip() for n in s.split(",") if n.strip()]
         return v
 
     @field_validator("score_formats", mode="before")

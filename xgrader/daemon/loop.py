@@ -316,6 +316,11 @@ class Daemon:
                         detail="a submission still being graded when its lease ends is served again; "
                                "set XGRADER_JOB_TIMEOUT_S below the lease (or XGRADER_QUEUE_LEASE_S "
                                "to the server's real lease)")
+        if self.settings.result_cache_size and self.settings.result_cache_ttl_s <= lease:
+            log.warning("result_cache_ttl_below_lease", result_cache_ttl_s=self.settings.result_cache_ttl_s,
+                        lease_s=lease, lease_from=source,
+                        detail="a submission served again after its lease would be graded again; "
+                               "set XGRADER_RESULT_CACHE_TTL_S above the lease")
 
     # -- main loop -----------------------------------------------------------
     def _loop(self) -> int:
