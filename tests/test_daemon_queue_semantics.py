@@ -394,3 +394,33 @@ def test_clip_cuts_at_a_word_boundary():
     assert len(out) <= 60 and out.endswith("...")
     assert all(word in text.split() for word in out.removesuffix("...").split())
     assert clip("short\nmessage", 60) == "short message"
+
+
+def test_result_cache_is_bounded_and_forgets_after_its_ttl():
+    from xgrader.daemon.results import ResultCache
+
+    now = [0.0]
+    cache = ResultCache(2, ttl_s=10, clock=lambda: now[0])
+    for sid in ("1", "2", "3"):
+        cache.put((sid, "d"), f'{{"score": {sid}}}', 3)
+    assert cache.get(("1", "d")) is None and len(cache) == 2          # the oldest went
+    assert cache.get(("3", "d")).reply == '{"score": 3}'
+    assert cache.get(("3", "other body")) is None                     # same id, other content
+    now[0] = 10.5
+    assert cache.get(("3", "d")) is None                              # past its TTL
+    off = ResultCache(0, ttl_s=10)
+    off.put(("1", "d"), "{}", 1)
+    assert off.get(("1", "d")) is None
+
+
+def test_ledger_counts_exactly_and_keeps_the_latest_reasons():
+    from xgrader.daemon.ledger import MAX_REASONS, AttemptLedger
+
+    ledger = AttemptLedger(max_entries=2)
+    for n in range(MAX_REASONS + 3):
+        ledger.add(("1", "d"), f"kind{n}")
+    assert ledger.count(("1", "d")) == MAX_REASONS + 3
+    assert ledger.reasons(("1", "d"))[-1] == f"kind{MAX_REASONS + 2}" and len(ledger.reasons(("1", "d"))) == MAX_REASONS
+    ledger.add(("2", "d"), "x")
+    ledger.add(("3", "d"), "x")
+    assert ledger.count(("1", "d")) == 0                               # bounded: the oldest went
