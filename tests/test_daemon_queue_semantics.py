@@ -89,6 +89,14 @@ def lines(tries: Path) -> list[str]:
     return tries.read_text().split() if tries.exists() else []
 
 
+@pytest.fixture(autouse=True)
+def default_logging():
+    """structlog's defaults (an earlier test may have configured a level
+    filter), so capture_logs sees every event."""
+    structlog.reset_defaults()
+    yield
+
+
 @pytest.fixture
 def mini():
     server = MiniXQueue().start()
