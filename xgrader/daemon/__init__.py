@@ -1,4 +1,4 @@
-"""The pull-loop daemon: a parent that pulls and supervises, one forked child
-per submission that grades and posts (see docs/architecture.md)."""
+"""The pull-loop daemon: a parent that pulls, supervises and posts, one
+forked child per submission that grades and reports (see docs/architecture.md)."""
 
 from xgrader.daemon.loop import Daemon  # noqa: F401
