@@ -685,6 +685,84 @@ class Runner:
             self.channel.send(reply)
         self.channel.send({"id": rid, "ok": True, "done": True})
 
+    # -- image kind: a program run inside the runner, and a file read back -----
+    # (the host's image kind: xgrader/handlers/image_kind.py)
+
+    def op_run_main(self, req):
+        """Run FILE as __main__ with `stdin` as its input, like `python3 FILE`;
+        exit() / sys.exit(0) end it normally. Reply like `load`."""
+        path = os.path.join(WORKDIR, req.get("path", "main.py"))
+        if WORKDIR not in sys.path:
+            sys.path.insert(0, WORKDIR)
+        with open(path, "rb") as f:
+            source = f.read()
+        try:
+            code = compile(source, path, "exec", dont_inherit=True)
+        except (SyntaxError, ValueError) as exc:
+            return {"ok": False, "error": describe(exc)}
+        import builtins
+        import io
+        module = type(sys)("__main__")
+        module.__file__ = path
+        module.__builtins__ = builtins
+        sys.modules["__main__"] = module
+        self.module = module
+        stdin = io.StringIO(str(req.get("stdin") or ""))
+
+        def run():
+            sys.stdin = stdin
+            exec(code, module.__dict__)
+
+        ok, value, out, err = self.captured(run)
+        if not ok and isinstance(value, SystemExit) and value.code in (None, 0):
+            ok = True
+        if not ok:
+            return {"ok": False, "error": describe(value), "stdout": out, "stderr": err}
+        return {"ok": True, "stdout": out, "stderr": err}
+
+    def op_read_file(self, req):
+        """A regular file under the work folder, at most `max_bytes`, as base64
+        (never through a symlink); `remove` deletes it after reading, so the
+        next request cannot find a stale one."""
+        import base64
+        import errno
+        import stat
+        rel = str(req.get("path", ""))
+        if not rel or rel.startswith("/") or ".." in rel.split("/") or "\x00" in rel:
+            raise ValueError("bad path")
+        path = os.path.join(WORKDIR, rel)
+        cap = int(req.get("max_bytes", 1 << 20))
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except FileNotFoundError:
+            return {"ok": True, "found": False}
+        except OSError as exc:
+            why = "a symbolic link" if exc.errno == errno.ELOOP else "unreadable (%s)" % exc.strerror
+            return {"ok": True, "found": True, "refused": why}
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                return {"ok": True, "found": True, "refused": "not a regular file"}
+            if st.st_size > cap:
+                return {"ok": True, "found": True, "refused": "too large", "size": st.st_size}
+            chunks, size = [], 0
+            while size <= cap:
+                chunk = os.read(fd, min(1 << 16, cap + 1 - size))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+        finally:
+            os.close(fd)
+        if req.get("remove"):
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+        if size > cap:
+            return {"ok": True, "found": True, "refused": "too large", "size": size}
+        return {"ok": True, "found": True, "size": size, "data": base64.b64encode(b"".join(chunks)).decode()}
+
 
 def _report(text):
     """Text for the host on stderr, after the student's own (a closed or

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from xgrader.errors import AssignmentError
+from xgrader.kind_config import ImageCase, ImageOptions, Mutant, MutationOptions, load_image_cases, load_mutants
 from xgrader.backends.base import Limits
 
 if TYPE_CHECKING:
@@ -158,7 +159,7 @@ class AssignmentConfig(_Strict):
 
     title: str = Field(min_length=1)
     max_points: float = Field(1.0, gt=0)
-    kind: Literal["pytest", "io"]
+    kind: Literal["pytest", "io", "image", "mutation"]
     entry: str = "submission.py"
     module: str = "submission"
     functions: list[str] = Field(default_factory=list)   # required names: "missing function" explanations
@@ -169,6 +170,15 @@ class AssignmentConfig(_Strict):
     feedback: FeedbackOptions = Field(default_factory=FeedbackOptions)
     hints: HintOptions = Field(default_factory=HintOptions)
     submission: SubmissionOptions = Field(default_factory=SubmissionOptions)
+    image: ImageOptions = Field(default_factory=ImageOptions)            # image kind
+    mutation: MutationOptions = Field(default_factory=MutationOptions)   # mutation kind
+
+    @model_validator(mode="after")
+    def _mutation_entry(self) -> "AssignmentConfig":
+        # The student submits tests: their main test file must be one pytest collects.
+        if self.kind == "mutation" and not PurePosixPath(self.entry).name.startswith("test_"):
+            raise ValueError("kind mutation: entry must name the student's test file (test_*.py)")
+        return self
 
     @field_validator("entry")
     @classmethod
@@ -207,6 +217,8 @@ class Assignment(BaseModel):
     solution: dict[str, bytes] = Field(default_factory=dict)
     files: dict[str, bytes] = Field(default_factory=dict)   # runtime files for every sandbox
     cases: list[Case] = Field(default_factory=list)         # io kind
+    image_cases: list[ImageCase] = Field(default_factory=list)   # image kind
+    mutants: list[Mutant] = Field(default_factory=list)          # mutation kind
     description: str = ""
     samples: list[Path] = Field(default_factory=list)
 
@@ -243,6 +255,8 @@ class Assignment(BaseModel):
         parts = [("config", self.config.model_dump_json().encode())]
         for prefix, files in (("tests", self.tests), ("solution", self.solution), ("files", self.files)):
             parts += [(f"{prefix}/{k}", files[k]) for k in sorted(files)]
+        for m in self.mutants:
+            parts += [(f"mutants/{m.name}/{k}", m.files[k]) for k in sorted(m.files)]
         return parts
 
 
@@ -301,7 +315,14 @@ def load_assignment(folder: Path, name: str) -> Assignment:
     files = _read_tree(folder / "files", budget)
 
     cases: list[Case] = []
-    if config.kind == "io":
+    image_cases: list[ImageCase] = []
+    mutants: list[Mutant] = []
+    if config.kind == "image":
+        image_cases = load_image_cases(folder, tests, solution, config.entry)
+    elif config.kind == "mutation":
+        # tests/ holds the author's model test suite (optional; `xgrader check` grades it).
+        mutants = load_mutants(folder, solution, f"{config.module}.py", _read_tree, budget)
+    elif config.kind == "io":
         cases_path = folder / "tests" / CASES_FILE
         raw = _read_toml(cases_path)
         unknown = set(raw) - {"case"}
@@ -337,4 +358,5 @@ def load_assignment(folder: Path, name: str) -> Assignment:
     return Assignment(
         name=name, root=folder, config=config, tests=tests, public_tests=public,
         solution=solution, files=files, cases=cases, description=description, samples=samples,
+        image_cases=image_cases, mutants=mutants,
     )

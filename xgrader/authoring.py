@@ -109,7 +109,13 @@ def warm(grader: grading.Grader, assignment: Assignment) -> dict | None:
     graders all find them in the shared store instead of racing to compute.
     Returns them (None when every io case has its `expected`)."""
     ctx = grader.context(assignment)
-    if assignment.config.kind == "io":
+    if assignment.config.kind == "image":
+        if all(c.expected is not None for c in assignment.image_cases):
+            return None
+        from xgrader.handlers.image_kind import compute_reference
+    elif assignment.config.kind == "mutation":
+        from xgrader.handlers.mutation_kind import compute_reference
+    elif assignment.config.kind == "io":
         if all(c.expected is not None for c in assignment.cases):
             return None
         from xgrader.handlers.io_kind import compute_reference
@@ -204,7 +210,7 @@ def lint(assignment: Assignment) -> tuple[list[str], list[str]]:
     root = assignment.root
     if not assignment.solution:
         errors.append(f"{root / 'solution'}: no reference solution")
-    elif cfg.entry not in assignment.solution:
+    elif cfg.kind != "mutation" and cfg.entry not in assignment.solution:
         errors.append(f"{root / 'solution'}: {cfg.entry} missing (the entry file students submit)")
     if not assignment.description.strip():
         warnings.append(f"{root / 'description.md'}: missing or empty (hints and students need it)")
@@ -214,7 +220,12 @@ def lint(assignment: Assignment) -> tuple[list[str], list[str]]:
     wrong = [s for s in samples if not expects_full_marks(s)]
     if len(wrong) < 5:
         warnings.append(f"{root / 'samples'}: {len(wrong)} known-wrong samples (5 or more recommended)")
-    if cfg.kind == "pytest":
+    if cfg.kind in ("image", "mutation"):
+        from xgrader.kind_config import lint_kind
+        more_errors, more_warnings = lint_kind(assignment)
+        errors += more_errors
+        warnings += more_warnings
+    elif cfg.kind == "pytest":
         unused = [r.pattern for r in cfg.tests if not _rule_used(assignment, r.pattern)]
         for pattern in unused:
             warnings.append(f"{root / 'assignment.toml'}: [[tests]] pattern {pattern!r} matches no test function name")
@@ -259,9 +270,12 @@ def check_assignment(grader: grading.Grader, name: str, jobs: int = 2,
     # pytest kind: why the reference solution fails a test (its own run, hidden tests included).
     why = reference.get("failing_why") if isinstance(reference.get("failing_why"), dict) else {}
     samples_dir = assignment.root / "samples"
+    # What must get full marks first: the reference solution, or for the
+    # mutation kind (students submit tests) the author's model tests.
+    first = ("(model tests)", dict(assignment.tests)) if assignment.config.kind == "mutation" \
+        else (REFERENCE, dict(assignment.solution))
     items: list[tuple[str, GradeRequest]] = [
-        (REFERENCE, GradeRequest(grader=name, files=dict(assignment.solution),
-                                              submission_id=f"check-{name}-solution"))]
+        (first[0], GradeRequest(grader=name, files=first[1], submission_id=f"check-{name}-solution"))]
     want = [True]
     for path in submission_paths(samples_dir) if samples_dir.is_dir() else []:
         try:

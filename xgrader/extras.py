@@ -20,6 +20,7 @@ EXTRAS = {
     "redis": "the redis hint store needs",
     "docker": "the docker sandbox backend needs",
     "postgres": "PostgreSQL storage needs",
+    "images": "image assignments need",
 }
 
 

@@ -152,6 +152,7 @@ class Part:
     unit: str = "characters"
     pre: bool = True
     link: str | None = None   # an http(s) URL xgrader built (the hint page): text becomes its anchor
+    image: str | None = None  # a data:image/png URI xgrader drew (image kind): text becomes its alt
 
 
 @dataclass(frozen=True)
@@ -235,6 +236,9 @@ def _test_block(t: TestReport, caps: Caps) -> Block:
                 fields.append(Part("Difference", text, more or dropped, "lines" if more else "characters"))
     fields.append(_field("Message", t.message, caps))
     fields.append(_field("Printed output", t.output, caps))
+    if t.image and _DATA_PNG.fullmatch(t.image) and len(t.image) <= caps.field * 4:
+        fields.append(Part("Difference", "expected image in grey, differing pixels in red", pre=False,
+                           image=t.image))
     return Block("test", heading, tuple(f for f in fields if f))
 
 
@@ -265,6 +269,8 @@ def _e(text: str) -> str:
 
 
 _PRE = '<pre style="white-space:pre-wrap">'
+# The only image feedback embeds: a PNG as base64, nothing that could carry markup.
+_DATA_PNG = re.compile(r"data:image/png;base64,[A-Za-z0-9+/]+={0,2}")
 
 
 def _html_field(f: Part) -> str:
@@ -272,6 +278,8 @@ def _html_field(f: Part) -> str:
         return f'<p class="xgrader-hint-link"><a href="{_e(f.link)}" target="_blank" rel="noopener noreferrer">' \
                f"{_e(f.text)}</a></p>"
     label = f"<p><strong>{_e(f.label)}:</strong></p>" if f.label else ""
+    if f.image:
+        return f'{label}<p><img src="{f.image}" alt="{_e(f.text)}"/></p>'
     note = _e(_truncated_note(f.dropped, f.unit)) if f.dropped else ""
     if f.pre:
         # The note goes outside <pre> so it is never mistaken for output.
@@ -311,6 +319,8 @@ def render_html(report: GradeReport, caps: Caps = DEFAULT_CAPS) -> str:
 def _text_field(f: Part) -> str:
     if f.link:
         return f"  {f.text}: {f.link}"
+    if f.image:
+        return f"  {f.label}: an image in the LMS ({f.text})"
     out = []
     if f.label:
         out.append(f"  {f.label}:")

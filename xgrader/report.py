@@ -53,6 +53,9 @@ class TestReport(BaseModel):
     output: str | None = None    # what the student's code printed during the test
     # Exception type name for hints (also kept for hidden tests, never values).
     exception_type: str | None = None
+    # image kind: a `data:image/png;base64,` URI of a difference image the
+    # grader drew (never bytes the student's code wrote); visible tests only.
+    image: str | None = None
 
 
 class Explanation(BaseModel):

@@ -11,6 +11,7 @@ from __future__ import annotations
 from xgrader import submissions  # noqa: F401  (used by grading.materialize; imported for the fork)
 from xgrader.assignment import Assignment
 from xgrader.handlers.context import GradeContext
+from xgrader.handlers.image_kind import grade_image
 from xgrader.handlers.io_kind import grade_io
 from xgrader.handlers.pytest_kind import grade_pytest
 from xgrader.handlers.student import ensure_runner_bytecode
@@ -21,4 +22,6 @@ def run(assignment: Assignment, files: dict[str, bytes], ctx: GradeContext) -> G
     ensure_runner_bytecode(ctx.settings.runner_dir, ctx.settings.sandbox_python)
     if assignment.config.kind == "io":
         return grade_io(assignment, files, ctx)
+    if assignment.config.kind == "image":
+        return grade_image(assignment, files, ctx)
     return grade_pytest(assignment, files, ctx)
