@@ -1,5 +1,7 @@
-"""Handler kinds: `pytest` (instructor pytest files through the proxy) and
-`io` (expression and program cases). :func:`run` picks by the assignment's kind.
+"""Handler kinds: `pytest` (instructor pytest files through the proxy), `io`
+(expression and program cases), `image` (images compared with a tolerance)
+and `mutation` (the student's tests graded by mutants). :func:`run` picks by
+the assignment's kind.
 
 Both kinds and the submission materializer are imported here, eagerly: the
 daemon imports the grading path once before it forks a child per submission,
@@ -13,6 +15,7 @@ from xgrader.assignment import Assignment
 from xgrader.handlers.context import GradeContext
 from xgrader.handlers.image_kind import grade_image
 from xgrader.handlers.io_kind import grade_io
+from xgrader.handlers.mutation_kind import grade_mutation
 from xgrader.handlers.pytest_kind import grade_pytest
 from xgrader.handlers.student import ensure_runner_bytecode
 from xgrader.report import GradeReport
@@ -24,4 +27,6 @@ def run(assignment: Assignment, files: dict[str, bytes], ctx: GradeContext) -> G
         return grade_io(assignment, files, ctx)
     if assignment.config.kind == "image":
         return grade_image(assignment, files, ctx)
+    if assignment.config.kind == "mutation":
+        return grade_mutation(assignment, files, ctx)
     return grade_pytest(assignment, files, ctx)
