@@ -148,7 +148,7 @@ def diff_data_uri(expected: Any, c: Comparison) -> str | None:
     longest = max(width, height)
     for side in DIFF_SIDES:
         # Tiny images grow by a whole factor (crisp pixels), others shrink to `side`.
-        scale = float(DIFF_MIN_SIDE // longest) if longest < DIFF_MIN_SIDE else min(1.0, side / longest)
+        scale = float(-(-DIFF_MIN_SIDE // longest)) if longest < DIFF_MIN_SIDE else min(1.0, side / longest)
         size = (max(1, round(width * scale)), max(1, round(height * scale)))
         resample = Image.Resampling.NEAREST if scale >= 1 else Image.Resampling.BOX
         # A hot pixel stays visible when scaled down: any hot share in a cell marks it.
