@@ -95,9 +95,12 @@ def refusal(msg: dict[str, Any], names: dict[str, str]) -> str | None:
         parts = target.split(".") if target else []
         if any(not p or p.startswith("_") or INTROSPECTION.match(p) for p in parts):
             return f"{target} is not part of the module's interface"
-        if parts and names.get(parts[0]) not in ("function", "class", "exception", "value"):
-            return f"the module has no {parts[0]}"
-        if op == "call" and not parts:
+        # The proxy names only the module's functions and classes, and class
+        # attributes (`Box.make`); a plain value is reached by getattr alone.
+        kind = names.get(parts[0]) if parts else None
+        if parts and kind not in ("function", "class") or (len(parts) > 1 and kind != "class"):
+            return f"{target} is not a function or class of the module"
+        if op in ("call", "special") and not parts:
             return "the module itself cannot be called"
     elif target is not None and not (isinstance(target, dict) and isinstance(target.get("$handle"), int)):
         return "bad target"
