@@ -29,7 +29,7 @@ def test_the_examples_cover_every_kind_and_form():
     assert len(EXAMPLES) >= 5
     registry = AssignmentRegistry(DEFAULT_HANDLERS)
     kinds = {registry.get(n).config.kind for n in EXAMPLES}
-    assert kinds == {"pytest", "io"}
+    assert kinds == {"pytest", "io", "image", "mutation"}
     samples = [p for n in EXAMPLES for p in authoring.submission_paths(DEFAULT_HANDLERS / n / "samples")]
     suffixes = {p.suffix if p.is_file() else "/" for p in samples}
     assert {".py", ".ipynb", ".zip", "/"} <= suffixes
@@ -50,7 +50,8 @@ def test_check_passes_on_example(example_grader, name):
     report = authoring.render_check(result)
     assert result.ok, report
     assert not result.errors and not result.warnings, report
-    assert result.samples[0].name == "(reference solution)" and result.samples[0].ok
+    first = "(model tests)" if example_grader.registry.get(name).config.kind == "mutation" else "(reference solution)"
+    assert result.samples[0].name == first and result.samples[0].ok
     assert any(c.want_full for c in result.samples[1:]) and any(not c.want_full for c in result.samples)
     # Each sample was graded for real: wrong ones below full marks, correct ones at it.
     max_points = example_grader.registry.get(name).max_points
@@ -71,6 +72,10 @@ def test_outcomes_of_the_demo_samples(example_grader):
     assert outcome("word_freq", "wrong_missing_module") == "runtime_error"
     assert outcome("word_freq", "wrong_zip_escape.zip") == "bad_submission"
     assert outcome("temperature_notebook", "wrong_cell_order.ipynb") == "runtime_error"
+    assert outcome("sunset_image", "wrong_syntax.py") == "syntax_error"
+    assert outcome("sunset_image", "wrong_infinite_loop.py") == "time_limit"
+    assert outcome("leap_year_tests", "wrong_infinite_loop.py") == "time_limit"
+    assert outcome("leap_year_tests", "wrong_weak_suite.py") == "partial"
 
 
 # -- broken assignments: check must fail, saying why ---------------------------
