@@ -148,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     from xgrader.handlers.expected import ExpectedStore
     from xgrader.job import GradeRequest
 
+    # First: the backend's job cgroups (and its fork servers) nest in the meter's.
+    meter = CpuMeter()
     root = Path(tempfile.mkdtemp(prefix="xgbench-mutation-"))
     make_assignment(root)
     settings = Settings(handlers=root, sandbox="bwrap")
@@ -157,7 +159,6 @@ def main(argv: list[str] | None = None) -> int:
     request = GradeRequest(grader="mut20", student_response=SUITE, submission_id="bench")
     first = grader.grade(request)   # warm: loads, reference names, fork servers
     print(f"warm-up: {first.score:g}/{first.max_score:g} ({first.explanations[0].title})")
-    meter = CpuMeter()
     rows: dict[str, list[float]] = {"xgrader mutation (bwrap)": [], "bare pytest per run (floor)": []}
     try:
         for _ in range(args.rounds):
@@ -168,9 +169,9 @@ def main(argv: list[str] | None = None) -> int:
             bare_runs(root, str(settings.sandbox_python))
             rows["bare pytest per run (floor)"].append(meter.seconds() - before)
     finally:
-        meter.close()
+        star = "" if meter.exact else " * (this process and reaped children only: sandbox jobs missed)"
         backend.close()
-    star = "" if meter.exact else " *"
+        meter.close()
     floor = statistics.median(rows["bare pytest per run (floor)"])
     print(f"\nCPU seconds per submission (20 mutants x 10 tests, 22 runs), median of {args.rounds} "
           f"alternated rounds{star}")
