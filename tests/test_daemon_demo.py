@@ -44,3 +44,18 @@ def test_msg_first_line_and_table():
     samples = [Sample(key="a", assignment="sum", name="ok.py"), Sample(key="b", assignment="sum", name="lost.py")]
     table = results_table(samples, {"a": [{"correct": False, "score": 1, "msg": msg}]}, {"sum": 3})
     assert "1/3" in table and "incorrect" in table and "NO RESULT" in table
+
+
+def test_find_samples_skips_caches_and_kinds_whose_extra_is_missing(tmp_path: Path, monkeypatch):
+    import sys
+
+    for name, kind in (("plain", "io"), ("pictures", "image")):
+        (tmp_path / name / "samples" / "__pycache__").mkdir(parents=True)
+        (tmp_path / name / "samples" / "__pycache__" / "x.cpython-311.pyc").write_bytes(b"\0")
+        (tmp_path / name / "samples" / "correct.py").write_text("x = 1\n")
+        (tmp_path / name / "assignment.toml").write_text(f'title = "t"\nkind = "{kind}"\n')
+    monkeypatch.setitem(sys.modules, "PIL", None)   # Pillow not installed
+    skipped: list[str] = []
+    samples = find_samples(tmp_path, skipped)
+    assert [(s.assignment, s.name) for s in samples] == [("plain", "correct.py")]
+    assert skipped == ["pictures: image assignments need the 'images' extra: pip install 'xgrader[images]'"]

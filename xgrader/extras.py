@@ -24,6 +24,10 @@ EXTRAS = {
 }
 
 
+# handler kind -> (library it imports, extra that installs it)
+KIND_EXTRAS = {"image": ("PIL", "images")}
+
+
 class MissingExtra(ImportError):
     """An optional feature was used without its extra installed."""
 
@@ -42,3 +46,15 @@ def require(module: str, extra: str) -> ModuleType:
         if exc.name is not None and (exc.name == module or module.startswith(exc.name + ".")):
             raise MissingExtra(extra, module) from None
         raise
+
+
+def missing_for_kind(kind: str) -> str | None:
+    """The one-line install hint when a handler kind's extra is missing, else None."""
+    need = KIND_EXTRAS.get(kind)
+    if need is None:
+        return None
+    try:
+        require(*need)
+    except MissingExtra as exc:
+        return str(exc)
+    return None

@@ -22,6 +22,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from xgrader.errors import AssignmentError
+from xgrader.extras import missing_for_kind
 
 # The largest image any assignment may accept: Pillow's own decompression-bomb
 # ceiling is set to it (xgrader/handlers/image_kind.py), so even a header
@@ -235,10 +236,9 @@ def lint_kind(assignment: Any) -> tuple[list[str], list[str]]:
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             errors.append(f"{root / 'tests' / 'cases.toml'}: duplicate case names {dupes}")
-        try:
-            __import__("PIL.Image")
-        except ImportError:
-            errors.append("image assignments need the 'images' extra: pip install 'xgrader[images]'")
+        missing = missing_for_kind("image")
+        if missing:
+            errors.append(missing)
     else:
         if not any(PurePosixPath(n).name.startswith("test_") for n in assignment.tests):
             warnings.append(f"{root / 'tests'}: no model test suite (test_*.py): `xgrader check` cannot "

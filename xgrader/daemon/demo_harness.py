@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import tomllib
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -22,6 +23,8 @@ from typing import Any
 from urllib.parse import parse_qs
 
 import requests
+
+from xgrader.extras import missing_for_kind
 
 TEXT_SUFFIXES = {".py", ".txt", ".js", ".c", ".java", ".md", ".sql", ".r", ".sh", ""}
 QUEUE = "demo"
@@ -42,14 +45,20 @@ class Sample:
     files: dict[str, bytes] = field(default_factory=dict)
 
 
-def find_samples(handlers: Path) -> list[Sample]:
+def find_samples(handlers: Path, skipped: list[str] | None = None) -> list[Sample]:
     """Every `<assignment>/samples/<sample>` under the handlers root. A text
     file is typed code (student_response); a directory or a binary/zip/ipynb
-    file is uploaded as files."""
+    file is uploaded as files. An assignment whose kind needs an extra that
+    is not installed is left out, with its reason appended to `skipped`."""
     samples: list[Sample] = []
     for assignment in sorted(p for p in handlers.iterdir() if (p / "samples").is_dir()):
+        missing = missing_for_kind(_kind_of(assignment))
+        if missing:
+            if skipped is not None:
+                skipped.append(f"{assignment.name}: {missing}")
+            continue
         for path in sorted((assignment / "samples").iterdir()):
-            if path.name.startswith("."):
+            if path.name.startswith(".") or path.name == "__pycache__":
                 continue
             key = f"{assignment.name}--{path.name}--{secrets.token_hex(4)}"
             sample = Sample(key=key, assignment=assignment.name, name=path.name)
@@ -64,6 +73,13 @@ def find_samples(handlers: Path) -> list[Sample]:
                 sample.files = {path.name: path.read_bytes()}
             samples.append(sample)
     return samples
+
+
+def _kind_of(assignment: Path) -> str:
+    try:
+        return str(tomllib.loads((assignment / "assignment.toml").read_text(encoding="utf-8")).get("kind", ""))
+    except (OSError, ValueError):
+        return ""  # the grader will say what is wrong with it
 
 
 class CallbackReceiver:
@@ -241,7 +257,10 @@ class DemoRun:
         return proc.returncode
 
     def run(self) -> int:
-        samples = find_samples(self.handlers)
+        skipped: list[str] = []
+        samples = find_samples(self.handlers, skipped)
+        for reason in skipped:
+            self.say(f"skipped {reason}")
         if not samples:
             self.say(f"no samples found under {self.handlers}/*/samples/")
             return 1
