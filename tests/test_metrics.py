@@ -68,7 +68,7 @@ def test_build_hooks_binds_metrics_host_and_port():
         port = s.getsockname()[1]
     hooks = build_hooks(Settings(metrics_port=port, metrics_host="127.0.0.1"))
     try:
-        assert hooks.server._srv.server_address[0] == "127.0.0.1"
+        assert (hooks.server.host, hooks.server.port) == ("127.0.0.1", port)
         url = f"http://127.0.0.1:{port}/readyz"
         assert requests.get(url, timeout=5).status_code == 503
         hooks.on_logged_in(True)

@@ -21,6 +21,7 @@ from xgrader.push import PushServer, parse_push
 from xgrader.backends import make_backend
 from xgrader.wire import PayloadError
 from tests.support.grading import write_assignment
+from tests.support.procs import marker, pgrep
 
 ADD = {
     "assignment.toml": """
@@ -187,35 +188,16 @@ def test_parse_push_names_the_layer():
     assert sub.payload.grader == "add" and sub.submission_id == "push-2"
 
 
-def pgrep(pattern: str) -> list[str]:
-    """Pids whose command line is `pattern` (a `sleep N` here). Not `pgrep
-    -f`: reading every process's cmdline waits on each one's memory map, and
-    on this VM one being set up in a sandbox can hold that for seconds;
-    /proc/PID/comm never waits, and only the matching names are read further."""
-    name, _, _ = pattern.partition(" ")
-    found = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            if Path(f"/proc/{pid}/comm").read_text().strip() != name:
-                continue
-            if Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").strip().decode() == pattern:
-                found.append(pid)
-        except OSError:
-            continue
-    return found
-
-
-def test_busy_gets_503_and_deadline_gets_could_not_grade(handlers, env_cache):
+def test_deadline_gets_could_not_grade_and_a_request_meanwhile_waits_for_the_slot(handlers, env_cache):
     """One slot, a 2 s deadline: a submission that starts a grandchild and
     sleeps at import (the assignment allows 20 s wall) is killed at the
     deadline with everything it started, and answered with xqueue's
-    could-not-grade body; a request arriving meanwhile gets 503."""
+    could-not-grade body; a request arriving meanwhile waits for the slot
+    (xqueue would not retry a 503) and is graded right after."""
     settings = Settings(handlers=handlers, sandbox="bwrap", concurrency=1)
     server, url, thread = start(settings, deadline_s=2.0)
-    marker = f"sleep {os.getpid() % 1000 + 1000}.{threading.get_ident() % 997}"
-    code = f"import subprocess, time\nsubprocess.Popen({marker.split()!r})\ntime.sleep(15)\n" + CORRECT
+    mark = marker(threading.get_ident())
+    code = f"import subprocess, time\nsubprocess.Popen({mark.split()!r})\ntime.sleep(15)\n" + CORRECT
     try:
         # Expected values first (computing them runs the reference solution in
         # a sandbox): the 2 s deadline is then the slow submission's alone.
@@ -224,18 +206,21 @@ def test_busy_gets_503_and_deadline_gets_could_not_grade(handlers, env_cache):
 
         def first():
             slow["resp"] = post(url, body(code))
+            slow["done"] = time.monotonic()
 
         t = threading.Thread(target=first)
         started = time.monotonic()
         t.start()
         end = time.monotonic() + 10
-        while not pgrep(marker):  # the grandchild runs: the slot is taken
+        while not pgrep(mark):  # the grandchild runs: the slot is taken
             assert time.monotonic() < end and t.is_alive()
             time.sleep(0.05)
         assert server._in_flight == 1
         r = post(url, body(CORRECT))
-        assert r.status_code == 503 and "busy" in r.json()["error"]
+        answered = time.monotonic()
+        assert r.status_code == 200 and r.json()["correct"] is True and r.json()["score"] == 3
         t.join(30)
+        assert answered > slow["done"]  # it was graded once the slow one's slot was free
         elapsed = time.monotonic() - started
         reply = slow["resp"].json()
         assert slow["resp"].status_code == 200 and reply["correct"] is None
@@ -243,19 +228,48 @@ def test_busy_gets_503_and_deadline_gets_could_not_grade(handlers, env_cache):
         assert elapsed < 10, elapsed
         # nothing the killed request started is left running
         end = time.monotonic() + 5
-        while pgrep(marker):
+        while pgrep(mark):
             assert time.monotonic() < end, "the sandbox's grandchild outlived the deadline kill"
             time.sleep(0.1)
         text = requests.get(url + "/metrics", timeout=5).text
         assert 'xgrader_infra_failures_total{kind="timeout",queue="push"} 1.0' in text
-        assert 'xgrader_push_requests_total{status="503"} 1.0' in text
+        assert 'xgrader_push_requests_total{status="200"} 3.0' in text and 'status="503"' not in text
         assert 'xgrader_in_flight{queue="push"} 0.0' in text
-        # the slot is free again
-        assert post(url, body(CORRECT)).json()["correct"] is True
     finally:
         server.shutdown()
         thread.join(10)
         server.backend.close()
+
+
+def test_busy_answers_503_only_when_no_slot_frees_within_the_budget(push, monkeypatch):
+    """Every slot taken (here by the test itself): a push waits while it
+    could still be graded within the budget, then gets 503; a slot freed
+    while it waits is taken and the request graded."""
+    server, url = push
+    monkeypatch.setattr(server, "budget_s", 4.0)  # with the 2 s minimum grading time: up to 2 s of waiting
+    monkeypatch.setattr(server, "deadline_s", 2.0)
+    held = [server.slots.acquire(timeout=30) for _ in range(server.settings.concurrency)]
+    try:
+        assert all(held)
+        started = time.monotonic()
+        r = post(url, body(CORRECT))
+        waited = time.monotonic() - started
+        assert r.status_code == 503 and "busy" in r.json()["error"]
+        assert 1.8 < waited < 4.0, waited
+        graded: dict = {}
+        t = threading.Thread(target=lambda: graded.setdefault("r", post(url, body(CORRECT))))
+        t.start()
+        end = time.monotonic() + 10
+        while server.waiting != 1:  # the request waits for a slot
+            assert time.monotonic() < end and t.is_alive()
+            time.sleep(0.01)
+        server.slots.release()
+        held.pop()
+        t.join(30)
+        assert graded["r"].status_code == 200 and graded["r"].json()["correct"] is True
+    finally:
+        for _ in held:
+            server.slots.release()
 
 
 def test_serve_push_command(handlers, tmp_path):
@@ -283,9 +297,14 @@ def test_serve_push_command(handlers, tmp_path):
         assert r.status_code == 200 and r.json()["score"] == 3
         # SIGTERM while a request is being graded: it still gets its answer.
         slow: dict = {}
-        t = threading.Thread(target=lambda: slow.setdefault("r", post(url, body("import time\ntime.sleep(1.5)\n" + CORRECT))))
+        mark = marker(threading.get_ident() + 1)
+        code = f"import subprocess, time\nsubprocess.Popen({mark.split()!r})\ntime.sleep(1.5)\n" + CORRECT
+        t = threading.Thread(target=lambda: slow.setdefault("r", post(url, body(code))))
         t.start()
-        time.sleep(0.7)
+        end = time.monotonic() + 20
+        while not pgrep(mark):  # the submission's code runs: it is being graded
+            assert time.monotonic() < end and t.is_alive()
+            time.sleep(0.02)
         proc.terminate()
         t.join(30)
         assert slow["r"].status_code == 200 and slow["r"].json()["score"] == 3

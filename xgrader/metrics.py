@@ -19,10 +19,10 @@ from xgrader.backends.base import Backend, RunningSandbox, SandboxError, Sandbox
 import structlog
 from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, Info,
                                generate_latest, CONTENT_TYPE_LATEST)
-from werkzeug.serving import WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 
 from xgrader.hooks import Hooks
+from xgrader.wsgi_server import WSGIServer
 
 if TYPE_CHECKING:
     from xgrader.config import Settings
@@ -272,21 +272,17 @@ class _InstrumentedRunning(RunningSandbox):
         return getattr(self.inner, name)
 
 
-class QuietHandler(WSGIRequestHandler):
-    """Scrapes and probes every few seconds would drown the log."""
-
-    def log_request(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-
 class MetricsServer:
+    """/metrics, /healthz, /readyz on waitress (xgrader.wsgi_server): a few
+    threads and connections are plenty for scrapes and probes."""
+
     def __init__(self, host: str, port: int, hooks: MetricsHooks,
                  readiness: Callable[[], tuple[bool, str]]) -> None:
         self.hooks, self.readiness = hooks, readiness
-        self._srv = make_server(host, port, self._app, threaded=True, request_handler=QuietHandler)
-        self.port = self._srv.server_port
-        self._thread = threading.Thread(target=self._srv.serve_forever, daemon=True, name="metrics")
-        self._thread.start()
+        self._srv = WSGIServer(self._app, host, port, threads=2, max_connections=32, max_body_bytes=65536,
+                               idle_timeout_s=30.0, name="metrics")
+        self.host, self.port = self._srv.host, self._srv.port
+        self._srv.start()
 
     def _app(self, environ, start_response):
         req = Request(environ)
@@ -305,8 +301,7 @@ class MetricsServer:
         return resp(environ, start_response)
 
     def stop(self) -> None:
-        self._srv.shutdown()
-        self._thread.join(timeout=5)
+        self._srv.shutdown(grace_s=2.0)
 
 
 def start_metrics_server(settings: Settings, hooks: MetricsHooks,

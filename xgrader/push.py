@@ -2,10 +2,17 @@
 ``{"xqueue_body": "<LMS body>", "xqueue_files": "{...}"}`` (no content type)
 and forwards our HTTP 200 response text, within 30 s, to the LMS as the result.
 
+xqueue never retries a push: a grader that is down, answers after 30 s or
+answers anything but 200 makes xqueue tell the LMS "could not be graded",
+and the student must resubmit. So a request that finds every grading slot
+taken waits for one, as long as grading can still finish within the 30 s;
+only then is it answered 503 (a load balancer may send it elsewhere).
+
 Each request is graded like a pulled submission: parsed layer by layer with
 xgrader.wire, files fetched with a timeout and a size cap, graded by
 xgrader.pipeline.grade_request in a forked, deadline-guarded child
-(xgrader.daemon.supervisor) with the same limits, backend and metrics.
+(xgrader.daemon.supervisor) with the same limits, backend and metrics. The
+HTTP server is waitress (xgrader.wsgi_server).
 
 Answers:
   200 + {"correct","score","msg"}  graded; also for a malformed inner layer
@@ -14,7 +21,8 @@ Answers:
                                     infrastructure failure (no retry fits in 30 s)
   400 + {"error": ...}              the outer body is not a push request
   413                               body larger than MAX_BODY_BYTES
-  503 + {"error": "busy"}          every grading slot is taken (xqueue may retry)
+  503 + {"error": "busy"}          no grading slot freed in time to grade
+                                    within the budget
 GET /healthz, /readyz, /metrics are served on the same port.
 """
 
@@ -30,9 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 from pydantic import BaseModel, ConfigDict, ValidationError
-from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
-from werkzeug.wsgi import ClosingIterator
 
 from xgrader.daemon.child import PhaseRecorder
 from xgrader.daemon.messages import ChildReport, Reporter
@@ -40,9 +46,10 @@ from xgrader.daemon.supervisor import Supervisor
 from xgrader.errors import InfraError
 from xgrader.hooks import HookChain
 from xgrader.logs import bind_submission
-from xgrader.metrics import InstrumentedBackend, MetricsHooks, QuietHandler
+from xgrader.metrics import InstrumentedBackend, MetricsHooks
 from xgrader.backends.base import SandboxError
 from xgrader.wire import GraderReply, PayloadError, parse_submission
+from xgrader.wsgi_server import WSGIServer
 
 if TYPE_CHECKING:
     from xgrader.config import Settings
@@ -51,6 +58,7 @@ log = structlog.get_logger(__name__)
 
 PUSH_QUEUE = "push"           # the queue label push-mode metrics carry
 MAX_DEADLINE_S = 28.0         # xqueue gives a passive grader 30 s in total
+MIN_GRADE_S = 5.0             # a queued request starts grading only with this much budget left
 MAX_BODY_BYTES = 2_000_000    # a push body holds code and a file map, not files
 BACKEND_CHECK_EVERY_S = 30.0
 
@@ -103,7 +111,7 @@ class PushServer:
 
     def __init__(self, settings: Settings, backend: Any, *, hooks: HookChain | None = None,
                  metrics: MetricsHooks | None = None, hints: Any = None,
-                 deadline_s: float | None = None) -> None:
+                 deadline_s: float | None = None, budget_s: float = MAX_DEADLINE_S) -> None:
         self.settings = settings
         self.backend = backend
         self.metrics = metrics or MetricsHooks()
@@ -113,9 +121,11 @@ class PushServer:
         self.hints = hints
         self.cache: Any = None   # pipeline.GradingCache, filled by _preload before any fork
         self.deadline_s = min(deadline_s or settings.job_timeout_s, MAX_DEADLINE_S)
+        # From a request's arrival to its answer: xqueue waits 30 s, less a margin.
+        self.budget_s = min(budget_s, MAX_DEADLINE_S)
         self.slots = threading.BoundedSemaphore(settings.concurrency)
         self._in_flight = 0
-        self._requests = 0
+        self.waiting = 0  # requests waiting for a grading slot
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._checker = threading.Thread(target=self._check_backend_forever, daemon=True,
@@ -123,26 +133,16 @@ class PushServer:
 
     # -- WSGI ------------------------------------------------------------------
     def __call__(self, environ, start_response):
-        with self._lock:
-            self._requests += 1
-        try:
-            req = Request(environ)
-            if req.method == "GET" and req.path in ("/healthz", "/readyz", "/metrics"):
-                resp = self._ops(req.path)
-            elif req.method == "POST":
-                resp = self._push(req)
-                self.metrics.push_requests.labels(str(resp.status_code)).inc()
-            else:
-                resp = _json({"error": "POST a push request, or GET /healthz /readyz /metrics"}, 405)
-            # Counted until the answer is written: shutdown drains on it.
-            return ClosingIterator(resp(environ, start_response), [self._request_done])
-        except BaseException:
-            self._request_done()
-            raise
-
-    def _request_done(self) -> None:
-        with self._lock:
-            self._requests -= 1
+        arrived = time.monotonic()
+        req = Request(environ)
+        if req.method == "GET" and req.path in ("/healthz", "/readyz", "/metrics"):
+            resp = self._ops(req.path)
+        elif req.method == "POST":
+            resp = self._push(req, arrived)
+            self.metrics.push_requests.labels(str(resp.status_code)).inc()
+        else:
+            resp = _json({"error": "POST a push request, or GET /healthz /readyz /metrics"}, 405)
+        return resp(environ, start_response)
 
     def _ops(self, path: str) -> Response:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -151,39 +151,60 @@ class PushServer:
         ok, why = self.metrics.liveness() if path == "/healthz" else self.metrics.readiness()
         return _json({"ok": ok, "detail": why}, 200 if ok else 503)
 
-    def _push(self, req: Request) -> Response:
+    def _push(self, req: Request, arrived: float) -> Response:
         if (req.content_length or 0) > MAX_BODY_BYTES:
             return _json({"error": f"body larger than {MAX_BODY_BYTES} bytes"}, 413)
         raw = req.get_data(cache=False)
         if len(raw) > MAX_BODY_BYTES:
             return _json({"error": f"body larger than {MAX_BODY_BYTES} bytes"}, 413)
-        if not self.slots.acquire(blocking=False):
-            log.warning("push_busy", concurrency=self.settings.concurrency)
-            return _json({"error": "busy: every grading slot is taken, retry later"}, 503)
         request_id = f"push-{uuid.uuid4().hex[:12]}"
+        with bind_submission(PUSH_QUEUE, request_id):
+            try:
+                submission = parse_push(raw, request_id)
+            except PayloadError as exc:
+                from xgrader import pipeline
+                log.error("payload_error", layer=exc.layer, error=exc.detail)
+                self.hooks.on_pulled(PUSH_QUEUE, request_id)
+                self.hooks.on_graded(PUSH_QUEUE, "", "payload_error", 0.0)
+                return _reply(pipeline.reply_for(pipeline.payload_error_report(exc.layer, exc.detail)))
+            except ValueError as exc:
+                log.error("push_body_invalid", error=str(exc)[:300])
+                return _json({"error": f"not an xqueue push request: {exc}"}, 400)
+            answer_by = arrived + self.budget_s
+            if not self._take_slot(answer_by):
+                log.warning("push_busy", concurrency=self.settings.concurrency,
+                            waited_s=round(time.monotonic() - arrived, 3))
+                return _json({"error": "busy: no grading slot freed in time, retry later"}, 503)
+            try:
+                deadline = min(self.deadline_s, answer_by - time.monotonic())
+                return self._grade(submission, request_id, deadline)
+            finally:
+                self.slots.release()
+
+    def _take_slot(self, answer_by: float) -> bool:
+        """A grading slot, waiting for one while grading could still be
+        answered by `answer_by`; False when none freed in time."""
+        if self.slots.acquire(blocking=False):
+            return True
+        min_grade = min(self.deadline_s, MIN_GRADE_S)
+        wait = answer_by - min_grade - time.monotonic()
+        if wait <= 0:
+            return False
+        log.info("push_waiting_for_slot", concurrency=self.settings.concurrency, max_wait_s=round(wait, 3))
+        with self._lock:
+            self.waiting += 1
         try:
-            with bind_submission(PUSH_QUEUE, request_id):
-                return self._grade(raw, request_id)
+            return self.slots.acquire(timeout=wait)
         finally:
-            self.slots.release()
+            with self._lock:
+                self.waiting -= 1
 
     # -- grading -----------------------------------------------------------------
-    def _grade(self, raw: bytes, request_id: str) -> Response:
-        try:
-            submission = parse_push(raw, request_id)
-        except PayloadError as exc:
-            from xgrader import pipeline
-            log.error("payload_error", layer=exc.layer, error=exc.detail)
-            self.hooks.on_pulled(PUSH_QUEUE, request_id)
-            self.hooks.on_graded(PUSH_QUEUE, "", "payload_error", 0.0)
-            return _reply(pipeline.reply_for(pipeline.payload_error_report(exc.layer, exc.detail)))
-        except ValueError as exc:
-            log.error("push_body_invalid", error=str(exc)[:300])
-            return _json({"error": f"not an xqueue push request: {exc}"}, 400)
+    def _grade(self, submission: Any, request_id: str, deadline: float) -> Response:
         self.hooks.on_pulled(PUSH_QUEUE, request_id)
         self._set_in_flight(+1)
         try:
-            handle = self._run_child(submission, request_id)
+            handle = self._run_child(submission, request_id, deadline)
         finally:
             self._set_in_flight(-1)
         seconds = (handle.finished or time.monotonic()) - handle.started
@@ -205,11 +226,11 @@ class PushServer:
                  score=report.score, seconds=round(seconds, 3))
         return Response(report.reply, status=200, content_type="application/json")
 
-    def _run_child(self, submission: Any, request_id: str):
+    def _run_child(self, submission: Any, request_id: str, deadline: float):
         sup = Supervisor(on_kill=lambda h: _kill_label(self.backend, h.label))
         label = f"xgp-{os.getpid()}-{request_id}"
         handle = sup.spawn(lambda reporter: self._child(submission, request_id, label, reporter),
-                           timeout=self.deadline_s, label=label)
+                           timeout=deadline, label=label)
         end = handle.deadline + 10.0  # kill + reap, bounded
         while sup.children and time.monotonic() < end:
             wait = max(0.0, min(0.5, handle.deadline - time.monotonic()))
@@ -232,7 +253,7 @@ class PushServer:
 
         srv = getattr(self, "_srv", None)
         if srv is not None:  # the listening socket is the parent's alone
-            srv.socket.close()
+            srv.close_listener_in_child()
 
         recorder = PhaseRecorder()      # grading's own phases (run), labelled push here
         phases = recorder.phases
@@ -298,11 +319,16 @@ class PushServer:
 
     # -- serving -------------------------------------------------------------------
     def serve(self, host: str, port: int, ready: threading.Event | None = None):
-        """Blocking; returns after :meth:`shutdown`."""
+        """Blocking; returns after :meth:`shutdown`, once the requests being
+        graded have been answered."""
         self._preload()
         self._checker.start()
-        self._srv = make_server(host, port, self, threaded=True, request_handler=QuietHandler)
-        self.port = self._srv.server_port
+        # A thread per request being graded or waiting for a slot, and a few
+        # for probes and scrapes, so waitress itself never queues a push.
+        self._srv = WSGIServer(self, host, port, threads=4 * self.settings.concurrency + 4,
+                               max_connections=max(100, 8 * self.settings.concurrency),
+                               max_body_bytes=2 * MAX_BODY_BYTES, name="push")
+        self.port = self._srv.port
         log.info("push_server_started", host=host, port=self.port, concurrency=self.settings.concurrency,
                  deadline_s=self.deadline_s, backend=getattr(self.backend, "name", "?"))
         if ready is not None:
@@ -310,26 +336,15 @@ class PushServer:
         try:
             self._srv.serve_forever()
         finally:
-            self._drain()
             self._stop.set()
-            self._srv.server_close()
             log.info("push_server_stopped")
 
-    def _drain(self) -> None:
-        """After shutdown: requests being graded get their answer (bounded
-        by the deadline) before the process exits."""
-        end = time.monotonic() + self.deadline_s + 10.0
-        while time.monotonic() < end:
-            with self._lock:
-                if self._requests <= 0:
-                    return
-            time.sleep(0.05)
-        log.warning("push_drain_timeout", requests=self._requests)
-
     def shutdown(self) -> None:
+        """Stop accepting; requests being graded (or waiting for a slot)
+        still get their answer, bounded by the budget."""
         srv = getattr(self, "_srv", None)
         if srv is not None:
-            srv.shutdown()
+            srv.shutdown(grace_s=self.budget_s + 10.0)
 
     def _preload(self) -> None:
         """Before any child is forked: load assignments and expected values

@@ -20,7 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "Flags win over the config file. Prints 'xgrader queue listening on URL' when ready.")
     s.add_argument("--config", type=Path, help="TOML or JSON file with any of: host, port, db, queues, "
                    "users (table NAME = PASSWORD), lease_timeout_s, session_ttl_s, mode, delivery_tries, "
-                   "delivery_backoff_s, delivery_timeout_s, max_upload_bytes, external_dicts_over")
+                   "delivery_backoff_s, delivery_timeout_s, max_upload_bytes, external_dicts_over, "
+                   "max_connections, threads, idle_timeout_s")
     s.add_argument("--host", help="listen address (default 127.0.0.1)")
     s.add_argument("--port", type=int, help="listen port (default 18040; 0 = any free port)")
     s.add_argument("--db", type=Path, help="SQLite database (default ./xgrader-queue.db)")
@@ -42,6 +43,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="the daemon's settings file whose [hints] page_url and link_secret turn on the AI hint "
                    "pages (student links, staff escalations behind the dashboard login); XGRADER_HINTS__* "
                    "environment variables work too (docs/hints.md)")
+    s.add_argument("--max-connections", type=int, dest="max_connections", metavar="N",
+                   help="clients connected at once; more wait until one leaves (default 100)")
     s.set_defaults(func=serve)
 
     st = qsub.add_parser("status", help="print queues and the latest submissions from a database",
@@ -66,7 +69,8 @@ def serve(args: argparse.Namespace) -> int:
         config = QueueServerConfig.load(
             args.config, host=args.host, port=args.port, db=args.db, queues=args.queues,
             users=users or None, lease_timeout_s=args.lease_timeout_s, session_ttl_s=args.session_ttl_s,
-            mode=args.mode, delivery_tries=args.delivery_tries, delivery_backoff_s=args.delivery_backoff_s)
+            mode=args.mode, delivery_tries=args.delivery_tries, delivery_backoff_s=args.delivery_backoff_s,
+            max_connections=args.max_connections)
     except (ValidationError, ValueError, OSError) as exc:
         print(f"xgrader queue serve: bad configuration: {exc}", file=sys.stderr)
         return 2

@@ -12,9 +12,14 @@ to the LMS within 30 s. Each request is graded in a forked child with a hard
 deadline (--deadline, at most 28 s), with the same assignments, sandbox backend,
 limits and metrics as `xgrader run`.
 
+xqueue never retries a push: a request that finds all --concurrency slots taken
+waits for one while it could still be graded within the 30 s (the grading deadline
+shrinks to what is left); only then does it get 503. Run several replicas behind
+a load balancer that checks /readyz.
+
 Answers: 200 {"correct","score","msg"}; 200 could-not-grade body on a timeout or
 infrastructure failure; 400 {"error"} for a body that is not a push request;
-503 {"error": "busy"} when all --concurrency slots are taken.
+503 {"error": "busy"} when no slot freed in time.
 GET /healthz, /readyz and /metrics are served on the same port (and on
 XGRADER_METRICS_PORT when set). SIGTERM/SIGINT stop accepting requests; those
 being graded still get their answer, then the process exits 0.
@@ -34,7 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", type=Path, help="TOML or JSON settings file")
     p.add_argument("--handlers", type=Path, help="assignments root")
     p.add_argument("--sandbox", help="auto | bwrap | docker | unsafe")
-    p.add_argument("--concurrency", type=int, help="requests graded at once; more get 503")
+    p.add_argument("--concurrency", type=int, help="requests graded at once; more wait for a slot")
     p.add_argument("--deadline", type=float, help="per-request hard limit, seconds (max 28)")
     p.add_argument("--metrics-port", type=int, help="also serve /metrics, /healthz, /readyz here")
     p.add_argument("--log-format", help="auto | json | console")

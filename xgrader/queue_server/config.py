@@ -29,6 +29,11 @@ class QueueServerConfig(BaseModel):
     delivery_workers: int = Field(8, ge=1)
     max_upload_bytes: int = Field(50_000_000, gt=0)
     external_dicts_over: int = Field(0, ge=0)         # >0: file maps larger than this go by URL_FOR_EXTERNAL_DICTS
+    # HTTP (waitress): clients connected at once (more wait in the listen
+    # backlog), threads running requests, idle keep-alive connections' lifetime.
+    max_connections: int = Field(100, ge=1, le=10_000)
+    threads: int = Field(4, ge=1, le=256)
+    idle_timeout_s: float = Field(75.0, gt=0)
 
     @field_validator("queues")
     @classmethod

@@ -1,5 +1,5 @@
-"""Running the bundled queue: threaded keep-alive HTTP server + background
-delivery, clean shutdown on SIGTERM/SIGINT."""
+"""Running the bundled queue: its WSGI app on waitress (xgrader.wsgi_server)
+plus background delivery, clean shutdown on SIGTERM/SIGINT."""
 
 from __future__ import annotations
 
@@ -11,8 +11,10 @@ from typing import IO
 from xgrader.queue_server.app import QueueApp
 from xgrader.queue_server.config import QueueServerConfig
 from xgrader.queue_server.delivery import Deliverer
-from xgrader.queue_server.httpserver import KeepAliveWSGIServer
 from xgrader.queue_server.store import Store
+from xgrader.wsgi_server import WSGIServer
+
+UPLOAD_SLACK = 1024 * 1024  # multipart framing around max_upload_bytes: the app answers 413 itself
 
 
 class QueueServer:
@@ -24,48 +26,41 @@ class QueueServer:
         self.deliverer = Deliverer(self.store, tries=config.delivery_tries, backoff_s=config.delivery_backoff_s,
                                    timeout_s=config.delivery_timeout_s, workers=config.delivery_workers)
         self.app = QueueApp(config, self.store, on_result=self.deliverer.submit)
-        self.httpd = KeepAliveWSGIServer(config.host, config.port, self.app)
-        self.port = self.httpd.server_port
+        try:
+            self.httpd = WSGIServer(self.app, config.host, config.port, threads=config.threads,
+                                    max_connections=config.max_connections,
+                                    max_body_bytes=config.max_upload_bytes + UPLOAD_SLACK,
+                                    idle_timeout_s=config.idle_timeout_s, name="xq-http")
+        except BaseException:
+            self.store.close()
+            raise
+        self.port = self.httpd.port
         self.url = f"http://{config.host}:{self.port}/xqueue/"
-        self._thread: threading.Thread | None = None
 
     def start(self) -> "QueueServer":
         """Serve in a background thread."""
         self.deliverer.start()
-        self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.1},
-                                        name="xq-http", daemon=True)
-        self._thread.start()
+        self.httpd.start()
         return self
 
     def stop(self) -> None:
+        """Requests in progress finish; kept-alive connections are closed;
+        pending callbacks stay pending in the database."""
         self.httpd.shutdown()
-        self.httpd.server_close()
-        self.httpd.close_connections()
-        if self._thread:
-            self._thread.join(10)
         self.deliverer.stop()
         self.store.close()
 
     def serve_forever(self, out: IO[str] = sys.stdout) -> int:
         """Foreground: print the ready line, serve until SIGTERM/SIGINT."""
         stopping = threading.Event()
-
-        def on_signal(signum, frame) -> None:
-            if not stopping.is_set():
-                stopping.set()
-                # shutdown() waits for serve_forever to return: not from its own thread
-                threading.Thread(target=self.httpd.shutdown, daemon=True).start()
-
-        old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-        self.deliverer.start()
-        print(f"xgrader queue listening on {self.url}", file=out, flush=True)
+        old = {s: signal.signal(s, lambda signum, frame: stopping.set()) for s in (signal.SIGTERM, signal.SIGINT)}
         try:
-            self.httpd.serve_forever(poll_interval=0.2)
+            self.start()
+            print(f"xgrader queue listening on {self.url}", file=out, flush=True)
+            while not stopping.wait(1.0):
+                pass
         finally:
-            self.httpd.server_close()
-            self.httpd.close_connections()
-            self.deliverer.stop()
-            self.store.close()
+            self.stop()
             for s, h in old.items():
                 signal.signal(s, h)
         print("xgrader queue stopped", file=out, flush=True)
