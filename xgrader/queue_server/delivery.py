@@ -8,22 +8,29 @@ only the first put_result ever enters the `pending` delivery state.
 A fresh result is handed over by put_result (`submit`) and posted at once
 by one of a fixed set of worker threads; the database is scanned only for
 retries and for results a crash left pending (all due again at start-up).
-Plain-http callbacks are posted on a kept-alive socket per worker and LMS
-host with a minimal HTTP/1.1 exchange (Content-Length or chunked replies,
-or read to close); https goes through http.client."""
+Callbacks go through urllib3's connection pools (kept-alive connections per
+LMS host, checked for a close by the LMS before reuse; http and https), one
+try per attempt: a failed post waits for its next scheduled attempt.
+
+The reply's status line decides. Its body is read only when it is framed by
+one Content-Length of ASCII digits, and only then is the connection used
+again; any other framing (chunked, read to close) closes the connection
+unread, so no chunk size or length is ever interpreted leniently and a reply
+cannot leave bytes that would be read as the next reply. A repeated or
+malformed Content-Length, or one next to Transfer-Encoding, is an error."""
 
 from __future__ import annotations
 
-import http.client
 import queue
 import re
-import socket
 import threading
 import time
-from typing import Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlencode
 
 import structlog
+import urllib3
+from urllib3.exceptions import HTTPError, LocationParseError
+from urllib3.util import parse_url
 
 from xgrader.queue_server.store import Delivery, Store
 
@@ -41,7 +48,9 @@ class Deliverer:
         self._stop = threading.Event()
         self._busy: set[int] = set()
         self._lock = threading.Lock()
-        self._local = threading.local()
+        self._http = urllib3.PoolManager(
+            num_pools=64, maxsize=max(1, workers), block=False, retries=False,
+            timeout=urllib3.Timeout(connect=timeout_s, read=timeout_s), headers=_HEADERS)
         self._jobs: queue.SimpleQueue[Delivery | None] = queue.SimpleQueue()
         self._workers = [threading.Thread(target=self._work, name=f"xq-deliver-{i}", daemon=True)
                          for i in range(max(1, workers))]
@@ -72,7 +81,8 @@ class Deliverer:
         start."""
         self._stop.set()
         self._wake.set()
-        self._thread.join(timeout)
+        if self._thread.is_alive():
+            self._thread.join(timeout)
         while True:
             try:
                 if self._jobs.get_nowait() is None:
@@ -84,6 +94,7 @@ class Deliverer:
         for w in self._workers:
             if w.is_alive():
                 w.join()
+        self._http.clear()
 
     def _work(self) -> None:
         while True:
@@ -114,27 +125,6 @@ class Deliverer:
             self._wake.wait(wait)
             self._wake.clear()
 
-    def _conn(self, scheme: str, netloc: str) -> tuple[Any, bool]:
-        """A kept-alive connection per worker thread and LMS host. Returns
-        (connection, reused)."""
-        conns = getattr(self._local, "conns", None)
-        if conns is None:
-            conns = self._local.conns = {}
-        conn = conns.get((scheme, netloc))
-        if conn is not None:
-            return conn, True
-        if scheme == "https":
-            conn = _TLSConnection(netloc, timeout=self.timeout_s)
-        else:
-            conn = _PlainConnection(netloc, self.timeout_s)
-        conns[(scheme, netloc)] = conn
-        return conn, False
-
-    def _drop(self, scheme: str, netloc: str) -> None:
-        conn = self._local.conns.pop((scheme, netloc), None)
-        if conn is not None:
-            conn.close()
-
     def _deliver(self, item: Delivery) -> None:
         retry_at = None
         try:
@@ -159,166 +149,53 @@ class Deliverer:
                 self._wake.set()  # the scan's timer must cover the new retry time
 
     def _post(self, item: Delivery) -> tuple[bool, str]:
-        scheme, netloc, target = split_callback(item.callback_url)
-        if scheme not in ("http", "https") or not netloc:
+        url = item.callback_url
+        if _BAD_URL_CHARS.search(url):
+            return False, "unsupported callback URL: control characters, spaces or non-ASCII"
+        try:
+            parts = parse_url(url)
+        except LocationParseError:
+            return False, "unsupported callback URL: not a URL"
+        if parts.scheme not in ("http", "https") or not parts.host:
             return False, "unsupported callback URL scheme"
         body = urlencode({"xqueue_header": item.header, "xqueue_body": item.result}).encode()
-        for _ in range(2):
-            reused = False
-            try:
-                conn, reused = self._conn(scheme, netloc)
-                status, will_close = conn.post(target, body)
-                if will_close:
-                    self._drop(scheme, netloc)
-            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
-                self._drop(scheme, netloc)
-                if reused:
-                    continue  # the LMS closed an idle kept-alive connection: once more on a new one
-                return False, f"{type(exc).__name__}: {str(exc)[:200]}"
-            except (OSError, http.client.HTTPException) as exc:
-                self._drop(scheme, netloc)
-                return False, f"{type(exc).__name__}: {str(exc)[:200]}"
-            if 200 <= status < 300:
-                return True, ""
-            return False, f"HTTP {status}"
-        return False, "connection closed by the LMS"
-
-
-_PLAIN_URL = re.compile(r"(https?)://([^/?#]+)(/[^?#]*)?(?:\?([^#]*))?(?:#.*)?\Z", re.ASCII | re.DOTALL)
-
-
-def split_callback(url: str) -> tuple[str, str, str]:
-    """(scheme, netloc, request target) of a callback URL, as urlsplit gives
-    them: one regular expression for the usual lowercase http(s) URL without
-    whitespace or control characters, urlsplit (which also strips and drops
-    some of those) for anything else."""
-    m = _PLAIN_URL.match(url)
-    if m is not None and not _BAD_URL_CHARS.search(url):
-        scheme, netloc, path, query = m.groups()
-    else:
-        parts = urlsplit(url)
-        scheme, netloc, path, query = parts.scheme, parts.netloc, parts.path, parts.query
-    return scheme, netloc, (path or "/") + (f"?{query}" if query else "")
-
-
-class _TLSConnection(http.client.HTTPSConnection):
-    def post(self, target: str, body: bytes) -> tuple[int, bool]:
-        self.request("POST", target, body=body, headers=_HEADERS)
-        resp = self.getresponse()
-        resp.read()
-        return resp.status, resp.will_close
+        try:
+            resp = self._http.request("POST", url, body=body, redirect=False, preload_content=False,
+                                      decode_content=False)
+        except (HTTPError, OSError) as exc:
+            return False, f"{type(exc).__name__}: {str(exc)[:200]}"
+        try:
+            error = _read_reply(resp)
+        finally:
+            resp.release_conn()
+        if error:
+            return False, error
+        if 200 <= resp.status < 300:
+            return True, ""
+        return False, f"HTTP {resp.status}"
 
 
 _HEADERS = {"Content-Type": "application/x-www-form-urlencoded", "User-Agent": "xgrader-queue"}
-MAX_LINE = 65536
-MAX_HEADERS = 100
 _BAD_URL_CHARS = re.compile("[\x00-\x20\x7f-\U0010ffff]")  # what http.client refuses in a request line
+_DIGITS = re.compile(r"[0-9]{1,18}\Z")
+MAX_REPLY_BYTES = 1024 * 1024  # an LMS callback reply is a few bytes; a larger one is not read
 
 
-class _PlainConnection:
-    """One kept-alive plain-http connection to an LMS host: the request in
-    one send, the reply read by hand (status line, header lines split at the
-    first colon, the body by Content-Length, chunks, or to close), without
-    http.client's per-reply email.message parsing. Raises what http.client
-    raises for the same failures (RemoteDisconnected for a connection closed
-    before a reply, OSError, HTTPException for a malformed reply)."""
-
-    def __init__(self, netloc: str, timeout: float) -> None:
-        self.netloc = netloc.rpartition("@")[2]
+def _read_reply(resp: urllib3.BaseHTTPResponse) -> str:
+    """Consume the reply as its framing allows (see the module docstring);
+    '' when it is well-formed, else the error."""
+    lengths = [v.strip(" \t") for v in resp.headers.getlist("content-length")]  # less optional whitespace
+    chunked = "transfer-encoding" in resp.headers
+    if lengths and (chunked or len(lengths) > 1 or not _DIGITS.match(lengths[0])):
+        resp.close()
+        what = "with Transfer-Encoding" if chunked else ", ".join(lengths)[:80]
+        return f"malformed reply from the LMS: Content-Length {what}"
+    if lengths and int(lengths[0]) <= MAX_REPLY_BYTES:
         try:
-            parts = urlsplit("//" + self.netloc)
-            self.addr = (parts.hostname or "", parts.port or 80)
-        except ValueError as exc:
-            raise http.client.InvalidURL(f"{self.netloc}: {exc}") from None
-        self.timeout = timeout
-        self.sock: socket.socket | None = None
-        self.rfile: Any = None
-
-    def close(self) -> None:
-        sock, rfile, self.sock, self.rfile = self.sock, self.rfile, None, None
-        for f in (rfile, sock):
-            if f is not None:
-                try:
-                    f.close()
-                except OSError:
-                    pass
-
-    def post(self, target: str, body: bytes) -> tuple[int, bool]:
-        """(status, will_close)."""
-        if _BAD_URL_CHARS.search(target) or _BAD_URL_CHARS.search(self.netloc):
-            raise http.client.InvalidURL(f"control characters, spaces or non-ASCII in the URL: {target[:100]!r}")
-        if self.sock is None:
-            self.sock = socket.create_connection(self.addr, timeout=self.timeout)
-            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self.rfile = self.sock.makefile("rb")
-        head = (f"POST {target} HTTP/1.1\r\nHost: {self.netloc}\r\nAccept-Encoding: identity\r\n"
-                f"Content-Type: {_HEADERS['Content-Type']}\r\nUser-Agent: {_HEADERS['User-Agent']}\r\n"
-                f"Content-Length: {len(body)}\r\n\r\n")
-        self.sock.sendall(head.encode("latin-1") + body)
-        rfile = self.rfile
-        while True:
-            line = rfile.readline(MAX_LINE + 1)
-            if not line:
-                raise http.client.RemoteDisconnected("Remote end closed connection without response")
-            version, _, rest = line.decode("latin-1").strip().partition(" ")
-            code = rest[:3]
-            if not version.startswith("HTTP/") or len(code) != 3 or not code.isdigit():
-                raise http.client.BadStatusLine(line[:100].decode("latin-1"))
-            status = int(code)
-            headers = self._headers(rfile)
-            if status != 100:
-                break
-        conn = headers.get("connection", "").lower()
-        will_close = conn == "close" or (version == "HTTP/1.0" and conn != "keep-alive")
-        if "chunked" in headers.get("transfer-encoding", "").lower():
-            self._read_chunked(rfile)
-        elif "content-length" in headers:
-            try:
-                length = int(headers["content-length"])
-            except ValueError:
-                raise http.client.HTTPException("bad Content-Length") from None
-            self._read_exactly(rfile, length)
-        elif status in (204, 304) or 100 <= status < 200:
-            pass
-        else:  # no length: the body ends when the LMS closes
-            while rfile.read(65536):
-                pass
-            will_close = True
-        return status, will_close
-
-    @staticmethod
-    def _headers(rfile: Any) -> dict[str, str]:
-        out: dict[str, str] = {}
-        for _ in range(MAX_HEADERS + 1):
-            line = rfile.readline(MAX_LINE + 1)
-            if len(line) > MAX_LINE:
-                raise http.client.LineTooLong("header line")
-            if line in (b"\r\n", b"\n", b""):
-                return out
-            name, colon, value = line.decode("latin-1").partition(":")
-            if colon:
-                key = name.strip().lower()
-                out[key] = f"{out[key]}, {value.strip()}" if key in out else value.strip()
-        raise http.client.HTTPException("too many headers")
-
-    @staticmethod
-    def _read_exactly(rfile: Any, n: int) -> None:
-        while n > 0:
-            chunk = rfile.read(min(n, 65536))
-            if not chunk:
-                raise http.client.IncompleteRead(b"", n)
-            n -= len(chunk)
-
-    def _read_chunked(self, rfile: Any) -> None:
-        while True:
-            line = rfile.readline(MAX_LINE + 1)
-            if not line:
-                raise http.client.IncompleteRead(b"")
-            try:
-                size = int(line.split(b";", 1)[0].strip(), 16)
-            except ValueError:
-                raise http.client.HTTPException("bad chunk size") from None
-            if size == 0:
-                self._headers(rfile)  # trailers, up to the blank line
-                return
-            self._read_exactly(rfile, size + 2)  # the chunk and its CRLF
+            resp.read(decode_content=False)  # exactly Content-Length bytes
+        except (HTTPError, OSError) as exc:
+            resp.close()
+            return f"{type(exc).__name__}: {str(exc)[:200]}"
+    elif lengths or resp.status not in (204, 304):
+        resp.close()  # chunked, ends at close, or too large: the status is all we need
+    return ""
