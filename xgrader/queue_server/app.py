@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import re
 import secrets
 import threading
 import time
@@ -254,9 +255,9 @@ class QueueApp:
         token, expires = self.store.new_session(user, self.config.session_ttl_s)
         with self._lock:
             self._sessions[token] = (user, expires)
-        nxt = request.form.get("next", "")
-        if nxt.startswith("/") and not nxt.startswith("//"):  # the dashboard's login form
-            response = redirect(nxt, 302)
+        nxt = request.form.get("next")
+        if nxt:  # the dashboard's login form: back to the page, never to another site
+            response = redirect(same_origin_path(nxt) or "/", 302)
         else:
             response = self.reply(0, "Logged in")
         response.set_cookie(SESSION_COOKIE, token, max_age=max(1, int(self.config.session_ttl_s)), path="/",
@@ -389,6 +390,26 @@ class QueueApp:
         counts, rows = self.store.overview()
         page = render_dashboard(self.config.queues, counts, rows, time.time())
         return Response(page, 200, content_type="text/html; charset=utf-8")
+
+
+# What a same-origin path may hold: RFC 3986's unreserved, sub-delims, ":",
+# "@", "/", "?", "%" (as escapes). No control characters or spaces (browsers
+# drop tabs and newlines, so `/\t/evil` becomes `//evil`), no backslash
+# (read as `/`), no "#" or non-ASCII.
+_PATH_CHARS = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:@/%?]*\Z")
+_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+
+
+def same_origin_path(target: str) -> str | None:
+    """`target` when it is a path on this server (`/...`), else None. A
+    path holding `//` is refused (a browser reads a leading `//` as another
+    host); removing dot segments never creates an empty segment, so
+    `/.//x` or `/a/..//x` are caught here too."""
+    if not target.startswith("/") or not _PATH_CHARS.match(target) or _ESCAPE.search(target):
+        return None
+    if "//" in target.partition("?")[0]:
+        return None
+    return target
 
 
 def redirect(location: str, code: int) -> Response:
