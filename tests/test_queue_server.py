@@ -14,6 +14,7 @@ import time
 import pytest
 import requests
 
+from tests.support.procs import marker, pgrep
 from tests.support.queue import GRADER, LMS, Receiver, wait_until
 from xgrader.client import FilesPayloadError
 from xgrader.wire import GraderReply, parse_submission
@@ -257,31 +258,32 @@ def test_cli_serve_refuses_bad_config(tmp_path):
     assert (c.queues, c.lease_timeout_s, c.port, c.users["g"].get_secret_value()) == (["a", "b"], 5, 1234, "pw")
 
 
-def test_http_keep_alive_drains_unread_bodies_and_refuses_chunked(queue):
+def raw_exchange(port: int, raw: bytes) -> tuple[list[bytes], bytes]:
+    """Send raw bytes, read until the server closes: (status lines, all)."""
+    import re
     import socket as socketlib
 
-    host, port = "127.0.0.1", queue.server.port
-    with socketlib.create_connection((host, port), timeout=5) as s:
-        f = s.makefile("rb")
+    with socketlib.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(raw)
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    return re.findall(rb"HTTP/1\.[01] \d{3}[^\r\n]*", data), data
 
-        def response() -> tuple[str, bytes]:
-            status = f.readline().decode()
-            headers = {}
-            while (line := f.readline()) not in (b"\r\n", b""):
-                k, _, v = line.decode().partition(":")
-                headers[k.lower()] = v.strip()
-            return status, f.read(int(headers["content-length"]))
 
-        # status/ never reads its body: the server must skip it, not parse it as the next request
-        s.sendall(b"POST /xqueue/status/ HTTP/1.1\r\nHost: x\r\nContent-Length: 11\r\n\r\nGET /evil/ ")
-        s.sendall(b"GET /xqueue/status/ HTTP/1.1\r\nHost: x\r\n\r\n")
-        for _ in range(2):
-            status, body = response()
-            assert status.startswith("HTTP/1.1 200") and json.loads(body) == {"return_code": 0, "content": "OK"}
-        s.sendall(b"POST /xqueue/login/ HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
-        status, _ = response()
-        assert status.startswith("HTTP/1.1 411")
-    # stopping ends kept-alive connections: nothing answers from a stopped server
+def test_http_keep_alive_chunked_bodies_and_a_stopped_server(queue):
+    """One kept-alive connection: a chunked request body is read (the
+    wrong password is seen), an unread body is skipped; a stopped server
+    ends its kept-alive connections and answers nothing."""
+    body = b"username=lms&password=wrong"
+    chunked = b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+    lines, data = raw_exchange(queue.server.port, (
+        b"POST /xqueue/login/ HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+        b"Content-Type: application/x-www-form-urlencoded\r\n\r\n" + chunked
+        + b"POST /xqueue/status/ HTTP/1.1\r\nHost: x\r\nContent-Length: 11\r\n\r\nGET /evil/ "
+        + b"GET /xqueue/status/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"))
+    assert lines == [b"HTTP/1.1 200 OK"] * 3, data
+    assert b"Incorrect login credentials" in data and data.count(b'"content": "OK"') == 2
     s = requests.Session()
     assert s.get(queue.url + "status/", timeout=5).status_code == 200
     queue.stop()
@@ -290,6 +292,72 @@ def test_http_keep_alive_drains_unread_bodies_and_refuses_chunked(queue):
         raise AssertionError("a stopped server answered")
     except requests.ConnectionError:
         pass
+
+
+def test_http_request_basics(queue):
+    """Keep-alive until Connection: close; HTTP/1.0 closes after one
+    request; Expect: 100-continue; HEAD; a percent-encoded path; an
+    oversized header is refused."""
+    port = queue.server.port
+    status = b"GET /xqueue/status/ HTTP/1.1\r\nHost: x\r\n\r\n"
+    lines, data = raw_exchange(port, status + b"GET /xqueue/status/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert lines == [b"HTTP/1.1 200 OK"] * 2 and data.count(b'{"return_code": 0, "content": "OK"}') == 2
+    assert data.endswith(b'"OK"}') and b"Connection: close\r\n" in data
+    lines, data = raw_exchange(port, b"GET /xqueue/status/ HTTP/1.0\r\n\r\n" + status)  # 1.0: one request only
+    assert len(lines) == 1 and lines[0].endswith(b"200 OK")
+    body = b"username=lms&password=wrong"
+    lines, data = raw_exchange(port, b"POST /xqueue/login/ HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+                               b"Connection: close\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+                               b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+    assert lines == [b"HTTP/1.1 100 Continue", b"HTTP/1.1 200 OK"] and b"Incorrect login credentials" in data
+    lines, data = raw_exchange(port, b"HEAD /xqueue/status/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert lines == [b"HTTP/1.1 200 OK"] and data.endswith(b"\r\n\r\n") and b"Content-Length: 35\r\n" in data
+    lines, _ = raw_exchange(port, b"GET /xqueue/%73tatus/ HTTP/1.1\r\nConnection: close\r\n\r\n")
+    assert lines == [b"HTTP/1.1 200 OK"]
+    try:  # the server may reset the connection before the client has read its 431
+        lines, _ = raw_exchange(port, b"GET / HTTP/1.1\r\nX-A: " + b"a" * 300_000 + b"\r\n\r\n" + status)
+        assert len(lines) == 1 and b" 431 " in lines[0] + b" "
+    except ConnectionResetError:
+        pass
+    assert requests.get(queue.url + "status/", timeout=5).status_code == 200
+
+
+def test_connections_are_capped_and_the_server_stays_up(make_queue):
+    """max_connections kept-alive clients are served; one more waits in the
+    listen backlog (no answer, no error) until one of them leaves, then is
+    served; the server keeps serving throughout."""
+    import socket as socketlib
+
+    queue = make_queue(max_connections=3)
+    request = b"GET /xqueue/status/ HTTP/1.1\r\nHost: x\r\n\r\n"
+
+    def ask(s: socketlib.socket, timeout: float) -> bytes:
+        s.settimeout(timeout)
+        s.sendall(request)
+        return s.recv(65536)
+
+    queue.lms.close()  # the harness' own kept-alive LMS session: the three slots are the test's
+    held = [socketlib.create_connection(("127.0.0.1", queue.server.port)) for _ in range(3)]
+    extra = None
+    try:
+        for s in held:
+            assert ask(s, 5).startswith(b"HTTP/1.1 200")
+        extra = socketlib.create_connection(("127.0.0.1", queue.server.port))
+        try:
+            reply = ask(extra, 1.0)
+            raise AssertionError(f"a fourth connection was served: {reply[:100]!r}")
+        except socketlib.timeout:
+            pass
+        for s in held:  # the three are still served
+            assert ask(s, 5).startswith(b"HTTP/1.1 200")
+        held.pop().close()
+        extra.settimeout(5)
+        assert extra.recv(65536).startswith(b"HTTP/1.1 200")  # its waiting request, now answered
+        assert ask(extra, 5).startswith(b"HTTP/1.1 200")
+    finally:
+        for s in held + ([extra] if extra else []):
+            s.close()
+    assert queue.client().get_queuelen("q1") == 0
 
 
 def test_cli_submit_uploads_several_files(queue, tmp_path):
@@ -332,8 +400,11 @@ def test_sigkilled_daemon_mid_grade_graded_once_by_another_after_the_lease(tmp_p
         wait_http(url + "status/", 30, queue)
         session = requests.Session()
         login(session, url, "xgrader", password)
+        # The submission announces that it runs: a `sleep` the test can see on the host.
+        mark = marker(threading.get_ident())
+        code = f"import subprocess\nsubprocess.Popen({mark.split()!r})\n" + slow.read_text()
         sample = Sample(key="slow-" + os.urandom(3).hex(), assignment="sum_digits", name="slow",
-                        student_response=slow.read_text())
+                        student_response=code)
         submit(session, url, sample, receiver.url)
 
         def pulls() -> int:
@@ -342,7 +413,7 @@ def test_sigkilled_daemon_mid_grade_graded_once_by_another_after_the_lease(tmp_p
 
         daemons.append(run.start_daemon(url, password))
         assert wait_until(lambda: pulls() >= 1, 60)
-        time.sleep(0.3)  # grading is under way (the batch takes seconds)
+        assert wait_until(lambda: bool(pgrep(mark)), 60)  # grading is under way (the batch takes seconds)
         daemons[0].send_signal(signal.SIGKILL)
         daemons[0].wait(10)
         assert not receiver.results  # killed before it could post
@@ -456,32 +527,36 @@ def test_queue_length_is_kept_by_counts_through_retire_lease_answer_and_restart(
     store.close()
 
 
-def test_delivery_reads_every_reply_framing_on_kept_alive_connections(tmp_path):
-    """The deliverer's own HTTP/1.1 client: Content-Length, 100 Continue then
-    chunks, an error status, HTTP/1.0 read to close, and an LMS that closes
-    a kept-alive connection (one more try on a new one)."""
-    import socket as socketlib
+class ScriptedLms:
+    """A raw-socket LMS answering each callback with the next scripted
+    reply, verbatim, and recording (connection number, head, body) per
+    request. A reply marked `close` ends its connection afterwards
+    (`wait_closed(n)` waits for connection n to be closed)."""
 
-    from xgrader.queue_server.delivery import Deliverer
-    from xgrader.queue_server.store import Delivery, Store
+    def __init__(self, replies: list[tuple[bytes, bool]]) -> None:
+        import socket as socketlib
 
-    replies = [
-        (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nOK", False),
-        (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
-         b"2;x=y\r\nOK\r\n3\r\nabc\r\n0\r\nX-Trailer: 1\r\n\r\n", False),
-        (b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 5\r\n\r\noops!", False),
-        (b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the close", True),
-        (b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", True),  # then closed without a word
-        (b"HTTP/1.1 204 No Content\r\n\r\n", False),
-    ]
-    requests_seen: list[tuple[int, bytes, bytes]] = []
-    lock = threading.Lock()
-    listener = socketlib.create_server(("127.0.0.1", 0))
-    conns = []
+        self.replies = list(replies)
+        self.seen: list[tuple[int, bytes, bytes]] = []
+        self.lock = threading.Lock()
+        self.closed: set[int] = set()
+        self.listener = socketlib.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}/cb/x?y=1"
+        self.conns = 0
+        threading.Thread(target=self._accept, daemon=True).start()
 
-    def serve(conn: socketlib.socket, n: int) -> None:
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            self.conns += 1
+            threading.Thread(target=self._serve, args=(conn, self.conns), daemon=True).start()
+
+    def _serve(self, conn, n: int) -> None:
         f = conn.makefile("rb")
-        with conn:
+        with conn, f:  # both: the socket closes only when its file does too
             while True:
                 head = b""
                 while (line := f.readline()) not in (b"\r\n", b""):
@@ -491,91 +566,103 @@ def test_delivery_reads_every_reply_framing_on_kept_alive_connections(tmp_path):
                 length = int(next(v for k, _, v in (h.partition(b":") for h in head.split(b"\r\n"))
                                   if k.lower() == b"content-length"))
                 body = f.read(length)
-                with lock:
-                    requests_seen.append((n, head, body))
-                    reply, close = replies.pop(0)
+                with self.lock:
+                    self.seen.append((n, head, body))
+                    reply, close = self.replies.pop(0)
                 conn.sendall(reply)
                 if close:
-                    return
+                    break
+        with self.lock:
+            self.closed.add(n)
 
-    def accept() -> None:
-        while True:
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                return
-            conns.append(conn)
-            threading.Thread(target=serve, args=(conn, len(conns)), daemon=True).start()
+    def wait_closed(self, n: int) -> bool:
+        return wait_until(lambda: n in self.closed, 5)
 
-    threading.Thread(target=accept, daemon=True).start()
-    url = f"http://127.0.0.1:{listener.getsockname()[1]}/cb/x?y=1"
-    d = Deliverer(Store(tmp_path / "q.db"))
-    item = Delivery(1, url, '{"lms":"h"}', '{"score": 1}', 0)
+    def stop(self) -> None:
+        self.listener.close()
+
+
+def test_delivery_reads_replies_on_kept_alive_connections(tmp_path):
+    """The deliverer's pooled connections: a Content-Length reply keeps the
+    connection (also after 100 Continue, and for an error status); a
+    chunked reply or one that ends at the close is judged by its status and
+    its connection closed; an LMS that closed a kept-alive connection is
+    noticed before the next post is sent."""
+    from urllib.parse import parse_qs
+
+    from xgrader.queue_server.delivery import Deliverer
+    from xgrader.queue_server.store import Delivery, Store
+
+    lms = ScriptedLms([
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nOK", False),
+        (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc", False),
+        (b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 5\r\n\r\noops!", False),
+        (b"HTTP/1.1 204 No Content\r\n\r\n", False),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2;x=y\r\nOK\r\n0\r\n\r\n", False),
+        (b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the close", True),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", True),  # then closed without a word
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", False),
+    ])
+    d = Deliverer(Store(tmp_path / "q.db")).start()
+    item = Delivery(1, lms.url, '{"lms":"h"}', '{"score": 1}', 0)
     try:
         outcomes = [d._post(item) for _ in range(6)]
+        outcomes.append(d._post(item))
+        assert lms.wait_closed(3)  # the LMS has closed the kept-alive connection
+        outcomes.append(d._post(item))
     finally:
-        listener.close()
-    assert outcomes == [(True, ""), (True, ""), (False, "HTTP 500"), (True, ""), (True, ""), (True, "")]
-    # one connection for the first four, a new one after the HTTP/1.0 close,
-    # and the sixth post retried on a third after the LMS dropped the second
-    assert [n for n, _, _ in requests_seen] == [1, 1, 1, 1, 2, 3]
-    n, head, body = requests_seen[0]
+        lms.stop()
+    assert outcomes == [(True, ""), (True, ""), (False, "HTTP 500"), (True, ""), (True, ""), (True, ""),
+                        (True, ""), (True, "")]
+    # one connection up to the chunked reply (closed unread), one for the
+    # read-to-close reply, one the LMS dropped, and a new one after it
+    assert [n for n, _, _ in lms.seen] == [1, 1, 1, 1, 1, 2, 3, 4]
+    n, head, body = lms.seen[0]
     assert head.startswith(b"POST /cb/x?y=1 HTTP/1.1\r\n") and b"\r\nHost: 127.0.0.1:" in head
     assert b"Content-Type: application/x-www-form-urlencoded" in head
-    assert {k: v[0] for k, v in __import__("urllib.parse").parse.parse_qs(body.decode()).items()} == {
+    assert {k: v[0] for k, v in parse_qs(body.decode()).items()} == {
         "xqueue_header": '{"lms":"h"}', "xqueue_body": '{"score": 1}'}
     bad = Delivery(2, "http://127.0.0.1:99999/cb", "{}", "{}", 0)
     assert d._post(bad)[0] is False and d._post(Delivery(3, "ftp://x/", "{}", "{}", 0)) == (
         False, "unsupported callback URL scheme")
     for url in ("http://127.0.0.1:1/a b", "http://127.0.0.1:1/a\r\nX-Injected: 1", "http://127.0.0.1:1/\u00e9"):
         ok, error = d._post(Delivery(4, url, "{}", "{}", 0))  # refused before any byte is sent
-        assert not ok and error.startswith("InvalidURL"), (url, error)
+        assert not ok and error.startswith("unsupported callback URL"), (url, error)
+    d.stop()
 
 
-def test_http_request_parsing_edges(queue):
-    """The server's own request parser: 100-continue, HTTP/1.0 and
-    Connection: close end the connection, repeated headers, HEAD, and the
-    error replies for malformed requests."""
-    import re
-    import socket as socketlib
+SMUGGLED = b"HTTP/1.1 418 Smuggled\r\nContent-Length: 0\r\n\r\n"
 
-    def exchange(raw: bytes) -> tuple[list[bytes], bytes]:
-        """Send raw bytes, read until the server closes: (status lines, all)."""
-        with socketlib.create_connection(("127.0.0.1", queue.server.port), timeout=5) as s:
-            s.sendall(raw)
-            data = b""
-            while chunk := s.recv(65536):
-                data += chunk
-        return re.findall(rb"HTTP/1\.1 \d{3}[^\r\n]*", data), data
 
-    status = b"GET /xqueue/status/ HTTP/1.1\r\nHost: x\r\n\r\n"
-    # keep-alive until Connection: close, which is honoured and answered
-    lines, data = exchange(status + b"GET /xqueue/status/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-    assert lines == [b"HTTP/1.1 200 OK"] * 2 and data.count(b'{"return_code": 0, "content": "OK"}') == 2
-    assert data.endswith(b'"OK"}') and b"Connection: close\r\n" in data
-    lines, data = exchange(b"GET /xqueue/status/ HTTP/1.0\r\n\r\n" + status)  # 1.0: one request only
-    assert lines == [b"HTTP/1.1 200 OK"]
-    # Expect: 100-continue gets its interim reply before the body is read
-    body = b"username=lms&password=wrong"
-    lines, data = exchange(b"POST /xqueue/login/ HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nConnection: close\r\n"
-                           b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: %d\r\n\r\n%s"
-                           % (len(body), body))
-    assert lines == [b"HTTP/1.1 100 Continue", b"HTTP/1.1 200 OK"] and b"Incorrect login credentials" in data
-    lines, data = exchange(b"HEAD /xqueue/status/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-    assert lines == [b"HTTP/1.1 200 OK"] and data.endswith(b"\r\n\r\n") and b"Content-Length: 35\r\n" in data
-    for raw, code in ((b"GARBAGE\r\n\r\n", b"400"), (b"GET / HTTP/2.0\r\n\r\n", b"505"),
-                      (b"GET / HTTX/1.1\r\n\r\n", b"400"),
-                      (b"GET / HTTP/1.1\r\n" + b"X-A: 1\r\n" * 101 + b"\r\n", b"431"),
-                      (b"GET / HTTP/1.1\r\nX-A: " + b"a" * 70000 + b"\r\n\r\n", b"431"),
-                      (b"POST /xqueue/status/ HTTP/1.1\r\nContent-Length: -3\r\n\r\n", b"400"),
-                      (b"POST /xqueue/status/ HTTP/1.1\r\nContent-Length: 1_0\r\n\r\n", b"400"),
-                      (b"POST /xqueue/status/ HTTP/1.1\r\nContent-Length: +2\r\n\r\nab", b"400"),
-                      (b"POST /xqueue/status/ HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nab",
-                       b"400")):
-        lines, _ = exchange(raw + status)  # the connection ends after the error
-        assert len(lines) == 1 and lines[0].startswith(b"HTTP/1.1 " + code), (raw[:40], lines)
-    # a path starting with // is the same path; a percent-encoded path is decoded
-    lines, _ = exchange(b"GET //xqueue/status/ HTTP/1.1\r\nConnection: close\r\n\r\n")
-    assert lines == [b"HTTP/1.1 200 OK"]
-    lines, _ = exchange(b"GET /xqueue/%73tatus/ HTTP/1.1\r\nConnection: close\r\n\r\n")
-    assert lines == [b"HTTP/1.1 200 OK"]
+@pytest.mark.parametrize("reply, outcome", [
+    # A lenient client (int() on the length, int(x, 16) on chunk sizes) reads
+    # these as complete and takes SMUGGLED for the next post's reply.
+    (b"HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\nhello", (False, "malformed reply from the LMS: Content-Length +5")),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 1_0\r\n\r\n0123456789",
+     (False, "malformed reply from the LMS: Content-Length 1_0")),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 5 \r\nContent-Length:\t5\r\n\r\nhello",
+     (False, "malformed reply from the LMS: Content-Length 5, 5")),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+     (False, "malformed reply from the LMS: Content-Length with Transfer-Encoding")),
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n+0\r\n\r\n", (True, "")),
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0x0\r\n\r\n", (True, "")),
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n 0_0 \r\n\r\n", (True, "")),
+], ids=["plus", "underscore", "repeated", "with-te", "chunk-plus", "chunk-0x", "chunk-underscore"])
+def test_delivery_never_reads_a_reply_behind_lenient_framing(tmp_path, reply, outcome):
+    """A misbehaving LMS peer hides a second reply behind a length or chunk
+    size that only a lenient parser accepts. The deliverer reads no body it
+    cannot frame strictly and never reuses such a connection: the next post
+    goes out on a new connection and gets the LMS's real reply."""
+    from xgrader.queue_server.delivery import Deliverer
+    from xgrader.queue_server.store import Delivery, Store
+
+    lms = ScriptedLms([(reply + SMUGGLED, False), (b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", False)])
+    d = Deliverer(Store(tmp_path / "q.db")).start()
+    item = Delivery(1, lms.url, "{}", "{}", 0)
+    try:
+        first, second = d._post(item), d._post(item)
+    finally:
+        lms.stop()
+        d.stop()
+    assert second == (True, "") and [n for n, _, _ in lms.seen] == [1, 2]  # not SMUGGLED's 418
+    assert first == outcome
