@@ -2,6 +2,7 @@
 
     python -m bench.queue_server                  # 2,000 pairs per row
     python -m bench.queue_server --pairs 5000 --threads 1 2 4
+    python -m bench.queue_server --baseline ../xgrader-main --rounds 2   # A/B against another checkout
 
 Starts `xgrader queue serve` (a subprocess, its own SQLite file), fills the
 queue through the LMS side (`submit/`, timed too), then drains it with
@@ -14,7 +15,12 @@ get_submission + put_result pairs:
 
 Each row reports pairs/s and the server's CPU per pair (from /proc). The
 server delivers every result to an LMS callback sink (a separate process)
-during the run, as in production. Target (issue 7): >= 500 pairs/s.
+during the run, as in production. Target: >= 500 pairs/s.
+
+With ``--baseline DIR`` the server is also run from another checkout (say a
+`git worktree` of main): the two alternate round by round (A B A B...) in
+this one run, with the same clients, and each row shows both figures and
+their ratio (median over the rounds), so a busy machine affects both alike.
 """
 
 from __future__ import annotations
@@ -22,7 +28,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -82,7 +90,7 @@ class Sink:
 
 
 class Server:
-    def __init__(self, work: Path) -> None:
+    def __init__(self, work: Path, tree: Path = REPO) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}/xqueue/"
         self.log = open(work / "queue.log", "wb")
@@ -90,8 +98,8 @@ class Server:
             [sys.executable, "-m", "xgrader", "queue", "serve", "--host", "127.0.0.1", "--port", str(self.port),
              "--db", str(work / "queue.db"), "--queue", QUEUE, "--user", ":".join(GRADER),
              "--user", ":".join(LMS), "--lease-timeout", "600"],
-            stdout=self.log, stderr=subprocess.STDOUT, cwd=REPO,
-            env={k: v for k, v in os.environ.items() if not k.startswith("XGRADER_")})
+            stdout=self.log, stderr=subprocess.STDOUT, cwd=tree,
+            env={**{k: v for k, v in os.environ.items() if not k.startswith("XGRADER_")}, "PYTHONPATH": str(tree)})
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
@@ -212,6 +220,31 @@ def drain_client(server: Server, n: int, threads: int) -> float:
     return _timed(work, threads, n)
 
 
+def measure(tree: Path, pairs: int, threads: list[int], delivery: bool) -> list[tuple[str, float, float]]:
+    """One server from `tree`: (row, pairs/s, server CPU ms per pair), the
+    LMS side's submit/ first."""
+    work = Path(tempfile.mkdtemp(prefix="xgbench-queue-"))
+    server = Server(work, tree)
+    sink = Sink() if delivery else None
+    rows = []
+    try:
+        total = pairs * len(threads) * 2
+        c0 = proc_cpu_s(server.proc.pid)
+        rate = fill(server, sink, total)
+        rows.append(("submit/ (LMS side), 4 conn", rate, (proc_cpu_s(server.proc.pid) - c0) / total * 1000))
+        for name, drain in (("raw requests", drain_raw), ("xgrader client", drain_client)):
+            for n in threads:
+                c0 = proc_cpu_s(server.proc.pid)
+                rate = drain(server, pairs, n)
+                rows.append((f"{name}, {n} conn", rate, (proc_cpu_s(server.proc.pid) - c0) / pairs * 1000))
+    finally:
+        server.stop()
+        if sink:
+            sink.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pairs", type=int, default=2000, help="pull+put pairs per row (default 2000)")
@@ -219,40 +252,49 @@ def main(argv: list[str] | None = None) -> int:
                     help="concurrent connections per row (default 1 2 4)")
     ap.add_argument("--no-delivery", action="store_true",
                     help="callbacks the server will not post (isolates the pull/put cost from LMS delivery)")
+    ap.add_argument("--baseline", type=Path, metavar="DIR",
+                    help="also run the server from this checkout, alternating with this one")
+    ap.add_argument("--rounds", type=int, default=None,
+                    help="rounds per server (default 1, or 2 with --baseline)")
     args = ap.parse_args(argv)
     import logging
 
     import structlog
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
 
-    work = Path(tempfile.mkdtemp(prefix="xgbench-queue-"))
-    server = Server(work)
-    sink = None if args.no_delivery else Sink()
-    rows = []
-    try:
-        total = args.pairs * len(args.threads) * 2
-        c0 = proc_cpu_s(server.proc.pid)
-        submit_rate = fill(server, sink, total)
-        submit_cpu = (proc_cpu_s(server.proc.pid) - c0) / total * 1000
-        for name, drain in (("raw requests", drain_raw), ("xgrader client", drain_client)):
-            for threads in args.threads:
-                c0 = proc_cpu_s(server.proc.pid)
-                rate = drain(server, args.pairs, threads)
-                cpu = (proc_cpu_s(server.proc.pid) - c0) / args.pairs * 1000
-                rows.append((f"{name}, {threads} conn", rate, cpu))
-    finally:
-        server.stop()
-        if sink:
-            sink.stop()
-    print(f"bundled queue server on loopback{' (no LMS delivery)' if args.no_delivery else ''}, load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
-    print(f"{'row':<26} {'pairs/s':>9} {'server CPU ms/pair':>19} {'x target':>9}")
-    print(f"{'submit/ (LMS side), 4 conn':<26} {submit_rate:>9.0f} {submit_cpu:>19.2f} {'':>9}")
-    for name, rate, cpu in rows:
-        print(f"{name:<26} {rate:>9.0f} {cpu:>19.2f} {rate / TARGET:>8.2f}x")
-    best = max(r[1] for r in rows)
-    print(f"\ntarget >= {TARGET:g} pull+put pairs/s: {'MET' if best >= TARGET else 'MISSED'} (best {best:.0f}/s)")
-    import shutil
-    shutil.rmtree(work, ignore_errors=True)
+    trees = [("baseline", args.baseline.resolve()), ("this", REPO)] if args.baseline else [("this", REPO)]
+    rounds = args.rounds or (2 if args.baseline else 1)
+    results: dict[str, list[list[tuple[str, float, float]]]] = {name: [] for name, _ in trees}
+    loads = []
+    for _ in range(rounds):
+        for name, tree in trees:  # A B A B: both see the same machine
+            results[name].append(measure(tree, args.pairs, args.threads, not args.no_delivery))
+            loads.append(os.getloadavg()[0])
+    print(f"bundled queue server on loopback{' (no LMS delivery)' if args.no_delivery else ''}, "
+          f"{rounds} round(s), load average {min(loads):.1f}-{max(loads):.1f} on {os.cpu_count()} cores")
+    if args.baseline:
+        print(f"baseline: {args.baseline}")
+    names = [row for row, _, _ in results["this"][0]]
+    head = f"{'row':<28}"
+    for name, _ in trees:
+        head += f" {name + ' pairs/s':>22} {name + ' CPU ms/pair':>20}"
+    head += f" {'ratio':>6}" if args.baseline else f" {'x target':>9}"
+    print(head)
+    for i, row in enumerate(names):
+        line = f"{row:<28}"
+        for name, _ in trees:
+            rates = [r[i][1] for r in results[name]]
+            cpus = [r[i][2] for r in results[name]]
+            line += f" {' '.join(f'{x:.0f}' for x in rates):>22} {statistics.median(cpus):>20.2f}"
+        mine = statistics.median(r[i][1] for r in results["this"])
+        if args.baseline:
+            line += f" {mine / statistics.median(r[i][1] for r in results['baseline']):>6.2f}"
+        elif not row.startswith("submit"):
+            line += f" {mine / TARGET:>8.2f}x"
+        print(line)
+    best = max(statistics.median(r[i][1] for r in results["this"]) for i, row in enumerate(names)
+               if not row.startswith("submit"))
+    print(f"\ntarget >= {TARGET:g} pull+put pairs/s: {'MET' if best >= TARGET else 'MISSED'} (best median {best:.0f}/s)")
     return 0
 
 
