@@ -126,7 +126,7 @@ def test_daemon_metrics_read_ratings_and_escalations_from_the_store(store_url):
 
 
 @pytest.mark.slow
-def test_serve_hints_on_waitress(squares, wrong_report, fake_llm, tmp_path):  # noqa: F811
+def test_serve_hints_on_the_production_server(squares, wrong_report, fake_llm, tmp_path):  # noqa: F811
     port, metrics_port = _free_port(), _free_port()
     store_url = f"sqlite:///{tmp_path / 'hints.db'}"
     page_url = f"http://127.0.0.1:{port}/course/hints/"
@@ -145,7 +145,7 @@ def test_serve_hints_on_waitress(squares, wrong_report, fake_llm, tmp_path):  # 
         assert f"listening on http://127.0.0.1:{port}/course/hints/" in ready, ready
         s = requests.Session()
         page = s.get(out.hint_link, timeout=10)
-        assert page.status_code == 200 and page.headers["Server"] == "waitress"
+        assert page.status_code == 200 and page.headers["Server"] == "xgrader"
         assert "Was this hint helpful?" in page.text
         r = s.post(out.hint_link, data={**form_of(page.text), "action": "rate", "rating": "unhelpful"},
                    allow_redirects=False, timeout=10)

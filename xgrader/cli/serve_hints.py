@@ -43,7 +43,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from types import SimpleNamespace
 
-    import waitress
     from prometheus_client import CollectorRegistry, make_wsgi_app
     from pydantic import ValidationError
 
@@ -53,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
     from xgrader.hints.web import HintPages
     from xgrader.logs import configure
     from xgrader.queue_server.config import parse_user
+    from xgrader.wsgi_server import WSGIServer
 
     try:
         settings = Settings.load(args.config)
@@ -78,31 +78,30 @@ def run(args: argparse.Namespace) -> int:
         print(f"xgrader serve-hints: cannot open the hint store {cfg.store}: {exc}", file=sys.stderr)
         return 2
     try:
-        server = waitress.create_server(pages.wsgi, host=args.host, port=args.port, threads=args.threads)
+        server = WSGIServer(pages.wsgi, args.host, args.port, threads=args.threads, name="hints")
         metrics = None
         if args.metrics_port is not None:
             registry = CollectorRegistry()
             registry.register(HintLoopCollector(cfg.store))
-            metrics = waitress.create_server(make_wsgi_app(registry), host=args.host, port=args.metrics_port,
-                                             threads=1)
+            metrics = WSGIServer(make_wsgi_app(registry), args.host, args.metrics_port, threads=1,
+                                 max_connections=32, name="hint-metrics")
     except OSError as exc:
         print(f"xgrader serve-hints: cannot listen: {exc}", file=sys.stderr)
         return 1
-    if metrics is not None:
-        threading.Thread(target=metrics.run, name="hint-metrics", daemon=True).start()
-
-    def stop(signum, _frame) -> None:
-        raise SystemExit(0)   # waitress' loop ends on it and finishes the requests in progress
-
+    stopping = threading.Event()
     for s in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(s, stop)
-    host = f"[{args.host}]" if ":" in args.host else args.host
-    print(f"xgrader serve-hints listening on http://{host}:{server.effective_port}{pages.prefix}"
-          + (f" (metrics on port {metrics.effective_port})" if metrics is not None else "")
-          + ("" if users else " (staff pages off: no --user)"), flush=True)
-    server.run()
-    server.close()
+        signal.signal(s, lambda _signum, _frame: stopping.set())   # a flag only; the main thread stops
+    server.start()
     if metrics is not None:
-        metrics.close()
+        metrics.start()
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    print(f"xgrader serve-hints listening on http://{host}:{server.port}{pages.prefix}"
+          + (f" (metrics on port {metrics.port})" if metrics is not None else "")
+          + ("" if users else " (staff pages off: no --user)"), flush=True)
+    while not stopping.wait(1.0):
+        pass
+    server.shutdown()   # requests in progress finish and are answered
+    if metrics is not None:
+        metrics.shutdown(grace_s=1.0)
     print("xgrader serve-hints stopped", flush=True)
     return 0
