@@ -17,6 +17,7 @@ Errors are :class:`AssignmentError` naming the file and the field.
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import re
 import tomllib
 from pathlib import Path, PurePosixPath
@@ -221,6 +222,7 @@ class Assignment(BaseModel):
     mutants: list[Mutant] = Field(default_factory=list)          # mutation kind
     description: str = ""
     samples: list[Path] = Field(default_factory=list)
+    version: str = ""               # hash of config, tests, public tests, solution, files (set by load_assignment)
 
     @property
     def title(self) -> str:
@@ -249,6 +251,15 @@ class Assignment(BaseModel):
     def case_name(self, index: int) -> str:
         case = self.cases[index]
         return case.name or f"case {index + 1}"
+
+    def version_hash(self) -> str:
+        """What the attempt ledger records as the assignment's version: a
+        change to the config, a test, the solution or a runtime file changes it."""
+        h = hashlib.sha256(b"xgrader-assignment-1")
+        parts = self.fingerprint_parts() + [(f"public_tests/{k}", self.public_tests[k]) for k in sorted(self.public_tests)]
+        for name, data in parts:
+            h.update(len(name).to_bytes(4, "big") + name.encode() + len(data).to_bytes(8, "big") + data)
+        return h.hexdigest()[:16]
 
     def fingerprint_parts(self) -> list[tuple[str, bytes]]:
         """What expected values depend on (for the on-disk cache key)."""
@@ -355,8 +366,9 @@ def load_assignment(folder: Path, name: str) -> Assignment:
     description = desc_path.read_text(encoding="utf-8", errors="replace") if desc_path.is_file() else ""
     samples_dir = folder / "samples"
     samples = sorted(p for p in samples_dir.iterdir() if p.is_file()) if samples_dir.is_dir() else []
-    return Assignment(
+    loaded = Assignment(
         name=name, root=folder, config=config, tests=tests, public_tests=public,
         solution=solution, files=files, cases=cases, description=description, samples=samples,
         image_cases=image_cases, mutants=mutants,
     )
+    return loaded.model_copy(update={"version": loaded.version_hash()})

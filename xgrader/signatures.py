@@ -33,12 +33,20 @@ def matches(sig: FeedbackSignature, test: TestReport) -> bool:
     return True
 
 
-def apply(signatures: list[FeedbackSignature], report: GradeReport) -> GradeReport:
-    """The report with the explanations of every signature that fired (each once)."""
+def fired(signatures: list[FeedbackSignature], report: GradeReport) -> list[FeedbackSignature]:
+    """The signatures that fire on this report (none on full marks)."""
     if not signatures or report.correct:
+        return []
+    return [sig for sig in signatures if any(matches(sig, t) for t in report.tests)]
+
+
+def apply(signatures: list[FeedbackSignature], report: GradeReport) -> GradeReport:
+    """The report with the explanations of every signature that fired (each
+    once); their titles are kept in `report.signatures` for the record."""
+    hits = fired(signatures, report)
+    if not hits:
         return report
-    fired = [Explanation(title=sig.title, detail=sig.message)
-             for sig in signatures if any(matches(sig, t) for t in report.tests)]
-    if not fired:
-        return report
-    return report.model_copy(update={"explanations": [*fired, *report.explanations]})
+    return report.model_copy(update={
+        "explanations": [*(Explanation(title=sig.title, detail=sig.message) for sig in hits),
+                         *report.explanations],
+        "signatures": [sig.title for sig in hits]})
