@@ -21,7 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--config", type=Path, help="TOML or JSON file with any of: host, port, db, queues, "
                    "users (table NAME = PASSWORD), lease_timeout_s, session_ttl_s, mode, delivery_tries, "
                    "delivery_backoff_s, delivery_timeout_s, max_upload_bytes, external_dicts_over, "
-                   "max_connections, threads, idle_timeout_s")
+                   "max_connections, threads, idle_timeout_s, ledger, "
+                   "dashboard_page_size")
     s.add_argument("--host", help="listen address (default 127.0.0.1)")
     s.add_argument("--port", type=int, help="listen port (default 18040; 0 = any free port)")
     s.add_argument("--db", type=Path, help="SQLite database (default ./xgrader-queue.db)")
@@ -45,6 +46,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "environment variables work too (docs/hints.md)")
     s.add_argument("--max-connections", type=int, dest="max_connections", metavar="N",
                    help="clients connected at once; more wait until one leaves (default 100)")
+    s.add_argument("--ledger", metavar="URL",
+                   help="the graders' attempt ledger (sqlite:///PATH or postgresql://...): the dashboard's "
+                   "submission pages show its history, staff view and files")
     s.set_defaults(func=serve)
 
     st = qsub.add_parser("status", help="print queues and the latest submissions from a database",
@@ -70,7 +74,7 @@ def serve(args: argparse.Namespace) -> int:
             args.config, host=args.host, port=args.port, db=args.db, queues=args.queues,
             users=users or None, lease_timeout_s=args.lease_timeout_s, session_ttl_s=args.session_ttl_s,
             mode=args.mode, delivery_tries=args.delivery_tries, delivery_backoff_s=args.delivery_backoff_s,
-            max_connections=args.max_connections)
+            max_connections=args.max_connections, ledger=args.ledger)
     except (ValidationError, ValueError, OSError) as exc:
         print(f"xgrader queue serve: bad configuration: {exc}", file=sys.stderr)
         return 2
