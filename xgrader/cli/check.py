@@ -10,6 +10,8 @@ from xgrader.cli.grade import add_common, open_grader
 
 EPILOG = """\
 What is checked, per assignment:
+  * with --mutants: mutants of the reference solution are graded (`xgrader mutants`),
+    and a mutation score below --min-score (default 0.8) fails the check;
   * assignment.toml and tests/cases.toml validate (errors name the file and the field);
   * solution/ holds the entry file; description.md and samples/ exist (warnings);
   * the reference solution gets full marks;
@@ -36,8 +38,35 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--jobs", type=int, default=2, help="samples graded at once (default 2)")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object (every assignment's result, scores at full precision)")
+    p.add_argument("--mutants", action="store_true",
+                   help="also grade mutants of the reference solution (`xgrader mutants`): the check fails "
+                   "when the mutation score is below --min-score")
+    p.add_argument("--min-score", type=float, default=0.8,
+                   help="with --mutants: the lowest passing mutation score, 0..1 (default 0.8)")
     add_common(p)
     p.set_defaults(func=run)
+
+
+def check_mutants(grader, name: str, min_score: float, jobs: int) -> bool:
+    """The mutation score of one assignment's tests against `min_score`."""
+    from xgrader.errors import AssignmentError, InfraError
+    from xgrader.mutation import mutants_for
+    from xgrader.mutation.run import render, run_mutants
+
+    assignment = grader.registry.get(name)
+    mutants = mutants_for(assignment.solution)
+    if not mutants:
+        print(f"  mutants: none (no Python code in {name}/solution/)")
+        return True
+    try:
+        report = run_mutants(grader, assignment, mutants, jobs=jobs)
+    except (AssignmentError, InfraError) as exc:
+        print(f"FAIL  {name}: mutants: {exc}")
+        return False
+    ok = report.score >= min_score
+    print(("PASS" if ok else "FAIL") + f"  {name} mutants (min score {min_score:g}):")
+    print("  " + render(report).replace("\n", "\n  "), flush=True)
+    return ok
 
 
 def run(args: argparse.Namespace) -> int:
@@ -69,6 +98,8 @@ def run(args: argparse.Namespace) -> int:
                 print(authoring.render_check(result), flush=True)
             results.append(result)
             if not result.ok:
+                failed.append(name)
+            elif args.mutants and not check_mutants(grader, name, args.min_score, args.jobs):
                 failed.append(name)
     finally:
         backend.close()
