@@ -179,8 +179,9 @@ class QueuePoster:
                 continue
             envelope = _envelope(reply)
             content = envelope.get("content")
-            if reply.status_code == 404 and not isinstance(content, dict):
-                return "not posted: this queue server has no regrade path (real xqueue: see docs/ledger.md)"
+            if not isinstance(content, dict) and (reply.status_code == 404 or content in ("login_required", None)):
+                return ("not posted: this queue server has no regrade path (a real xqueue: see docs/ledger.md)"
+                        f" [{reply.status_code} {str(content or reply.text)[:80]}]")
             if isinstance(content, dict):
                 status = content.get("status")
                 return {"ok": "posted: delivering to the LMS", "duplicate": "posted earlier in this regrade"}.get(
