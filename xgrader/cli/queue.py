@@ -16,7 +16,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     s = qsub.add_parser("serve", help="run the queue server until SIGTERM/SIGINT",
                         description="Serve the grader side (login/, get_queuelen/, get_submission/, "
                         "put_result/) and the LMS side (submit/) of xqueue with legacy xqueue's exact "
-                        "replies, uploaded files under /xqueue/files/, and a read-only dashboard at /. "
+                        "replies, uploaded files under /xqueue/files/, a read-only overview at /, and the "
+                        "submissions dashboard at /xqueue/dashboard/ (behind the login; docs/ledger.md). "
                         "Flags win over the config file. Prints 'xgrader queue listening on URL' when ready.")
     s.add_argument("--config", type=Path, help="TOML or JSON file with any of: host, port, db, queues, "
                    "users (table NAME = PASSWORD), lease_timeout_s, session_ttl_s, mode, delivery_tries, "

@@ -203,14 +203,6 @@ class Database:
                                (component, len(steps), time.time()))
             return len(steps)
 
-    def version(self, component: str) -> int:
-        with self.transaction(write=False) as tx:
-            try:
-                row = tx.one("SELECT version FROM schema_versions WHERE component=?", (component,))
-            except Exception:
-                return 0
-        return int(row[0]) if row else 0
-
 
 def _is_db_error(exc: Exception) -> bool:
     if isinstance(exc, sqlite3.Error):
