@@ -71,6 +71,14 @@ class Tx:
     def all(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
         return list(self.execute(sql, params).fetchall())
 
+    def lock(self, name: str) -> None:
+        """Serialise read-modify-write transactions on `name` across
+        processes and replicas (no lost updates): PostgreSQL takes a
+        transaction-scoped advisory lock; SQLite's write transactions
+        (BEGIN IMMEDIATE) are serialised already."""
+        if self.db.dialect == "postgres":
+            self.execute("SELECT pg_advisory_xact_lock(?)", (zlib.crc32(name.encode()),))
+
     def insert_id(self, sql: str, params: Sequence[Any] = ()) -> int:
         """An INSERT ... RETURNING id (both dialects support RETURNING)."""
         row = self.execute(sql + " RETURNING id", params).fetchone()
@@ -182,8 +190,7 @@ class Database:
         i + 1). Returns the version now in force. A store newer than this code
         (more steps applied than known) is refused."""
         with self.transaction() as tx:
-            if self.dialect == "postgres":
-                tx.execute("SELECT pg_advisory_xact_lock(?)", (zlib.crc32(b"xgrader-migrations"),))
+            tx.lock("xgrader-migrations")
             tx.execute("CREATE TABLE IF NOT EXISTS schema_versions (component TEXT PRIMARY KEY,"
                        f" version INTEGER NOT NULL, applied {self.types['float']} NOT NULL)")
             row = tx.one("SELECT version FROM schema_versions WHERE component=?", (component,))
