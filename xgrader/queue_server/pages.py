@@ -175,7 +175,8 @@ class Pages:
             state=args.get("state", "") if args.get("state", "") in STATES else "",
             result=args.get("result", "") if args.get("result", "") in RESULTS else "",
             since=parse_date(args.get("since", "")), until=parse_date(args.get("until", ""), end=True),
-            page=int(args.get("page", "1")) if args.get("page", "1").isdigit() and len(args.get("page", "")) < 7 else 1)
+            page=max(1, int(args.get("page", "1"))) if args.get("page", "1").isdigit() and len(args.get("page", "")) < 7
+            else 1)
         size = self.app.config.dashboard_page_size
         started = time.perf_counter()
         rows, total = self.browser.list(filters, size)
