@@ -47,25 +47,32 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def check_mutants(grader, name: str, min_score: float, jobs: int) -> bool:
-    """The mutation score of one assignment's tests against `min_score`."""
+def check_mutants(grader, name: str, min_score: float, jobs: int, out=None) -> bool:
+    """The mutation score of one assignment's tests against `min_score`
+    (the report goes to `out`: stdout, or stderr beside --json)."""
+    out = out or sys.stdout
     from xgrader.errors import AssignmentError, InfraError
     from xgrader.mutation import mutants_for
     from xgrader.mutation.run import render, run_mutants
 
+    from xgrader.mutation.run import MUTABLE_KINDS
+
     assignment = grader.registry.get(name)
+    if assignment.config.kind not in MUTABLE_KINDS:
+        print(f"  mutants: not for a {assignment.config.kind!r} assignment (pytest and io kinds)", file=out)
+        return True
     mutants = mutants_for(assignment.solution)
     if not mutants:
-        print(f"  mutants: none (no Python code in {name}/solution/)")
+        print(f"  mutants: none (no Python code in {name}/solution/)", file=out)
         return True
     try:
         report = run_mutants(grader, assignment, mutants, jobs=jobs)
     except (AssignmentError, InfraError) as exc:
-        print(f"FAIL  {name}: mutants: {exc}")
+        print(f"FAIL  {name}: mutants: {exc}", file=out)
         return False
     ok = report.score >= min_score
-    print(("PASS" if ok else "FAIL") + f"  {name} mutants (min score {min_score:g}):")
-    print("  " + render(report).replace("\n", "\n  "), flush=True)
+    print(("PASS" if ok else "FAIL") + f"  {name} mutants (min score {min_score:g}):", file=out)
+    print("  " + render(report).replace("\n", "\n  "), file=out, flush=True)
     return ok
 
 
@@ -99,7 +106,8 @@ def run(args: argparse.Namespace) -> int:
             results.append(result)
             if not result.ok:
                 failed.append(name)
-            elif args.mutants and not check_mutants(grader, name, args.min_score, args.jobs):
+            elif args.mutants and not check_mutants(grader, name, args.min_score, args.jobs,
+                                                    sys.stderr if args.json else sys.stdout):
                 failed.append(name)
     finally:
         backend.close()

@@ -37,8 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--jobs", type=int, default=2, help="mutants graded at once (default 2)")
     p.add_argument("--min-score", type=float, help="exit 1 when the mutation score is below this (0..1)")
     p.add_argument("--write", type=Path, metavar="DIR",
-                   help="also write each mutant's source to DIR/<id>_<operator>_line<N>/<file> "
-                   "(to curate into an assignment's mutants/)")
+                   help="also write each mutant's source to DIR/<id>_<operator>_line<N>/<file>, its diff "
+                   "beside it, and DIR/mutants.toml (to curate into a mutation assignment's mutants/)")
     p.add_argument("--all", action="store_true", dest="show_killed", help="list killed mutants too")
     p.add_argument("--json", action="store_true", help="the full report as JSON")
     add_common(p)
@@ -96,8 +96,16 @@ def run(args: argparse.Namespace) -> int:
 
 
 def write_mutants(folder: Path, mutants: list) -> None:
+    """DIR/<id>_<operator>_line<N>/<file> (+ MUTANT.txt: the change) for each
+    mutant, and DIR/mutants.toml with a table per mutant to describe: the
+    layout an assignment's mutants/ folder takes (docs/assignments.md)."""
+    tables = ["# One table per mutant: describe the behaviour it changes (shown to students for visible\n"
+              "# mutants), set weight / visible, and delete the folders of equivalent mutants.\n"]
     for m in mutants:
-        target = folder / f"{m.id}_{m.operator}_line{m.line}" / m.file
+        name = f"{m.id}_{m.operator}_line{m.line}"
+        target = folder / name / m.file
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(m.source)
-        (target.parent / "MUTANT.txt").write_text(m.header() + "\n\n" + m.diff())
+        (folder / name / "MUTANT.txt").write_text(m.header() + "\n\n" + m.diff())
+        tables.append(f"\n[{name}]\n# {m.file}:{m.line} {m.operator}: {m.description}\ndescription = \"\"\n")
+    (folder / "mutants.toml").write_text("".join(tables))

@@ -139,10 +139,12 @@ class Database:
             except (sqlite3.Error, OSError) as exc:
                 raise DatabaseError(f"cannot open {self.path}: {exc}") from exc
             return conn
+        from xgrader.extras import MissingExtra, require
+
         try:
-            import psycopg
-        except ImportError as exc:
-            raise DatabaseError("PostgreSQL needs psycopg: pip install 'xgrader[postgres]'") from exc
+            psycopg = require("psycopg", "postgres")
+        except MissingExtra as exc:
+            raise DatabaseError(str(exc)) from exc
         try:
             return psycopg.connect(self.url, connect_timeout=max(1, int(self.connect_timeout_s)),
                                    autocommit=True)

@@ -37,6 +37,7 @@ from xgrader.report import GradeReport, Outcome, TestStatus
 
 MUTANT_TIMEOUT_FACTOR = 5.0
 MIN_TEST_TIMEOUT_S = 0.5
+MUTABLE_KINDS = ("pytest", "io")   # kinds whose submissions are the solution's code, graded by tests
 LOAD_OUTCOMES = {Outcome.syntax_error, Outcome.missing_function, Outcome.bad_submission}
 
 
@@ -118,6 +119,9 @@ def run_mutants(grader: Grader, assignment: Assignment, mutants: list[Mutant], j
                 progress: Callable[[int, int], None] | None = None) -> MutationReport:
     """Grade the reference solution (it must get full marks, or the score
     means nothing: AssignmentError), then every mutant, `jobs` at once."""
+    if assignment.config.kind not in MUTABLE_KINDS:
+        raise AssignmentError(f"{assignment.name} is a {assignment.config.kind!r} assignment: mutation testing "
+                              "grades mutants of the solution with the assignment's tests (pytest and io kinds)")
     started = time.monotonic()
     solution = dict(assignment.solution)
     ref_started = time.monotonic()
