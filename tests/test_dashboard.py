@@ -114,21 +114,28 @@ def test_find_a_wrong_submission_and_its_full_feedback(graded_stack, browser, tm
     assert "all(n % d" in page.text("#student-response")
     shot(page, tmp_path, "dashboard-detail.png")
 
-    # the regrade action: a grader grades it again; the form's regrade id makes a resubmit a no-op
+    # the regrade action: queued again as a copy that a grader grades; the form's regrade id
+    # makes a resubmit a no-op
     form_id = attribute(page, "input[name=regrade_id]", "value")
     page.click("#regrade-button")
-    assert "Regrade queued" in page.text("#flash")
+    assert "Regrade queued as" in page.text("#flash")
+    new_sid = attribute(page, "#regrade-link", "href").strip("/").split("/")[-1]
+    assert new_sid.isdigit() and new_sid != sid
     end = time.monotonic() + 60
     while time.monotonic() < end:
-        page.goto(stack.url + f"submission/{sid}/")
-        if page.text("#fact-puts") == "2" and "delivered" in page.text("#delivery"):
+        page.goto(stack.url + f"submission/{new_sid}/")
+        if page.exists("#delivery") and "delivered" in page.text("#delivery") and page.exists("#ledger-history"):
             break
         time.sleep(0.5)
-    assert page.text("#fact-pulls") == "2" and page.text("#fact-puts") == "2"
-    assert page.count("#regrades tr") == 2
-    assert page.count("#ledger-history tr") == 3        # head + two gradings
+    assert "delivered" in page.text("#delivery")
+    assert f"regrade of submission #{sid}" in page.text("#regrade-of").lower()
+    assert page.text("#fact-student") == "demo-wrong" and page.text("#fact-puts") == "1"
+    assert page.count("#ledger-history tr") == 2        # head + its grading
+    assert page.count("#student-attempts tr") == 3      # the student's two gradings of is_prime
+    page.goto(stack.url + f"submission/{sid}/")
+    assert page.count("#regrades tr") == 2 and f"#{new_sid}" in page.text("#regrades")
     deliveries = [body for k, v in stack.receiver.results.items() for body in v if k == stack.samples[1].key]
-    assert len(deliveries) == 2          # the first result and the regrade's, each delivered once
+    assert len(deliveries) == 2          # the first result and the regrade's, each delivered once, same LMS key
 
     # the same form again (a double submit): refused as a duplicate, nothing queued
     cookies = {c["name"]: c["value"] for c in page.send("Network.getCookies", {"urls": [stack.url]})["cookies"]}

@@ -7,7 +7,8 @@
                                              too, from the attempt ledger), the submission,
                                              pulls, puts, LMS delivery attempts, regrades,
                                              ledger history, a regrade button
-    POST /xqueue/submission/<id>/regrade/    the regrade action (CSRF token, once per form)
+    POST /xqueue/submission/<id>/regrade/    the regrade action: queued again as a copy (CSRF token,
+                                             once per form)
     POST /xqueue/regrade_result/             `xgrader regrade --deliver` posts new results here
 
 Everything shown is escaped; the grader's feedback HTML is shown as the
@@ -234,9 +235,18 @@ class Pages:
         done = request.args.get("regrade", "")
         if done:
             good = done == regrades.RegradeStatus.OK
-            text = ("Regrade queued: a grader grades it again with the current tests; reload to see the new result."
-                    if good else regrades.MESSAGES.get(done, "regrade refused"))
-            flash = f"<p class='flash{'' if good else ' bad'}' id='flash'>{escape(text)}</p>"
+            new = request.args.get("new", "")
+            if good and new.isdigit():
+                flash = (f"<p class='flash' id='flash'>Regrade queued as <a id='regrade-link' href='{PREFIX}submission/"
+                         f"{escape(new)}/'>submission #{escape(new)}</a>: a grader grades it with the current tests "
+                         "and its result goes to the same LMS callback.</p>")
+            else:
+                text = regrades.MESSAGES.get(done, "regrade refused")
+                flash = f"<p class='flash{'' if good else ' bad'}' id='flash'>{escape(text)}</p>"
+        origin = regrades.regrade_of(self.app.store, d.id)
+        if origin is not None:
+            flash += (f"<p class='note' id='regrade-of'>A regrade of <a href='{PREFIX}submission/{origin[0]}/'>"
+                      f"submission #{origin[0]}</a>, queued {when(origin[1])}.</p>")
         parts = [f"<h1>Submission #{d.id}: {escape(d.assignment or '(no assignment)')}"
                  f" by {escape(d.student or '(unknown student)')}</h1>", flash, self._facts(d),
                  self._feedback(d)]
@@ -343,7 +353,13 @@ class Pages:
             def score(value: float | None) -> str:
                 return "" if value is None else f"{value:g}"
 
-            rows = "".join(f"<tr><td>{when(r['created'])}</td><td>{escape(r['kind'])}</td><td>{escape(r['user'])}</td>"
+            def how(r: dict) -> str:
+                if r["new_submission_id"]:
+                    return (f"graded again as <a href='{PREFIX}submission/{r['new_submission_id']}/'>"
+                            f"#{r['new_submission_id']}</a>")
+                return "new result posted (xgrader regrade --deliver)"
+
+            rows = "".join(f"<tr><td>{when(r['created'])}</td><td>{how(r)}</td><td>{escape(r['user'])}</td>"
                            f"<td>{score(r['old_score'])}</td><td>{score(r['new_score'])}</td></tr>" for r in done)
             out.append("<h3>Regrades</h3><table id='regrades'><tr><th>at</th><th>how</th><th>by</th><th>old score</th>"
                        f"<th>new score</th></tr>{rows}</table>")
@@ -383,8 +399,9 @@ class Pages:
         if d.state != "answered":
             return ("<h2>Regrade</h2><p class='note'>Only an answered submission can be regraded "
                     f"(this one is {escape(d.state)}).</p>")
-        return ("<h2>Regrade</h2><p>Put this submission back in its queue: the next grader grades it with the "
-                "current tests, and the new result is delivered to the LMS once.</p>"
+        return ("<h2>Regrade</h2><p>Queue this submission again (as a new submission with the same code and "
+                "LMS callback): the next grader grades it with the current tests, and the new result is "
+                "delivered to the LMS once.</p>"
                 f"<form method='post' action='{PREFIX}submission/{d.id}/regrade/' id='regrade-form'>"
                 f"<input type='hidden' name='csrf' value='{escape(self.csrf_token(request))}'>"
                 f"<input type='hidden' name='regrade_id' value='dash-{uuid.uuid4().hex}'>"
@@ -399,10 +416,11 @@ class Pages:
         regrade_id = request.form.get("regrade_id", "")[:80]
         if not regrade_id:
             return html_response(page("bad request", "<h1>No regrade id</h1>", user), 400)
-        status = regrades.requeue(self.app.store, sid, regrade_id, user=user)
-        log.info("dashboard_regrade", submission_id=sid, user=user[:64], status=status)
+        status, new_id = regrades.requeue(self.app.store, sid, regrade_id, user=user)
+        log.info("dashboard_regrade", submission_id=sid, new_submission_id=new_id, user=user[:64], status=status)
         response = Response("", 303)
-        response.headers["Location"] = f"{PREFIX}submission/{sid}/?regrade={status}"
+        response.headers["Location"] = (f"{PREFIX}submission/{sid}/?regrade={status}"
+                                        + (f"&new={new_id}" if new_id else ""))
         return response
 
     def regrade_result(self, request: Request) -> Response:

@@ -4,9 +4,10 @@ Two ways in:
   * `deliver_result`: `xgrader regrade --deliver` graded the submission again
     itself and posts the new reply (`POST /xqueue/regrade_result/`, logged in);
     it becomes the submission's result and goes through the LMS delivery.
-  * `requeue`: the dashboard's regrade action puts an answered submission
-    back in its queue; the next grader to pull it grades it with the current
-    assignment version and its put_result is delivered like any first result.
+  * `requeue`: the dashboard's regrade action queues an answered submission
+    again as a copy under a new id (graders remember results by submission
+    id); the next grader grades it with the current assignment version, and
+    its put_result is delivered to the same LMS callback like a first result.
 
 Both are keyed by (regrade id, submission id): the same regrade arriving
 twice (a retried request, a double click) changes nothing the second time.
@@ -77,30 +78,45 @@ def deliver_result(store: Store, sid: int, regrade_id: str, result: str, user: s
     return RegradeStatus.OK, Delivery(sid, callback_url, header, result, 0)
 
 
-def requeue(store: Store, sid: int, regrade_id: str, user: str = "") -> str:
-    """Put an answered submission back in its queue for a grader to grade
-    again (the new put_result is delivered like a first result)."""
+def requeue(store: Store, sid: int, regrade_id: str, user: str = "") -> tuple[str, int | None]:
+    """Queue an answered submission for the graders again, as a new
+    submission (a copy of the LMS's header, body and files under a new id:
+    graders remember what they graded by submission id and would re-post the
+    old result); its result is delivered to the same LMS callback like any
+    first result. Returns (status, the new submission id)."""
     now = time.time()
     with store.writer() as c:
         c.execute("BEGIN IMMEDIATE")
         status, row = _check(c, sid, regrade_id)
         if status is not None:
             c.execute("ROLLBACK")
-            return status
-        c.execute("INSERT INTO regrades(regrade_id, submission_id, created, kind, user, old_result)"
-                  " VALUES (?, ?, ?, 'requeue', ?, ?)", (regrade_id, sid, now, user, row[1]))
-        c.execute("UPDATE submissions SET state='pending', key='', leased_until=0, delivery='none',"
-                  " delivery_next=0, delivery_error='' WHERE id=?", (sid,))
+            return status, None
+        new_id = int(c.execute(
+            "INSERT INTO submissions(queue, lms_callback_url, lms_key, header, body, files, created)"
+            " SELECT queue, lms_callback_url, lms_key, header, body, files, ? FROM submissions WHERE id=?",
+            (now, sid)).lastrowid)
+        c.execute("INSERT INTO regrades(regrade_id, submission_id, created, kind, user, old_result,"
+                  " new_submission_id) VALUES (?, ?, ?, 'requeue', ?, ?, ?)",
+                  (regrade_id, sid, now, user, row[1], new_id))
         c.execute("COMMIT")
-    return RegradeStatus.OK
+    return RegradeStatus.OK, new_id
+
+
+def regrade_of(store: Store, sid: int) -> tuple[int, float] | None:
+    """(original submission id, when) if `sid` is a dashboard regrade's copy."""
+    with store.conn() as c:
+        row = c.execute("SELECT submission_id, created FROM regrades WHERE new_submission_id=?", (sid,)).fetchone()
+    return (int(row[0]), float(row[1])) if row else None
 
 
 def history(store: Store, sid: int) -> list[dict]:
     with store.conn() as c:
-        rows = c.execute("SELECT regrade_id, created, kind, user, old_result, new_result FROM regrades"
-                         " WHERE submission_id=? ORDER BY created", (sid,)).fetchall()
+        rows = c.execute("SELECT r.regrade_id, r.created, r.kind, r.user, r.old_result,"
+                         " coalesce(r.new_result, s.result), r.new_submission_id FROM regrades r"
+                         " LEFT JOIN submissions s ON s.id = r.new_submission_id"
+                         " WHERE r.submission_id=? ORDER BY r.created", (sid,)).fetchall()
     return [{"regrade_id": r[0], "created": r[1], "kind": r[2], "user": r[3],
-             "old_score": _score(r[4]), "new_score": _score(r[5])} for r in rows]
+             "old_score": _score(r[4]), "new_score": _score(r[5]), "new_submission_id": r[6]} for r in rows]
 
 
 def _score(result: str | None) -> float | None:

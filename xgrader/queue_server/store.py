@@ -98,8 +98,10 @@ CREATE TABLE IF NOT EXISTS regrades (
     user TEXT NOT NULL DEFAULT '',
     old_result TEXT,
     new_result TEXT,
+    new_submission_id INTEGER,         -- requeue: the copy queued for the graders
     PRIMARY KEY (regrade_id, submission_id)
 );
+CREATE INDEX IF NOT EXISTS regrades_new ON regrades(new_submission_id) WHERE new_submission_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS regrades_sub ON regrades(submission_id);
 """
 
