@@ -173,3 +173,25 @@ def test_is_prime_hangs_count_as_killed_and_are_reported_apart(tmp_path):
     lines = [line for line in out.stdout.splitlines() if line.startswith("timeout")]
     assert any("`divisor += 1`" in line for line in lines), out.stdout    # the infinite loop
     assert any("`1` -> `0`" in line for line in lines)
+
+
+def test_written_mutants_load_as_a_mutation_assignments_mutants(tmp_path):
+    """`xgrader mutants --write` leaves the layout a mutation assignment's
+    mutants/ folder takes: folders with MUTANT.txt notes, and mutants.toml."""
+    from xgrader.assignment import load_assignment
+    from xgrader.cli.mutants import write_mutants
+
+    src = ROOT / "payload_handlers" / "leap_year_tests"
+    copy = tmp_path / "leap_year_tests"
+    shutil.copytree(src, copy)
+    solution = {p.relative_to(copy / "solution").as_posix(): p.read_bytes()
+                for p in (copy / "solution").rglob("*.py")}
+    mutants = mutants_for(solution, ["compare"])
+    assert mutants
+    shutil.rmtree(copy / "mutants")
+    write_mutants(copy / "mutants", mutants[:3])
+    assignment = load_assignment(copy, "leap_year_tests")
+    assert [m.name for m in assignment.mutants] == [f"{m.id}_compare_line{m.line}" for m in mutants[:3]]
+    assert all(m.files for m in assignment.mutants)
+    out = xgrader("mutants", "--handlers", str(tmp_path), "leap_year_tests")
+    assert out.returncode == 2 and "pytest and io kinds" in out.stderr

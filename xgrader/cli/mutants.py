@@ -65,6 +65,18 @@ def run(args: argparse.Namespace) -> int:
             return 2
         if args.write:
             write_mutants(args.write, mutants)
+        from xgrader.mutation.run import MUTABLE_KINDS
+
+        if assignment.config.kind not in MUTABLE_KINDS:
+            if args.write:   # a mutation assignment: its mutants are for the students' tests to catch
+                print(f"wrote {len(mutants)} mutants to {args.write} (curate them into "
+                      f"{args.assignment}/mutants/; a {assignment.config.kind!r} assignment's mutants are not "
+                      "graded here)")
+                return 0
+            print(f"xgrader mutants: {args.assignment} is a {assignment.config.kind!r} assignment: mutation "
+                  "testing grades mutants with the assignment's tests (pytest and io kinds); --write DIR "
+                  "generates mutants to curate", file=sys.stderr)
+            return 2
 
         def progress(done: int, total: int) -> None:
             if sys.stderr.isatty():
