@@ -47,7 +47,6 @@ RUN useradd --uid 10001 --user-group --home-dir /var/lib/xgrader --create-home -
 # (default: the bundled examples).
 ENV PATH=/opt/xgrader/venv/bin:/usr/local/bin:/usr/bin:/bin \
     TMPDIR=/var/lib/xgrader/tmp \
-    XGRADER_LEDGER__URL=sqlite:////var/cache/xgrader/ledger.db \
     PYTHONDONTWRITEBYTECODE=1
 RUN mkdir -p /var/lib/xgrader/tmp && chown xgrader:xgrader /var/lib/xgrader/tmp
 USER xgrader

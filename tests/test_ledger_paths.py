@@ -80,7 +80,7 @@ def test_batch_and_grade_record_and_the_ledger_commands(tmp_path):
     samples = ROOT / "payload_handlers" / "is_prime" / "samples"
     out = xgrader("batch", "--payload", "is_prime", "--out", str(tmp_path / "gb.csv"), str(samples), env=env)
     assert out.returncode == 0, out.stderr
-    assert "recorded 6 attempts" in out.stderr
+    assert "recorded 6 attempts in the ledger" in out.stdout
     graded = xgrader("grade", "--record", "--student", "alice", "--payload", "is_prime",
                      str(samples / "wrong_offbyone.py"), env=env)
     assert graded.returncode == 0, graded.stderr

@@ -116,8 +116,9 @@ def run(args: argparse.Namespace) -> int:
         elapsed = time.monotonic() - started
     finally:
         backend.close()
+    recorded = 0
     if not args.no_record and settings.ledger.enabled:
-        record_batch(settings, dict(items), results)
+        recorded = record_batch(settings, dict(items), results)
     results = sorted(results + unreadable, key=lambda g: g.name)
     write_gradebook(args.out, results, assignment, payload.grader, elapsed)
     graded = [g for g in results if g.report is not None]
@@ -128,13 +129,15 @@ def run(args: argparse.Namespace) -> int:
     if no_help:
         print(f"{len(no_help)} got no useful feedback (bare score, no explanation, no visible failing test): "
               + ", ".join(no_help))
+    if recorded:
+        print(f"recorded {recorded} attempts in the ledger ({settings.ledger.url})")
     for g in results:
         if g.report is None:
             print(f"not graded: {g.name}: {g.error}", file=sys.stderr)
     return 0 if len(graded) == len(results) else 1
 
 
-def record_batch(settings: Any, requests: dict[str, Any], results: list[Any]) -> None:
+def record_batch(settings: Any, requests: dict[str, Any], results: list[Any]) -> int:
     """Each graded submission into the attempt ledger, its file name as the student."""
     from xgrader import pipeline
     from xgrader.cli.grade import record_local
@@ -149,9 +152,8 @@ def record_batch(settings: Any, requests: dict[str, Any], results: list[Any]) ->
                             submission_id=g.name, timings={"grade": g.seconds}, recorder=recorder):
             break   # the warning is printed once
         recorded += 1
-    if recorded:
-        print(f"recorded {recorded} attempts in the ledger ({settings.ledger.url})", file=sys.stderr)
     recorder.ledger().close()
+    return recorded
 
 
 def write_gradebook(out: Path, results: list[Any], assignment: Any, grader_name: str, elapsed: float) -> None:
