@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from xgrader.errors import AssignmentError
 from xgrader.kind_config import ImageCase, ImageOptions, Mutant, MutationOptions, load_image_cases, load_mutants
+from xgrader.mastery.catalog import valid_skill_id
 from xgrader.backends.base import Limits
 
 if TYPE_CHECKING:
@@ -60,6 +61,12 @@ class TestRule(_Strict):
     pattern: str = Field(min_length=1)
     weight: float = Field(1.0, ge=0)
     visible: bool | None = None   # None: hidden for tests/, visible for public_tests/
+    skills: list[str] | None = None  # skill ids (skills.toml) the test practises; None: the assignment's
+
+    @field_validator("skills")
+    @classmethod
+    def _skills(cls, v: list[str] | None) -> list[str] | None:
+        return None if v is None else [valid_skill_id(s) for s in v]
 
 
 class Case(_Strict):
@@ -79,6 +86,12 @@ class Case(_Strict):
     visible: bool = False
     timeout_s: float | None = Field(None, gt=0)
     compare: CompareSpec | None = None
+    skills: list[str] | None = None  # skill ids the case practises; None: the assignment's
+
+    @field_validator("skills")
+    @classmethod
+    def _skills(cls, v: list[str] | None) -> list[str] | None:
+        return None if v is None else [valid_skill_id(s) for s in v]
 
     @model_validator(mode="after")
     def _one_kind(self) -> "Case":
@@ -173,6 +186,7 @@ class AssignmentConfig(_Strict):
     submission: SubmissionOptions = Field(default_factory=SubmissionOptions)
     image: ImageOptions = Field(default_factory=ImageOptions)            # image kind
     mutation: MutationOptions = Field(default_factory=MutationOptions)   # mutation kind
+    skills: list[str] = Field(default_factory=list)   # default skills of every test (skills.toml ids)
 
     @model_validator(mode="after")
     def _mutation_entry(self) -> "AssignmentConfig":
@@ -180,6 +194,11 @@ class AssignmentConfig(_Strict):
         if self.kind == "mutation" and not PurePosixPath(self.entry).name.startswith("test_"):
             raise ValueError("kind mutation: entry must name the student's test file (test_*.py)")
         return self
+
+    @field_validator("skills")
+    @classmethod
+    def _skills(cls, v: list[str]) -> list[str]:
+        return [valid_skill_id(s) for s in v]
 
     @field_validator("entry")
     @classmethod
@@ -238,15 +257,42 @@ class Assignment(BaseModel):
         base.update(self.config.limits.model_dump(exclude_none=True))
         return settings.limits_for(Limits(**base))
 
-    def rule_for(self, nodeid: str, public: bool = False) -> tuple[float, bool]:
-        """(weight, visible) of a pytest test by its node id (`file.py::test_x[param]`)."""
+    def _rule(self, nodeid: str) -> TestRule | None:
+        """The first [[tests]] rule matching a pytest node id (`file.py::test_x[param]`)."""
         qualified = nodeid.split("/")[-1]
         with_params = qualified.split("::")[-1]
         bare = with_params.split("[")[0]
         for rule in self.config.tests:
             if any(fnmatch.fnmatchcase(n, rule.pattern) for n in (bare, with_params, qualified, nodeid)):
-                return rule.weight, (public if rule.visible is None else rule.visible)
-        return 1.0, public
+                return rule
+        return None
+
+    def rule_for(self, nodeid: str, public: bool = False) -> tuple[float, bool]:
+        """(weight, visible) of a pytest test by its node id (`file.py::test_x[param]`)."""
+        rule = self._rule(nodeid)
+        if rule is None:
+            return 1.0, public
+        return rule.weight, (public if rule.visible is None else rule.visible)
+
+    def test_skills(self, test: str) -> tuple[str, ...]:
+        """Skills a test practises: a pytest node id, or an io case's name
+        as its report names it; the assignment's default when it names none."""
+        if self.config.kind == "io":
+            for i, case in enumerate(self.cases):
+                if self.case_name(i) == test and case.skills is not None:
+                    return tuple(case.skills)
+        else:
+            rule = self._rule(test)
+            if rule is not None and rule.skills is not None:
+                return tuple(rule.skills)
+        return tuple(self.config.skills)
+
+    def declared_skills(self) -> tuple[str, ...]:
+        """Every skill the assignment names, in first-mention order."""
+        seen = dict.fromkeys(self.config.skills)
+        for item in (*self.config.tests, *self.cases):
+            seen.update(dict.fromkeys(item.skills or ()))
+        return tuple(seen)
 
     def case_name(self, index: int) -> str:
         case = self.cases[index]
