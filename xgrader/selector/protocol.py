@@ -10,7 +10,6 @@ the LMS can act on.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -117,14 +116,14 @@ def parse_request(raw: bytes | str) -> SelectorRequest:
     if size > MAX_REQUEST_BYTES:
         raise SelectorError("too_large", f"request of {size} bytes is over the {MAX_REQUEST_BYTES}-byte limit")
     try:
-        data = json.loads(raw)
-    except (ValueError, RecursionError) as exc:
-        raise SelectorError("bad_request", f"request is not JSON: {str(exc)[:200]}") from None
-    if not isinstance(data, dict):
-        raise SelectorError("bad_request", "request must be a JSON object")
-    try:
-        return SelectorRequest.model_validate(data)
+        # Parsed and validated in one pass by pydantic-core (no Python dicts in between).
+        return SelectorRequest.model_validate_json(raw)
     except ValidationError as exc:
+        kind = exc.errors()[0]["type"]
+        if kind == "json_invalid":
+            raise SelectorError("bad_request", f"request is not JSON: {exc.errors()[0]['msg'][:200]}") from None
+        if kind == "model_type":
+            raise SelectorError("bad_request", "request must be a JSON object") from None
         raise SelectorError("bad_request", _describe(exc)) from None
 
 
