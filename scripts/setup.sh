@@ -24,7 +24,7 @@ fi
 
 PY=${PYTHON:-python3}
 # The demo needs the core only; the test suite also exercises every optional extra.
-extras=dev,hints,redis,docker,postgres,images
+extras=dev,hints,redis,docker,postgres,images,mastery
 [ "$mode" = "--local" ] && extras=dev,images
 if ! "$PY" -c "import xgrader, pytest_timeout, hypothesis" 2>/dev/null || [ pyproject.toml -nt .cache/pip-stamp ]; then
   "$PY" -m pip install -q --disable-pip-version-check -e ".[$extras]" 2>&1 | grep -v "Running pip as the 'root' user" || true

@@ -48,6 +48,13 @@ def test_every_graded_submission_is_recorded_once(store, tmp_path, request):
     squares = [t for t in wrong.tests if t.name == "test_squares_of_primes"]
     assert squares and squares[0].status == "failed" and not squares[0].visible
     assert by_student["demo-right"].correct and by_student["demo-right"].score == 10
+    # Each test's skills (payload_handlers/skills.toml) updated the student's mastery, in the same store.
+    from xgrader.mastery.store import MasteryStore
+
+    mastery = {s: {r.skill: r for r in MasteryStore.open(url).records(student=s)} for s in by_student}
+    assert set(mastery["demo-wrong"]) == {"loops", "arithmetic", "errors", "functions", "conditionals"}
+    assert mastery["demo-right"]["loops"].history == 2 ** mastery["demo-right"]["loops"].opportunity_count - 1
+    assert mastery["demo-wrong"]["loops"].p_known < mastery["demo-right"]["loops"].p_known
 
 
 def test_ledger_outage_is_logged_counted_and_the_result_still_posted(tmp_path):

@@ -236,18 +236,56 @@ def lint(assignment: Assignment) -> tuple[list[str], list[str]]:
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             errors.append(f"{root / 'tests' / 'cases.toml'}: duplicate case names {dupes}")
+    warnings += _skill_warnings(assignment)
     return errors, warnings
+
+
+def _test_function_names(assignment: Assignment) -> set[str]:
+    import re
+
+    names: set[bytes] = set()
+    for source in list(assignment.tests.values()) + list(assignment.public_tests.values()):
+        names.update(re.findall(rb"^\s*def (test_\w+)", source, flags=re.M))
+    return {n.decode() for n in names}
+
+
+def _skill_warnings(assignment: Assignment) -> list[str]:
+    """When the assignment names skills: every test needs one, and every
+    skill should be in the handlers root's skills.toml (else default BKT
+    parameters apply)."""
+    declared = assignment.declared_skills()
+    if not declared:
+        return []
+    from xgrader.mastery.catalog import SKILLS_FILE, load_catalog
+
+    out = []
+    cfg = assignment.config
+    if not cfg.skills:   # no default: each test must name its own
+        if cfg.kind == "io":
+            bare = [assignment.case_name(i) for i, c in enumerate(assignment.cases) if not c.skills]
+        elif cfg.kind == "pytest":
+            bare = sorted(n for n in _test_function_names(assignment) if not assignment.test_skills(n))
+        else:
+            bare = []
+        if bare:
+            out.append(f"{assignment.root}: tests without a skill: {', '.join(bare[:10])}"
+                       f"{' ...' if len(bare) > 10 else ''} (give them `skills` or set a default `skills`)")
+    handlers_root = assignment.root.parents[len(Path(assignment.name).parts) - 1]
+    try:
+        known = load_catalog(handlers_root).skills
+    except AssignmentError as exc:
+        return [*out, str(exc)]
+    unknown = [s for s in declared if s not in known]
+    if unknown:
+        out.append(f"{handlers_root / SKILLS_FILE}: skills {unknown} not defined (default BKT parameters apply)")
+    return out
 
 
 def _rule_used(assignment: Assignment, pattern: str) -> bool:
     """Cheap static check: does the pattern match some `def test_...` name?"""
     import fnmatch
-    import re
 
-    names = set()
-    for source in list(assignment.tests.values()) + list(assignment.public_tests.values()):
-        names.update(re.findall(rb"^\s*def (test_\w+)", source, flags=re.M))
-    decoded = {n.decode() for n in names}
+    decoded = _test_function_names(assignment)
     return any(fnmatch.fnmatchcase(n, pattern) or fnmatch.fnmatchcase(n, pattern.split("[")[0])
                for n in decoded) or "::" in pattern or "/" in pattern
 

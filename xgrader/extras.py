@@ -21,6 +21,7 @@ EXTRAS = {
     "docker": "the docker sandbox backend needs",
     "postgres": "PostgreSQL storage needs",
     "images": "image assignments need",
+    "mastery": "fitting BKT parameters needs",
 }
 
 

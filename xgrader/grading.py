@@ -88,6 +88,9 @@ class Grader:
         report = signatures.apply(assignment.config.feedback.signatures, report)
         if assignment.version and report.version != assignment.version:
             report = report.model_copy(update={"version": assignment.version})
+        if assignment.declared_skills():
+            report = report.model_copy(update={"tests": [
+                t.model_copy(update={"skills": list(assignment.test_skills(t.name))}) for t in report.tests]})
         safe_call(self.hooks.on_phase, "", "run", time.monotonic() - started)
         return report
 

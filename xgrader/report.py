@@ -56,6 +56,8 @@ class TestReport(BaseModel):
     # image kind: a `data:image/png;base64,` URI of a difference image the
     # grader drew (never bytes the student's code wrote); visible tests only.
     image: str | None = None
+    # For the record (mastery): the skill ids the test practises (skills.toml).
+    skills: list[str] = Field(default_factory=list)
 
 
 class Explanation(BaseModel):

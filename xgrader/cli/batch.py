@@ -143,7 +143,7 @@ def record_batch(settings: Any, requests: dict[str, Any], results: list[Any]) ->
     from xgrader.cli.grade import record_local
     from xgrader.ledger import LedgerHooks
 
-    recorder = LedgerHooks(settings.ledger)
+    recorder = LedgerHooks(settings.ledger, handlers=settings.handlers)
     recorded = 0
     for g in results:
         if g.report is None:

@@ -103,7 +103,7 @@ def record_local(settings: Any, source: str, request: Any, report: Any, reply: A
         def on_ledger(self, outcome: str, seconds: float) -> None:
             Outcome.ok = outcome == "recorded"
 
-    hooks = recorder or LedgerHooks(settings.ledger)
+    hooks = recorder or LedgerHooks(settings.ledger, handlers=settings.handlers)
     hooks.report_to = Outcome()
     request = request.model_copy(update={"submission_id": submission_id or request.submission_id})
     hooks.on_attempt(GradedSubmission(source=source, request=request, report=report, reply=reply,

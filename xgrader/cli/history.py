@@ -88,9 +88,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     prune.add_argument("--days", type=float, help="retention in days (default: ledger.retention_days)")
     add_ledger_option(prune)
     prune.set_defaults(func=prune_cmd)
-    delete = lsub.add_parser("delete-student", help="delete one student's attempts and files",
+    delete = lsub.add_parser("delete-student", help="delete one student's attempts, files and mastery",
                              description="Remove every attempt of one student and every stored file that "
-                             "only their attempts referred to (files other students also submitted stay).")
+                             "only their attempts referred to (files other students also submitted stay), and their "
+                             "skills' mastery.")
     delete.add_argument("student", help="the anonymised id, as `xgrader history` shows it")
     add_ledger_option(delete)
     delete.set_defaults(func=delete_student)
@@ -185,10 +186,13 @@ def prune_cmd(args: argparse.Namespace) -> int:
 
 
 def delete_student(args: argparse.Namespace) -> int:
+    from xgrader.mastery.store import MasteryStore
+
     ledger = open_ledger(args)
     try:
         attempts, blobs = ledger.delete_student(args.student)
+        skills = MasteryStore(ledger.db).delete_student(args.student)
     finally:
         ledger.close()
-    print(f"deleted {attempts} attempts of {args.student} and {blobs} stored files")
+    print(f"deleted {attempts} attempts of {args.student}, {blobs} stored files and their mastery of {skills} skills")
     return 0

@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from xgrader.mastery.catalog import SkillCatalog
+    from xgrader.mastery.store import LedgerEvidence
     from xgrader.selector.engine import Selector
 
 # Exit codes of `xgrader selector` (docs/selector.md).
@@ -88,8 +90,32 @@ def build_selector(args: argparse.Namespace) -> "Selector":
                     evidence=_evidence(args, catalog), assignment_skills=assignment_skills, seed=args.seed)
 
 
-def _evidence(args: argparse.Namespace, catalog):  # noqa: ANN001, ANN202
-    return None
+def _evidence(args: argparse.Namespace, catalog: "SkillCatalog") -> "LedgerEvidence | None":
+    """The ledger's mastery for --ledger URL; by default the configured
+    ledger when its SQLite file exists (nothing is created); 'none': off."""
+    from xgrader.ledger.db import Database, DatabaseError, sqlite_path
+    from xgrader.mastery.store import LedgerEvidence, MasteryStore
+    from xgrader.selector.config import ConfigError
+
+    url = args.ledger
+    if url == "none":
+        return None
+    if url is None:
+        from xgrader.config import Settings
+
+        ledger = Settings.load(None).ledger
+        if not ledger.enabled:
+            return None
+        url = ledger.url
+        path = sqlite_path(url)
+        if path is not None and not path.exists():
+            return None
+    try:
+        store = MasteryStore(Database(url))
+        store.migrate()
+    except DatabaseError as exc:
+        raise ConfigError(f"ledger unusable: {exc}") from None
+    return LedgerEvidence(store, catalog)
 
 
 def _fail(code: str, message: str, status: int) -> int:

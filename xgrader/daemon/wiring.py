@@ -52,7 +52,7 @@ def _ledger_hooks(settings: Settings) -> Hooks | None:
         return None
     from xgrader.ledger.recorder import LedgerHooks
 
-    recorder = LedgerHooks(ledger)
+    recorder = LedgerHooks(ledger, handlers=settings.handlers)
     recorder.prepare()
     return recorder
 

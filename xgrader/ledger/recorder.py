@@ -8,12 +8,18 @@ push mode, likewise, after the child's report; in `batch` and `grade
 logged and reported through `on_ledger("error", ...)` (metrics count it);
 the grade is never affected. Retention runs every PRUNE_EVERY attempts, from
 the process that recorded it.
+
+Tests that practise skills (skills.toml at the handlers root) also update the
+student's mastery in the same store (xgrader/mastery/store.py), right after
+the attempt is recorded; a regrade is not the student's attempt and updates
+nothing.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import structlog
@@ -22,6 +28,7 @@ from xgrader.hooks import Hooks, safe_call
 from xgrader.ledger.db import describe
 from xgrader.ledger.models import AttemptRecord
 from xgrader.ledger.store import Ledger
+from xgrader.mastery.catalog import SkillCatalog, load_catalog
 
 if TYPE_CHECKING:
     from xgrader.config import LedgerSettings
@@ -33,10 +40,13 @@ PRUNE_EVERY = 500
 
 
 class LedgerHooks(Hooks):
-    def __init__(self, settings: "LedgerSettings", report_to: Hooks | None = None) -> None:
+    def __init__(self, settings: "LedgerSettings", report_to: Hooks | None = None,
+                 handlers: Path | None = None) -> None:
         self.settings = settings
         self.report_to = report_to or Hooks()   # where on_ledger goes (the daemon's chain)
+        self.handlers = handlers                # where skills.toml is (None: default BKT parameters)
         self._ledger: Ledger | None = None
+        self._catalog: SkillCatalog | None = None
         self._schema_ok = False   # inherited by forked children: no migration check per child
 
     def ledger(self) -> Ledger:
@@ -51,7 +61,11 @@ class LedgerHooks(Hooks):
         first submission finds it; an unusable store is logged, not fatal."""
         try:
             self.ledger().migrate()
+            from xgrader.mastery.store import MasteryStore   # it builds on the ledger's db module
+
+            MasteryStore(self.ledger().db).migrate()
             self._schema_ok = True
+            self.catalog()
         except Exception as exc:
             log.error("ledger_unavailable", store=describe(self.settings.url), error=str(exc)[:300])
             return False
@@ -70,6 +84,7 @@ class LedgerHooks(Hooks):
             safe_call(self.report_to.on_ledger, "error", time.perf_counter() - started)
             return
         safe_call(self.report_to.on_ledger, "recorded", time.perf_counter() - started)
+        self._update_mastery(graded)
         days = self.settings.retention_days
         if days and aid % PRUNE_EVERY == 0:
             try:
@@ -79,5 +94,32 @@ class LedgerHooks(Hooks):
                 log.error("ledger_prune_failed", error=str(exc)[:300])
 
 
-def build(settings: "LedgerSettings", report_to: Hooks | None = None) -> LedgerHooks | None:
-    return LedgerHooks(settings, report_to) if settings.enabled else None
+    def catalog(self) -> SkillCatalog:
+        """skills.toml, read once per process (before forking, in the daemon)."""
+        if self._catalog is None:
+            try:
+                self._catalog = load_catalog(self.handlers) if self.handlers is not None else SkillCatalog()
+            except Exception as exc:   # a broken skills.toml: default parameters, said once
+                log.error("skills_catalog_unusable", error=str(exc)[:300])
+                self._catalog = SkillCatalog()
+        return self._catalog
+
+    def _update_mastery(self, graded: "GradedSubmission") -> None:
+        if graded.source == "regrade":
+            return
+        from xgrader.mastery.store import MasteryStore, Step
+
+        steps = [Step(t.name, t.status.value == "passed", tuple(t.skills)) for t in graded.report.tests if t.skills]
+        if not steps:
+            return
+        student = graded.student or graded.request.student_id
+        try:
+            MasteryStore(self.ledger().db).record_attempt(student, graded.report.assignment, steps, self.catalog())
+        except Exception as exc:   # never fails grading
+            log.error("mastery_update_failed", submission_id=graded.request.submission_id,
+                      error=f"{type(exc).__name__}: {str(exc)[:300]}")
+
+
+def build(settings: "LedgerSettings", report_to: Hooks | None = None,
+          handlers: Path | None = None) -> LedgerHooks | None:
+    return LedgerHooks(settings, report_to, handlers) if settings.enabled else None

@@ -22,9 +22,11 @@ NAMESPACE = "xgrader:"
 
 
 class Evidence(Protocol):
-    """Mastery xgrader recorded for a student: skill id -> view."""
+    """Mastery xgrader recorded for a student (xgrader.mastery.store.LedgerEvidence)."""
 
     def skills_for(self, student: str) -> dict[str, SkillView]: ...
+
+    def start_problem_set(self, student: str, problem_set: str) -> None: ...
 
 
 class Selector:
@@ -88,6 +90,8 @@ class Selector:
         if self.evidence is not None:
             student = self.student_id(req.user())
             if student:
+                # p_initial moves only when a student starts a problem set
+                self.evidence.start_problem_set(student, req.problem_set.name)
                 for sid, ours in self.evidence.skills_for(student).items():
                     theirs = views.get(sid)
                     if theirs is None or ours.opportunities > theirs.opportunities:

@@ -21,25 +21,12 @@ from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any, ClassVar
 
+from xgrader.mastery.view import SkillView
 from xgrader.selector.protocol import SelectorError
 
+__all__ = ["Candidate", "Policy", "Selection", "SelectionContext", "SkillView", "load_policy"]
+
 ENTRY_POINT_GROUP = "xgrader.selectors"
-DEFAULT_THRESHOLD = 0.95
-
-
-@dataclass(frozen=True)
-class SkillView:
-    """What is believed of one skill of the student, and where it came from."""
-
-    skill_id: str
-    p_known: float
-    opportunities: int
-    threshold: float = DEFAULT_THRESHOLD
-    source: str = "lms"   # lms | ledger | prior
-
-    @property
-    def mastered(self) -> bool:
-        return self.p_known >= self.threshold
 
 
 @dataclass(frozen=True)
