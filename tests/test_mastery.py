@@ -9,6 +9,7 @@ import json
 import multiprocessing
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -130,10 +131,10 @@ def skilled_handlers(tmp_path_factory) -> Path:
     shutil.copytree(ROOT / "payload_handlers" / "sum_digits", root / "sum_digits",
                     ignore=shutil.ignore_patterns("__pycache__"))
     cfg = root / "sum_digits" / "assignment.toml"
-    cfg.write_text(cfg.read_text().replace("max_points = 11\n", 'max_points = 11\nskills = ["digits"]\n', 1))
+    cfg.write_text(re.sub(r"^skills = .*$", 'skills = ["digits"]', cfg.read_text(), count=1, flags=re.M))
     cases = root / "sum_digits" / "tests" / "cases.toml"
-    cases.write_text(cases.read_text().replace('expr = "sum_digits(-45)"\n',
-                                               'expr = "sum_digits(-45)"\nskills = ["negatives"]\n'))
+    cases.write_text(re.sub(r'(expr = "sum_digits\(-45\)"\n)skills = .*\n', r'\1skills = ["negatives"]\n',
+                            cases.read_text()))
     (root / "skills.toml").write_text(textwrap.dedent("""
         [[skills]]
         id = "digits"

@@ -73,6 +73,8 @@ class AttemptRecord(BaseModel):
         tests = []
         for t in report.tests:
             detail = t.model_dump(exclude={"name", "status", "visible", "weight", "points"}, exclude_none=True)
+            if not detail.get("skills"):
+                detail.pop("skills", None)
             tests.append(TestOutcome(name=t.name, status=t.status.value, visible=t.visible, weight=t.weight,
                                      points=t.points, detail=detail))
         return cls(
