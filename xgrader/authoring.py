@@ -137,14 +137,15 @@ class Graded(BaseModel):
     seconds: float = 0.0
 
 
-def grade_one(grader: grading.Grader, request: GradeRequest) -> GradeReport:
+def grade_one(grader: grading.Grader, request: GradeRequest, assignment: Assignment | None = None) -> GradeReport:
     """Grade like the pipeline does: an unusable upload is a graded answer
     (0 points and why, from the Grader); InfraError propagates."""
-    return grader.grade(request)
+    return grader.grade(request, assignment)
 
 
 def grade_many(grader: grading.Grader, items: list[tuple[str, GradeRequest]], jobs: int = 2,
-               progress: Callable[[int, int], None] | None = None) -> list[Graded]:
+               progress: Callable[[int, int], None] | None = None,
+               assignment: Assignment | None = None) -> list[Graded]:
     """Grade (name, request) pairs with `jobs` threads; results in input order.
     A submission that cannot be graded (infrastructure failure) is kept with
     its error: nothing is dropped."""
@@ -154,7 +155,7 @@ def grade_many(grader: grading.Grader, items: list[tuple[str, GradeRequest]], jo
     def one(name: str, request: GradeRequest) -> Graded:
         started = time.monotonic()
         try:
-            report = grade_one(grader, request)
+            report = grade_one(grader, request, assignment)
             result = Graded(name=name, report=report, seconds=time.monotonic() - started)
         except (InfraError, AssignmentError, OSError) as exc:
             result = Graded(name=name, error=f"{type(exc).__name__}: {exc}", seconds=time.monotonic() - started)
