@@ -824,7 +824,10 @@ class Runner:
         then a final {done: true}."""
         rid = req.get("id")
         samples = req.get("sample_after")
-        for index, expr in enumerate(req.get("exprs", [])):
+        # `watched`: the same expressions with their top call as __xgrader_call__(f, ...)
+        # (PROTOCOL.md); a runner without watch_call would use `exprs`.
+        exprs = req.get("watched") or req.get("exprs", [])
+        for index, expr in enumerate(exprs):
             self.current = (rid, index)
             if isinstance(samples, list) and index < len(samples):
                 self.arm_sample(samples[index])

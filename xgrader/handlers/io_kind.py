@@ -127,7 +127,8 @@ def evaluate_expressions(assignment: Assignment, files: dict[str, bytes], ctx: G
                 for i, _ in pending:
                     runs[i] = CaseRun("timeout", verdict=Verdict.wall_time)
                 break
-            rid = runner.send({"op": "batch", "exprs": [watched(c.expr) for _, c in pending],
+            rid = runner.send({"op": "batch", "exprs": [c.expr for _, c in pending],
+                               "watched": [watched(c.expr) for _, c in pending],
                                "sample_after": [sample_after(_timeout(assignment, c)) for _, c in pending]})
             for pos, (index, case) in enumerate(pending):
                 try:
