@@ -1002,9 +1002,19 @@ def add_site_dirs():
             sys.path.append(d)
 
 
+def add_site_builtins():
+    """exit() and quit(), which the site module adds and -S leaves out:
+    student programs call them (as sys.exit)."""
+    import builtins
+    for name in ("exit", "quit"):
+        if not hasattr(builtins, name):
+            setattr(builtins, name, sys.exit)
+
+
 def main(argv):
     add_site_dirs()
     fresh_stdio()
+    add_site_builtins()
     if len(argv) >= 3 and argv[1] == "exec":
         return exec_main(argv[2], argv[3:])
     spec = os.environ.pop("XGRADER_CHANNEL", "")

@@ -112,6 +112,10 @@ class FeedbackSignature(_Strict):
     message: str = Field("", max_length=2000)          # how to fix it
     test: str | None = None        # fnmatch pattern on the test name, as [[tests]] rules match
     exception: str | None = None   # exception type name the student's code raised ("ZeroDivisionError")
+    # How the test failed: "failed" (a wrong answer), "error" (the code raised), "timeout".
+    status: Literal["failed", "error", "timeout"] | None = None
+    # Only for tests no built-in explanation already explains (a fallback note).
+    fallback: bool = False
     actual: str | None = None      # regex searched in the actual value/output of a visible test
     output: str | None = None      # regex searched in what the code printed during a visible test
     calls: list[str] = Field(default_factory=list, max_length=50)   # the source calls one of these
@@ -168,8 +172,9 @@ class FeedbackSignature(_Strict):
     def _some_condition(self) -> "FeedbackSignature":
         if self.use is not None:
             return self   # completed from the library at load
-        if not any((self.test, self.exception, self.actual, self.output, self.calls, self.uses, self.ast)):
-            raise ValueError("a signature needs at least one of test, exception, actual, output, "
+        if not any((self.test, self.exception, self.actual, self.output, self.status, self.calls, self.uses,
+                    self.ast)):
+            raise ValueError("a signature needs at least one of test, exception, status, actual, output, "
                              "calls, uses, ast")
         return self
 
@@ -184,7 +189,7 @@ class FeedbackSignature(_Strict):
 
     @property
     def on_tests(self) -> bool:
-        return bool(self.test or self.exception or self.actual or self.output)
+        return bool(self.test or self.exception or self.actual or self.output or self.status)
 
     def cap_points(self, max_points: float) -> float | None:
         if self.cap is None:

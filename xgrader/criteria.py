@@ -45,7 +45,7 @@ def apply_marks(score: float, max_points: float, sigs: list["FeedbackSignature"]
         cap = sig.cap_points(max_points)
         if cap is not None:
             score = min(score, cap)
-            note = f"at most {_points(cap)}" + (f" ({sig.cap})" if isinstance(sig.cap, str) else "")
+            note = f"at most {_points(cap)}" + (f", {sig.cap}" if isinstance(sig.cap, str) else "")
             texts[sig.key] = (texts[sig.key] + ", " if sig.key in texts else "") + note
     return round(score, 4), texts
 

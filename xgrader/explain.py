@@ -71,6 +71,7 @@ BUILTINS: dict[str, str] = {
     "output_format": "the same numbers as expected, in other wording around them",
     "mutated_argument": "the function changed a list or dict it was given",
     "did_not_raise": "no exception where the tests expect one (pytest.raises)",
+    "early_return": "a loop that returns during its first pass (a wrong result)",
     "memory_limit": "the memory limit was hit",
     "output_limit": "the output limit was hit",
     "stopped": "the program ended itself (exit(), os._exit()) or crashed while tested",
@@ -234,10 +235,11 @@ def safe_message(text: str, source: Source, secrets: Iterable[str]) -> str | Non
     text = " ".join(str(text).split())
     if not text:
         return ""
-    if len(text) > 300 or has_secret(text, secrets):
+    counts = _COUNT_MESSAGES.search(text) is not None
+    # The numbers of "f() takes 1 positional argument but 2 were given" are counts, not data.
+    if len(text) > 300 or has_secret(_NUMBER.sub(" ", text) if counts else text, secrets):
         return None
     static = any(text in s for s in source.string_constants)   # the student wrote it literally
-    counts = _COUNT_MESSAGES.search(text) is not None
     source_words = {w.lower() for w in source.words}
     for token in _NUMBER.findall(text) + _WORD.findall(text):
         if _is_number(token):
@@ -342,6 +344,12 @@ def did_you_mean(etype: str, message: str, source: Source) -> str | None:
         if not m:
             return None
         found = suggest(m.group(1), sorted(_defined_names(source)) + dir(builtins))
+    elif etype == "AttributeError" and message.startswith("module "):
+        m = re.match(r"module '(\w+)' has no attribute '(\w+)'", message)
+        module = sys.modules.get(m.group(1)) if m and m.group(1) in sys.stdlib_module_names else None
+        if module is None:
+            return None
+        found = suggest(m.group(2), [a for a in dir(module) if not a.startswith("_")])
     elif etype == "AttributeError":
         m = re.match(r"'(\w+)' object has no attribute '(\w+)'", message)
         if not m:
@@ -429,6 +437,10 @@ def _code(name: str | None) -> str:
     return f"`{name}`" if name else "Your code"
 
 
+def _items_of(fn: str | None) -> str:
+    return f"The items `{fn}` returns" if fn else "The items of the result your code gave"
+
+
 def _type_name(value: Any) -> str:
     names = {str: "text (a str)", int: "an int", float: "a float", bool: "a bool (True/False)",
              list: "a list", tuple: "a tuple", dict: "a dict", set: "a set", frozenset: "a frozenset",
@@ -464,10 +476,13 @@ class Explainer:
         frames = err.get("frames") or []
         own = _own_frame(frames, self.source)
         show_tb = self.assignment.config.feedback.show_traceback
-        if etype == "TypeError" and not frames and self.enabled("wrong_arguments"):
+        called = re.match(r"([\w.]+)\(\) (takes|missing|got)\b", message)
+        arity = etype == "TypeError" and called is not None and (
+            not frames or called.group(1).split(".")[-1] in self.source.functions)
+        if arity and self.enabled("wrong_arguments"):
             safe = message if _COUNT_MESSAGES.search(message) else None
             return [Draft("wrong_arguments", "Your function's parameters do not match how it is called",
-                          (f"{safe} " if safe else "") + "Check the number, order and names of the "
+                          (f"{safe.rstrip('.')}. " if safe else "") + "Check the number, order and names of the "
                           "parameters the exercise asks for.", with_tests=False)]
         if not self.enabled("runtime_error"):
             return [self._legacy_error(t, etype, message, err, show_tb)]
@@ -499,7 +514,9 @@ class Explainer:
             if where:
                 d.file, d.line, d.source_line = where
             return [d]
-        shown = message if t.visible else safe_message(message, self.source, ev.secrets)
+        # A KeyError's message is the key itself: data, never shown for a hidden test.
+        shown = message if t.visible else None if etype == "KeyError" else \
+            safe_message(message, self.source, ev.secrets)
         if not shown and not t.visible:
             shown = paraphrase(etype, message)
         detail = f"{etype}: {shown}." if shown else \
@@ -534,16 +551,18 @@ class Explainer:
     def host_traceback(self, frames: list) -> str | None:
         """The chain of the student's own calls, lines read from the submitted files."""
         out = []
+        previous = None
         for file, line in frames[-8:]:
-            if file not in self.source.files:
-                continue
+            if file not in self.source.files or [file, line] == previous:
+                continue   # a comprehension's own frame repeats its line
+            previous = [file, line]
             fn = self.source.enclosing(file, line, FUNCS)
             out.append(f'  File "{file}", {self.source.location(file, line).split(" of ")[0]}'
                        + (f", in {fn.name}" if fn is not None else "") + "\n")
             text = self.source.line(file, line)
             if text:
                 out.append(f"    {text.strip()}\n")
-        return "".join(out) or None
+        return "".join(out) if sum(x.startswith("  File") for x in out) > 1 else None
 
     # -- time limit ------------------------------------------------------------
     def time_limit(self, t: TestReport, ev: Evidence) -> list[Draft]:
@@ -601,6 +620,16 @@ class Explainer:
             out += self.value_mismatch(fn, ev.actual_value, ev.expected_value, ev)
         elif ev.check in ("output", "program") and ev.actual is not None and ev.expected is not None:
             out += self.text_mismatch(fn, ev.actual, ev.expected, ev)
+        if ev.check == "value" and not out and self.enabled("early_return"):
+            name = fn or _last_called(ev, self.source)
+            line = self.source.early_return(name) if name else None
+            if line:
+                d = Draft("early_return", f"{_code(name)} returns during the first pass of its loop",
+                          "Every path through the loop's body ends in `return`, so only the first item "
+                          "(or divisor, or digit) is ever looked at. Return the answer that needs every "
+                          "item checked after the loop, not in an `else` inside it.")
+                d.file, d.line, d.source_line = self.at(self.source.entry, line)
+                out.append(d)
         if ev.mutated and self.enabled("mutated_argument"):
             fn = fn or _last_called(ev, self.source)
             line = self.source.mutates_parameter(fn) if fn else None
@@ -720,6 +749,14 @@ class Explainer:
 
     def item_types(self, fn: str | None, a: list | tuple, e: list | tuple) -> Draft | None:
         pairs = [(type(x), type(y)) for x, y in zip(a, e)]
+        if all(x is y for x, y in pairs):
+            inner = next(((x, y) for x, y in zip(a, e) if isinstance(x, (list, tuple)) and len(x) == len(y)
+                          and [type(i) for i in x] != [type(j) for j in y]), None)
+            if inner is not None:
+                got = ", ".join(type(i).__name__ for i in inner[0])
+                want = ", ".join(type(j).__name__ for j in inner[1])
+                return Draft("wrong_type", f"{_items_of(fn)} hold ({got}) where ({want}) was expected",
+                             "Check the order and the type of the values inside each item.")
         diff = next(((x, y) for x, y in pairs if x is not y), None)
         if diff is None:
             return None
@@ -729,7 +766,7 @@ class Explainer:
         kind = "list_vs_tuple" if {x, y} == {list, tuple} else \
             "str_not_number" if x is str and y in (int, float) else \
             "float_vs_int" if {x, y} == {int, float} else "wrong_type"
-        return Draft(kind, f"The items {_code(fn)} returns are {names.get(x, x.__name__)} where "
+        return Draft(kind, f"{_items_of(fn)} are {names.get(x, x.__name__)} where "
                      f"{names.get(y, y.__name__)} were expected",
                      "Check the type of each item you put into the result.")
 
@@ -755,6 +792,14 @@ class Explainer:
         e = [" ".join(x.split()) for x in expected.splitlines() if x.strip()]
         program = ev.check == "program"
         who = "Your program" if program else _code(fn)
+        prompts = [(p.strip(), line) for p, line in _input_prompts(self.source)
+                   if p.strip() and p.strip() in actual and p.strip() not in expected]
+        if prompts:
+            d = Draft("extra_output", f"{who} prints input()'s prompt",
+                      f"input() prints its prompt ({prompts[0][0]!r}) to the output, where it is compared with "
+                      "the expected lines. Call input() without a prompt text.")
+            d.file, d.line, d.source_line = self.at(self.source.entry, prompts[0][1])
+            return [d]
         if not a and e:
             if not program and ev.actual_value is not None and self.enabled("returned_instead_of_printing"):
                 return [Draft("returned_instead_of_printing", f"{who} returns its result instead of printing it",
@@ -764,15 +809,11 @@ class Explainer:
         if len(a) > len(e) and _subsequence(e, a):
             extra = [x for x in a if x not in e] or a[len(e):]
             shown = safe_message(extra[0], self.source, ev.secrets) if extra else None
-            prompts = [s for s in _input_prompts(self.source) if s.strip() and s.strip() in actual]
             n = len(a) - len(e)
             detail = f"{n} extra line{'s' if n > 1 else ''}" + (f", such as: {shown!r}" if shown else "") + ". "
-            if prompts:
-                detail += ("input() prints its prompt text: call input() without a prompt "
-                           f"(it printed {prompts[0].strip()!r}). ")
             detail += "Remove debug prints: the output is compared line by line."
             d = Draft("extra_output", f"{who} printed more than expected", detail)
-            prints = self.source.prints_in(fn) if not prompts else []
+            prints = self.source.prints_in(fn)
             if len(prints) == 1:
                 d.file, d.line, d.source_line = self.at(self.source.entry, prints[0])
             return [d]
@@ -796,6 +837,11 @@ class Explainer:
                 return [Draft("output_format", f"{who} printed the right numbers in other wording",
                               f"The text around the numbers differs{at}: copy the exact labels and "
                               "punctuation of the example.")]
+            if sorted(_NUMBER.findall(" ".join(a))) == sorted(_NUMBER.findall(" ".join(e))) and \
+                    [_NUMBER.sub("#", x) for x in a] == [_NUMBER.sub("#", y) for y in e]:
+                return [Draft("wrong_order", f"{who} printed the right numbers in other places",
+                              f"Every expected number is there, but not on its line{at}: check which value "
+                              "goes with which label.")]
             if kinds and all(k in ("off_by_one", "rounding") for k in kinds) and "off_by_one" in kinds:
                 return [Draft("off_by_one", f"{who} printed a number that is off by one",
                               f"A whole number is 1 away from the expected one{at}: check counting and "
@@ -803,6 +849,10 @@ class Explainer:
         elif actual.split() == expected.split():
             return [Draft("whitespace", f"{who} printed the right words with other spacing",
                           "Check line breaks and spaces (print's sep= and end=).")]
+        elif re.sub(r"[,;|]", " ", actual).split() == expected.split():
+            return [Draft("output_format", f"{who} printed the right values with other separators",
+                          "Print each value the way the example shows, on its own line, without "
+                          "extra commas or semicolons.")]
         return []
 
     # -- per test --------------------------------------------------------------
@@ -861,13 +911,14 @@ def _subsequence(short: list[str], long: list[str]) -> bool:
     return all(any(x == y for y in it) for x in short)
 
 
-def _input_prompts(source: Source) -> list[str]:
+def _input_prompts(source: Source) -> list[tuple[str, int]]:
+    """(prompt text, line) of input("...") calls in the entry file."""
     out = []
-    for tree in source.trees.values():
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "input" \
-                    and node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str):
-                out.append(node.args[0].value)
+    tree = source.trees.get(source.entry)
+    for node in (ast.walk(tree) if tree is not None else ()):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "input" \
+                and node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str):
+            out.append((node.args[0].value, node.lineno))
     return out
 
 
@@ -926,7 +977,11 @@ def load_explanation(error: dict[str, Any], show_traceback: bool, source: Source
     if own:
         update.update(line=own[1], source_line=source.line(*own), location=source.location(*own))
     advice = ADVICE.get(etype)
-    if etype in ("ModuleNotFoundError", "ImportError"):
+    if etype == "EOFError":
+        update["detail"] = expl.detail + (". input() has nothing to read: the grader imports your code "
+                                          "without a keyboard. Remove the input() calls that run at the top "
+                                          "level (in a notebook: from the cells), or give the values directly.")
+    elif etype in ("ModuleNotFoundError", "ImportError"):
         update["detail"] = expl.detail + (". Every file of your project must be part of the submission "
                                           "(upload them all, or one zip).")
     elif advice:
@@ -940,10 +995,11 @@ def missing_explanation(names: list[str], source: Source | None = None, required
     detail = (f"The exercise needs {listed}, but your code does not define {'them' if plural else 'it'}. "
               "Check the spelling and that it is defined at the top level of your file.")
     if source is not None:
-        defined = sorted(source.top_level_names)
+        required = list(required)
+        # Another required name is not a misspelling of this one.
+        defined = sorted(source.top_level_names - set(required) - set(names))
         close = [(n, suggest(n, defined)) for n in names]
         close = [(n, c) for n, c in close if c]
-        required = list(required)
         if close:
             detail = " ".join(f"Your code defines {c}: is that meant to be {n}? Names must match exactly."
                               for n, c in close[:3])
@@ -969,8 +1025,8 @@ def timeout_while_loading(sample: list | None, seconds: float, source: Source | 
     return Explanation(
         title=f"Your module was still running after {seconds:g} s while loading",
         detail=f"Code at the top level of your file runs when the grader imports it; it was {what}"
-               f"{source.location(own[0], line)} when stopped. Put test code under "
-               "`if __name__ == \"__main__\":` or remove it.",
+               f"{source.location(own[0], line)} when stopped. Remove such code, or put it under "
+               "`if __name__ == \"__main__\":` (in a notebook: delete the cell before submitting).",
         line=line, source_line=source.line(own[0], line), location=source.location(own[0], line),
         signature="time_limit", specific=True)
 
@@ -990,6 +1046,13 @@ def builtin_explanations(assignment: "Assignment", tests: list[TestReport], sour
             else:
                 hit.tests.extend(d.tests)
     drafts = list(merged.values())
+    # "printed instead of returning" says more than "returned None" about the same function.
+    printing = {d.title.split(" prints ")[0]: d for d in drafts if d.signature == "prints_instead_of_returning"}
+    for d in [d for d in drafts if d.signature == "returns_none"]:
+        owner = printing.get(d.title.split(" returned ")[0])
+        if owner is not None:
+            owner.tests.extend(d.tests)
+            drafts.remove(d)
     # Most tests first; specific before generic; at most MAX_BUILTIN.
     drafts.sort(key=lambda d: (not d.specific, -len(d.tests)))
     return [finish(d, source) for d in drafts[:MAX_BUILTIN]]

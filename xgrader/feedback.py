@@ -216,7 +216,9 @@ def _criterion_block(report: GradeReport, c: CriterionReport) -> Block:
     fields = tuple(Part("", "• " + _short(e.title) + (f" ({_short(e.marks, 100)})" if e.marks else ""),
                         pre=False) for e in items[:10])
     if not items and c.points < c.max_points:
-        fields = (Part("", "No specific note: see the tests below.", pre=False),)
+        whole = any(not e.tests for e in report.explanations)   # a syntax error, a missing file...
+        fields = (Part("", "See the notes below." if whole else "No specific note: see the tests below.",
+                       pre=False),)
     return Block("criterion", heading, fields)
 
 

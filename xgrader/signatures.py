@@ -56,6 +56,8 @@ def matches(sig: FeedbackSignature, test: TestReport) -> bool:
         return False
     if sig.exception is not None and test.exception_type != sig.exception:
         return False
+    if sig.status is not None and test.status.value != sig.status:
+        return False
     for pattern, value in ((sig.actual, test.actual), (sig.output, test.output)):
         if pattern is not None and not (test.visible and value is not None and re.search(pattern, value)):
             return False
@@ -91,6 +93,9 @@ def fire(sig: FeedbackSignature, report: GradeReport, source: Source | None) -> 
     tests: list[TestReport] = []
     if sig.on_tests:
         tests = [t for t in report.tests if matches(sig, t)]
+        if sig.fallback:
+            explained = {i for e in report.explanations if e.specific for i in e.tests}
+            tests = [t for t in tests if (t.test_id or t.name) not in explained]
         if not tests:
             return None
     lines: list[int] = []

@@ -303,6 +303,20 @@ class Source:
             return FallThrough("bare_return", bare.lineno) if bare is not None else None
         return reason
 
+    def early_return(self, name: str) -> int | None:
+        """The line of a loop in function `name` that returns during its first
+        pass: its body ends in `return`, or in an `if`/`else` whose branches
+        both return (so later items are never looked at)."""
+        fn = self.functions.get(name)
+        for node in (_own_nodes(fn) if fn else []):
+            if isinstance(node, LOOPS) and node.body and not _has_continue(node):
+                last = node.body[-1]
+                if isinstance(last, ast.Return) or (
+                        isinstance(last, ast.If) and last.orelse and _ends_in_return(last.body)
+                        and _ends_in_return(last.orelse)):
+                    return node.lineno
+        return None
+
     def returns_text(self, name: str) -> int | None:
         """The line of a `return` that gives back text (str(...), an f-string, a string literal, '%'/format)."""
         fn = self.functions.get(name)
@@ -380,6 +394,21 @@ def _is_text(node: ast.expr) -> bool:
             (isinstance(node.func, ast.Attribute) and node.func.attr in ("format", "join", "upper", "lower"))
     if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mod):
         return isinstance(node.left, (ast.Constant, ast.JoinedStr)) and _is_text(node.left)
+    return False
+
+
+def _ends_in_return(stmts: list[ast.stmt]) -> bool:
+    return bool(stmts) and isinstance(stmts[-1], (ast.Return, ast.Raise))
+
+
+def _has_continue(loop: ast.AST) -> bool:
+    stack = list(loop.body)
+    while stack:
+        node = stack.pop()
+        if isinstance(node, ast.Continue):
+            return True
+        if not isinstance(node, (*LOOPS, *FUNCS, ast.ClassDef)):
+            stack.extend(ast.iter_child_nodes(node))
     return False
 
 

@@ -69,7 +69,10 @@ def top_call(expr: str) -> str | None:
     except (SyntaxError, ValueError, RecursionError, MemoryError):
         return None
     call = tree.body
-    return call.func.id if isinstance(call, ast.Call) and isinstance(call.func, ast.Name) else None
+    if not isinstance(call, ast.Call):
+        return None
+    return call.func.id if isinstance(call.func, ast.Name) else \
+        call.func.attr if isinstance(call.func, ast.Attribute) else None
 
 
 @functools.lru_cache(maxsize=4096)

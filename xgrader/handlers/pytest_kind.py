@@ -62,8 +62,9 @@ class Trace:
             if self.target not in self.targets:
                 self.targets.append(self.target)
 
-    def note_reply(self, reply: dict[str, Any]) -> None:
-        self.reply = reply
+    def note_reply(self, reply: dict[str, Any], op: Any = "call") -> None:
+        if op == "call":   # what a student function returned (not len(), iteration... of a handle)
+            self.reply = reply
         if not reply.get("ok") and isinstance(reply.get("error"), dict):
             self.error = reply["error"]
         text = str(reply.get("stdout") or "")
@@ -179,7 +180,7 @@ def _serve(box: RunningSandbox, student: StudentRunner, run: RelayRun, assignmen
                 if not student_ok:
                     raise RunnerDied(None)
                 reply = student.request(request, timeout)
-                trace.note_reply(reply)
+                trace.note_reply(reply, op)
             except RequestTimeout as exc:
                 reply = {"ok": False, "timeout": True}
                 trace.sample = exc.sample
