@@ -785,10 +785,10 @@ class Runner:
             fn = getattr(fn, req["method"])
         args = decode(req.get("args", []), self.handles)
         kwargs = decode(req.get("kwargs", {}), self.handles)
-        values = list(args) + list(kwargs.values())
+        values = list(args) + list(kwargs.values()) if req.get("watch") else []
         before = [_canonical(v) for v in values]
         reply = self.result(*self.captured(lambda: fn(*args, **kwargs)))
-        if changed_arguments(before, values):
+        if values and changed_arguments(before, values):
             reply["mutated"] = True
         return reply
 

@@ -17,7 +17,6 @@ Errors are :class:`AssignmentError` naming the file and the field.
 from __future__ import annotations
 
 import ast as ast_module
-import fnmatch
 import functools
 import re
 import tomllib
@@ -32,6 +31,7 @@ from xgrader.backends.base import Limits
 
 if TYPE_CHECKING:
     from xgrader.config import Settings
+    from xgrader.source import Source
 
 CONFIG_FILE = "assignment.toml"
 CASES_FILE = "cases.toml"
@@ -54,7 +54,8 @@ class CompareSpec(_Strict):
 
 class TestRule(_Strict):
     """pytest kind: the first rule whose pattern matches a test gives its
-    weight and visibility. Patterns are fnmatch patterns tried against the
+    weight and visibility. Patterns (`*` any run, `?` one character, brackets
+    literal: they hold parameters) are tried against the
     test's function name (`test_small`), its name with parameters
     (`test_small[7-True]`) and its file-qualified name (`test_primes.py::test_small[7-True]`)."""
 
@@ -110,7 +111,7 @@ class FeedbackSignature(_Strict):
     use: str | None = Field(None, max_length=100)      # a library signature (signatures/*.toml)
     title: str = Field(min_length=1, max_length=200)   # shown as the explanation's heading
     message: str = Field("", max_length=2000)          # how to fix it
-    test: str | None = None        # fnmatch pattern on the test name, as [[tests]] rules match
+    test: str | None = None        # pattern on the test name (* and ?), as [[tests]] rules match
     exception: str | None = None   # exception type name the student's code raised ("ZeroDivisionError")
     # How the test failed: "failed" (a wrong answer), "error" (the code raised), "timeout".
     status: Literal["failed", "error", "timeout"] | None = None
@@ -412,6 +413,19 @@ class Assignment(BaseModel):
                                                literal=isinstance(node.value, str))
         return frozenset(atoms)
 
+    def explains(self, name: str) -> bool:
+        """Is the built-in explanation `name` (xgrader.explain.BUILTINS) on?"""
+        fb = self.config.feedback
+        return fb.explain and name not in fb.explain_skip
+
+    @functools.cached_property
+    def prelude_source(self) -> "Source | None":
+        """The prelude as a Source (its names and words are not secret)."""
+        if not self.prelude:
+            return None
+        from xgrader.source import Source
+        return Source.of(self.prelude, next(iter(self.prelude)))
+
     @property
     def prelude_name(self) -> str | None:
         return next(iter(self.prelude), None)
@@ -429,7 +443,7 @@ class Assignment(BaseModel):
         return (bare, with_params, qualified, test_id)
 
     def in_rule(self, test_id: str, pattern: str) -> bool:
-        return any(fnmatch.fnmatchcase(n, pattern) for n in self.test_names(test_id))
+        return any(name_matches(n, pattern) for n in self.test_names(test_id))
 
     def limits(self, settings: Settings) -> Limits:
         """The assignment's limits over the operator defaults, clamped by the ceilings."""
@@ -468,6 +482,22 @@ class Assignment(BaseModel):
         for m in self.mutants:
             parts += [(f"mutants/{m.name}/{k}", m.files[k]) for k in sorted(m.files)]
         return parts
+
+
+@functools.lru_cache(maxsize=1024)
+def _glob(pattern: str) -> re.Pattern[str]:
+    """fnmatch's `*` and `?`, with `[` and `]` literal (they hold test parameters)."""
+    parts = []
+    for ch in pattern:
+        parts.append(".*" if ch == "*" else "." if ch == "?" else re.escape(ch))
+    return re.compile("".join(parts), re.DOTALL)
+
+
+def name_matches(name: str, pattern: str) -> bool:
+    """A test name against a `[[tests]]` rule's or a signature's pattern:
+    `*` any run, `?` one character, everything else literal
+    (`test_small[7-*]` matches `test_small[7-True]`)."""
+    return _glob(pattern).fullmatch(name) is not None
 
 
 def _where(exc: ValidationError) -> str:

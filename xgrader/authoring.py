@@ -242,14 +242,15 @@ def lint(assignment: Assignment) -> tuple[list[str], list[str]]:
 
 def _rule_used(assignment: Assignment, pattern: str) -> bool:
     """Cheap static check: does the pattern match some `def test_...` name?"""
-    import fnmatch
     import re
+
+    from xgrader.assignment import name_matches
 
     names = set()
     for source in list(assignment.tests.values()) + list(assignment.public_tests.values()):
         names.update(re.findall(rb"^\s*def (test_\w+)", source, flags=re.M))
     decoded = {n.decode() for n in names}
-    return any(fnmatch.fnmatchcase(n, pattern) or fnmatch.fnmatchcase(n, pattern.split("[")[0])
+    return any(name_matches(n, pattern) or name_matches(n, pattern.split("[")[0])
                for n in decoded) or "::" in pattern or "/" in pattern
 
 

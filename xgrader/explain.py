@@ -229,12 +229,15 @@ def paraphrase(etype: str, text: str) -> str | None:
     return None
 
 
-def safe_message(text: str, source: Source, secrets: Iterable[str]) -> str | None:
+def safe_message(text: str, source: Source, secrets: Iterable[str], literal_only: bool = False) -> str | None:
     """`text` (an exception's message from a hidden test) if it reveals nothing
-    hidden, else None (the caller paraphrases)."""
+    hidden, else None (the caller paraphrases). `literal_only`: the student's
+    own `raise` made it, so it must be written literally in their source."""
     text = " ".join(str(text).split())
     if not text:
         return ""
+    if literal_only and not any(text in s for s in source.string_constants):
+        return None
     counts = _COUNT_MESSAGES.search(text) is not None
     # The numbers of "f() takes 1 positional argument but 2 were given" are counts, not data.
     if len(text) > 300 or has_secret(_NUMBER.sub(" ", text) if counts else text, secrets):
@@ -336,14 +339,16 @@ def _attributes(source: Source) -> set[str]:
     return names
 
 
-def did_you_mean(etype: str, message: str, source: Source) -> str | None:
+def did_you_mean(etype: str, message: str, source: Source, extra: Source | None = None) -> str | None:
     """Python's suggestion for a NameError or AttributeError, from names the
-    submission itself defines (and builtins, and a builtin type's attributes)."""
+    submission itself defines (and the prelude's, builtins, and a builtin
+    type's attributes)."""
     if etype in ("NameError", "UnboundLocalError"):
         m = re.match(r"name '(\w+)' is not defined", message)
         if not m:
             return None
-        found = suggest(m.group(1), sorted(_defined_names(source)) + dir(builtins))
+        names = sorted(_defined_names(source) | (_defined_names(extra) if extra is not None else set()))
+        found = suggest(m.group(1), names + dir(builtins))
     elif etype == "AttributeError" and message.startswith("module "):
         m = re.match(r"module '(\w+)' has no attribute '(\w+)'", message)
         module = sys.modules.get(m.group(1)) if m and m.group(1) in sys.stdlib_module_names else None
@@ -361,7 +366,8 @@ def did_you_mean(etype: str, message: str, source: Source) -> str | None:
     else:
         return None
     # Shown only if it is a name of the source or Python's own: never runtime data.
-    if found and (found in source.words or hasattr(builtins, found) or etype == "AttributeError"):
+    if found and (found in source.words or hasattr(builtins, found) or etype == "AttributeError"
+                  or (extra is not None and found in extra.words)):
         return found
     return None
 
@@ -514,14 +520,16 @@ class Explainer:
             if where:
                 d.file, d.line, d.source_line = where
             return [d]
-        # A KeyError's message is the key itself: data, never shown for a hidden test.
+        # A KeyError's message is the key itself: data, never shown for a hidden test. A
+        # message the student's own `raise` built is shown only when written literally.
+        raised_here = where is not None and (where[2] or "").lstrip().startswith("raise")
         shown = message if t.visible else None if etype == "KeyError" else \
-            safe_message(message, self.source, ev.secrets)
+            safe_message(message, self.source, ev.secrets, literal_only=raised_here)
         if not shown and not t.visible:
             shown = paraphrase(etype, message)
         detail = f"{etype}: {shown}." if shown else \
             f"{etype} (its message is not shown: it holds values from a hidden test)."
-        hint = did_you_mean(etype, message, self.source) if shown else None
+        hint = did_you_mean(etype, message, self.source, self.assignment.prelude_source) if shown else None
         if hint:
             detail += f" Did you mean: {hint!r}?"
         advice = ADVICE.get(etype)

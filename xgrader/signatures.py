@@ -23,11 +23,10 @@ xgrader.criteria, which also writes what they did into the explanation.
 
 from __future__ import annotations
 
-import fnmatch
 import re
 from typing import TYPE_CHECKING
 
-from xgrader.assignment import FeedbackSignature, compile_pattern
+from xgrader.assignment import FeedbackSignature, compile_pattern, name_matches
 from xgrader.report import Explanation, GradeReport, Outcome, TestReport, TestStatus
 from xgrader.source import Source
 
@@ -52,7 +51,7 @@ def matches(sig: FeedbackSignature, test: TestReport) -> bool:
     """Does a test meet every test condition of `sig`?"""
     if test.status not in _RAN_AND_FAILED:
         return False
-    if sig.test is not None and not any(fnmatch.fnmatchcase(n, sig.test) for n in test_names(test)):
+    if sig.test is not None and not any(name_matches(n, sig.test) for n in test_names(test)):
         return False
     if sig.exception is not None and test.exception_type != sig.exception:
         return False

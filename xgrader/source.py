@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import ast
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Iterator
 
@@ -90,21 +90,27 @@ class Source:
 
     files: dict[str, str]
     entry: str
-    trees: dict[str, ast.Module] = field(default_factory=dict)
 
     @classmethod
     def of(cls, files: dict[str, bytes], entry: str) -> "Source":
+        """The submission's .py files (decoded, not parsed yet: parsing
+        happens on first use, so a grading that needs no analysis pays nothing)."""
         texts: dict[str, str] = {}
         names = [entry] if entry in files else []
         names += sorted(n for n in files if n.endswith(".py") and n != entry)
         for name in names[:MAX_FILES]:
             texts[name] = files[name].decode("utf-8", "replace")
-        src = cls(files=texts, entry=entry)
-        for name, text in texts.items():
+        return cls(files=texts, entry=entry)
+
+    @cached_property
+    def trees(self) -> dict[str, ast.Module]:
+        """The files that parse within the bounds."""
+        out = {}
+        for name, text in self.files.items():
             tree = bounded_parse(text)
             if tree is not None:
-                src.trees[name] = tree
-        return src
+                out[name] = tree
+        return out
 
     # -- lines ---------------------------------------------------------------
     @cached_property
@@ -354,18 +360,19 @@ class Source:
         params = {a.arg for a in (*fn.args.posonlyargs, *fn.args.args, *fn.args.kwonlyargs)} - {"self", "cls"}
         methods = {"append", "extend", "insert", "remove", "pop", "clear", "sort", "reverse", "update",
                    "add", "discard", "popitem", "setdefault"}
+        lines = []
         for node in _own_nodes(fn):
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
                     and isinstance(node.func.value, ast.Name) and node.func.value.id in params \
                     and node.func.attr in methods:
-                return node.lineno
+                lines.append(node.lineno)
             targets = node.targets if isinstance(node, ast.Assign) else \
                 [node.target] if isinstance(node, ast.AugAssign) else \
                 node.targets if isinstance(node, ast.Delete) else []
             for t in targets:
                 if isinstance(t, ast.Subscript) and isinstance(t.value, ast.Name) and t.value.id in params:
-                    return node.lineno
-        return None
+                    lines.append(node.lineno)
+        return min(lines) if lines else None
 
 
 def _import_forms(module: str) -> set[str]:

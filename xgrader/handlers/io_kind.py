@@ -105,7 +105,7 @@ def evaluate_expressions(assignment: Assignment, files: dict[str, bytes], ctx: G
     cfg = assignment.config
     runner = StudentRunner(ctx.backend, files, ctx.limits, module=cfg.module, entry=cfg.entry,
                            label=ctx.label, submission_id=ctx.submission_id, after_reply=ctx.after_reply,
-                           prelude=assignment.prelude_name)
+                           prelude=assignment.prelude_name, sample=assignment.explains("time_limit"))
     load_timeout = cfg.test_timeout_s + ctx.slack_s()
     runs: dict[int, CaseRun] = {}
 
@@ -130,9 +130,12 @@ def evaluate_expressions(assignment: Assignment, files: dict[str, bytes], ctx: G
                 for i, _ in pending:
                     runs[i] = CaseRun("timeout", verdict=Verdict.wall_time)
                 break
-            rid = runner.send({"op": "batch", "exprs": [c.expr for _, c in pending],
-                               "watched": [watched(c.expr) for _, c in pending],
-                               "sample_after": [sample_after(_timeout(assignment, c)) for _, c in pending]})
+            batch: dict[str, Any] = {"op": "batch", "exprs": [c.expr for _, c in pending]}
+            if assignment.explains("mutated_argument"):
+                batch["watched"] = [watched(c.expr) for _, c in pending]
+            if assignment.explains("time_limit"):
+                batch["sample_after"] = [sample_after(_timeout(assignment, c)) for _, c in pending]
+            rid = runner.send(batch)
             for pos, (index, case) in enumerate(pending):
                 try:
                     reply = runner.receive(rid, _timeout(assignment, case), index=pos)
@@ -166,7 +169,7 @@ def run_program(assignment: Assignment, files: dict[str, bytes], ctx: GradeConte
                 case: Case) -> SandboxResult:
     wall = _timeout(assignment, case) + ctx.slack_s()
     limits = ctx.limits.model_copy(update={"wall_s": min(wall, ctx.settings.limit_ceilings.wall_s)})
-    options = ["--sample-after", f"{_timeout(assignment, case):g}"]
+    options = ["--sample-after", f"{_timeout(assignment, case):g}"] if assignment.explains("time_limit") else []
     if assignment.prelude_name:
         options += ["--prelude", assignment.prelude_name]
     job = SandboxJob(argv=ctx.backend.python_argv("exec", assignment.config.entry, *options), files=files,
@@ -219,7 +222,7 @@ def _program_run(result: SandboxResult) -> CaseRun:
 
 def compute_reference(assignment: Assignment, ctx: GradeContext) -> dict[str, Any]:
     """Expected results of every case without an explicit `expected`, from solution/."""
-    files = {**assignment.files, **assignment.solution}
+    files = assignment.sandbox_files(assignment.solution)
     need = [(i, c) for i, c in enumerate(assignment.cases) if c.expected is None]
     out: dict[str, Any] = {}
     exprs = [(i, c) for i, c in need if c.expr is not None]

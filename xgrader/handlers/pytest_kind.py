@@ -22,7 +22,7 @@ from xgrader.assignment import Assignment
 from xgrader.errors import AssignmentError, InfraError
 from xgrader.handlers import scoring
 from xgrader.handlers.context import GradeContext
-from xgrader.handlers.io_kind import SYNTAX_TYPES, describe_failure, where
+from xgrader.handlers.io_kind import describe_failure, where
 from xgrader.handlers.student import RequestTimeout, RunnerDied, StudentRunner, sample_after
 from xgrader.handlers.values import BadValue, decode
 from xgrader import explain
@@ -102,7 +102,7 @@ def relay(assignment: Assignment, files: dict[str, bytes], ctx: GradeContext, n_
     student_limits = ctx.limits.model_copy(update={"wall_s": budget})
     student = StudentRunner(ctx.backend, files, student_limits, module=cfg.module, entry=cfg.entry,
                             label=ctx.label, submission_id=ctx.submission_id, after_reply=ctx.after_reply,
-                            prelude=assignment.prelude_name)
+                            prelude=assignment.prelude_name, sample=assignment.explains("time_limit"))
     load_timeout = cfg.test_timeout_s + ctx.slack_s()
 
     def load() -> dict[str, Any]:
@@ -173,7 +173,10 @@ def _serve(box: RunningSandbox, student: StudentRunner, run: RelayRun, assignmen
             request = {k: msg[k] for k in RELAYED_KEYS if k in msg}
             began = time.monotonic()
             timeout = max(per_test - spent, 0.05)
-            request["sample_after"] = sample_after(timeout)
+            if assignment.explains("time_limit"):
+                request["sample_after"] = sample_after(timeout)
+            if assignment.explains("mutated_argument") and request.get("op") == "call":
+                request["watch"] = True
             trace = run.traces.setdefault(current, Trace()) if current else Trace()
             trace.note_call(request)
             try:
@@ -203,7 +206,7 @@ def _serve(box: RunningSandbox, student: StudentRunner, run: RelayRun, assignmen
 # -- reference -----------------------------------------------------------------
 
 def compute_reference(assignment: Assignment, ctx: GradeContext) -> dict[str, Any]:
-    files = {**assignment.files, **assignment.solution}
+    files = assignment.sandbox_files(assignment.solution)
     n_guess = max(20, sum(data.count(b"def test_") for data in assignment.tests.values()) * 5)
     run = relay(assignment, files, ctx, n_guess)
     if not run.load.get("ok"):

@@ -97,8 +97,7 @@ def load_failure(assignment: Assignment, load: dict[str, Any], findings: Finding
     if load.get("timeout"):
         findings.limits.add(Outcome.time_limit)
         where = explain.timeout_while_loading(load.get("sample"), assignment.config.test_timeout_s, source) \
-            if assignment.config.feedback.explain and "time_limit" not in assignment.config.feedback.explain_skip \
-            else None
+            if assignment.explains("time_limit") else None
         if where is not None:
             findings.explanations.append(where)
     elif load.get("died"):
@@ -108,7 +107,7 @@ def load_failure(assignment: Assignment, load: dict[str, Any], findings: Finding
     elif err:
         findings.runtime_error = True
         findings.explanations.append(explain.load_explanation(
-            err, assignment.config.feedback.show_traceback, source))
+            err, assignment.config.feedback.show_traceback, source if assignment.explains("load_error") else None))
     return None
 
 
@@ -139,7 +138,9 @@ def build(assignment: Assignment, tests: list[TestReport], findings: Findings,
             continue   # a specific "still running at line 7" says it better
         explanations.append(Explanation(title=title, detail=detail, signature=name))
     if findings.missing:
-        explanations.insert(0, missing_explanation(findings.missing, source, assignment.config.functions))
+        explanations.insert(0, missing_explanation(
+            findings.missing, source if assignment.explains("missing_function") else None,
+            assignment.config.functions))
 
     if score >= max_points:
         outcome = Outcome.passed

@@ -51,9 +51,10 @@ class RunnerDied(Exception):
 class StudentRunner:
     def __init__(self, backend: Backend, files: dict[str, bytes], limits: Limits, *,
                  module: str, entry: str, label: str, submission_id: str = "",
-                 after_reply: list | None = None, prelude: str | None = None) -> None:
+                 after_reply: list | None = None, prelude: str | None = None, sample: bool = True) -> None:
         self.backend = backend
         self.prelude = prelude
+        self.sample = sample      # ask for stack samples (explanations of time limits)
         self.after_reply = after_reply
         self.files = files
         self.limits = limits
@@ -78,7 +79,9 @@ class StudentRunner:
             raise InfraError(f"student sandbox did not start: {exc}") from exc
         self.starts += 1
         load = {"op": "load", "module": self.module, "path": self.entry,
-                "output_bytes": self.limits.output_bytes, "sample_after": sample_after(load_timeout)}
+                "output_bytes": self.limits.output_bytes}
+        if self.sample:
+            load["sample_after"] = sample_after(load_timeout)
         if self.prelude:
             load["prelude"] = self.prelude
         self.load_reply = self.request(load, load_timeout)
