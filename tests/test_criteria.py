@@ -184,3 +184,12 @@ def test_assignments_without_criteria_are_scored_by_weights(kit):
                         "solution/submission.py": SOLUTION})
     r = kit.grade("weights", SOLUTION.replace("            best = x\n", "            pass\n"))
     assert r.score == 2 and r.criteria == []
+
+
+def test_check_warns_about_tests_in_no_criterion(tmp_path):
+    from xgrader import authoring
+    write_assignment(tmp_path, "loose", {"assignment.toml": _toml('[[criteria]]\ntitle = "T"\npoints = 1\n'
+                                                                  'tests = ["a", "b"]\n'),
+                                         "tests/cases.toml": CASES, "solution/submission.py": SOLUTION})
+    _errors, warnings = authoring.lint(resolve(tmp_path, "loose"))
+    assert any("count for nothing: c" in w for w in warnings)

@@ -417,3 +417,24 @@ def test_staff_detail_holds_hidden_values_outside_the_message(mix):
     assert "58206" not in rec["msg"] and "7919" not in rec["msg"]   # ...the student never does
     text = coverage.staff_text(r)
     assert "is_even(58206)" in text and "Staff view" in text
+
+
+# -- the runner's part on every backend ----------------------------------------------
+
+def test_runner_evidence_on_every_backend(backend, tmp_path):
+    """Error frames, stack samples at a timeout, arguments changed in place and
+    the prelude come from the in-sandbox runner: the same on each backend."""
+    from tests.support.grading import GradingKit
+
+    kit = GradingKit(tmp_path / "handlers", backend, tmp_path / "cache")
+    kit.add("mixb", {**MIX, "assignment.toml": MIX["assignment.toml"].replace('"pairs"]', '"pairs"]\n'
+                                                                              'prelude = "prelude.py"'),
+                     "prelude.py": "def double(n):\n    return 2 * n\n"})
+    code = _replace(GOOD, "    return sum(int(c) for c in str(abs(n)))",
+                    "    while n != 0:\n        n = double(n) // 2\n    return 0")
+    code = _replace(code, "    return n % 2 == 0", "    return Flase")
+    code = _replace(code, "    counts = {}", "    items.sort()\n    items.pop()\n    counts = {}")
+    r = grade(kit, code, "mixb")
+    assert "`while` loop on line 2" in _only(r, "time_limit").detail
+    assert _only(r, "runtime_error").line == 7 and "Did you mean: 'False'?" in _only(r, "runtime_error").detail
+    assert _only(r, "mutated_argument").line == 10

@@ -221,6 +221,18 @@ def lint(assignment: Assignment) -> tuple[list[str], list[str]]:
     wrong = [s for s in samples if not expects_full_marks(s)]
     if len(wrong) < 5:
         warnings.append(f"{root / 'samples'}: {len(wrong)} known-wrong samples (5 or more recommended)")
+    if cfg.criteria:
+        # Tests in no criterion count for nothing: most likely a pattern is off.
+        if cfg.kind == "io":
+            names = [assignment.case_name(i) for i in range(len(assignment.cases))]
+        else:
+            import re
+            names = sorted({n.decode() for src in [*assignment.tests.values(), *assignment.public_tests.values()]
+                            for n in re.findall(rb"^\s*def (test_\w+)", src, flags=re.M)})
+        loose = [n for n in names if not any(assignment.in_rule(n, p) for c in cfg.criteria for p in c.tests)]
+        if loose:
+            warnings.append(f"{root / 'assignment.toml'}: tests in no [[criteria]] entry count for nothing: "
+                            f"{', '.join(loose[:10])}")
     if cfg.kind in ("image", "mutation"):
         from xgrader.kind_config import lint_kind
         more_errors, more_warnings = lint_kind(assignment)
