@@ -438,3 +438,16 @@ def test_runner_evidence_on_every_backend(backend, tmp_path):
     assert "`while` loop on line 2" in _only(r, "time_limit").detail
     assert _only(r, "runtime_error").line == 7 and "Did you mean: 'False'?" in _only(r, "runtime_error").detail
     assert _only(r, "mutated_argument").line == 10
+
+
+def test_prelude_in_program_cases(kit):
+    kit.add("preprog", {
+        "assignment.toml": 'title = "Prelude program"\nkind = "io"\nentry = "main.py"\nprelude = "prelude.py"\n',
+        "prelude.py": "def square(x):\n    return x * x\n",
+        "tests/cases.toml": '[[case]]\nstdin = "418\\n"\n',
+        "solution/main.py": "print(square(int(input())))\n",
+    })
+    assert kit.grade("preprog", "print(square(int(input())))\n").correct
+    r = grade(kit, "n = int(input())\nprint(sqare(n))\n", "preprog")
+    e = _only(r, "runtime_error")
+    assert e.line == 2 and "Did you mean: 'square'?" in e.detail

@@ -58,28 +58,6 @@ def syntax_explanation(error: dict[str, Any], source: Source | None = None) -> E
     return explain.syntax_explanation(error, source)
 
 
-def exception_explanation(error: dict[str, Any], when: str, show_traceback: bool = True) -> Explanation:
-    etype = str(error.get("type") or "Exception")
-    return Explanation(
-        title=f"Your code raised {etype} {when}",
-        detail=f"{etype}: {error.get('message') or ''}".strip(),
-        traceback=(error.get("traceback") or None) if show_traceback else None,
-    )
-
-
-def is_signature_error(etype: str | None, traceback: str | None) -> bool:
-    """A TypeError with no frame of the student's own: raised by the call itself."""
-    return etype == "TypeError" and not (traceback or "").strip()
-
-
-def signature_explanation(message: str) -> Explanation:
-    return Explanation(
-        title="Your function's parameters do not match how it is called",
-        detail=f"{message} Check the number, order and names of the parameters the exercise asks for.",
-        signature="wrong_arguments", specific=True,
-    )
-
-
 def missing_explanation(names: list[str], source: Source | None = None,
                         required: list[str] | None = None) -> Explanation:
     return explain.missing_explanation(names, source, required or [])
