@@ -110,3 +110,17 @@ def test_grade_staff_shows_hidden_values_side_by_side(graded):
     assert "actual: '45'" in staff.stdout and "student is told: note 1" in staff.stdout
     reply = json.loads(_cli(*args, env=env, cwd=work).stdout)
     assert "987654321" not in reply["msg"] and "Staff view" not in reply["msg"]
+
+
+def test_only_inert_feedback_is_embedded_as_markup():
+    from xgrader.coverage import _inert
+    ours = '<div class="xgrader-feedback"><p class="xgrader-summary"><strong>1/2 points</strong></p></div>'
+    assert _inert(ours) == ours
+    link = '<div class="xgrader-feedback"><p class="xgrader-hint-link"><a href="https://lms.example/h/1" ' \
+           'target="_blank" rel="noopener noreferrer">rate</a></p></div>'
+    assert _inert(link) == link
+    for edited in ('<div class="xgrader-feedback"><script>alert(1)</script></div>',
+                   '<div class="xgrader-feedback"><a href="javascript:alert(1)">x</a></div>',
+                   '<div class="xgrader-feedback"><img src="https://evil.example/x.png"/></div>',
+                   '<div onclick="x">', "not xml <"):
+        assert _inert(edited).startswith("<pre>") and "<script>" not in _inert(edited)

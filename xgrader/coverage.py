@@ -15,6 +15,7 @@ a visible failing test (its input, expected and actual values are shown).
 from __future__ import annotations
 
 import html
+import re
 import xml.etree.ElementTree as ET
 from typing import Any
 
@@ -137,16 +138,26 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
 # ---------------------------------------------------------------------- HTML
 
 _ALLOWED = {"div", "p", "strong", "em", "pre", "ul", "li", "br"}
+_DATA_PNG = re.compile(r"data:image/png;base64,[A-Za-z0-9+/]+={0,2}")
+
+
+def _inert_element(el: ET.Element) -> bool:
+    """One element as feedback.render_html writes it: inert tags with fixed
+    attributes, the hint page's http(s) link, a data: PNG (image kind)."""
+    attrs = el.attrib
+    if el.tag == "a":
+        return set(attrs) <= {"href", "target", "rel"} and attrs.get("href", "").startswith(("https://", "http://"))
+    if el.tag == "img":
+        return set(attrs) <= {"src", "alt"} and _DATA_PNG.fullmatch(attrs.get("src", "")) is not None
+    return el.tag in _ALLOWED and set(attrs) <= {"class", "style"} and \
+        all(v.startswith(("xgrader-", "white-space:")) for v in attrs.values())
 
 
 def _inert(msg: str) -> str:
-    """A feedback msg embedded as markup only if it is one of ours (the inert
-    tags feedback.render_html writes); anything else is shown as text."""
+    """A feedback msg embedded as markup only if it is one of ours; anything
+    else (a gradebook edited by hand) is shown as text."""
     try:
-        root = ET.fromstring(msg)
-        ok = all(el.tag in _ALLOWED and set(el.attrib) <= {"class", "style"}
-                 and all(v.startswith(("xgrader-", "white-space:")) for v in el.attrib.values())
-                 for el in root.iter())
+        ok = all(_inert_element(el) for el in ET.fromstring(msg).iter())
     except (ET.ParseError, TypeError):
         ok = False
     return msg if ok else f"<pre>{html.escape(str(msg))}</pre>"

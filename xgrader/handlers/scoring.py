@@ -58,6 +58,16 @@ def syntax_explanation(error: dict[str, Any], source: Source | None = None) -> E
     return explain.syntax_explanation(error, source)
 
 
+def exception_explanation(error: dict[str, Any], when: str, show_traceback: bool = True) -> Explanation:
+    """A plain 'Your code raised X <when>' note (the image kind's)."""
+    etype = str(error.get("type") or "Exception")
+    return Explanation(
+        title=f"Your code raised {etype} {when}",
+        detail=f"{etype}: {error.get('message') or ''}".strip(),
+        traceback=(error.get("traceback") or None) if show_traceback else None,
+    )
+
+
 def missing_explanation(names: list[str], source: Source | None = None,
                         required: list[str] | None = None) -> Explanation:
     return explain.missing_explanation(names, source, required or [])
