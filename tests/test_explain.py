@@ -427,8 +427,12 @@ def test_runner_evidence_on_every_backend(backend, tmp_path):
     from tests.support.grading import GradingKit
 
     kit = GradingKit(tmp_path / "handlers", backend, tmp_path / "cache")
+    # One looping case, last: a container restarted under load must not eat the other cases' time.
+    cases = MIX["tests/cases.toml"].split("[[case]]")
     kit.add("mixb", {**MIX, "assignment.toml": MIX["assignment.toml"].replace('"pairs"]', '"pairs"]\n'
-                                                                              'prelude = "prelude.py"'),
+                                                                              'prelude = "prelude.py"')
+                     .replace("wall_s = 6", "wall_s = 10"),
+                     "tests/cases.toml": "[[case]]".join([cases[0], cases[3], cases[4], cases[5], cases[1]]),
                      "prelude.py": "def double(n):\n    return 2 * n\n"})
     code = _replace(GOOD, "    return sum(int(c) for c in str(abs(n)))",
                     "    while n != 0:\n        n = double(n) // 2\n    return 0")
@@ -437,6 +441,7 @@ def test_runner_evidence_on_every_backend(backend, tmp_path):
     r = grade(kit, code, "mixb")
     assert "`while` loop on line 2" in _only(r, "time_limit").detail
     assert _only(r, "runtime_error").line == 7 and "Did you mean: 'False'?" in _only(r, "runtime_error").detail
+    assert not any(e.signature == "missing_function" for e in r.explanations)   # the prelude ran
     assert _only(r, "mutated_argument").line == 10
 
 

@@ -64,7 +64,7 @@ def record(name: str, report: GradeReport | None, error: str | None = None, seco
         "explanations": [e.title for e in report.explanations],
         "feedback": [{"title": e.title, "signature": e.signature, "specific": e.specific, "tests": e.tests,
                       "location": e.location, "marks": e.marks} for e in report.explanations],
-        "criteria": [c.model_dump() for c in report.criteria],
+        "criteria": [{**c.model_dump(), "tests": c.tests} for c in report.criteria],
         "visible_failures": sum(t.visible and t.status is not TestStatus.passed for t in report.tests),
         "msg": feedback.render_html(report),
     }

@@ -91,9 +91,10 @@ class TestReport(BaseModel):
     # grader drew (never bytes the student's code wrote); visible tests only.
     image: str | None = None
     # Stable identity for rules and signatures (`file.py::test_x[7-True]`, an
-    # io case's name). Staff-side: for a hidden test it may hold parameters,
-    # so the renderer and the hint prompt never show it.
-    test_id: str | None = None
+    # io case's name). Staff-side: for a hidden test it may hold parameters
+    # (hidden inputs), so it is left out of every serialisation of the report
+    # (read it as an attribute) and the renderer and the hint prompt never show it.
+    test_id: str | None = Field(None, exclude=True)
     evidence: Evidence | None = Field(None, exclude=True, repr=False)
 
 
@@ -116,7 +117,8 @@ class Explanation(BaseModel):
     signature: str | None = None
     # Names a line, a name, a type or a behaviour (the coverage checker counts these).
     specific: bool = False
-    tests: list[str] = Field(default_factory=list)   # test_ids it is about (criteria attach by these)
+    # test_ids it is about (criteria attach by these); staff-side like TestReport.test_id.
+    tests: list[str] = Field(default_factory=list, exclude=True)
     marks: str | None = None      # what it did to the score, shown: "-2 points", "score capped at 5"
 
 
@@ -131,7 +133,7 @@ class CriterionReport(BaseModel):
     passed: int = 0
     total: int = 0                 # tests in the criterion
     items: list[int] = Field(default_factory=list)   # indexes into GradeReport.explanations
-    tests: list[str] = Field(default_factory=list)   # test_ids in the criterion
+    tests: list[str] = Field(default_factory=list, exclude=True)   # test_ids in the criterion (staff-side)
 
 
 class StaffAnswer(BaseModel):

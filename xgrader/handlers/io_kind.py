@@ -314,8 +314,8 @@ def missing_name(err: dict[str, Any], defined: dict[str, Any] | None) -> str | N
     """The name a case needed that the submission does not define: a NameError
     (or a failed import) raised by the test expression itself, before any of
     the student's code ran. None for errors inside the student's code."""
-    if err.get("frames"):
-        return None
+    if err.get("frames") or str(err.get("traceback") or "").strip():
+        return None   # raised inside the student's own code
     etype, message = err.get("type"), str(err.get("message") or "")
     m = None
     if etype == "NameError":
