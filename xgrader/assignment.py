@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ast as ast_module
 import functools
+import hashlib
 import re
 import tomllib
 from pathlib import Path, PurePosixPath
@@ -371,6 +372,7 @@ class Assignment(BaseModel):
     description: str = ""
     samples: list[Path] = Field(default_factory=list)
     prelude: dict[str, bytes] = Field(default_factory=dict)   # {file name: source}, at most one
+    version: str = ""               # hash of config, tests, public tests, solution, files (set by load_assignment)
 
     @property
     def title(self) -> str:
@@ -472,6 +474,15 @@ class Assignment(BaseModel):
     def case_name(self, index: int) -> str:
         case = self.cases[index]
         return case.name or f"case {index + 1}"
+
+    def version_hash(self) -> str:
+        """What the attempt ledger records as the assignment's version: a
+        change to the config, a test, the solution or a runtime file changes it."""
+        h = hashlib.sha256(b"xgrader-assignment-1")
+        parts = self.fingerprint_parts() + [(f"public_tests/{k}", self.public_tests[k]) for k in sorted(self.public_tests)]
+        for name, data in parts:
+            h.update(len(name).to_bytes(4, "big") + name.encode() + len(data).to_bytes(8, "big") + data)
+        return h.hexdigest()[:16]
 
     def fingerprint_parts(self) -> list[tuple[str, bytes]]:
         """What expected values depend on (for the on-disk cache key)."""
@@ -689,8 +700,9 @@ def load_assignment(folder: Path, name: str, library_dir: Path | None = None) ->
     description = desc_path.read_text(encoding="utf-8", errors="replace") if desc_path.is_file() else ""
     samples_dir = folder / "samples"
     samples = sorted(p for p in samples_dir.iterdir() if p.is_file()) if samples_dir.is_dir() else []
-    return Assignment(
+    loaded = Assignment(
         name=name, root=folder, config=config, tests=tests, public_tests=public,
         solution=solution, files=files, cases=cases, description=description, samples=samples,
         image_cases=image_cases, mutants=mutants, prelude=prelude,
     )
+    return loaded.model_copy(update={"version": loaded.version_hash()})

@@ -63,6 +63,18 @@ class HintSettings(BaseModel):
         return self
 
 
+class LedgerSettings(BaseModel):
+    """The attempt ledger: every graded submission recorded (docs/ledger.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    url: str = "sqlite:///xgrader-ledger.db"   # or postgresql://user@host:port/db (replicas share it)
+    retention_days: float | None = Field(None, gt=0)  # attempts and files older than this are deleted
+    max_file_bytes: int = Field(5_000_000, ge=0)  # larger files are recorded by hash only
+    connect_timeout_s: float = Field(3.0, gt=0)   # an unreachable store costs a child at most this, after its reply
+
+
 class Settings(BaseSettings):
     """Every field can be set as XGRADER_<FIELD> (nested: XGRADER_HINTS__MODEL)."""
 
@@ -143,6 +155,7 @@ class Settings(BaseSettings):
     log_level: str = "info"
 
     hints: HintSettings = Field(default_factory=HintSettings)
+    ledger: LedgerSettings = Field(default_factory=LedgerSettings)
 
     @field_validator("queue_names", "file_hosts", mode="before")
     @classmethod

@@ -93,6 +93,8 @@ class Grader:
             safe_call(self.hooks.on_infra_failure, "", "sandbox_start")
             raise InfraError(f"sandbox failed: {exc}") from exc
         report = signatures.finish(assignment, report, source)
+        if assignment.version and report.version != assignment.version:
+            report = report.model_copy(update={"version": assignment.version})
         safe_call(self.hooks.on_phase, "", "run", time.monotonic() - started)
         return report
 

@@ -8,9 +8,12 @@ them. A hook must never raise into grading: callers wrap them with
 from __future__ import annotations
 
 import os
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import structlog
+
+if TYPE_CHECKING:
+    from xgrader.job import GradedSubmission
 
 log = structlog.get_logger(__name__)
 
@@ -79,8 +82,22 @@ class Hooks:
     def on_hint(self, outcome: str, seconds: float, tokens: int = 0) -> None:
         """outcome: delivered | guard_rejected | timeout | quota | error | cached | disabled"""
 
+    def on_attempt(self, graded: "GradedSubmission") -> None:
+        """A submission was graded and its reply is on its way (posted, or
+        handed to the parent that posts it). Runs where it is called, also in
+        a forked child (see IN_PLACE_HOOKS): the child alone holds the files
+        and the full report. Implementations must not delay a reply: callers
+        call it after the reply is out. The attempt ledger implements it."""
+
+    def on_ledger(self, outcome: str, seconds: float) -> None:
+        """An attempt's recording: outcome recorded | error (the store was
+        unusable; grading went on)."""
+
 
 MAX_CHILD_EVENTS = 500  # keeps a child's report message well under the pipe buffer cap
+# Hooks a forked child runs itself instead of buffering them for the parent:
+# their arguments (a submission's files and report) stay in the child.
+IN_PLACE_HOOKS = frozenset({"on_attempt"})
 
 
 class HookChain(Hooks):
@@ -99,7 +116,7 @@ class HookChain(Hooks):
     def __getattribute__(self, name: str):  # type: ignore[override]
         if name.startswith("on_"):
             hooks = object.__getattribute__(self, "_hooks")
-            if os.getpid() != object.__getattribute__(self, "_pid"):
+            if os.getpid() != object.__getattribute__(self, "_pid") and name not in IN_PLACE_HOOKS:
                 events = object.__getattribute__(self, "_child_events")
 
                 def record(*args, **kwargs) -> None:
@@ -129,7 +146,8 @@ class HookChain(Hooks):
         for event in events or ():
             try:
                 name, args, kwargs = event
-                if not (isinstance(name, str) and name.startswith("on_") and hasattr(Hooks, name)):
+                if not (isinstance(name, str) and name.startswith("on_") and hasattr(Hooks, name)
+                        and name not in IN_PLACE_HOOKS):
                     continue
                 getattr(self, name)(*args, **kwargs)
             except (TypeError, ValueError):

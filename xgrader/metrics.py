@@ -73,6 +73,10 @@ class MetricsHooks(Hooks):
         self.hint_seconds = Histogram("xgrader_hint_seconds", "Hint latency", ["outcome"], registry=r)
         self.hints = Counter("xgrader_hints", "Hints by outcome", ["outcome"], registry=r)
         self.hint_tokens = Counter("xgrader_hint_tokens", "LLM tokens used", registry=r)
+        self.ledger = Counter("xgrader_ledger_records", "Attempts recorded in the ledger, by outcome "
+                              "(error: the store was unusable; the result was still posted)", ["outcome"], registry=r)
+        self.ledger_seconds = Histogram("xgrader_ledger_record_seconds", "Time to record one attempt",
+                                        buckets=PHASE_BUCKETS, registry=r)
         self.push_requests = Counter("xgrader_push_requests", "Push-mode HTTP requests by status code",
                                      ["status"], registry=r)
         # Queue state and scaling signals that do not need get_queuelen/.
@@ -140,6 +144,9 @@ class MetricsHooks(Hooks):
     def on_poison(self, queue, reason): self.poison.labels(queue, reason).inc()
     def on_backend_ready(self, ok, detail=""):
         self.backend_ok = (bool(ok), detail or ("ok" if ok else "sandbox backend unusable"))
+    def on_ledger(self, outcome, seconds):
+        self.ledger.labels(outcome).inc()
+        self.ledger_seconds.observe(seconds)
     def on_hint(self, outcome, seconds, tokens=0):
         self.hints.labels(outcome).inc()
         self.hint_seconds.labels(outcome).observe(seconds)

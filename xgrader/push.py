@@ -204,15 +204,29 @@ class PushServer:
         self.hooks.on_pulled(PUSH_QUEUE, request_id)
         self._set_in_flight(+1)
         try:
-            handle = self._run_child(submission, request_id, deadline)
+            sup, handle = self._run_child(submission, request_id, deadline)
         finally:
             self._set_in_flight(-1)
         seconds = (handle.finished or time.monotonic()) - handle.started
         report = handle.report
+        replayed = 0
         if report is not None:
+            replayed = len(report.events)
             self.hooks.replay(report.events)
             for phase, secs in report.phases.items():
                 self.hooks.on_phase(PUSH_QUEUE, phase, secs)
+        if sup.children:
+            # The child reported and records its attempt now: answer, and reap
+            # it once the answer is written (its late hook calls replayed then).
+            finish = lambda: self._finish_child(sup, handle, replayed)  # noqa: E731
+        else:
+            finish = None
+        response = self._answer(submission, handle, report, seconds)
+        if finish is not None:
+            response.call_on_close(finish)
+        return response
+
+    def _answer(self, submission: Any, handle: Any, report: Any, seconds: float) -> Response:
         if report is None or report.outcome == "infra" or report.reply is None:
             kind = (report.infra_kind if report is not None else None) or (
                 "timeout" if handle.killed_for == "timeout" else "child_died")
@@ -231,8 +245,24 @@ class PushServer:
         label = f"xgp-{os.getpid()}-{request_id}"
         handle = sup.spawn(lambda reporter: self._child(submission, request_id, label, reporter),
                            timeout=deadline, label=label)
+        self._wait_child(sup, handle, until_report=True)
+        return sup, handle
+
+    def _finish_child(self, sup: Supervisor, handle: Any, replayed: int) -> None:
+        """After the answer went out: reap the child (bounded) and replay the
+        hook calls it made after its report (the ledger's outcome)."""
+        try:
+            self._wait_child(sup, handle, until_report=False)
+            if handle.report is not None:
+                self.hooks.replay(handle.report.events[replayed:])
+        except Exception:
+            log.exception("push_child_reap_failed", label=handle.label)
+
+    def _wait_child(self, sup: Supervisor, handle: Any, until_report: bool) -> None:
         end = handle.deadline + 10.0  # kill + reap, bounded
         while sup.children and time.monotonic() < end:
+            if until_report and handle.report is not None and handle.report.outcome != "infra":
+                return
             wait = max(0.0, min(0.5, handle.deadline - time.monotonic()))
             try:
                 select.select([handle.fd] if handle.exit_status is None else [], [], [], wait)
@@ -244,12 +274,11 @@ class PushServer:
         if sup.children:  # could not reap in time: never leave it behind
             sup.kill_all("timeout")
             sup.wait_all(timeout=5.0)
-        return handle
 
     def _child(self, submission: Any, request_id: str, label: str, reporter: Reporter) -> None:
         """In the forked child: fetch, grade, report the reply body."""
         from xgrader import pipeline
-        from xgrader.job import GradeRequest
+        from xgrader.job import GradedSubmission, GradeRequest
 
         srv = getattr(self, "_srv", None)
         if srv is not None:  # the listening socket is the parent's alone
@@ -299,6 +328,14 @@ class PushServer:
                 outcome="posted", assignment=assignment, phases=phases,
                 grade_outcome=report.outcome.value, score=report.score, max_score=report.max_score,
                 reply=reply.to_body(), events=self.hooks.take_child_events()))
+            # The parent answers now; the record (ledger) is written meanwhile.
+            try:
+                self.hooks.on_attempt(GradedSubmission(
+                    source="push", request=request, report=report, reply=reply, queue=PUSH_QUEUE,
+                    graded_at=time.time(), timings=dict(phases)))
+                reporter.events(self.hooks.take_child_events())
+            except Exception as exc:
+                log.warning("record_attempt_failed", error=f"{type(exc).__name__}: {str(exc)[:200]}")
 
     def _set_in_flight(self, delta: int) -> None:
         with self._lock:

@@ -162,6 +162,11 @@ class GradeReport(BaseModel):
     hint_link: str | None = None     # the hint's student page (rate, ask the staff), signed by xgrader
     # Staff answers not yet shown to this student (an operator setting; docs/hints.md).
     staff_answers: list[StaffAnswer] = Field(default_factory=list)
+    # For the record (the attempt ledger), never rendered: the graded
+    # assignment's version hash and the names of the signatures (built-in or
+    # the instructor's) that gave its feedback.
+    version: str = ""
+    signatures: list[str] = Field(default_factory=list)
 
     @property
     def correct(self) -> bool:

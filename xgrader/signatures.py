@@ -135,4 +135,8 @@ def finish(assignment: "Assignment", report: GradeReport, source: Source | None)
     from xgrader import criteria
 
     report = apply(assignment.config.feedback.signatures, report, source)
-    return criteria.apply(assignment, report)
+    report = criteria.apply(assignment, report)
+    # For the record (the attempt ledger): which signatures, built-in or the
+    # instructor's, gave this feedback.
+    names = list(dict.fromkeys(e.signature for e in report.explanations if e.signature))
+    return report.model_copy(update={"signatures": names}) if names else report

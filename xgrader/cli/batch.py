@@ -36,6 +36,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--payload", required=True, help="the grader_payload text, e.g. '{\"grader\": \"is_prime\"}'")
     p.add_argument("--out", required=True, type=Path, help="gradebook CSV path (the JSON goes next to it)")
     p.add_argument("--jobs", type=int, default=2, help="submissions graded at once (default 2)")
+    p.add_argument("--no-record", action="store_true",
+                   help="do not record the attempts in the attempt ledger (recorded by default, each "
+                   "under its file name as the student; settings' [ledger])")
     add_common(p)
     p.add_argument("submissions", type=Path, metavar="SUBMISSIONS_DIR", help="folder of submissions")
     p.set_defaults(func=run)
@@ -94,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     if not paths:
         print(f"xgrader batch: no submissions in {args.submissions}", file=sys.stderr)
         return 2
-    _settings, backend, grader = open_grader(args)
+    settings, backend, grader = open_grader(args)
     try:
         try:
             assignment = grader.registry.get(payload.grader)
@@ -116,6 +119,9 @@ def run(args: argparse.Namespace) -> int:
         elapsed = time.monotonic() - started
     finally:
         backend.close()
+    recorded = 0
+    if not args.no_record and settings.ledger.enabled:
+        recorded = record_batch(settings, dict(items), results)
     results = sorted(results + unreadable, key=lambda g: g.name)
     write_gradebook(args.out, results, assignment, payload.grader, elapsed)
     graded = [g for g in results if g.report is not None]
@@ -126,10 +132,31 @@ def run(args: argparse.Namespace) -> int:
     if no_help:
         print(f"{len(no_help)} got no useful feedback (bare score, no explanation, no visible failing test): "
               + ", ".join(no_help))
+    if recorded:
+        print(f"recorded {recorded} attempts in the ledger ({settings.ledger.url})")
     for g in results:
         if g.report is None:
             print(f"not graded: {g.name}: {g.error}", file=sys.stderr)
     return 0 if len(graded) == len(results) else 1
+
+
+def record_batch(settings: Any, requests: dict[str, Any], results: list[Any]) -> int:
+    """Each graded submission into the attempt ledger, its file name as the student."""
+    from xgrader import pipeline
+    from xgrader.cli.grade import record_local
+    from xgrader.ledger import LedgerHooks
+
+    recorder = LedgerHooks(settings.ledger)
+    recorded = 0
+    for g in results:
+        if g.report is None:
+            continue
+        if not record_local(settings, "batch", requests[g.name], g.report, pipeline.reply_for(g.report), g.name,
+                            submission_id=g.name, timings={"grade": g.seconds}, recorder=recorder):
+            break   # the warning is printed once
+        recorded += 1
+    recorder.ledger().close()
+    return recorded
 
 
 def write_gradebook(out: Path, results: list[Any], assignment: Any, grader_name: str, elapsed: float) -> None:

@@ -10,6 +10,8 @@ from xgrader.cli.grade import add_common, open_grader
 
 EPILOG = """\
 What is checked, per assignment:
+  * with --mutants: mutants of the reference solution are graded (`xgrader mutants`),
+    and a mutation score below --min-score (default 0.8) fails the check;
   * assignment.toml and tests/cases.toml validate (errors name the file and the field);
   * solution/ holds the entry file; description.md and samples/ exist (warnings);
   * the reference solution gets full marks;
@@ -36,8 +38,42 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--jobs", type=int, default=2, help="samples graded at once (default 2)")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object (every assignment's result, scores at full precision)")
+    p.add_argument("--mutants", action="store_true",
+                   help="also grade mutants of the reference solution (`xgrader mutants`): the check fails "
+                   "when the mutation score is below --min-score")
+    p.add_argument("--min-score", type=float, default=0.8,
+                   help="with --mutants: the lowest passing mutation score, 0..1 (default 0.8)")
     add_common(p)
     p.set_defaults(func=run)
+
+
+def check_mutants(grader, name: str, min_score: float, jobs: int, out=None) -> bool:
+    """The mutation score of one assignment's tests against `min_score`
+    (the report goes to `out`: stdout, or stderr beside --json)."""
+    out = out or sys.stdout
+    from xgrader.errors import AssignmentError, InfraError
+    from xgrader.mutation import mutants_for
+    from xgrader.mutation.run import render, run_mutants
+
+    from xgrader.mutation.run import MUTABLE_KINDS
+
+    assignment = grader.registry.get(name)
+    if assignment.config.kind not in MUTABLE_KINDS:
+        print(f"  mutants: not for a {assignment.config.kind!r} assignment (pytest and io kinds)", file=out)
+        return True
+    mutants = mutants_for(assignment.solution)
+    if not mutants:
+        print(f"  mutants: none (no Python code in {name}/solution/)", file=out)
+        return True
+    try:
+        report = run_mutants(grader, assignment, mutants, jobs=jobs)
+    except (AssignmentError, InfraError) as exc:
+        print(f"FAIL  {name}: mutants: {exc}", file=out)
+        return False
+    ok = report.score >= min_score
+    print(("PASS" if ok else "FAIL") + f"  {name} mutants (min score {min_score:g}):", file=out)
+    print("  " + render(report).replace("\n", "\n  "), file=out, flush=True)
+    return ok
 
 
 def run(args: argparse.Namespace) -> int:
@@ -69,6 +105,9 @@ def run(args: argparse.Namespace) -> int:
                 print(authoring.render_check(result), flush=True)
             results.append(result)
             if not result.ok:
+                failed.append(name)
+            elif args.mutants and not check_mutants(grader, name, args.min_score, args.jobs,
+                                                    sys.stderr if args.json else sys.stdout):
                 failed.append(name)
     finally:
         backend.close()

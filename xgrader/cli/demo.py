@@ -20,7 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sandbox", default="bwrap", choices=["bwrap", "docker", "auto"],
                    help="sandbox backend for the daemon (default bwrap)")
     p.add_argument("--keep", action="store_true",
-                   help="leave the queue server running and print its dashboard URL")
+                   help="leave the queue server and the daemon running (LMS callbacks go to the queue's own "
+                   "sink); print the dashboard URL and a settings file for `history`, `regrade`")
     p.set_defaults(func=run)
 
 

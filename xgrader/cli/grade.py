@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -82,9 +83,38 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--staff", action="store_true",
                    help="print the feedback as text, then every test's hidden input, expected and actual "
                    "values, errors and what the student is told about it (course staff only)")
+    p.add_argument("--record", action="store_true",
+                   help="record the attempt in the attempt ledger (settings' [ledger] url)")
+    p.add_argument("--student", help="with --record: the student id to record (default: the file name)")
     add_common(p)
     p.add_argument("files", nargs="+", type=Path, metavar="FILE", help="the submission (file(s) or a folder)")
     p.set_defaults(func=run)
+
+
+def record_local(settings: Any, source: str, request: Any, report: Any, reply: Any, student: str,
+                 submission_id: str = "", timings: dict | None = None, recorder: Any = None) -> bool:
+    """Record one locally graded submission in the attempt ledger (grade
+    --record, batch); a ledger that cannot be used is a warning, the grade
+    stands. Returns whether it was recorded."""
+    from xgrader.hooks import Hooks
+    from xgrader.job import GradedSubmission
+    from xgrader.ledger import LedgerHooks
+
+    class Outcome(Hooks):
+        ok = False
+
+        def on_ledger(self, outcome: str, seconds: float) -> None:
+            Outcome.ok = outcome == "recorded"
+
+    hooks = recorder or LedgerHooks(settings.ledger)
+    hooks.report_to = Outcome()
+    request = request.model_copy(update={"submission_id": submission_id or request.submission_id})
+    hooks.on_attempt(GradedSubmission(source=source, request=request, report=report, reply=reply,
+                                      student=student, graded_at=time.time(), timings=timings or {}))
+    if not Outcome.ok:
+        print(f"xgrader: warning: the attempt was not recorded in the ledger ({settings.ledger.url})",
+              file=sys.stderr)
+    return Outcome.ok
 
 
 def parse_payload(text: str) -> Any:
@@ -113,8 +143,10 @@ def run(args: argparse.Namespace) -> int:
     settings, backend, grader = open_grader(args)
     preview = _HintPreview(settings, grader) if args.hints else None
     try:
+        started = time.perf_counter()
         report, reply = pipeline.grade_request(request, settings, backend,
                                                hints=preview.stage if preview else None)
+        timings = {"grade": time.perf_counter() - started}
     except (InfraError, SandboxError) as exc:
         print(f"xgrader: could not grade (infrastructure): {exc}", file=sys.stderr)
         return 3
@@ -122,6 +154,9 @@ def run(args: argparse.Namespace) -> int:
         backend.close()
         if preview is not None:
             preview.report()
+    if args.record:
+        record_local(settings, "grade", request, report, reply, args.student or args.files[0].name,
+                     submission_id=args.files[0].name, timings=timings)
     from xgrader import feedback
 
     try:

@@ -16,12 +16,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     s = qsub.add_parser("serve", help="run the queue server until SIGTERM/SIGINT",
                         description="Serve the grader side (login/, get_queuelen/, get_submission/, "
                         "put_result/) and the LMS side (submit/) of xqueue with legacy xqueue's exact "
-                        "replies, uploaded files under /xqueue/files/, and a read-only dashboard at /. "
+                        "replies, uploaded files under /xqueue/files/, a read-only overview at /, and the "
+                        "submissions dashboard at /xqueue/dashboard/ (behind the login; docs/ledger.md). "
                         "Flags win over the config file. Prints 'xgrader queue listening on URL' when ready.")
     s.add_argument("--config", type=Path, help="TOML or JSON file with any of: host, port, db, queues, "
                    "users (table NAME = PASSWORD), lease_timeout_s, session_ttl_s, mode, delivery_tries, "
                    "delivery_backoff_s, delivery_timeout_s, max_upload_bytes, external_dicts_over, "
-                   "max_connections, threads, idle_timeout_s")
+                   "max_connections, threads, idle_timeout_s, ledger, "
+                   "dashboard_page_size")
     s.add_argument("--host", help="listen address (default 127.0.0.1)")
     s.add_argument("--port", type=int, help="listen port (default 18040; 0 = any free port)")
     s.add_argument("--db", type=Path, help="SQLite database (default ./xgrader-queue.db)")
@@ -45,6 +47,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "environment variables work too (docs/hints.md)")
     s.add_argument("--max-connections", type=int, dest="max_connections", metavar="N",
                    help="clients connected at once; more wait until one leaves (default 100)")
+    s.add_argument("--ledger", metavar="URL",
+                   help="the graders' attempt ledger (sqlite:///PATH or postgresql://...): the dashboard's "
+                   "submission pages show its history, staff view and files")
     s.set_defaults(func=serve)
 
     st = qsub.add_parser("status", help="print queues and the latest submissions from a database",
@@ -70,7 +75,7 @@ def serve(args: argparse.Namespace) -> int:
             args.config, host=args.host, port=args.port, db=args.db, queues=args.queues,
             users=users or None, lease_timeout_s=args.lease_timeout_s, session_ttl_s=args.session_ttl_s,
             mode=args.mode, delivery_tries=args.delivery_tries, delivery_backoff_s=args.delivery_backoff_s,
-            max_connections=args.max_connections)
+            max_connections=args.max_connections, ledger=args.ledger)
     except (ValidationError, ValueError, OSError) as exc:
         print(f"xgrader queue serve: bad configuration: {exc}", file=sys.stderr)
         return 2

@@ -75,7 +75,10 @@ def run(args: argparse.Namespace) -> int:
     metrics = build_hooks(settings) if settings.metrics_port else MetricsHooks()
     if not isinstance(metrics, MetricsHooks):
         metrics = MetricsHooks()
-    hooks = HookChain(metrics)
+    recorder = wiring._ledger_hooks(settings)   # the attempt ledger, schema ready before any fork
+    hooks = HookChain(metrics, recorder) if recorder is not None else HookChain(metrics)
+    if recorder is not None:
+        recorder.report_to = hooks
     try:
         backend = make_backend(settings, unsafe_ok=args.unsafe_no_sandbox)
     except SandboxError as exc:

@@ -20,7 +20,7 @@ from xgrader.daemon.messages import ChildReport, Reporter
 from xgrader.errors import AssignmentError, InfraError, SubmissionError
 from xgrader.hooks import Hooks
 from xgrader.logs import clip
-from xgrader.job import GradeRequest
+from xgrader.job import GradedSubmission, GradeRequest
 from xgrader.backends.base import SandboxError
 from xgrader.wire import GraderReply, PayloadError, Submission, parse_submission
 
@@ -110,16 +110,30 @@ def grade_and_report(ctx: JobContext, reporter: Reporter) -> None:
             graded = _grade(ctx, reporter, after_reply)
             if graded is None:
                 return
-            reply, timer, fields = graded
+            reply, timer, fields, attempt = graded
             log.info("graded", attempt=ctx.attempt, assignment=fields["assignment"],
                      outcome=fields["grade_outcome"], score=fields["score"], posted="by_parent")
             reporter.report(ChildReport(outcome="graded", reply=reply.to_body(), phases=timer.phases,
                                         events=child_events(ctx), **fields))
+            record_attempt(ctx, reporter, attempt)
         finally:
             # The sandboxes were killed before the report; waiting for them to
             # be gone and removing their cgroups happens while the parent posts
             # and the next job starts (the parent frees the slot on the report).
             tear_down(after_reply)
+
+
+def record_attempt(ctx: JobContext, reporter: Reporter, attempt: GradedSubmission | None) -> None:
+    """After the report (the parent posts meanwhile): hooks that keep a
+    record of the attempt (the ledger) run here, in the child; what they
+    report (the ledger's outcome) follows the report for the parent to replay."""
+    if attempt is None or ctx.hooks is None:
+        return
+    try:
+        ctx.hooks.on_attempt(attempt)
+        reporter.events(child_events(ctx))
+    except Exception as exc:   # the reply is out; nothing here may change that
+        log.warning("record_attempt_failed", error=f"{type(exc).__name__}: {str(exc)[:200]}")
 
 
 def tear_down(after_reply: list) -> None:
@@ -131,10 +145,11 @@ def tear_down(after_reply: list) -> None:
     after_reply.clear()
 
 
-def _grade(ctx: JobContext, reporter: Reporter,
-           after_reply: list | None = None) -> tuple[GraderReply, _Timer, dict[str, Any]] | None:
-    """Parse, fetch, grade. Returns (reply, timer, report fields), or None
-    after reporting an infrastructure failure (the parent retries, bounded).
+def _grade(ctx: JobContext, reporter: Reporter, after_reply: list | None = None
+           ) -> tuple[GraderReply, _Timer, dict[str, Any], GradedSubmission | None] | None:
+    """Parse, fetch, grade. Returns (reply, timer, report fields, the graded
+    submission for the record: None for a malformed pull), or None after
+    reporting an infrastructure failure (the parent retries, bounded).
     Killed sandboxes' teardowns go to `after_reply` (None: done at once)."""
     from xgrader import pipeline  # imported by the parent before forking; cheap here
 
@@ -143,6 +158,7 @@ def _grade(ctx: JobContext, reporter: Reporter,
     timer = _Timer(recorder.phases)
     backend = instrumented(ctx)
     assignment, grade_outcome, score, max_score = "", "", None, None
+    attempt: GradedSubmission | None = None
     try:
         try:
             submission: Submission = parse_submission(ctx.content)
@@ -172,6 +188,8 @@ def _grade(ctx: JobContext, reporter: Reporter,
                                                    cache=ctx.cache, after_reply=after_reply)
             timer.add("grade", started)
             grade_outcome, score, max_score = report.outcome.value, report.score, report.max_score
+            attempt = GradedSubmission(source="daemon", request=request, report=report, reply=reply,
+                                       queue=ctx.queue, graded_at=time.time(), timings=timer.phases)
     except (InfraError, SandboxError) as exc:
         kind = "sandbox_start" if isinstance(exc, SandboxError) else "infra"
         bound.error("infra_failure", kind=kind, error=clip(exc, 500))
@@ -192,7 +210,7 @@ def _grade(ctx: JobContext, reporter: Reporter,
                                     events=child_events(ctx)))
         return None
     return reply, timer, {"assignment": assignment, "grade_outcome": grade_outcome,
-                          "score": score, "max_score": max_score}
+                          "score": score, "max_score": max_score}, attempt
 
 
 def classify_put(result: Any) -> tuple[str, str]:

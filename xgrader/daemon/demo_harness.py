@@ -203,6 +203,27 @@ def results_table(samples: list[Sample], results: dict[str, list[dict]], max_sco
     return "\n".join(lines)
 
 
+def delivered_results(db: Path) -> dict[str, list[dict]]:
+    """lms_key -> [result] of what the queue delivered (kept mode: its own LMS sink)."""
+    import sqlite3
+
+    try:
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+        try:
+            rows = conn.execute("SELECT lms_key, result FROM submissions WHERE delivery='delivered'").fetchall()
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return {}
+    out: dict[str, list[dict]] = {}
+    for key, result in rows:
+        try:
+            out[key] = [json.loads(result)]
+        except (TypeError, ValueError):
+            out[key] = [{"correct": None, "score": 0, "msg": str(result)[:200]}]
+    return out
+
+
 def max_score_of(body: dict) -> float | None:
     m = re.search(r"(\d+(?:\.\d+)?)\s*(?:/|out of|of)\s*(\d+(?:\.\d+)?)", msg_first_line(body.get("msg", "")))
     return float(m.group(2)) if m else None
@@ -217,13 +238,20 @@ class DemoRun:
     sandbox: str = "bwrap"
     out: Any = sys.stdout
     procs: list[subprocess.Popen] = field(default_factory=list)
+    ledger_url: str | None = None       # the attempt ledger; default: ledger.db in the workdir
+    metrics_port: int | None = None
+
+    @property
+    def ledger(self) -> str:
+        return self.ledger_url or f"sqlite:///{self.workdir / 'ledger.db'}"
 
     def say(self, text: str) -> None:
         print(text, file=self.out, flush=True)
 
     def start_queue(self, port: int, password: str) -> subprocess.Popen:
         cmd = [sys.executable, "-m", "xgrader", "queue", "serve", "--port", str(port),
-               "--db", str(self.workdir / "queue.db"), "--queue", QUEUE, "--user", f"xgrader:{password}"]
+               "--db", str(self.workdir / "queue.db"), "--queue", QUEUE, "--user", f"xgrader:{password}",
+               "--ledger", self.ledger]
         log = open(self.workdir / "queue.log", "wb")
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self.procs.append(proc)
@@ -236,8 +264,10 @@ class DemoRun:
             "XGRADER_QUEUE_USER": "xgrader", "XGRADER_QUEUE_PASSWORD": password,
             "XGRADER_HANDLERS": str(self.handlers), "XGRADER_SANDBOX": self.sandbox,
             "XGRADER_POLL_MAX_S": "0.5", "XGRADER_LOG_FORMAT": "json",
-            "XGRADER_SHUTDOWN_GRACE_S": "20",
+            "XGRADER_SHUTDOWN_GRACE_S": "20", "XGRADER_LEDGER__URL": self.ledger,
         })
+        if self.metrics_port:
+            env["XGRADER_METRICS_PORT"] = str(self.metrics_port)
         log = open(self.workdir / "daemon.log", "wb")
         cmd = [sys.executable, "-m", "xgrader", "run"]
         if self.sandbox == "unsafe":
@@ -245,6 +275,18 @@ class DemoRun:
         proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self.procs.append(proc)
         return proc
+
+    def write_config(self, queue_url: str, password: str) -> Path:
+        """The kept stack's settings, for `xgrader history|regrade --config`."""
+        (self.workdir / "password").write_text(password)
+        os.chmod(self.workdir / "password", 0o600)
+        config = self.workdir / "xgrader.toml"
+        config.write_text(
+            f"queue_url = {json.dumps(queue_url)}\nqueue_names = [{json.dumps(QUEUE)}]\n"
+            f"queue_user = \"xgrader\"\nqueue_password_file = {json.dumps(str(self.workdir / 'password'))}\n"
+            f"handlers = {json.dumps(str(self.handlers))}\nsandbox = {json.dumps(self.sandbox)}\n\n"
+            f"[ledger]\nurl = {json.dumps(self.ledger)}\n")
+        return config
 
     def stop(self, proc: subprocess.Popen, grace: float = 25.0) -> int | None:
         if proc.poll() is None:
@@ -268,6 +310,10 @@ class DemoRun:
         port = free_port()
         queue_url = f"http://127.0.0.1:{port}/xqueue/"
         receiver = CallbackReceiver()
+        if self.keep:
+            # What is left running must still have an LMS to deliver to (a
+            # regrade delivers again): the queue server's built-in sink.
+            receiver.url = f"{queue_url}lms-callback/"
         queue = daemon = None
         try:
             queue = self.start_queue(port, password)
@@ -280,14 +326,19 @@ class DemoRun:
             for s in samples:
                 submit(session, queue_url, s, receiver.url)
             end = time.monotonic() + self.timeout_s
-            while receiver.count() < len(samples) and time.monotonic() < end:
+            def results_now() -> dict[str, list[dict]]:
+                if self.keep:
+                    return delivered_results(self.workdir / "queue.db")
+                with receiver.lock:
+                    return {k: list(v) for k, v in receiver.results.items()}
+
+            while len(results_now()) < len(samples) and time.monotonic() < end:
                 if daemon.poll() is not None:
                     self.say(f"the daemon exited early with {daemon.returncode}; see {self.workdir}/daemon.log")
                     break
                 time.sleep(0.1)
             time.sleep(0.3)  # a duplicate delivery would show up as (x2)
-            with receiver.lock:
-                results = {k: list(v) for k, v in receiver.results.items()}
+            results = results_now()
             max_scores: dict[str, float] = {}
             for s in samples:
                 for body in results.get(s.key, []):
@@ -301,15 +352,17 @@ class DemoRun:
             self.say("")
             self.say(f"{len(samples) - len(missing)}/{len(samples)} results delivered"
                      + (f", {len(dupes)} delivered more than once" if dupes else ""))
+            if self.keep:
+                config = self.write_config(queue_url, password)
+                self.say(f"queue server (pid {queue.pid}) and daemon (pid {daemon.pid}) left running; "
+                         f"stop them with: kill {queue.pid} {daemon.pid}")
+                self.say(f"dashboard: {queue_url}dashboard/ (user xgrader, password in {self.workdir}/password)")
+                self.say(f"settings for history/regrade: --config {config}  (ledger {self.ledger})")
+                queue = daemon = None
+                return 1 if missing or dupes else 0
             daemon_code = self.stop(daemon)
             if daemon_code not in (0, None):
                 self.say(f"daemon exited with {daemon_code}; see {self.workdir}/daemon.log")
-            if self.keep:
-                self.say(f"queue server left running (pid {queue.pid}): dashboard http://127.0.0.1:{port}/ "
-                         f"(user xgrader, password in {self.workdir}/password)")
-                (self.workdir / "password").write_text(password)
-                os.chmod(self.workdir / "password", 0o600)
-                queue = None
             return 1 if missing or dupes or daemon_code not in (0, None) else 0
         finally:
             receiver.stop()

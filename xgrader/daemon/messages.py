@@ -1,6 +1,8 @@
 """What a child tells the parent over its pipe: JSON lines.
 
     {"report": {...ChildReport}}  the final word
+    {"events": [...]}             after the report: hook calls made since (the
+                                  ledger's outcome), added to the report's events
 
 A child never posts: the daemon's parent posts the reply a child reported
 (outcome "graded"); push mode answers the HTTP request with it.
@@ -53,3 +55,7 @@ class Reporter:
 
     def report(self, report: ChildReport) -> None:
         self._send({"report": report.model_dump()})
+
+    def events(self, events: list[list]) -> None:
+        if events:
+            self._send({"events": events})

@@ -339,6 +339,9 @@ class Supervisor:
             msg = json.loads(line)
             if "report" in msg:
                 handle.report = ChildReport.model_validate(msg["report"])
+            elif "events" in msg and handle.report is not None and isinstance(msg["events"], list):
+                room = max(0, 1000 - len(handle.report.events))   # ChildReport.events' bound
+                handle.report.events.extend(e for e in msg["events"][:room] if isinstance(e, list))
         except (ValueError, AttributeError, ValidationError) as exc:
             log.error("child_message_invalid", pid=handle.pid, label=handle.label, error=clip(exc, 200))
 

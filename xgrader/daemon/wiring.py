@@ -34,10 +34,27 @@ def configure_logging(settings: Settings) -> None:
 
 def build_hooks(settings: Settings) -> Hooks:
     """The metrics hooks (which serve /metrics, /healthz and /readyz when
-    metrics_port is set), in a chain other hooks can join."""
+    metrics_port is set) and the attempt ledger's recorder, in a chain other
+    hooks can join."""
     from xgrader.metrics import build_hooks as metrics_hooks
 
-    return HookChain(metrics_hooks(settings))
+    recorder = _ledger_hooks(settings)
+    chain = HookChain(metrics_hooks(settings), *([recorder] if recorder is not None else []))
+    if recorder is not None:
+        recorder.report_to = chain   # ledger outcomes reach the metrics (replayed from children)
+    return chain
+
+
+def _ledger_hooks(settings: Settings) -> Hooks | None:
+    """The attempt ledger (Hooks.on_attempt), its schema ready before any fork."""
+    ledger = getattr(settings, "ledger", None)
+    if ledger is None or not ledger.enabled:
+        return None
+    from xgrader.ledger.recorder import LedgerHooks
+
+    recorder = LedgerHooks(ledger)
+    recorder.prepare()
+    return recorder
 
 
 def build_client(settings: Settings, hooks: Hooks) -> Any:

@@ -79,6 +79,12 @@ class ExpectedStore:
         self._keys[id(assignment)] = (assignment, runner, key)
         return key
 
+    def share(self, derived: Assignment, original: Assignment) -> None:
+        """Grade `derived` (the same assignment with other time limits: the
+        mutants' tighter per-test timeout) with `original`'s expected values
+        and test list, instead of computing them again under its limits."""
+        self._keys[id(derived)] = (derived, _runner_signature(self.runner_dir), self.key(original))
+
     def get(self, assignment: Assignment, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         key = self.key(assignment)
         hit = self._memory.get(key)

@@ -142,6 +142,8 @@ class QueueApp:
         self.edx = config.mode == "edx"
         self._base_urls: dict[tuple, str] = {}
         self.hint_pages: Any = None   # xgrader.hints.web.HintPages, set by queue_server.hint_routes
+        from xgrader.queue_server.pages import Pages
+        self.pages = Pages(self)   # the submissions dashboard and regrades (pages.py)
 
     # -- WSGI ----------------------------------------------------------------
     def __call__(self, environ: dict, start_response: Callable) -> Any:
@@ -162,6 +164,8 @@ class QueueApp:
             return self.dashboard(request)
         if self.hint_pages is not None and self.hint_pages.handles(path):
             return self.hint_pages.respond(request)
+        if self.pages.handles(path):
+            return self.pages.dispatch(request)
         if path.startswith(PREFIX + "files/"):
             return self.serve_file(request, path[len(PREFIX + "files/"):])
         if path.startswith(PREFIX + "filemap/"):

@@ -34,6 +34,8 @@ class QueueServerConfig(BaseModel):
     max_connections: int = Field(100, ge=1, le=10_000)
     threads: int = Field(4, ge=1, le=256)
     idle_timeout_s: float = Field(75.0, gt=0)
+    ledger: str = ""          # the graders' attempt ledger (sqlite:///PATH or postgresql://...): the dashboard shows it
+    dashboard_page_size: int = Field(50, ge=1, le=500)
 
     @field_validator("queues")
     @classmethod

@@ -80,6 +80,29 @@ CREATE TABLE IF NOT EXISTS sessions (
     user TEXT NOT NULL,
     expires REAL NOT NULL
 );
+-- Every LMS delivery attempt (the dashboard's submission page lists them).
+CREATE TABLE IF NOT EXISTS delivery_attempts (
+    submission_id INTEGER NOT NULL,
+    at REAL NOT NULL,
+    ok INTEGER NOT NULL,
+    error TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS delivery_attempts_sub ON delivery_attempts(submission_id);
+-- Regrades (xgrader regrade --deliver, the dashboard's regrade action): one
+-- row per regrade and submission, so a regrade is delivered exactly once.
+CREATE TABLE IF NOT EXISTS regrades (
+    regrade_id TEXT NOT NULL,
+    submission_id INTEGER NOT NULL,
+    created REAL NOT NULL,
+    kind TEXT NOT NULL,                -- result (a new result delivered) | requeue (graded again by a grader)
+    user TEXT NOT NULL DEFAULT '',
+    old_result TEXT,
+    new_result TEXT,
+    new_submission_id INTEGER,         -- requeue: the copy queued for the graders
+    PRIMARY KEY (regrade_id, submission_id)
+);
+CREATE INDEX IF NOT EXISTS regrades_new ON regrades(new_submission_id) WHERE new_submission_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS regrades_sub ON regrades(submission_id);
 """
 
 
@@ -348,6 +371,8 @@ class Store:
             c.execute("UPDATE submissions SET delivery=?, delivery_tries=delivery_tries+1,"
                       " delivery_next=?, delivery_error=? WHERE id=?",
                       (state, retry_at or 0, error[:500], sid))
+            c.execute("INSERT INTO delivery_attempts(submission_id, at, ok, error) VALUES (?, ?, ?, ?)",
+                      (sid, time.time(), int(ok), error[:500]))
 
     # -- files ---------------------------------------------------------------
     def file(self, token: str) -> tuple[str, bytes] | None:
