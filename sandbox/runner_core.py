@@ -17,6 +17,7 @@ OUT_CAP = 64 * 1024          # per request and stream
 MAX_LINE = 4 * 1024 * 1024   # the host refuses longer lines
 MAX_DEPTH = 48               # the host refuses deeper than 64 (tags add a level)
 MARKER = "##xgrader-error## "  # exec mode: last stderr line describing a crash
+SAMPLE_MARKER = "##xgrader-sample## "  # exec mode: where a program was when it ran long
 
 
 # -- JSON ------------------------------------------------------------------------
@@ -487,7 +488,91 @@ def describe(exc, handles=None):
         err["traceback"] = _student_frames(exc.__traceback__)[-4000:]
     except BaseException:
         pass
+    try:
+        err.update(_locations(exc))
+    except BaseException:
+        pass
     return err
+
+
+# -- where the student's code was (for the host's explanations) ------------------
+# Only file names and line numbers: the host reads the lines from the files as
+# submitted, and checks the names against them.
+
+def _student_site(code):
+    path = code.co_filename
+    prefix = WORKDIR + "/"
+    return path[len(prefix):] if path.startswith(prefix) else None
+
+
+def _locations(exc, keep=20):
+    """{"frames": [[file, line], ...] innermost last} of an exception's student
+    frames; a RecursionError adds "recursion": the [file, line] repeated most."""
+    frames = []
+    tb = exc.__traceback__
+    while tb is not None:
+        name = _student_site(tb.tb_frame.f_code)
+        if name is not None:
+            frames.append([name, tb.tb_lineno])
+        tb = tb.tb_next
+    out = {"frames": frames[-keep:]} if frames else {}
+    if frames and isinstance(exc, RecursionError):
+        counts = {}
+        for name, line in frames:
+            counts[(name, line)] = counts.get((name, line), 0) + 1
+        (name, line), n = max(counts.items(), key=lambda kv: kv[1])
+        if n > 1:
+            out["recursion"] = [name, line]
+    return out
+
+
+def stack_sample(frame, keep=20):
+    """[[file, line], ...] of the student's frames on a live stack, innermost last."""
+    frames = []
+    while frame is not None and len(frames) < 200:
+        name = _student_site(frame.f_code)
+        if name is not None:
+            frames.append([name, frame.f_lineno])
+        frame = frame.f_back
+    frames.reverse()
+    return frames[-keep:]
+
+
+def _canonical(value):
+    """The runner's own encoding of a value (fresh handles), None if it has none;
+    compared before and after a call to see whether the call changed it."""
+    try:
+        enc = encode(value, Handles())
+        text = json_dumps(enc)
+    except BaseException:  # a student object whose encoding fails: not compared
+        return None
+    return None if '"$handle"' in text else text
+
+
+def changed_arguments(before, args):
+    """Did a call change one of its plain-data arguments in place? `before`
+    holds the canonical encodings taken before the call."""
+    for snapshot, arg in zip(before, args):
+        if snapshot is not None and _canonical(arg) != snapshot:
+            return True
+    return False
+
+
+def arm_program_sample(seconds):
+    """Program mode: if the program still runs after `seconds`, write where it
+    is to stderr (one SAMPLE_MARKER line) and let it go on; the host kills it
+    at its limit and explains where it was."""
+    import _signal
+
+    def on_alarm(signum, frame):
+        try:
+            line = SAMPLE_MARKER + json_dumps({"frames": stack_sample(frame)}) + "\n"
+            os.write(2, line.encode("utf-8", "replace"))
+        except BaseException:
+            pass
+
+    _signal.signal(_signal.SIGALRM, on_alarm)
+    _signal.setitimer(_signal.ITIMER_REAL, seconds)
 
 
 # -- requests ------------------------------------------------------------------
@@ -499,6 +584,9 @@ class Runner:
         self.module = None
         self.current = (None, None)   # (request id, batch index) being served
         self.output = Output(self.output_limit)
+        self.sampling = False         # a stack sample is armed (SIGALRM) for the current request
+        self.alarm_ready = False
+        self.mutated = False          # the watched call of the current expression changed an argument
 
     def output_limit(self):
         """The student's code printed past the job's output limit: answer the
@@ -551,6 +639,7 @@ class Runner:
     def handle(self, req):
         rid = req.get("id")
         op = req.get("op")
+        self.arm_sample(req.get("sample_after"))
         try:
             fn = getattr(self, "op_" + str(op), None)
             if fn is None:
@@ -559,8 +648,52 @@ class Runner:
             reply = fn(req)
         except BaseException as exc:
             reply = {"ok": False, "error": describe(exc)}
+        finally:
+            self.disarm_sample()
         reply["id"] = rid
         return reply
+
+    # -- stack samples: where code that runs long is (PROTOCOL.md, "sample") ------
+    def arm_sample(self, seconds):
+        """If the request still runs after `seconds`, send a stack sample (a
+        SIGALRM handler); the host keeps it in case it then times out."""
+        if type(seconds) not in (int, float) or not 0 < seconds < 3600:
+            return
+        import _signal
+        if not self.alarm_ready:
+            _signal.signal(_signal.SIGALRM, self.on_alarm)
+            self.alarm_ready = True
+        self.sampling = True
+        _signal.setitimer(_signal.ITIMER_REAL, float(seconds))
+
+    def disarm_sample(self):
+        if self.sampling:
+            import _signal
+            self.sampling = False   # first: a signal already pending then sends nothing
+            _signal.setitimer(_signal.ITIMER_REAL, 0)
+
+    def on_alarm(self, signum, frame):
+        if not self.sampling:
+            return
+        self.sampling = False
+        rid, index = self.current
+        msg = {"id": rid, "sample": {"frames": stack_sample(frame)}}
+        if index is not None:
+            msg["index"] = index
+        try:
+            self.channel.send(msg)
+        except BaseException:
+            pass
+
+    def watch_call(self, fn, /, *args, **kwargs):
+        """`f(a, b)` of an io expression, run as `__xgrader_call__(f, a, b)`:
+        the same call, noting whether it changed its arguments in place."""
+        values = list(args) + list(kwargs.values())
+        before = [_canonical(v) for v in values]
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            self.mutated = changed_arguments(before, values)
 
     def result(self, ok, value, out, err, with_repr=False):
         if not ok:
@@ -601,11 +734,17 @@ class Runner:
             code = compile(source, path, "exec", dont_inherit=True)
         except (SyntaxError, ValueError) as exc:  # ValueError: NUL bytes in source
             return {"ok": False, "error": describe(exc)}
+        prelude = load_prelude(req.get("prelude"))
         module = type(sys)(name)
         module.__file__ = path
         sys.modules[name] = module
         self.module = module
-        ok, value, out, err = self.captured(lambda: exec(code, module.__dict__))
+
+        def run():
+            if prelude is not None:
+                exec(prelude, module.__dict__)
+            exec(code, module.__dict__)
+        ok, value, out, err = self.captured(run)
         if not ok:
             return {"ok": False, "error": describe(value), "stdout": out, "stderr": err}
         return {"ok": True, "names": self.names(), "stdout": out, "stderr": err}
@@ -646,7 +785,12 @@ class Runner:
             fn = getattr(fn, req["method"])
         args = decode(req.get("args", []), self.handles)
         kwargs = decode(req.get("kwargs", {}), self.handles)
-        return self.result(*self.captured(lambda: fn(*args, **kwargs)))
+        values = list(args) + list(kwargs.values()) if req.get("watch") else []
+        before = [_canonical(v) for v in values]
+        reply = self.result(*self.captured(lambda: fn(*args, **kwargs)))
+        if values and changed_arguments(before, values):
+            reply["mutated"] = True
+        return reply
 
     def op_getattr(self, req):
         obj = self.target(req["handle"] if "handle" in req else req.get("target", ""))
@@ -665,21 +809,36 @@ class Runner:
     def evaluate(self, expr):
         code = compile(expr, "<test>", "eval", dont_inherit=True)
         scope = dict(self.module.__dict__) if self.module is not None else {}
+        scope["__xgrader_call__"] = self.watch_call
+        self.mutated = False
         return self.captured(lambda: eval(code, scope))
 
     def op_eval(self, req):
-        return self.result(*self.evaluate(req["expr"]), with_repr=True)
+        reply = self.result(*self.evaluate(req["expr"]), with_repr=True)
+        if self.mutated:
+            reply["mutated"] = True
+        return reply
 
     def batch(self, req):
         """One reply per expression as it finishes (the host times each one),
         then a final {done: true}."""
         rid = req.get("id")
-        for index, expr in enumerate(req.get("exprs", [])):
+        samples = req.get("sample_after")
+        # `watched`: the same expressions with their top call as __xgrader_call__(f, ...)
+        # (PROTOCOL.md); a runner without watch_call would use `exprs`.
+        exprs = req.get("watched") or req.get("exprs", [])
+        for index, expr in enumerate(exprs):
             self.current = (rid, index)
+            if isinstance(samples, list) and index < len(samples):
+                self.arm_sample(samples[index])
             try:
                 reply = self.result(*self.evaluate(expr), with_repr=True)
+                if self.mutated:
+                    reply["mutated"] = True
             except BaseException as exc:
                 reply = {"ok": False, "error": describe(exc)}
+            finally:
+                self.disarm_sample()
             reply["id"] = rid
             reply["index"] = index
             self.channel.send(reply)
@@ -779,9 +938,22 @@ def _report(text):
         pass
 
 
-def exec_main(path):
-    """Program mode: run FILE as __main__; a crash ends with a MARKER line."""
+def load_prelude(rel):
+    """The compiled instructor prelude (assignment.toml `prelude`), or None.
+    It runs in the student's module before their code, from its own file,
+    so the student's line numbers stay theirs."""
+    if not rel:
+        return None
+    full = os.path.join(WORKDIR, str(rel))
+    with open(full, "rb") as f:
+        return compile(f.read(), full, "exec", dont_inherit=True)
+
+
+def exec_main(path, options=()):
+    """Program mode: run FILE as __main__; a crash ends with a MARKER line.
+    Options: `--prelude FILE`, `--sample-after SECONDS`."""
     import builtins
+    opts = dict(zip(options[::2], options[1::2]))
     if WORKDIR not in sys.path:
         sys.path.insert(0, WORKDIR)
     full = os.path.join(WORKDIR, path)
@@ -797,6 +969,11 @@ def exec_main(path):
     module.__builtins__ = builtins
     sys.modules["__main__"] = module
     try:
+        prelude = load_prelude(opts.get("--prelude"))
+        if prelude is not None:
+            exec(prelude, module.__dict__)
+        if opts.get("--sample-after"):
+            arm_program_sample(float(opts["--sample-after"]))
         exec(code, module.__dict__)
     except SystemExit:
         raise
@@ -825,11 +1002,21 @@ def add_site_dirs():
             sys.path.append(d)
 
 
+def add_site_builtins():
+    """exit() and quit(), which the site module adds and -S leaves out:
+    student programs call them (as sys.exit)."""
+    import builtins
+    for name in ("exit", "quit"):
+        if not hasattr(builtins, name):
+            setattr(builtins, name, sys.exit)
+
+
 def main(argv):
     add_site_dirs()
     fresh_stdio()
+    add_site_builtins()
     if len(argv) >= 3 and argv[1] == "exec":
-        return exec_main(argv[2])
+        return exec_main(argv[2], argv[3:])
     spec = os.environ.pop("XGRADER_CHANNEL", "")
     if not spec:
         sys.stderr.write("runner: no XGRADER_CHANNEL\n")

@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 mode=${1:-full}
 packages=(bubblewrap python3 python3-pytest)
 if [ "$mode" != "--local" ]; then
-  packages+=(podman runc uidmap debootstrap redis-server libseccomp-dev)
+  packages+=(podman runc uidmap debootstrap redis-server libseccomp-dev chromium)
 fi
 
 missing=()

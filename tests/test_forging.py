@@ -6,9 +6,12 @@ appear in any report field or rendered output."""
 
 from __future__ import annotations
 
+import re
 import textwrap
 
 import pytest
+
+from xgrader import feedback
 
 from tests.support.grading import GradingKit
 from xgrader.report import GradeReport
@@ -263,8 +266,10 @@ def test_wrong_answers_never_show_hidden_values(forge_kit, kind):
     assert all(not t.visible and t.message is None and t.actual is None and t.expected is None
                and t.input is None and t.output is None for t in report.tests)
     assert not leaked(report)
-    # The exception is explained by its type only: its message carries the hidden input.
-    assert "LEAKED-INPUT" not in report.model_dump_json()
+    # The exception is explained by its type and the student's own line (read from the file as
+    # submitted); its message, which carries the hidden input, is not shown.
+    assert not re.search(r"LEAKED-INPUT-\d", report.model_dump_json() + feedback.render_html(report))
+    assert any((e.source_line or "").strip().startswith("raise ValueError") for e in report.explanations)
     assert any("ValueError" in e.title for e in report.explanations), report.explanations
     # Hidden test names carry no parameter ids (the ids hold a canary here).
     assert all("[" not in t.name for t in report.tests)

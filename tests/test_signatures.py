@@ -99,3 +99,76 @@ def test_instructor_message_reaches_a_graded_submission(kit):
     assert all(e.title != "Never fires" for e in wrong.explanations)
     right = kit.grade("digits", "def sum_digits(n):\n    return sum(int(c) for c in str(n))\n")
     assert right.correct and right.explanations == []
+
+
+# -- tests that did not run fire nothing; name forms as [[tests]] rules ----------
+
+EVERYTHING = """
+    [[feedback.signatures]]
+    title = "Any failing test"
+    test = "*"
+    [[feedback.signatures]]
+    title = "A NameError"
+    exception = "NameError"
+    [[feedback.signatures]]
+    title = "An import problem"
+    exception = "ModuleNotFoundError"
+"""
+
+
+def test_signatures_do_not_fire_when_the_tests_did_not_run(kit):
+    kit.add("notrun", {
+        "assignment.toml": 'title = "Not run"\nkind = "io"\nfunctions = ["f"]\n' + EVERYTHING,
+        "tests/cases.toml": '[[case]]\nexpr = "f(2)"\n[[case]]\nexpr = "f(3)"\n',
+        "solution/submission.py": "def f(n):\n    return n * 2\n",
+    })
+    for code in ("def f(n)\n    return n * 2\n",            # syntax error
+                 "def g(n):\n    return n * 2\n",            # missing function
+                 "import no_such_module\ndef f(n):\n    return n * 2\n",   # module fails to load
+                 "raise RuntimeError('at import')\n"):        # crashes while loading
+        report = kit.grade("notrun", code)
+        fired = [e.title for e in report.explanations if e.title in ("Any failing test", "A NameError",
+                                                                      "An import problem")]
+        assert fired == [], (code, fired)
+        assert all(t.status is Status.not_run for t in report.tests), code
+    # A test that ran and failed still fires them.
+    wrong = kit.grade("notrun", "def f(n):\n    return n * 3\n")
+    assert [e.title for e in wrong.explanations][:1] == ["Any failing test"]
+
+
+def test_signatures_do_not_fire_for_a_notebook_sent_to_the_wrong_assignment(kit):
+    import nbformat
+    kit.add("nbsig", {
+        "assignment.toml": 'title = "NB"\nkind = "pytest"\nfunctions = ["c_to_f", "f_to_c"]\n' + EVERYTHING,
+        "tests/test_t.py": "from submission import c_to_f, f_to_c\n\ndef test_a():\n    assert c_to_f(0) == 32\n\n"
+                           "def test_b():\n    assert f_to_c(32) == 0\n",
+        "solution/submission.py": "def c_to_f(c):\n    return c * 9 / 5 + 32\n\ndef f_to_c(f):\n    return (f - 32) * 5 / 9\n",
+    })
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("def is_prime(n):\n    return n > 1")]
+    report = kit.grade("nbsig", files={"primes.ipynb": nbformat.writes(nb).encode()})
+    assert report.explanations[0].title.startswith("Missing functions: c_to_f, f_to_c")
+    assert "right file" in report.explanations[0].detail
+    assert not any(e.title in ("Any failing test", "A NameError") for e in report.explanations)
+    assert all(t.status is Status.not_run for t in report.tests)
+
+
+@pytest.mark.parametrize("pattern", ["test_p.py::test_small[7-True]", "test_small[7-True]", "test_small",
+                                     "test_small[7-*]", "*::test_small*"])
+def test_test_patterns_match_the_forms_tests_rules_match(kit, pattern):
+    name = "forms_" + "".join(c for c in pattern if c.isalnum())
+    kit.add(name, {
+        "assignment.toml": f'title = "Forms"\nkind = "pytest"\n'
+                           f'[[feedback.signatures]]\ntitle = "matched"\ntest = "{pattern}"\n',
+        "tests/test_p.py": "import pytest\nfrom submission import f\n\n"
+                           "@pytest.mark.parametrize('n, ok', [(7, True), (9, False)])\n"
+                           "def test_small(n, ok):\n    assert f(n) is ok\n\n"
+                           "def test_other():\n    assert f(2) is True\n",
+        "solution/submission.py": "def f(n):\n    return n in (2, 3, 5, 7)\n",
+    })
+    # Wrong only for 7: test_small[7-True] fails (hidden), the rest pass.
+    report = kit.grade(name, "def f(n):\n    return n in (2, 3, 5)\n")
+    assert [e.title for e in report.explanations if e.title == "matched"] == ["matched"]
+    # Wrong only for 2 (test_other): a pattern for test_small must not match it.
+    other = kit.grade(name, "def f(n):\n    return n in (3, 5, 7)\n")
+    assert not any(e.title == "matched" for e in other.explanations)

@@ -109,7 +109,10 @@ def test_wheel_is_self_contained(built):
                  "pytest_side/xgrader_plugin.py", "pytest_side/pytest.ini"):
         assert f"xgrader/_sandbox/{part}" in names, part
     examples = {n.split("/")[2] for n in names if n.startswith("xgrader/_examples/")}
-    assert examples == {p.name for p in (REPO / "payload_handlers").iterdir() if (p / "assignment.toml").is_file()}
+    # Every example assignment, and the shared signatures library they use.
+    assert examples == {p.name for p in (REPO / "payload_handlers").iterdir() if (p / "assignment.toml").is_file()} \
+        | {"signatures"}
+    assert "xgrader/_examples/signatures/common.toml" in names
     assert "xgrader/_examples/word_freq/samples/correct_zipped.zip" in names
     # The grading image definition is a build input, not a runtime file.
     assert not [n for n in names if "/image/" in n or "__pycache__" in n or n.endswith(".pyc")]

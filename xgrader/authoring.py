@@ -137,14 +137,15 @@ class Graded(BaseModel):
     seconds: float = 0.0
 
 
-def grade_one(grader: grading.Grader, request: GradeRequest) -> GradeReport:
+def grade_one(grader: grading.Grader, request: GradeRequest, assignment: Assignment | None = None) -> GradeReport:
     """Grade like the pipeline does: an unusable upload is a graded answer
     (0 points and why, from the Grader); InfraError propagates."""
-    return grader.grade(request)
+    return grader.grade(request, assignment)
 
 
 def grade_many(grader: grading.Grader, items: list[tuple[str, GradeRequest]], jobs: int = 2,
-               progress: Callable[[int, int], None] | None = None) -> list[Graded]:
+               progress: Callable[[int, int], None] | None = None,
+               assignment: Assignment | None = None) -> list[Graded]:
     """Grade (name, request) pairs with `jobs` threads; results in input order.
     A submission that cannot be graded (infrastructure failure) is kept with
     its error: nothing is dropped."""
@@ -154,7 +155,7 @@ def grade_many(grader: grading.Grader, items: list[tuple[str, GradeRequest]], jo
     def one(name: str, request: GradeRequest) -> Graded:
         started = time.monotonic()
         try:
-            report = grade_one(grader, request)
+            report = grade_one(grader, request, assignment)
             result = Graded(name=name, report=report, seconds=time.monotonic() - started)
         except (InfraError, AssignmentError, OSError) as exc:
             result = Graded(name=name, error=f"{type(exc).__name__}: {exc}", seconds=time.monotonic() - started)
@@ -220,6 +221,18 @@ def lint(assignment: Assignment) -> tuple[list[str], list[str]]:
     wrong = [s for s in samples if not expects_full_marks(s)]
     if len(wrong) < 5:
         warnings.append(f"{root / 'samples'}: {len(wrong)} known-wrong samples (5 or more recommended)")
+    if cfg.criteria:
+        # Tests in no criterion count for nothing: most likely a pattern is off.
+        if cfg.kind == "io":
+            names = [assignment.case_name(i) for i in range(len(assignment.cases))]
+        else:
+            import re
+            names = sorted({n.decode() for src in [*assignment.tests.values(), *assignment.public_tests.values()]
+                            for n in re.findall(rb"^\s*def (test_\w+)", src, flags=re.M)})
+        loose = [n for n in names if not any(assignment.in_rule(n, p) for c in cfg.criteria for p in c.tests)]
+        if loose:
+            warnings.append(f"{root / 'assignment.toml'}: tests in no [[criteria]] entry count for nothing: "
+                            f"{', '.join(loose[:10])}")
     if cfg.kind in ("image", "mutation"):
         from xgrader.kind_config import lint_kind
         more_errors, more_warnings = lint_kind(assignment)
@@ -283,10 +296,10 @@ def _skill_warnings(assignment: Assignment) -> list[str]:
 
 def _rule_used(assignment: Assignment, pattern: str) -> bool:
     """Cheap static check: does the pattern match some `def test_...` name?"""
-    import fnmatch
+    from xgrader.assignment import name_matches
 
     decoded = _test_function_names(assignment)
-    return any(fnmatch.fnmatchcase(n, pattern) or fnmatch.fnmatchcase(n, pattern.split("[")[0])
+    return any(name_matches(n, pattern) or name_matches(n, pattern.split("[")[0])
                for n in decoded) or "::" in pattern or "/" in pattern
 
 

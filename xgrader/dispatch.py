@@ -12,7 +12,7 @@ from pathlib import Path, PurePosixPath
 
 import structlog
 
-from xgrader.assignment import CONFIG_FILE, Assignment, load_assignment
+from xgrader.assignment import CONFIG_FILE, LIBRARY_DIR, Assignment, load_assignment
 from xgrader.errors import AssignmentError
 
 log = structlog.get_logger(__name__)
@@ -62,7 +62,7 @@ def _signature(folder: Path) -> int:
 def resolve(handlers_root: Path, grader_name: str) -> Assignment:
     """Load the named assignment (no caching)."""
     folder = assignment_dir(handlers_root, grader_name)
-    return load_assignment(folder, grader_name.strip())
+    return load_assignment(folder, grader_name.strip(), Path(handlers_root) / LIBRARY_DIR)
 
 
 class AssignmentRegistry:
@@ -71,15 +71,17 @@ class AssignmentRegistry:
 
     def __init__(self, handlers_root: Path) -> None:
         self.handlers_root = Path(handlers_root)
-        self._cache: dict[Path, tuple[int, Assignment]] = {}
+        self._cache: dict[Path, tuple[tuple[int, int], Assignment]] = {}
 
     def get(self, grader_name: str) -> Assignment:
         folder = assignment_dir(self.handlers_root, grader_name)
-        sig = _signature(folder)
+        library = self.handlers_root / LIBRARY_DIR
+        # The shared signatures library is part of every assignment it serves.
+        sig = (_signature(folder), _signature(library) if library.is_dir() else 0)
         hit = self._cache.get(folder)
         if hit is not None and hit[0] == sig:
             return hit[1]
-        assignment = load_assignment(folder, grader_name.strip())
+        assignment = load_assignment(folder, grader_name.strip(), library)
         self._cache[folder] = (sig, assignment)
         log.info("assignment_loaded", assignment=assignment.name, kind=assignment.config.kind)
         return assignment

@@ -27,7 +27,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from xgrader.report import Explanation, GradeReport, Outcome, StaffAnswer, TestReport, TestStatus
+from xgrader.report import CriterionReport, Explanation, GradeReport, Outcome, StaffAnswer, TestReport, TestStatus
 from xgrader.backends.base import clean_text
 
 # Beyond clean_text: C1 controls, XML-invalid U+FFFE/U+FFFF, and bidi
@@ -61,6 +61,7 @@ STATUS_TEXT = {
     TestStatus.error: "failed: your code raised an error",
     TestStatus.timeout: "failed: time limit exceeded",
     TestStatus.missing: "failed: did not finish",
+    TestStatus.not_run: "failed: not run (see the notes above)",
 }
 
 OUTCOME_TEXT = {
@@ -192,7 +193,8 @@ def _explanation_block(e: Explanation, caps: Caps) -> Block:
         fields.append(_field("", e.detail, caps, pre=False))
     if e.source_line:
         src, dropped = _cap_text(clean(e.source_line).rstrip("\n"), caps.field)
-        where = f"Line {e.line}" if e.line else "Your code"
+        where = _short(e.location[:1].upper() + e.location[1:]) if e.location else \
+            f"Line {e.line}" if e.line else "Your code"
         caret = caret_line(src, e.column) if not dropped else None
         fields.append(Part(where, src + ("\n" + caret if caret else ""), dropped))
     if e.traceback:
@@ -202,7 +204,22 @@ def _explanation_block(e: Explanation, caps: Caps) -> Block:
             fields.append(Part("Traceback (last lines)", tb, dropped_lines, unit="lines"))
         else:
             fields.append(Part("Traceback", tb, dropped))
-    return Block("explanation", _short(e.title), tuple(f for f in fields if f))
+    heading = _short(e.title) + (f" ({_short(e.marks, 100)})" if e.marks else "")
+    return Block("explanation", heading, tuple(f for f in fields if f))
+
+
+def _criterion_block(report: GradeReport, c: CriterionReport) -> Block:
+    """One rubric line: the criterion's points, then its feedback items by title."""
+    tests = f", {c.passed} of {c.total} test{'s' if c.total != 1 else ''} passed" if c.total else ""
+    heading = f"{_short(c.title)}: {_fmt(c.points)}/{_fmt(c.max_points)} points{tests}"
+    items = [report.explanations[i] for i in c.items if 0 <= i < len(report.explanations)]
+    fields = tuple(Part("", "• " + _short(e.title) + (f" ({_short(e.marks, 100)})" if e.marks else ""),
+                        pre=False) for e in items[:10])
+    if not items and c.points < c.max_points:
+        whole = any(not e.tests for e in report.explanations)   # a syntax error, a missing file...
+        fields = (Part("", "See the notes below." if whole else "No specific note: see the tests below.",
+                       pre=False),)
+    return Block("criterion", heading, fields)
 
 
 def _points(t: TestReport) -> str:
@@ -334,7 +351,7 @@ def _text_field(f: Part) -> str:
 def _text_block(b: Block) -> str:
     if b.kind == "hidden":
         return f"- {b.heading}"
-    mark = {"test": "- ", "explanation": "! ", "hint": "? ", "answer": "> "}[b.kind]
+    mark = {"test": "- ", "explanation": "! ", "hint": "? ", "answer": "> ", "criterion": "= "}[b.kind]
     return "\n".join([mark + b.heading] + [_text_field(f) for f in b.fields])
 
 
@@ -398,6 +415,16 @@ def _layout(report: GradeReport, caps: Caps, fmt: _Format, head: str) -> str:
             notes.append(fmt.line("truncated", "[truncated: the AI hint is not shown (feedback size limit)]"))
         else:
             budget -= cost(hint)
+
+    if report.criteria:
+        pieces.append(fmt.line("rubric-title", "Rubric:"))
+        budget -= cost(pieces[-1])
+        for c in report.criteria[:30]:
+            piece = _bounded(lambda _caps, c=c: _criterion_block(report, c), caps, fmt)
+            if cost(piece) > budget:
+                break
+            pieces.append(piece)
+            budget -= cost(piece)
 
     for answer in report.staff_answers:
         piece = _bounded(lambda c, a=answer: _answer_block(a, c), caps, fmt)

@@ -8,6 +8,7 @@ expected values still come from the on-disk cache after the first run.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import structlog
@@ -22,6 +23,7 @@ from xgrader.handlers.expected import ExpectedStore
 from xgrader.hooks import Hooks, safe_call
 from xgrader.job import GradeRequest
 from xgrader.report import GradeReport, bad_submission_report
+from xgrader.source import Source
 from xgrader.backends.base import Backend, SandboxError
 
 log = structlog.get_logger(__name__)
@@ -59,9 +61,11 @@ class Grader:
             after_reply=self.after_reply,
         )
 
-    def grade(self, request: GradeRequest) -> GradeReport:
+    def grade(self, request: GradeRequest, assignment: Assignment | None = None) -> GradeReport:
+        """`assignment`: grade against this one instead of the payload's (a
+        variant of it, as `xgrader coverage --all-hidden` uses)."""
         started = time.monotonic()
-        assignment = self.registry.get(request.grader)
+        assignment = assignment or self.registry.get(request.grader)
         try:
             files = materialize(request, assignment)
         except SubmissionError as exc:
@@ -78,19 +82,22 @@ class Grader:
 
     def grade_files(self, assignment: Assignment, files: dict[str, bytes],
                     request: GradeRequest | None = None) -> GradeReport:
-        ctx = self.context(assignment, request)
+        # The student's own files, parsed once on this side with bounds, for
+        # explanations and code signatures (xgrader.source).
+        source = Source.of(files, assignment.config.entry)
+        ctx = dataclasses.replace(self.context(assignment, request), source=source)
         started = time.monotonic()
         try:
             report = handlers.run(assignment, files, ctx)
         except SandboxError as exc:
             safe_call(self.hooks.on_infra_failure, "", "sandbox_start")
             raise InfraError(f"sandbox failed: {exc}") from exc
-        report = signatures.apply(assignment.config.feedback.signatures, report)
+        report = signatures.finish(assignment, report, source)
         if assignment.version and report.version != assignment.version:
             report = report.model_copy(update={"version": assignment.version})
         if assignment.declared_skills():
             report = report.model_copy(update={"tests": [
-                t.model_copy(update={"skills": list(assignment.test_skills(t.name))}) for t in report.tests]})
+                t.model_copy(update={"skills": list(assignment.test_skills(t.test_id or t.name))}) for t in report.tests]})
         safe_call(self.hooks.on_phase, "", "run", time.monotonic() - started)
         return report
 

@@ -9,6 +9,7 @@ cleaned of control characters) and are escaped only by the renderer.
 from __future__ import annotations
 
 import enum
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -19,6 +20,10 @@ class TestStatus(str, enum.Enum):
     error = "error"          # the student's code raised
     timeout = "timeout"      # per-test or whole-run time limit
     missing = "missing"      # never reported (early exit, crash, kill): a failure
+    # Could not run: a syntax error, a module that failed to load, a missing
+    # function or class the test needs. A failure, but says nothing about a
+    # mistake in what the test checks (signatures do not fire on it).
+    not_run = "not_run"
 
 
 class Outcome(str, enum.Enum):
@@ -35,6 +40,35 @@ class Outcome(str, enum.Enum):
     output_limit = "output_limit"
     bad_submission = "bad_submission"  # unreadable upload, rejected zip, broken notebook
     error = "error"                    # assignment/payload problem: the student's fault is unknown
+
+
+class Evidence(BaseModel):
+    """What the grader saw while a test ran, for the built-in explanations
+    (xgrader.explain) and the staff view (`xgrader grade --staff`, batch JSON).
+
+    Holds hidden values (inputs, expected and actual results, messages): it is
+    excluded from every serialisation of a TestReport and never rendered into
+    the student's `msg`; explanations built from it pass the safety rules of
+    xgrader.explain first."""
+
+    model_config = ConfigDict(frozen=True)
+
+    input: str | None = None          # the expression / last call / stdin
+    expected: str | None = None       # repr or text
+    actual: str | None = None         # repr or text
+    expected_value: Any = None        # decoded, when the handler had the value
+    actual_value: Any = None
+    has_values: bool = False          # expected_value/actual_value are set
+    check: str = "value"              # value | output (printed text) | program (stdout)
+    function: str | None = None       # the student function whose return value is `actual`
+    message: str | None = None        # the test's own failure message (pytest), e.g. "DID NOT RAISE ..."
+    called: list[str] = Field(default_factory=list)   # every name the test called, in order
+    output: str = ""                  # what the student's code printed
+    error: dict[str, Any] | None = None   # runner error: type, message, traceback, frames, recursion
+    sample: list[list[Any]] | None = None  # [[file, line], ...] where the code was when stopped
+    timeout_s: float | None = None
+    mutated: bool = False             # an argument was changed in place by the call
+    secrets: list[str] = Field(default_factory=list)  # hidden literals of this test (numbers, words)
 
 
 class TestReport(BaseModel):
@@ -58,6 +92,12 @@ class TestReport(BaseModel):
     image: str | None = None
     # For the record (mastery): the skill ids the test practises (skills.toml).
     skills: list[str] = Field(default_factory=list)
+    # Stable identity for rules and signatures (`file.py::test_x[7-True]`, an
+    # io case's name). Staff-side: for a hidden test it may hold parameters
+    # (hidden inputs), so it is left out of every serialisation of the report
+    # (read it as an attribute) and the renderer and the hint prompt never show it.
+    test_id: str | None = Field(None, exclude=True)
+    evidence: Evidence | None = Field(None, exclude=True, repr=False)
 
 
 class Explanation(BaseModel):
@@ -72,6 +112,30 @@ class Explanation(BaseModel):
     column: int | None = None
     source_line: str | None = None
     traceback: str | None = None  # trimmed to the student's own frames
+    # Where, as the student numbers it: "line 7", or "cell 4, line 2" in a notebook.
+    location: str | None = None
+    # The signature that produced it: a built-in name (xgrader.explain, e.g.
+    # "returns_none") or the instructor's; None for plain notes.
+    signature: str | None = None
+    # Names a line, a name, a type or a behaviour (the coverage checker counts these).
+    specific: bool = False
+    # test_ids it is about (criteria attach by these); staff-side like TestReport.test_id.
+    tests: list[str] = Field(default_factory=list, exclude=True)
+    marks: str | None = None      # what it did to the score, shown: "-2 points", "score capped at 5"
+
+
+class CriterionReport(BaseModel):
+    """One [[criteria]] entry of the rubric: its points and its feedback items."""
+
+    model_config = ConfigDict(frozen=True)
+
+    title: str
+    points: float
+    max_points: float
+    passed: int = 0
+    total: int = 0                 # tests in the criterion
+    items: list[int] = Field(default_factory=list)   # indexes into GradeReport.explanations
+    tests: list[str] = Field(default_factory=list, exclude=True)   # test_ids in the criterion (staff-side)
 
 
 class StaffAnswer(BaseModel):
@@ -93,6 +157,7 @@ class GradeReport(BaseModel):
     max_score: float = Field(gt=0)
     tests: list[TestReport] = Field(default_factory=list)
     explanations: list[Explanation] = Field(default_factory=list)
+    criteria: list[CriterionReport] = Field(default_factory=list)   # empty: no [[criteria]]
     # Appended by the hint stage; never changes score or outcome.
     hint: str | None = None
     hint_type: str | None = None
@@ -100,7 +165,8 @@ class GradeReport(BaseModel):
     # Staff answers not yet shown to this student (an operator setting; docs/hints.md).
     staff_answers: list[StaffAnswer] = Field(default_factory=list)
     # For the record (the attempt ledger), never rendered: the graded
-    # assignment's version hash and the titles of the signatures that fired.
+    # assignment's version hash and the names of the signatures (built-in or
+    # the instructor's) that gave its feedback.
     version: str = ""
     signatures: list[str] = Field(default_factory=list)
 

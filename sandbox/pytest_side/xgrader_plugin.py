@@ -73,6 +73,11 @@ class Reporter:
         if not failed and call is not None and call.passed:
             msg["outcome"] = "passed"
             return msg
+        if state.missing:
+            # The test used a name the submission lacks: say that, whatever it led to.
+            msg.update(outcome="error", missing=True,
+                       message=("your code does not define %s" % state.missing[0])[:CAP])
+            return msg
         exc = self.excinfo.value if self.excinfo is not None else None
         etype = type(exc).__name__ if exc is not None else None
         if isinstance(exc, StudentTimeout):

@@ -59,6 +59,7 @@ class TestState:
         self.last = Printed()
         self.unread = ([], [])
         self.echoed = 0
+        self.missing = []   # names the submission lacks that this test used
 
     def add_output(self, text):
         if text and sum(len(t) for t in self.output) < 20000:
@@ -232,7 +233,11 @@ class Session:
         msg = {"op": "call", "target": target,
                "args": [self.encode(a) for a in args],
                "kwargs": {str(k): self.encode(a) for k, a in kwargs.items()}}
-        return self.reply_value(self.request(msg))
+        value = self.reply_value(self.request(msg))
+        if isinstance(value, Remote):
+            # An object the call made: its methods show as `Account(100).deposit(5)`.
+            object.__setattr__(value, "_xg_label", self.state.input)
+        return value
 
     def getattr(self, target, name):
         return self.reply_value(self.request({"op": "getattr", "target": target, "name": name}))
@@ -246,6 +251,18 @@ def _text(value):
     return value if type(value) is str else ""
 
 
+def _name_in_caller(obj, frame):
+    """The test's variable name for `obj` (`acct`), looked up in the test's own
+    frame (instructor code: no student code runs in this process)."""
+    try:
+        for key, value in frame.f_locals.items():
+            if value is obj:
+                return key
+    except Exception:
+        pass
+    return None
+
+
 def _short(value):
     try:
         text = repr(value)
@@ -257,18 +274,20 @@ def _short(value):
 class Remote:
     """A student function, class or object living in the student's sandbox."""
 
-    __slots__ = ("_xg_session", "_xg_target", "_xg_repr", "_xg_type")
+    __slots__ = ("_xg_session", "_xg_target", "_xg_repr", "_xg_type", "_xg_label")
 
     def __init__(self, session, target, text, type_name):
         object.__setattr__(self, "_xg_session", session)
         object.__setattr__(self, "_xg_target", target)
         object.__setattr__(self, "_xg_repr", text)
         object.__setattr__(self, "_xg_type", type_name)
+        object.__setattr__(self, "_xg_label", None)
 
     def __call__(self, *args, **kwargs):
         s = object.__getattribute__(self, "_xg_session")
         target = object.__getattribute__(self, "_xg_target")
-        label = target if isinstance(target, str) else object.__getattribute__(self, "_xg_type") or "object"
+        label = object.__getattribute__(self, "_xg_label") or (
+            target if isinstance(target, str) else object.__getattribute__(self, "_xg_type") or "object")
         return s.call(target, label, args, kwargs)
 
     def __getattr__(self, name):
@@ -281,7 +300,13 @@ class Remote:
         if isinstance(target, str) and s.names.get(target.split(".")[0]) == "class":
             # Class attributes are mostly methods (classmethods, statics): call them remotely.
             return Remote(s, target + "." + name, "%s.%s" % (target, name), "attribute")
-        return s.getattr(target, name)
+        value = s.getattr(target, name)
+        if isinstance(value, Remote):
+            # A method: shown as the test wrote it, `acct.withdraw(50)`.
+            owner = _name_in_caller(self, sys._getframe(1)) or object.__getattribute__(self, "_xg_label") \
+                or object.__getattribute__(self, "_xg_type") or "object"
+            object.__setattr__(value, "_xg_label", "%s.%s" % (owner, name))
+        return value
 
     def __setattr__(self, name, value):
         raise TypeError("the student's objects cannot be modified from the tests")
@@ -348,15 +373,46 @@ class ProxyModule(type(sys)):
         return _missing(s, name)
 
 
+class _MissingMeta(type):
+    """The class of a stand-in for a name the submission lacks. Importing it
+    works (the test file still collects); using it in a test (calling it,
+    `pytest.raises(Name)`, `isinstance`, iterating) fails that test as
+    "your code does not define Name" instead of an unrelated TypeError."""
+
+    def _xg_missing(cls):
+        session = type.__getattribute__(cls, "_xg_session")
+        session.state.missing.append(cls.__name__)
+        return MissingName("your code does not define %s" % cls.__name__)
+
+    def __call__(cls, *args, **kwargs):
+        session = type.__getattribute__(cls, "_xg_session")
+        session.state.input = "%s(...)" % cls.__name__
+        raise cls._xg_missing()
+
+    def __instancecheck__(cls, obj):
+        raise cls._xg_missing()
+
+    def __subclasscheck__(cls, sub):
+        raise cls._xg_missing()
+
+    def __iter__(cls):
+        raise cls._xg_missing()
+
+    def __getattr__(cls, attr):
+        if attr.startswith("__") or attr.startswith("_pytest"):
+            raise AttributeError(attr)
+        raise cls._xg_missing()
+
+    def __repr__(cls):
+        # pytest.raises(Name) that saw no exception reports "DID NOT RAISE <repr>".
+        type.__getattribute__(cls, "_xg_session").state.missing.append(cls.__name__)
+        return "<%s, which your code does not define>" % cls.__name__
+
+
 def _missing(session, name):
-    """A stand-in for a name the submission lacks: importing it works (so the
-    test file still collects), calling it fails that test."""
-    def missing(*args, **kwargs):
-        session.state.input = "%s(...)" % name
-        raise MissingName("your code does not define %s" % name)
-    missing.__name__ = name
-    missing._xgrader_missing = True
-    return missing
+    """A stand-in for a name the submission lacks (see _MissingMeta): usable
+    where a function or an exception class is expected."""
+    return _MissingMeta(str(name), (MissingName,), {"_xg_session": session, "__module__": session.module_name})
 
 
 def install(channel, hello):

@@ -16,8 +16,11 @@ EPILOG = """\
 Each entry of SUBMISSIONS_DIR is one submission: a text file is typed code, another
 file (.ipynb, .zip) is an upload, a subfolder is a multi-file upload.
 Writes FILE.csv (file, score, max, correct, outcome, one column per test with its
-status) and FILE.json next to it (the same plus explanations and the list of
-submissions whose feedback gave the student nothing to act on). Progress goes to stderr.
+status) and FILE.json next to it (the same plus the feedback items, the rubric, the
+exact msg, a staff view of every test with hidden inputs, expected and actual values
+and errors, and the list of submissions whose feedback gave the student nothing to
+act on; `xgrader coverage` reads it). Progress goes to stderr. Staff only: the JSON
+holds hidden test values.
 Exit 0 when every submission was graded; 1 when some could not be (they are in the
 gradebook with outcome "not graded"); 2/3 on bad arguments / an unusable sandbox.
 """
@@ -157,7 +160,7 @@ def record_batch(settings: Any, requests: dict[str, Any], results: list[Any]) ->
 
 
 def write_gradebook(out: Path, results: list[Any], assignment: Any, grader_name: str, elapsed: float) -> None:
-    from xgrader import authoring
+    from xgrader import authoring, coverage
 
     header, rows = gradebook_rows(results, assignment.max_points)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -168,15 +171,11 @@ def write_gradebook(out: Path, results: list[Any], assignment: Any, grader_name:
     doc = {
         "assignment": grader_name, "title": assignment.title, "max_points": assignment.max_points,
         "seconds": round(elapsed, 3),
+        # Each: score, outcome, tests (with the staff view of hidden values),
+        # feedback items, rubric and the exact msg (xgrader.coverage.record).
         "submissions": [{
-            "file": g.name, "seconds": round(g.seconds, 3), "error": g.error,
-            "score": g.report.score if g.report else None,
-            "correct": g.report.correct if g.report else None,
-            "outcome": g.report.outcome.value if g.report else "not graded",
+            **coverage.record(g.name, g.report, g.error, g.seconds),
             "useful_feedback": authoring.useful_feedback(g.report) if g.report else None,
-            "tests": [{"name": t.name, "status": t.status.value, "points": t.points, "weight": t.weight,
-                       "visible": t.visible} for t in (g.report.tests if g.report else [])],
-            "explanations": [e.title for e in (g.report.explanations if g.report else [])],
         } for g in results],
         "no_useful_feedback": [g.name for g in results if g.report and not authoring.useful_feedback(g.report)],
     }

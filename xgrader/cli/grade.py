@@ -80,6 +80,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--hints", action="store_true",
                    help="preview the AI hint: call the configured hint endpoint as the daemon would "
                    "(a throwaway store; the decision is printed on stderr)")
+    p.add_argument("--staff", action="store_true",
+                   help="print the feedback as text, then every test's hidden input, expected and actual "
+                   "values, errors and what the student is told about it (course staff only)")
     p.add_argument("--record", action="store_true",
                    help="record the attempt in the attempt ledger (settings' [ledger] url)")
     p.add_argument("--student", help="with --record: the student id to record (default: the file name)")
@@ -157,7 +160,11 @@ def run(args: argparse.Namespace) -> int:
     from xgrader import feedback
 
     try:
-        print(feedback.render_text(report) if args.text else reply.to_body(), flush=True)
+        if args.staff:
+            from xgrader import coverage
+            print(feedback.render_text(report) + coverage.staff_text(report), flush=True)
+        else:
+            print(feedback.render_text(report) if args.text else reply.to_body(), flush=True)
     except BrokenPipeError:  # `| head`: the reader left; not an error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     if report.outcome is Outcome.error:

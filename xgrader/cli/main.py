@@ -16,8 +16,8 @@ from xgrader import __version__
 
 # Module names under xgrader.cli, in the order `--help` lists them.
 SUBCOMMANDS = [
-    "demo", "run", "queue", "submit", "grade", "batch", "check", "init", "hints", "serve_push", "serve_hints",
-    "history", "mutants", "regrade", "mastery", "selector",
+    "demo", "run", "queue", "submit", "grade", "batch", "check", "coverage", "init", "hints", "serve_push",
+    "serve_hints", "history", "mutants", "regrade", "mastery", "selector",
 ]
 
 

@@ -8,6 +8,7 @@ from typing import Callable
 from xgrader.config import Settings
 from xgrader.handlers.expected import ExpectedStore
 from xgrader.hooks import Hooks
+from xgrader.source import Source
 from xgrader.backends.base import Backend, Limits
 
 
@@ -24,6 +25,8 @@ class GradeContext:
     # for their exit, accounting, removing the cgroup) for the caller to run
     # once its reply is out (the daemon's child: after its report). None: at once.
     after_reply: list[Callable[[], object]] | None = None
+    # The submission's own source, parsed once (xgrader.source), for explanations.
+    source: Source | None = None
 
     def slack_s(self) -> float:
         """Sandbox and interpreter start-up, on top of the student's own time."""

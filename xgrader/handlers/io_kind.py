@@ -5,6 +5,7 @@ host with expected values computed once from the reference solution."""
 from __future__ import annotations
 
 import ast
+import functools
 import json
 import re
 import time
@@ -18,15 +19,19 @@ from xgrader.errors import AssignmentError, InfraError
 from xgrader.handlers import scoring
 from xgrader.handlers.compare import text_matches, value_matches
 from xgrader.handlers.context import GradeContext
-from xgrader.handlers.student import RequestTimeout, RunnerDied, StudentRunner
+from xgrader.handlers.student import (
+    RequestTimeout, RunnerDied, StudentRunner, clean_sample, sample_after,
+)
 from xgrader.handlers.values import BadValue, decode, show
-from xgrader.report import GradeReport, TestReport, TestStatus
+from xgrader import explain
+from xgrader.report import Evidence, GradeReport, TestReport, TestStatus
 from xgrader.backends.base import SandboxError, SandboxJob, SandboxResult, Verdict
 
 log = structlog.get_logger(__name__)
 
 MARKER = "##xgrader-error## "
-SYNTAX_TYPES = ("SyntaxError", "IndentationError", "TabError")
+SAMPLE_MARKER = "##xgrader-sample## "
+SYNTAX_TYPES = scoring.SYNTAX_TYPES
 
 
 @dataclass
@@ -36,6 +41,54 @@ class CaseRun:
     status: str                       # ok | error | timeout | died
     reply: dict[str, Any] = field(default_factory=dict)
     verdict: Verdict | None = None
+    sample: list[list[Any]] | None = None   # where a timed-out case was (stack sample)
+
+
+@functools.lru_cache(maxsize=4096)
+def watched(expr: str) -> str:
+    """`f(a, b)` -> `__xgrader_call__(f, a, b)`: the runner makes the same call
+    and notes whether it changed its arguments in place (PROTOCOL.md). Any
+    other expression is sent as it is."""
+    try:
+        tree = ast.parse(expr, mode="eval")
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return expr
+    call = tree.body
+    if not isinstance(call, ast.Call):
+        return expr
+    wrapped = ast.Call(func=ast.Name("__xgrader_call__", ast.Load()), args=[call.func, *call.args],
+                       keywords=call.keywords)
+    return ast.unparse(ast.fix_missing_locations(ast.Expression(wrapped)))
+
+
+@functools.lru_cache(maxsize=4096)
+def top_call(expr: str) -> str | None:
+    """`f` of an expression `f(...)` (whose value is what f returned), else None."""
+    try:
+        tree = ast.parse(expr, mode="eval")
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return None
+    call = tree.body
+    if not isinstance(call, ast.Call):
+        return None
+    return call.func.id if isinstance(call.func, ast.Name) else \
+        call.func.attr if isinstance(call.func, ast.Attribute) else None
+
+
+@functools.lru_cache(maxsize=4096)
+def called_names(expr: str) -> tuple[str, ...]:
+    """Names the expression calls, in order (`top_words`, ...): which student function a case tests."""
+    try:
+        tree = ast.parse(expr, mode="eval")
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return ()
+    calls = sorted((n for n in ast.walk(tree) if isinstance(n, ast.Call)), key=lambda n: n.col_offset)
+    out = []
+    for n in calls:
+        name = n.func.id if isinstance(n.func, ast.Name) else n.func.attr if isinstance(n.func, ast.Attribute) else None
+        if name and name not in out:
+            out.append(name)
+    return tuple(out)
 
 
 def _timeout(assignment: Assignment, case: Case) -> float:
@@ -51,15 +104,16 @@ def evaluate_expressions(assignment: Assignment, files: dict[str, bytes], ctx: G
     fresh sandbox."""
     cfg = assignment.config
     runner = StudentRunner(ctx.backend, files, ctx.limits, module=cfg.module, entry=cfg.entry,
-                           label=ctx.label, submission_id=ctx.submission_id, after_reply=ctx.after_reply)
+                           label=ctx.label, submission_id=ctx.submission_id, after_reply=ctx.after_reply,
+                           prelude=assignment.prelude_name, sample=assignment.explains("time_limit"))
     load_timeout = cfg.test_timeout_s + ctx.slack_s()
     runs: dict[int, CaseRun] = {}
 
     def load() -> dict[str, Any]:
         try:
             return runner.restart(load_timeout)
-        except RequestTimeout:
-            return {"ok": False, "timeout": True}
+        except RequestTimeout as exc:
+            return {"ok": False, "timeout": True, "sample": exc.sample}
         except RunnerDied as exc:
             return {"ok": False, "died": True, "verdict": exc.verdict}
 
@@ -76,12 +130,17 @@ def evaluate_expressions(assignment: Assignment, files: dict[str, bytes], ctx: G
                 for i, _ in pending:
                     runs[i] = CaseRun("timeout", verdict=Verdict.wall_time)
                 break
-            rid = runner.send({"op": "batch", "exprs": [c.expr for _, c in pending]})
+            batch: dict[str, Any] = {"op": "batch", "exprs": [c.expr for _, c in pending]}
+            if assignment.explains("mutated_argument"):
+                batch["watched"] = [watched(c.expr) for _, c in pending]
+            if assignment.explains("time_limit"):
+                batch["sample_after"] = [sample_after(_timeout(assignment, c)) for _, c in pending]
+            rid = runner.send(batch)
             for pos, (index, case) in enumerate(pending):
                 try:
                     reply = runner.receive(rid, _timeout(assignment, case), index=pos)
-                except RequestTimeout:
-                    runs[index] = CaseRun("timeout", verdict=Verdict.wall_time)
+                except RequestTimeout as exc:
+                    runs[index] = CaseRun("timeout", verdict=Verdict.wall_time, sample=exc.sample)
                     break
                 except RunnerDied as exc:
                     runs[index] = CaseRun("died", verdict=exc.verdict)
@@ -110,7 +169,10 @@ def run_program(assignment: Assignment, files: dict[str, bytes], ctx: GradeConte
                 case: Case) -> SandboxResult:
     wall = _timeout(assignment, case) + ctx.slack_s()
     limits = ctx.limits.model_copy(update={"wall_s": min(wall, ctx.settings.limit_ceilings.wall_s)})
-    job = SandboxJob(argv=ctx.backend.python_argv("exec", assignment.config.entry), files=files,
+    options = ["--sample-after", f"{_timeout(assignment, case):g}"] if assignment.explains("time_limit") else []
+    if assignment.prelude_name:
+        options += ["--prelude", assignment.prelude_name]
+    job = SandboxJob(argv=ctx.backend.python_argv("exec", assignment.config.entry, *options), files=files,
                      stdin=(case.stdin or "").encode(), limits=limits, label=ctx.label)
     try:
         result = ctx.backend.run(job)
@@ -133,10 +195,23 @@ def program_error(result: SandboxResult) -> dict[str, Any] | None:
     return None
 
 
+def program_sample(result: SandboxResult) -> list[list[Any]] | None:
+    """Where a program was when it ran past its case's time (the runner's
+    last SAMPLE_MARKER line on stderr; untrusted, checked like any sample)."""
+    for line in reversed(result.stderr.splitlines()):
+        if line.startswith(SAMPLE_MARKER):
+            try:
+                return clean_sample(json.loads(line[len(SAMPLE_MARKER):]))
+            except ValueError:
+                return None
+    return None
+
+
 def _program_run(result: SandboxResult) -> CaseRun:
     if result.verdict is not Verdict.ok:
         return CaseRun("timeout" if result.verdict is Verdict.wall_time else "died",
-                       reply={"stdout": result.stdout}, verdict=result.verdict)
+                       reply={"stdout": result.stdout}, verdict=result.verdict,
+                       sample=program_sample(result))
     if result.exit_code != 0:
         err = program_error(result) or {"type": "SystemExit", "message": f"exit status {result.exit_code}"}
         return CaseRun("error", reply={"stdout": result.stdout, "error": err})
@@ -147,7 +222,7 @@ def _program_run(result: SandboxResult) -> CaseRun:
 
 def compute_reference(assignment: Assignment, ctx: GradeContext) -> dict[str, Any]:
     """Expected results of every case without an explicit `expected`, from solution/."""
-    files = {**assignment.files, **assignment.solution}
+    files = assignment.sandbox_files(assignment.solution)
     need = [(i, c) for i, c in enumerate(assignment.cases) if c.expected is None]
     out: dict[str, Any] = {}
     exprs = [(i, c) for i, c in need if c.expr is not None]
@@ -235,16 +310,43 @@ def _expected_for(assignment: Assignment, index: int, case: Case, reference: dic
     return Expected(text=str(ref.get("stdout") or ""))
 
 
+def missing_name(err: dict[str, Any], defined: dict[str, Any] | None) -> str | None:
+    """The name a case needed that the submission does not define: a NameError
+    (or a failed import) raised by the test expression itself, before any of
+    the student's code ran. None for errors inside the student's code."""
+    if err.get("frames") or str(err.get("traceback") or "").strip():
+        return None   # raised inside the student's own code
+    etype, message = err.get("type"), str(err.get("message") or "")
+    m = None
+    if etype == "NameError":
+        m = re.match(r"name '(\w+)' is not defined", message)
+    elif etype in ("ModuleNotFoundError", "ImportError"):
+        m = re.match(r"No module named '([\w.]+)'", message)
+    elif etype == "AttributeError":
+        m = re.match(r"module '[\w.]+' has no attribute '(\w+)'", message)
+    if m is None or (etype == "NameError" and m.group(1) in (defined or {})):
+        return None
+    return m.group(1)
+
+
 def _judge(assignment: Assignment, index: int, case: Case, run: CaseRun | None, expected: Expected,
-           findings: scoring.Findings) -> TestReport:
+           findings: scoring.Findings, loaded: dict[str, Any] | None) -> TestReport:
+    """One case's TestReport. `loaded`: the names the module defined, None when
+    it did not load (its cases then did not run)."""
     cfg = assignment.config
     limit = cfg.feedback.max_chars
     spec: CompareSpec = case.compare or cfg.compare
     reply = run.reply if run else {}
     stdout = str(reply.get("stdout") or "")
     status, actual, message, etype = TestStatus.missing, None, None, None
+    err: dict[str, Any] | None = None
+    value: Any = None
+    has_values = False
     if run is None:
-        message = "No answer for this test."
+        if loaded is None and case.expr is not None:
+            status, message = TestStatus.not_run, "Not run: your code did not load (see above)."
+        else:
+            message = "No answer for this test."
     elif run.status == "timeout":
         status, message = TestStatus.timeout, f"Took longer than {_timeout(assignment, case):g} s."
         findings.limits.add(scoring.Outcome.time_limit)
@@ -257,36 +359,48 @@ def _judge(assignment: Assignment, index: int, case: Case, run: CaseRun | None, 
             findings.explanations.append(scoring.STOPPED)
     elif run.status == "error":
         err = reply.get("error") or {}
-        status, etype = TestStatus.error, str(err.get("type") or "Exception")
-        message = f"{etype}: {err.get('message') or ''}".strip()
-        findings.runtime_error = True
-        if scoring.is_signature_error(etype, err.get("traceback")):
-            sig = scoring.signature_explanation(str(err.get("message") or ""))
-            if sig not in findings.explanations:
-                findings.explanations.append(sig)
-        elif not any(e.title.startswith("Your code raised") for e in findings.explanations):
-            if case.visible:
-                findings.explanations.append(scoring.exception_explanation(
-                    err, f"in test {assignment.case_name(index)}", cfg.feedback.show_traceback))
-            else:
-                findings.explanations.append(scoring.Explanation(
-                    title=f"Your code raised {etype} in a hidden test",
-                    detail="Check how your code handles other inputs than the examples."))
+        etype = str(err.get("type") or "Exception")
+        absent = missing_name(err, loaded) if case.expr is not None else None
+        if absent is not None:
+            # Not a mistake in what the case checks: the case could not run.
+            status, message = TestStatus.not_run, f"Not run: your code does not define {absent}."
+            if absent not in findings.missing:
+                findings.missing.append(absent)
+        else:
+            status = TestStatus.error
+            message = f"{etype}: {err.get('message') or ''}".strip()
+            findings.runtime_error = True
     else:
         if case.expr is not None and case.check == "value":
             try:
                 value = decode(reply.get("value"))
                 actual = str(reply.get("repr") or show(value))
                 ok = value_matches(value, expected.value, spec, expected.pattern)
+                has_values = expected.pattern is None
             except BadValue:
                 actual, ok = "(a value that cannot be compared)", False
         else:
             actual = stdout
             ok = text_matches(stdout, expected.pattern or expected.text, spec)
+            if case.expr is not None:   # output check: the call's value says "returned instead of printing"
+                try:
+                    value = decode(reply.get("value"))
+                except BadValue:
+                    value = None
         status = TestStatus.passed if ok else TestStatus.failed
     name = assignment.case_name(index)
+    evidence = Evidence(
+        input=case.expr if case.expr is not None else case.stdin, expected=expected.text, actual=actual,
+        expected_value=expected.value if has_values else None, actual_value=value, has_values=has_values,
+        check="program" if case.stdin is not None else case.check,
+        function=top_call(case.expr) if case.expr else None,
+        called=list(called_names(case.expr)) if case.expr else [],
+        output=stdout, error=err, sample=run.sample if run else None, timeout_s=_timeout(assignment, case),
+        mutated=bool(reply.get("mutated")), secrets=[] if case.visible else case_secrets(assignment, case, expected),
+    )
     if not case.visible:
-        return TestReport(name=name, status=status, weight=case.weight, visible=False, exception_type=etype)
+        return TestReport(name=name, status=status, weight=case.weight, visible=False, exception_type=etype,
+                          test_id=name, evidence=evidence)
     shown_output = stdout if (case.check == "value" and case.expr is not None) else None
     return TestReport(
         name=name, status=status, weight=case.weight, visible=True,
@@ -294,8 +408,18 @@ def _judge(assignment: Assignment, index: int, case: Case, run: CaseRun | None, 
         expected=scoring.cap(expected.text, limit), actual=scoring.cap(actual, limit),
         message=scoring.cap(message, limit),
         output=scoring.cap(shown_output, limit) if cfg.feedback.show_output and shown_output else None,
-        exception_type=etype,
+        exception_type=etype, test_id=name, evidence=evidence,
     )
+
+
+def case_secrets(assignment: Assignment, case: Case, expected: Expected) -> list[str]:
+    """What a hidden case must not reveal: the literals of its input and its
+    expected result (numbers, and words the student has not been shown)."""
+    atoms = explain.atoms_of_text(case.expr or "") | explain.atoms_of_text(case.stdin or "")
+    atoms |= explain.atoms_of_value(expected.value) if expected.value is not None else set()
+    atoms |= explain.atoms_of_text(expected.text or "")
+    return sorted(a for a in atoms if a.lstrip("-").replace(".", "", 1).isdigit()
+                  or a.lower() not in assignment.public_words)
 
 
 def grade_io(assignment: Assignment, files: dict[str, bytes], ctx: GradeContext) -> GradeReport:
@@ -304,19 +428,22 @@ def grade_io(assignment: Assignment, files: dict[str, bytes], ctx: GradeContext)
     if any(c.expected is None for _, c in cases):
         reference = ctx.store.get(assignment, lambda: compute_reference(assignment, ctx))
     expected = {i: _expected_for(assignment, i, c, reference) for i, c in cases}
-    files = {**assignment.files, **files}
+    files = assignment.sandbox_files(files)
     findings = scoring.Findings()
     runs: dict[int, CaseRun] = {}
+    loaded: dict[str, Any] | None = {}
 
     exprs = [(i, c) for i, c in cases if c.expr is not None]
     if exprs:
         load, expr_runs = evaluate_expressions(assignment, files, ctx, exprs)
         if not load.get("ok"):
-            early = _load_failure(assignment, load, findings)
+            early = _load_failure(assignment, load, findings, ctx)
             if early is not None:
                 return early
+            loaded = None
         else:
-            findings.missing = scoring.missing_required(assignment, load.get("names"))
+            loaded = load.get("names") or {}
+            findings.missing = scoring.missing_required(assignment, loaded)
         runs.update(expr_runs)
     for i, case in cases:
         if case.stdin is None:
@@ -324,32 +451,21 @@ def grade_io(assignment: Assignment, files: dict[str, bytes], ctx: GradeContext)
         run = _program_run(run_program(assignment, files, ctx, case))
         err = run.reply.get("error") or {}
         if err.get("type") in SYNTAX_TYPES:
-            return scoring.syntax_report(assignment, err, _placeholders(assignment))
+            return scoring.syntax_report(assignment, err, _placeholders(assignment), ctx.source)
         runs[i] = run
-    tests = [_judge(assignment, i, c, runs.get(i), expected[i], findings) for i, c in cases]
-    return scoring.build(assignment, tests, findings)
+    tests = [_judge(assignment, i, c, runs.get(i), expected[i], findings, loaded) for i, c in cases]
+    return scoring.build(assignment, tests, findings, ctx.source)
 
 
 def _placeholders(assignment: Assignment) -> list[TestReport]:
-    return [TestReport(name=assignment.case_name(i), status=TestStatus.failed, weight=c.weight,
-                       visible=c.visible) for i, c in enumerate(assignment.cases)]
+    return [TestReport(name=assignment.case_name(i), status=TestStatus.not_run, weight=c.weight,
+                       visible=c.visible, test_id=assignment.case_name(i)) for i, c in enumerate(assignment.cases)]
 
 
-def _load_failure(assignment: Assignment, load: dict[str, Any], findings: scoring.Findings) -> GradeReport | None:
+def _load_failure(assignment: Assignment, load: dict[str, Any], findings: scoring.Findings,
+                  ctx: GradeContext) -> GradeReport | None:
     """The module did not load: a syntax error ends grading; a crash, timeout or
-    limit at import fails every expression case."""
-    err = load.get("error") or {}
-    if err.get("type") in SYNTAX_TYPES or (
-            err.get("type") == "ValueError" and "null bytes" in str(err.get("message"))):
-        return scoring.syntax_report(assignment, err, _placeholders(assignment))
-    if load.get("timeout"):
-        findings.limits.add(scoring.Outcome.time_limit)
-    elif load.get("died"):
-        if findings.note_limit(load.get("verdict")) is None:
-            findings.runtime_error = True
-            findings.explanations.append(scoring.STOPPED)
-    elif err:
-        findings.runtime_error = True
-        findings.explanations.append(scoring.exception_explanation(
-            err, "while loading", assignment.config.feedback.show_traceback))
-    return None
+    limit at import fails every expression case (they did not run)."""
+    return scoring.load_failure(assignment, load, findings, ctx.source,
+                                lambda err: scoring.syntax_report(assignment, err, _placeholders(assignment),
+                                                                  ctx.source))

@@ -10,6 +10,8 @@ that list that did not report is `missing`, a failure.
 
 from __future__ import annotations
 
+import ast
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,9 +22,11 @@ from xgrader.assignment import Assignment
 from xgrader.errors import AssignmentError, InfraError
 from xgrader.handlers import scoring
 from xgrader.handlers.context import GradeContext
-from xgrader.handlers.io_kind import SYNTAX_TYPES, describe_failure, where
-from xgrader.handlers.student import RequestTimeout, RunnerDied, StudentRunner
-from xgrader.report import Explanation, GradeReport, TestReport, TestStatus
+from xgrader.handlers.io_kind import describe_failure, where
+from xgrader.handlers.student import RequestTimeout, RunnerDied, StudentRunner, sample_after
+from xgrader.handlers.values import BadValue, decode
+from xgrader import explain
+from xgrader.report import Evidence, GradeReport, TestReport, TestStatus
 from xgrader.backends.base import (
     RUNNER_DIR, ChannelError, RunningSandbox, SandboxError, SandboxJob, SandboxResult, Verdict, clean_text,
 )
@@ -36,11 +40,46 @@ STARTUP_S = 15.0   # pytest start-up and collection in the test sandbox
 
 
 @dataclass
+class Trace:
+    """What the host relayed for one test: evidence for the built-in
+    explanations and the staff view (never shown as such to the student)."""
+
+    target: str | None = None                  # the last student function called
+    targets: list[str] = field(default_factory=list)
+    reply: dict[str, Any] | None = None        # the last reply from the student's runner
+    error: dict[str, Any] | None = None        # the last error it reported (type, message, frames...)
+    output: list[str] = field(default_factory=list)
+    mutated: bool = False
+    sample: list[list[Any]] | None = None      # where the code was when a call timed out
+
+    def note_call(self, request: dict[str, Any]) -> None:
+        target = request.get("target")
+        name = target if isinstance(target, str) else None
+        if request.get("method"):
+            name = str(request["method"])
+        if request.get("op") == "call" and name and len(self.targets) < 50:
+            self.target = name.split(".")[-1]
+            if self.target not in self.targets:
+                self.targets.append(self.target)
+
+    def note_reply(self, reply: dict[str, Any], op: Any = "call") -> None:
+        if op == "call":   # what a student function returned (not len(), iteration... of a handle)
+            self.reply = reply
+        if not reply.get("ok") and isinstance(reply.get("error"), dict):
+            self.error = reply["error"]
+        text = str(reply.get("stdout") or "")
+        if text and sum(map(len, self.output)) < 20_000:
+            self.output.append(text)
+        self.mutated = self.mutated or bool(reply.get("mutated"))
+
+
+@dataclass
 class RelayRun:
     load: dict[str, Any]
     collected: list[str] = field(default_factory=list)
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
     host: dict[str, tuple[str, Verdict | None]] = field(default_factory=dict)  # nodeid -> (timeout|died, verdict)
+    traces: dict[str, Trace] = field(default_factory=dict)
     test_box: SandboxResult | None = None
     finished: bool = False
 
@@ -62,14 +101,15 @@ def relay(assignment: Assignment, files: dict[str, bytes], ctx: GradeContext, n_
     budget = _budget(assignment, ctx, n_tests)
     student_limits = ctx.limits.model_copy(update={"wall_s": budget})
     student = StudentRunner(ctx.backend, files, student_limits, module=cfg.module, entry=cfg.entry,
-                            label=ctx.label, submission_id=ctx.submission_id, after_reply=ctx.after_reply)
+                            label=ctx.label, submission_id=ctx.submission_id, after_reply=ctx.after_reply,
+                            prelude=assignment.prelude_name, sample=assignment.explains("time_limit"))
     load_timeout = cfg.test_timeout_s + ctx.slack_s()
 
     def load() -> dict[str, Any]:
         try:
             return student.restart(load_timeout)
-        except RequestTimeout:
-            return {"ok": False, "timeout": True}
+        except RequestTimeout as exc:
+            return {"ok": False, "timeout": True, "sample": exc.sample}
         except RunnerDied as exc:
             return {"ok": False, "died": True, "verdict": exc.verdict}
 
@@ -133,12 +173,20 @@ def _serve(box: RunningSandbox, student: StudentRunner, run: RelayRun, assignmen
             request = {k: msg[k] for k in RELAYED_KEYS if k in msg}
             began = time.monotonic()
             timeout = max(per_test - spent, 0.05)
+            if assignment.explains("time_limit"):
+                request["sample_after"] = sample_after(timeout)
+            if assignment.explains("mutated_argument") and request.get("op") == "call":
+                request["watch"] = True
+            trace = run.traces.setdefault(current, Trace()) if current else Trace()
+            trace.note_call(request)
             try:
                 if not student_ok:
                     raise RunnerDied(None)
                 reply = student.request(request, timeout)
-            except RequestTimeout:
+                trace.note_reply(reply, op)
+            except RequestTimeout as exc:
                 reply = {"ok": False, "timeout": True}
+                trace.sample = exc.sample
                 if current:
                     run.host[current] = ("timeout", Verdict.wall_time)
                 student_ok = load().get("ok", False)
@@ -158,7 +206,7 @@ def _serve(box: RunningSandbox, student: StudentRunner, run: RelayRun, assignmen
 # -- reference -----------------------------------------------------------------
 
 def compute_reference(assignment: Assignment, ctx: GradeContext) -> dict[str, Any]:
-    files = {**assignment.files, **assignment.solution}
+    files = assignment.sandbox_files(assignment.solution)
     n_guess = max(20, sum(data.count(b"def test_") for data in assignment.tests.values()) * 5)
     run = relay(assignment, files, ctx, n_guess)
     if not run.load.get("ok"):
@@ -208,33 +256,75 @@ def _status(result: dict[str, Any] | None, host: tuple[str, Verdict | None] | No
             "timeout": TestStatus.timeout}.get(str(outcome), TestStatus.failed)
 
 
+def _literal(text: Any) -> tuple[bool, Any]:
+    """A value from pytest's repr of one side of a comparison: a Python
+    literal (bounded), or the number of `pytest.approx(x)` (`32.0 ± 3.2e-05`)."""
+    if not isinstance(text, str) or len(text) > 4000:
+        return False, None
+    try:
+        return True, ast.literal_eval(text)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        pass
+    m = re.fullmatch(r"(-?[\d.]+(?:e[+-]?\d+)?) ± \S+", text.strip())
+    return (True, float(m.group(1))) if m else (False, None)
+
+
+def _evidence(assignment: Assignment, nodeid: str, visible: bool, result: dict[str, Any],
+              trace: Trace | None, status: TestStatus) -> Evidence:
+    trace = trace or Trace()
+    actual_text, expected_text = result.get("actual"), result.get("expected")
+    last: tuple[bool, Any] = (False, None)
+    if trace.reply is not None and trace.reply.get("ok"):
+        try:
+            last = (True, decode(trace.reply.get("value")))
+        except BadValue:
+            pass
+    ok_e, expected = _literal(expected_text)
+    ok_a, actual = _literal(actual_text)
+    returned_by = None
+    if last[0] and (actual_text is None or repr(last[1]) == actual_text or not ok_a):
+        ok_a, actual = last
+        returned_by = trace.target   # the compared value is what that call returned
+    has_values = status is TestStatus.failed and ok_a and ok_e and expected_text is not None
+    secrets: list[str] = []
+    if not visible:
+        atoms = set(assignment.hidden_literals)
+        atoms |= explain.atoms_of_text(nodeid.partition("[")[2].replace("-", " "))
+        for text in (result.get("input"), actual_text, expected_text):
+            if isinstance(text, str):
+                atoms |= explain.atoms_of_text(text)
+        secrets = sorted(a for a in atoms if a[:1].isdigit() or a[:1] == "-" or a.lower() not in assignment.public_words)
+    return Evidence(
+        input=result.get("input"), expected=expected_text, actual=actual_text,
+        expected_value=expected if has_values else None, actual_value=actual if has_values else None,
+        has_values=has_values, check="value", function=returned_by, called=list(trace.targets),
+        message=clean_text(str(result.get("message")), 500) if result.get("message") else None,
+        output="".join(trace.output), error=trace.error if status is TestStatus.error else None,
+        sample=trace.sample, timeout_s=assignment.config.test_timeout_s, mutated=trace.mutated,
+        secrets=secrets,
+    )
+
+
 def grade_pytest(assignment: Assignment, files: dict[str, bytes], ctx: GradeContext) -> GradeReport:
     reference = ctx.store.get(assignment, lambda: compute_reference(assignment, ctx))
     canonical: list[str] = reference["tests"]
     cfg = assignment.config
     limit = cfg.feedback.max_chars
-    run = relay(assignment, {**assignment.files, **files}, ctx, len(canonical))
+    run = relay(assignment, assignment.sandbox_files(files), ctx, len(canonical))
     findings = scoring.Findings()
     load = run.load
-    err = load.get("error") or {}
     placeholders = []
     counters: dict[str, int] = {}
     for nodeid in canonical:
         weight, visible = assignment.rule_for(nodeid, public=nodeid.startswith("public_tests/"))
         placeholders.append((nodeid, weight, visible, _display_name(nodeid, visible, counters)))
-    if not load.get("ok"):
-        if err.get("type") in SYNTAX_TYPES or (err.get("type") == "ValueError" and "null bytes" in str(err.get("message"))):
-            return scoring.syntax_report(assignment, err, [
-                TestReport(name=n, status=TestStatus.failed, weight=w, visible=v) for _, w, v, n in placeholders])
-        if load.get("timeout"):
-            findings.limits.add(scoring.Outcome.time_limit)
-        elif load.get("died"):
-            if findings.note_limit(load.get("verdict")) is None:
-                findings.runtime_error = True
-                findings.explanations.append(scoring.STOPPED)
-        else:
-            findings.runtime_error = True
-            findings.explanations.append(scoring.exception_explanation(err, "while loading", cfg.feedback.show_traceback))
+    loaded = bool(load.get("ok"))
+    if not loaded:
+        early = scoring.load_failure(assignment, load, findings, ctx.source, lambda err: scoring.syntax_report(
+            assignment, err, [TestReport(name=n, status=TestStatus.not_run, weight=w, visible=v, test_id=i)
+                              for i, w, v, n in placeholders], ctx.source))
+        if early is not None:
+            return early
     else:
         findings.missing = scoring.missing_required(assignment, load.get("names"))
 
@@ -245,6 +335,8 @@ def grade_pytest(assignment: Assignment, files: dict[str, bytes], ctx: GradeCont
             continue
         host = run.host.get(nodeid)
         status = _status(result, host)
+        if not loaded and status is not TestStatus.passed:
+            status = TestStatus.not_run   # the module did not load: the test could not run
         if host is not None and host[0] == "timeout":
             findings.limits.add(scoring.Outcome.time_limit)
         elif host is not None:
@@ -253,34 +345,33 @@ def grade_pytest(assignment: Assignment, files: dict[str, bytes], ctx: GradeCont
                 if scoring.STOPPED not in findings.explanations:
                     findings.explanations.append(scoring.STOPPED)
         result = result or {}
+        if result.get("missing") and status is not TestStatus.passed:
+            # The test needs a name the submission does not define: it could not run.
+            status = TestStatus.not_run
+            absent = re.match(r"your code does not define (\w+)", str(result.get("message") or ""))
+            if absent and absent.group(1) not in findings.missing:
+                findings.missing.append(absent.group(1))
         etype = result.get("exception_type")
         etype = clean_text(str(etype), 100) if etype else None
-        if status is TestStatus.error and result.get("traceback") is not None and etype:
+        if status is TestStatus.error and etype:
             findings.runtime_error = True
-            if scoring.is_signature_error(etype, result.get("traceback")):
-                text = clean_text(str(result.get("message") or ""), 500).removeprefix("TypeError: ")
-                sig = scoring.signature_explanation(text)
-                if sig not in findings.explanations:
-                    findings.explanations.append(sig)
-            elif not any(e.title.startswith("Your code raised") for e in findings.explanations):
-                if visible:
-                    findings.explanations.append(Explanation(
-                        title=f"Your code raised {etype} in test {name}",
-                        detail=clean_text(str(result.get("message") or ""), limit),
-                        traceback=(clean_text(str(result.get("traceback") or ""), limit) or None)
-                        if cfg.feedback.show_traceback else None))
-                else:  # the message could carry the hidden input: the type only
-                    findings.explanations.append(Explanation(
-                        title=f"Your code raised {etype} in a hidden test",
-                        detail="Check how your code handles other inputs than the examples."))
+        evidence = _evidence(assignment, nodeid, visible, result, run.traces.get(nodeid), status)
+        if status is TestStatus.error and evidence.error is None and result.get("traceback") is not None and etype:
+            # The test sandbox saw a student exception the relay did not keep (a handle's method...).
+            evidence = evidence.model_copy(update={"error": {
+                "type": etype, "message": clean_text(str(result.get("message") or ""), 2000).removeprefix(f"{etype}: "),
+                "traceback": clean_text(str(result.get("traceback") or ""), 4000), "frames": None}})
         if not visible:
-            tests.append(TestReport(name=name, status=status, weight=weight, visible=False, exception_type=etype))
+            tests.append(TestReport(name=name, status=status, weight=weight, visible=False, exception_type=etype,
+                                    test_id=nodeid, evidence=evidence))
             continue
         message = result.get("message")
         if status is TestStatus.timeout:
             message = f"Took longer than {cfg.test_timeout_s:g} s."
         elif status is TestStatus.missing:
             message = "This test did not report a result (the test run stopped early)."
+        elif status is TestStatus.not_run and not result.get("missing"):
+            message = "Not run: your code did not load (see above)."
         output = result.get("output") if cfg.feedback.show_output else None
 
         def text(v: Any) -> str | None:
@@ -290,8 +381,8 @@ def grade_pytest(assignment: Assignment, files: dict[str, bytes], ctx: GradeCont
             name=name, status=status, weight=weight, visible=True,
             input=text(result.get("input")), expected=text(result.get("expected")),
             actual=text(result.get("actual")), message=text(message), output=text(output),
-            exception_type=etype,
+            exception_type=etype, test_id=nodeid, evidence=evidence,
         ))
     if not tests:
         raise AssignmentError(f"{assignment.root / 'tests'}: every test was skipped")
-    return scoring.build(assignment, tests, findings)
+    return scoring.build(assignment, tests, findings, ctx.source)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
+from xgrader import explain
 from xgrader.assignment import Assignment
+from xgrader.source import Source
 from xgrader.report import Explanation, GradeReport, Outcome, TestReport, TestStatus
 from xgrader.backends.base import Verdict
 
@@ -25,9 +27,14 @@ LIMIT_TEXT = {
 }
 
 
+LIMIT_SIGNATURE = {Outcome.time_limit: "time_limit", Outcome.memory_limit: "memory_limit",
+                   Outcome.output_limit: "output_limit"}
+SYNTAX_TYPES = ("SyntaxError", "IndentationError", "TabError")
+
 STOPPED = Explanation(
     title="Your program stopped before answering",
     detail="Your code ended the program (exit(), os._exit() or a crash) while it was being tested.",
+    signature="stopped",
 )
 
 
@@ -47,21 +54,12 @@ class Findings:
         return outcome
 
 
-def syntax_explanation(error: dict[str, Any]) -> Explanation:
-    line = error.get("lineno")
-    col = error.get("offset")
-    text = (error.get("text") or "").rstrip("\n") or None
-    where = f" on line {line}" if isinstance(line, int) else ""
-    return Explanation(
-        title=f"Syntax error{where}",
-        detail=str(error.get("message") or "invalid syntax"),
-        line=line if isinstance(line, int) else None,
-        column=col if isinstance(col, int) else None,
-        source_line=text,
-    )
+def syntax_explanation(error: dict[str, Any], source: Source | None = None) -> Explanation:
+    return explain.syntax_explanation(error, source)
 
 
 def exception_explanation(error: dict[str, Any], when: str, show_traceback: bool = True) -> Explanation:
+    """A plain 'Your code raised X <when>' note (the image kind's)."""
     etype = str(error.get("type") or "Exception")
     return Explanation(
         title=f"Your code raised {etype} {when}",
@@ -70,26 +68,35 @@ def exception_explanation(error: dict[str, Any], when: str, show_traceback: bool
     )
 
 
-def is_signature_error(etype: str | None, traceback: str | None) -> bool:
-    """A TypeError with no frame of the student's own: raised by the call itself."""
-    return etype == "TypeError" and not (traceback or "").strip()
+def missing_explanation(names: list[str], source: Source | None = None,
+                        required: list[str] | None = None) -> Explanation:
+    return explain.missing_explanation(names, source, required or [])
 
 
-def signature_explanation(message: str) -> Explanation:
-    return Explanation(
-        title="Your function's parameters do not match how it is called",
-        detail=f"{message} Check the number, order and names of the parameters the exercise asks for.",
-    )
-
-
-def missing_explanation(names: list[str]) -> Explanation:
-    listed = ", ".join(names)
-    plural = "s" if len(names) > 1 else ""
-    return Explanation(
-        title=f"Missing function{plural}: {listed}",
-        detail=f"The exercise asks for {listed}, but your code does not define {'them' if plural else 'it'}. "
-               "Check the spelling and that it is defined at the top level of your file.",
-    )
+def load_failure(assignment: Assignment, load: dict[str, Any], findings: Findings, source: Source | None,
+                 syntax: Callable[[dict[str, Any]], GradeReport]) -> GradeReport | None:
+    """The module did not load: a syntax error ends grading (`syntax` builds
+    that report); a crash, timeout or limit at import is noted in `findings`
+    (the tests did not run)."""
+    err = load.get("error") or {}
+    if err.get("type") in SYNTAX_TYPES or (
+            err.get("type") == "ValueError" and "null bytes" in str(err.get("message"))):
+        return syntax(err)
+    if load.get("timeout"):
+        findings.limits.add(Outcome.time_limit)
+        where = explain.timeout_while_loading(load.get("sample"), assignment.config.test_timeout_s, source) \
+            if assignment.explains("time_limit") else None
+        if where is not None:
+            findings.explanations.append(where)
+    elif load.get("died"):
+        if findings.note_limit(load.get("verdict")) is None:
+            findings.runtime_error = True
+            findings.explanations.append(STOPPED)
+    elif err:
+        findings.runtime_error = True
+        findings.explanations.append(explain.load_explanation(
+            err, assignment.config.feedback.show_traceback, source if assignment.explains("load_error") else None))
+    return None
 
 
 def missing_required(assignment: Assignment, names: dict[str, Any] | None) -> list[str]:
@@ -97,7 +104,8 @@ def missing_required(assignment: Assignment, names: dict[str, Any] | None) -> li
     return [n for n in assignment.config.functions if n not in have]
 
 
-def build(assignment: Assignment, tests: list[TestReport], findings: Findings) -> GradeReport:
+def build(assignment: Assignment, tests: list[TestReport], findings: Findings,
+          source: Source | None = None) -> GradeReport:
     max_points = assignment.max_points
     total = sum(t.weight for t in tests)
     earned = sum(t.weight for t in tests if t.status is TestStatus.passed)
@@ -110,11 +118,17 @@ def build(assignment: Assignment, tests: list[TestReport], findings: Findings) -
     tests = [t.model_copy(update={"points": round(max_points * t.weight / total, 4)
                                   if total and t.status is TestStatus.passed else 0.0}) for t in tests]
     explanations = list(findings.explanations)
+    explanations += explain.builtin_explanations(assignment, tests, source)
     for outcome in sorted(findings.limits, key=lambda o: o.value):
         title, detail = LIMIT_TEXT[outcome]
-        explanations.append(Explanation(title=title, detail=detail))
+        name = LIMIT_SIGNATURE[outcome]
+        if outcome is Outcome.time_limit and any(e.signature == name and e.specific for e in explanations):
+            continue   # a specific "still running at line 7" says it better
+        explanations.append(Explanation(title=title, detail=detail, signature=name))
     if findings.missing:
-        explanations.insert(0, missing_explanation(findings.missing))
+        explanations.insert(0, missing_explanation(
+            findings.missing, source if assignment.explains("missing_function") else None,
+            assignment.config.functions))
 
     if score >= max_points:
         outcome = Outcome.passed
@@ -134,11 +148,13 @@ def build(assignment: Assignment, tests: list[TestReport], findings: Findings) -
                        score=score, max_score=max_points, tests=tests, explanations=explanations)
 
 
-def syntax_report(assignment: Assignment, error: dict[str, Any], tests: list[TestReport]) -> GradeReport:
-    failed = [t.model_copy(update={"status": TestStatus.failed, "points": 0.0}) for t in tests]
+def syntax_report(assignment: Assignment, error: dict[str, Any], tests: list[TestReport],
+                  source: Source | None = None) -> GradeReport:
+    """No test ran: every one is `not_run` (signatures do not fire on them)."""
+    not_run = [t.model_copy(update={"status": TestStatus.not_run, "points": 0.0}) for t in tests]
     return GradeReport(assignment=assignment.name, title=assignment.title, outcome=Outcome.syntax_error,
-                       score=0, max_score=assignment.max_points, tests=failed,
-                       explanations=[syntax_explanation(error)])
+                       score=0, max_score=assignment.max_points, tests=not_run,
+                       explanations=[syntax_explanation(error, source)])
 
 
 def cap(text: str | None, limit: int) -> str | None:

@@ -31,7 +31,12 @@ OUTPUT_KEEP = 16_000
 
 
 class RequestTimeout(Exception):
-    """The student's code did not answer in time; the sandbox was killed."""
+    """The student's code did not answer in time; the sandbox was killed.
+    `sample`: where the code was shortly before (see clean_sample), if known."""
+
+    def __init__(self, sample: list[list[Any]] | None = None) -> None:
+        super().__init__("timeout")
+        self.sample = sample
 
 
 class RunnerDied(Exception):
@@ -46,8 +51,10 @@ class RunnerDied(Exception):
 class StudentRunner:
     def __init__(self, backend: Backend, files: dict[str, bytes], limits: Limits, *,
                  module: str, entry: str, label: str, submission_id: str = "",
-                 after_reply: list | None = None) -> None:
+                 after_reply: list | None = None, prelude: str | None = None, sample: bool = True) -> None:
         self.backend = backend
+        self.prelude = prelude
+        self.sample = sample      # ask for stack samples (explanations of time limits)
         self.after_reply = after_reply
         self.files = files
         self.limits = limits
@@ -71,8 +78,13 @@ class StudentRunner:
         except SandboxError as exc:
             raise InfraError(f"student sandbox did not start: {exc}") from exc
         self.starts += 1
-        self.load_reply = self.request({"op": "load", "module": self.module, "path": self.entry,
-                                        "output_bytes": self.limits.output_bytes}, load_timeout)
+        load = {"op": "load", "module": self.module, "path": self.entry,
+                "output_bytes": self.limits.output_bytes}
+        if self.sample:
+            load["sample_after"] = sample_after(load_timeout)
+        if self.prelude:
+            load["prelude"] = self.prelude
+        self.load_reply = self.request(load, load_timeout)
         return self.load_reply
 
     def restart(self, load_timeout: float) -> dict[str, Any]:
@@ -112,11 +124,12 @@ class StudentRunner:
         """The reply to request `rid` (and batch item `index`), within `timeout`."""
         assert self._box is not None
         deadline = time.monotonic() + timeout
+        sample = None
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
                 self._kill("timeout")
-                raise RequestTimeout()
+                raise RequestTimeout(sample)
             try:
                 msg = self._box.channel.recv(left)
             except TimeoutError:
@@ -126,6 +139,9 @@ class StudentRunner:
             if not isinstance(msg, dict) or msg.get("id") != rid:
                 continue
             if index is not None and msg.get("index") != index and not msg.get("done"):
+                continue
+            if "sample" in msg:   # still running at sample_after: keep where, wait on
+                sample = clean_sample(msg.get("sample"))
                 continue
             if msg.get("output_limit"):
                 # The runner ends itself at the output limit; the verdict is that limit.
@@ -151,6 +167,26 @@ class StudentRunner:
         return RunnerDied(result)
 
 
+def sample_after(timeout: float) -> float:
+    """When to ask a request for a stack sample: late, but early enough for
+    the sample to arrive before the host gives up at `timeout`."""
+    return round(max(timeout - 0.25, timeout * 0.75), 3)
+
+
+def clean_sample(sample: Any) -> list[list[Any]] | None:
+    """A runner's stack sample or error frames, untrusted: at most 20
+    [file, line] pairs of short names and positive ints, else None."""
+    frames = sample.get("frames") if isinstance(sample, dict) else sample
+    if not isinstance(frames, list):
+        return None
+    out = []
+    for item in frames[-20:]:
+        if isinstance(item, list) and len(item) == 2 and isinstance(item[0], str) \
+                and type(item[1]) is int and 0 < item[1] < 10**7 and len(item[0]) <= 200:
+            out.append([clean_text(item[0], 200), item[1]])
+    return out or None
+
+
 def clean_reply(msg: dict[str, Any]) -> dict[str, Any]:
     """Strip control characters from the text fields a reply carries."""
     out = dict(msg)
@@ -160,7 +196,11 @@ def clean_reply(msg: dict[str, Any]) -> dict[str, Any]:
             out[key] = text if len(text) <= OUTPUT_KEEP else text[:OUTPUT_KEEP] + "\n[output truncated]"
     err = out.get("error")
     if isinstance(err, dict):
-        out["error"] = {k: (clean_text(v, 8000) if isinstance(v, str) else v) for k, v in err.items()}
+        err = {k: (clean_text(v, 8000) if isinstance(v, str) else v) for k, v in err.items()}
+        err["frames"] = clean_sample(err.get("frames"))
+        recursion = clean_sample([err.get("recursion")])
+        err["recursion"] = recursion[0] if recursion else None
+        out["error"] = err
     elif err is not None:
         out["error"] = {"type": "Error", "message": clean_text(str(err), 2000)}
     return out

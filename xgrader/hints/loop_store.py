@@ -187,7 +187,7 @@ class SQLiteLoop:
                 "SELECT audit_id FROM deliveries WHERE student=? UNION "
                 "SELECT id FROM audit WHERE json_extract(record, '$.student') = ?", (student, student))]
             out = self._drop_audits(db, ids)
-            out["decisions"] = db.execute(f"DELETE FROM audit WHERE json_extract(record, '$.student') = ?",
+            out["decisions"] = db.execute("DELETE FROM audit WHERE json_extract(record, '$.student') = ?",
                                           (student,)).rowcount
             out["escalations"] += db.execute("DELETE FROM escalations WHERE student=?", (student,)).rowcount
             out["quota"] = db.execute("DELETE FROM quota WHERE student=?", (student,)).rowcount

@@ -1,0 +1,11 @@
+import sys
+
+scores = [float(line) for line in sys.stdin if line.strip()]
+if not scores:
+    print("no scores")
+else:
+    print(f"count: {len(scores)}")
+    print(f"mean: {sum(scores) / len(scores):.2f}")
+    print(f"min: {min(scores):g}")
+    print(f"max: {int(max(scores))}")
+    print(f"passed: {sum(1 for s in scores if s >= 50)}")

@@ -1,0 +1,6 @@
+def sum_digits():
+    n = 123
+    total = 0
+    for ch in str(n):
+        total += int(ch)
+    return total

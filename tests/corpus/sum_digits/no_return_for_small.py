@@ -1,0 +1,8 @@
+def sum_digits(n):
+    n = abs(n)
+    if n >= 10:
+        total = 0
+        while n > 0:
+            total += n % 10
+            n //= 10
+        return total

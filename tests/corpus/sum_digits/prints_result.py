@@ -1,0 +1,7 @@
+def sum_digits(n):
+    n = abs(n)
+    total = 0
+    while n > 0:
+        total += n % 10
+        n //= 10
+    print(total)

@@ -1,0 +1,5 @@
+def sum_digits(n):
+    total = 0
+    for ch in str(abs(n)):
+        total += int(ch) ** 2
+    return total

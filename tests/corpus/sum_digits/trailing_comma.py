@@ -1,0 +1,3 @@
+def sum_digits(n):
+    total = sum(int(ch) for ch in str(abs(n)))
+    return total,

@@ -1,0 +1,15 @@
+from cleaning import words
+
+
+def count_words(word_list):
+    counts = {}
+    for word in word_list:
+        counts[word] = counts.get(word, 0) + 1
+    return counts
+
+
+def top_words(text, n):
+    counts = count_words(words(text))
+    ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    for pair in ranked[:n]:
+        print(pair)

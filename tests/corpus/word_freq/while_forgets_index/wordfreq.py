@@ -1,0 +1,16 @@
+from cleaning import words
+
+
+def count_words(word_list):
+    counts = {}
+    i = 0
+    while i < len(word_list):
+        word = word_list[i]
+        counts[word] = counts.get(word, 0) + 1
+    return counts
+
+
+def top_words(text, n):
+    counts = count_words(words(text))
+    ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    return ranked[:n]
