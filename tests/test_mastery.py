@@ -128,8 +128,8 @@ def test_selector_merges_ledger_evidence_by_opportunities(tmp_path):
 @pytest.fixture(scope="module")
 def skilled_handlers(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("handlers")
-    shutil.copytree(ROOT / "payload_handlers" / "sum_digits", root / "sum_digits",
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    for folder in ("sum_digits", "signatures"):   # the assignment and the shared signatures it uses
+        shutil.copytree(ROOT / "payload_handlers" / folder, root / folder, ignore=shutil.ignore_patterns("__pycache__"))
     cfg = root / "sum_digits" / "assignment.toml"
     cfg.write_text(re.sub(r"^skills = .*$", 'skills = ["digits"]', cfg.read_text(), count=1, flags=re.M))
     cases = root / "sum_digits" / "tests" / "cases.toml"
@@ -236,3 +236,19 @@ def test_mastery_fit_recovers_known_parameters_and_writes_skills_toml(tmp_path):
     written = load_catalog(tmp_path).skills["loops"]
     assert written.title == "Loops" and written.params.threshold == 0.9
     assert written.params.p_transit == pytest.approx(fitted["p_transit"])
+
+
+def test_feedback_names_the_skills_practised_when_the_assignment_asks(skilled_handlers, tmp_path):
+    sample = ROOT / "payload_handlers" / "sum_digits" / "samples" / "wrong_offbyone.py"
+    off = xgrader("grade", "--handlers", str(skilled_handlers), "--payload", "sum_digits", str(sample), cwd=tmp_path)
+    assert off.returncode == 0 and "Skills practised" not in json.loads(off.stdout)["msg"]
+    root = tmp_path / "h"
+    shutil.copytree(skilled_handlers, root)
+    cfg = root / "sum_digits" / "assignment.toml"
+    cfg.write_text(cfg.read_text() + "\n[feedback]\nshow_skills = true\n" if "[feedback]" not in cfg.read_text()
+                   else cfg.read_text().replace("[feedback]\n", "[feedback]\nshow_skills = true\n", 1))
+    on = xgrader("grade", "--handlers", str(root), "--payload", "sum_digits", str(sample), cwd=tmp_path)
+    assert on.returncode == 0, on.stderr
+    msg = json.loads(on.stdout)["msg"]
+    assert ('<p class="xgrader-skills">Skills practised: Taking a number apart digit by digit, Negative numbers</p>'
+            in msg)

@@ -251,6 +251,7 @@ class FeedbackOptions(_Strict):
     explain: bool = True
     explain_skip: list[str] = Field(default_factory=list)
     signatures: list[FeedbackSignature] = Field(default_factory=list)
+    show_skills: bool = False         # a "Skills practised: ..." line (titles from skills.toml)
 
     @field_validator("explain_skip")
     @classmethod
@@ -498,6 +499,11 @@ class Assignment(BaseModel):
             if rule is not None and rule.skills is not None:
                 return tuple(rule.skills)
         return tuple(self.config.skills)
+
+    @property
+    def handlers_root(self) -> Path:
+        """The handlers root this assignment was loaded from (`week1/primes` -> two levels up)."""
+        return self.root.parents[len(PurePosixPath(self.name).parts) - 1]
 
     def declared_skills(self) -> tuple[str, ...]:
         """Every skill the assignment names, in first-mention order."""

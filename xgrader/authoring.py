@@ -283,7 +283,7 @@ def _skill_warnings(assignment: Assignment) -> list[str]:
         if bare:
             out.append(f"{assignment.root}: tests without a skill: {', '.join(bare[:10])}"
                        f"{' ...' if len(bare) > 10 else ''} (give them `skills` or set a default `skills`)")
-    handlers_root = assignment.root.parents[len(Path(assignment.name).parts) - 1]
+    handlers_root = assignment.handlers_root
     try:
         known = load_catalog(handlers_root).skills
     except AssignmentError as exc:

@@ -403,6 +403,8 @@ def _layout(report: GradeReport, caps: Caps, fmt: _Format, head: str) -> str:
     pieces = [head]
     if report.title:
         pieces.append(fmt.line("title", _short(report.title)))
+    if report.skills_practised:
+        pieces.append(fmt.line("skills", _short("Skills practised: " + ", ".join(report.skills_practised))))
     budget = (caps.total - len(fmt.open) - len(fmt.close) - sum(map(cost, pieces))
               - fmt.tests_overhead - 3 * note_room)
     notes: list[str] = []

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from pathlib import Path
 
 import structlog
 
@@ -17,11 +18,12 @@ from xgrader import handlers, signatures
 from xgrader.assignment import Assignment
 from xgrader.config import Settings
 from xgrader.dispatch import AssignmentRegistry
-from xgrader.errors import InfraError, SubmissionError
+from xgrader.errors import AssignmentError, InfraError, SubmissionError
 from xgrader.handlers.context import GradeContext
 from xgrader.handlers.expected import ExpectedStore
 from xgrader.hooks import Hooks, safe_call
 from xgrader.job import GradeRequest
+from xgrader.mastery.catalog import SkillCatalog, load_catalog
 from xgrader.report import GradeReport, bad_submission_report
 from xgrader.source import Source
 from xgrader.backends.base import Backend, SandboxError
@@ -51,6 +53,7 @@ class Grader:
         self.hooks = hooks or Hooks()
         self.registry = registry or AssignmentRegistry(settings.handlers)
         self.store = store or ExpectedStore(runner_dir=settings.runner_dir)
+        self._catalogs: dict[Path, SkillCatalog] = {}   # skills.toml per handlers root, read once
 
     def context(self, assignment: Assignment, request: GradeRequest | None = None) -> GradeContext:
         return GradeContext(
@@ -96,10 +99,27 @@ class Grader:
         if assignment.version and report.version != assignment.version:
             report = report.model_copy(update={"version": assignment.version})
         if assignment.declared_skills():
-            report = report.model_copy(update={"tests": [
-                t.model_copy(update={"skills": list(assignment.test_skills(t.test_id or t.name))}) for t in report.tests]})
+            report = self._with_skills(assignment, report)
         safe_call(self.hooks.on_phase, "", "run", time.monotonic() - started)
         return report
+
+
+    def _with_skills(self, assignment: Assignment, report: GradeReport) -> GradeReport:
+        """Each test's skills (for mastery), and the skills line when the assignment shows it."""
+        tests = [t.model_copy(update={"skills": list(assignment.test_skills(t.test_id or t.name))})
+                 for t in report.tests]
+        update: dict = {"tests": tests}
+        if assignment.config.feedback.show_skills:
+            catalog = self._catalogs.get(assignment.handlers_root)
+            if catalog is None:
+                try:
+                    catalog = load_catalog(assignment.handlers_root)
+                except AssignmentError:
+                    catalog = SkillCatalog()   # `xgrader check` names the problem; the ids still show
+                self._catalogs[assignment.handlers_root] = catalog
+            practised = dict.fromkeys(s for t in tests for s in t.skills)
+            update["skills_practised"] = [catalog.title(s) for s in practised]
+        return report.model_copy(update=update)
 
 
 def grade(request: GradeRequest, settings: Settings, backend: Backend, hooks: Hooks | None = None,

@@ -169,6 +169,8 @@ class GradeReport(BaseModel):
     # the instructor's) that gave its feedback.
     version: str = ""
     signatures: list[str] = Field(default_factory=list)
+    # [feedback] show_skills: the titles of the skills this attempt's tests practised.
+    skills_practised: list[str] = Field(default_factory=list)
 
     @property
     def correct(self) -> bool:
