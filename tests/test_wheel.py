@@ -109,9 +109,9 @@ def test_wheel_is_self_contained(built):
                  "pytest_side/xgrader_plugin.py", "pytest_side/pytest.ini"):
         assert f"xgrader/_sandbox/{part}" in names, part
     examples = {n.split("/")[2] for n in names if n.startswith("xgrader/_examples/")}
-    # Every example assignment, and the shared signatures library they use.
+    # Every example assignment, the shared signatures library they use and the course's skills.
     assert examples == {p.name for p in (REPO / "payload_handlers").iterdir() if (p / "assignment.toml").is_file()} \
-        | {"signatures"}
+        | {"signatures", "skills.toml"}
     assert "xgrader/_examples/signatures/common.toml" in names
     assert "xgrader/_examples/word_freq/samples/correct_zipped.zip" in names
     # The grading image definition is a build input, not a runtime file.
