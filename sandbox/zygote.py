@@ -20,6 +20,10 @@ one job instead of starting bwrap and an interpreter again:
                         job's environment, cwd /tmp/work; then it returns
                         out of the zygote's loop and runs the job's script as
                         __main__, the way `python3 -I [-S] SCRIPT ARGS` would.
+                        Without a cgroup for the job (request `userns`), W
+                        first enters a user namespace of its own: the
+                        job's RLIMIT_NPROC counts the processes there, so
+                        one job's processes never count against another's.
 
 Nothing is shared between two jobs: each gets its own namespaces (processes,
 mounts, network, IPC), its own /tmp, its own cgroup, and a copy-on-write copy
@@ -33,8 +37,12 @@ deny-list. The zygote exits when the host's end of its socket closes.
 
 Status lines to the host on the job's status socket: `S` (set up: the job's
 code starts now), `E message` (the sandbox could not be set up: an
-infrastructure error, no student code ran), `X code` (exit: the script's
-exit status, 128+N when killed by signal N, as bwrap reports it).
+infrastructure error, no student code ran), `X code cpu_us maxrss_kb` (exit:
+the script's exit status, 128+N when killed by signal N, as bwrap reports
+it; the CPU time and largest resident size of everything the job's init
+reaped). The host never writes on that socket: when its end closes before
+the job's exit (the host process died), the zygote kills the job's init, and
+with it the job's pid namespace.
 """
 
 import os
@@ -59,6 +67,7 @@ sys.path.insert(0, _HERE)
 from runner_core import json_loads  # noqa: E402
 
 CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWPID, CLONE_NEWNET = 0x00020000, 0x08000000, 0x20000000, 0x40000000
+CLONE_NEWUSER = 0x10000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
 # What bwrap's --proc leaves read-only; a new /proc must hide them again.
@@ -124,6 +133,30 @@ def drop_capabilities():
     bring any capability back."""
     _check(_libc.capset(_CAP_HEADER, _CAP_NONE), "capset")
     _check(_libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0), "prctl(DUMPABLE)")
+
+
+def own_user_namespace():
+    """W, when no cgroup holds the job (rlimit mode): a user namespace of the
+    job's own, with the same ids mapped. RLIMIT_NPROC counts the processes of
+    one uid per user namespace, so the job's limit (set after this) counts
+    the job's processes only, not those of concurrent jobs of this server.
+    The mounts were made before: they belong to the server's namespace and
+    cannot be changed from here. A new user namespace comes with a full
+    bounding set: it is emptied again."""
+    uid, gid = os.getuid(), os.getgid()
+    # init made itself (and so this copy) non-dumpable: /proc/self would be
+    # root's, its uid_map not ours to write. The job is made dumpable anyway.
+    _libc.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0)
+    _check(_libc.unshare(CLONE_NEWUSER), "unshare(user)")
+    for path, data in ((b"/proc/self/uid_map", b"%d %d 1" % (uid, uid)),
+                       (b"/proc/self/setgroups", b"deny"),
+                       (b"/proc/self/gid_map", b"%d %d 1" % (gid, gid))):
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+    empty_bounding_set()
 
 
 def load_seccomp(program, prog_struct):
@@ -211,20 +244,24 @@ class Zygote:
         signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
         signal.signal(signal.SIGCHLD, lambda *_: None)  # wakes the select below
         jobs = {}  # init pid -> its status socket
+        owners = {}  # status socket -> init pid: EOF there means the host is gone
         # Everything imported so far lives as long as the zygote: no collection
         # in a job may walk it (that would copy every page of it).
         gc.collect()
         gc.freeze()
         self.sock.send(b"ready")
         while True:
-            ready, _, _ = select.select([self.sock, wake_r], [], [])
+            ready, _, _ = select.select([self.sock, wake_r, *owners], [], [])
             if wake_r in ready:
                 try:
                     while os.read(wake_r, 512):
                         pass
                 except BlockingIOError:
                     pass
-            self.reap(jobs)
+            self.reap(jobs, owners)
+            for fd in ready:
+                if fd in owners:
+                    self.orphaned(fd, owners)
             if self.sock not in ready:
                 continue
             msg, anc, _flags, _addr = self.sock.recvmsg(MAX_REQUEST, _socket.CMSG_SPACE(MAX_FDS * 4))
@@ -263,24 +300,44 @@ class Zygote:
                 self.sock.close()
                 return self.init(req, fds)  # returns only in W
             jobs[pid] = status
+            owners[status] = pid
             for fd in fds[1:]:
                 os.close(fd)
 
     @staticmethod
-    def reap(jobs):
-        """Each job's exit status, to its status socket (`X code`)."""
+    def reap(jobs, owners):
+        """Each job's exit status, to its status socket (`X code cpu_us
+        maxrss_kb`)."""
         while jobs:
             try:
-                pid, st = os.waitpid(-1, os.WNOHANG)
+                pid, st, ru = os.wait4(-1, os.WNOHANG)
             except ChildProcessError:
                 return
             if pid == 0:
                 return
             status = jobs.pop(pid, None)
             if status is not None:
+                owners.pop(status, None)
                 code = os.waitstatus_to_exitcode(st)
-                _say(status, "X %d" % (code if code >= 0 else 128 - code))
+                _say(status, "X %d %d %d" % (code if code >= 0 else 128 - code,
+                                             (ru.ru_utime + ru.ru_stime) * 1e6, ru.ru_maxrss))
                 os.close(status)
+
+    @staticmethod
+    def orphaned(status, owners):
+        """The host closed a job's status socket before the job's exit: the
+        process that started the job is gone, so is the job (its init dies,
+        the kernel kills the rest of its pid namespace). Reaped as usual."""
+        try:
+            if os.read(status, 64):
+                return  # the host never writes; ignore anything
+        except OSError:
+            pass
+        pid = owners.pop(status)
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
     def init(self, req, fds):
         """G: pid 1 of the job's pid namespace. It joins the job's cgroups,
@@ -355,6 +412,8 @@ class Zygote:
             if req["files"]:
                 place_files(fds[4], req["files"])
             os.chdir(WORK)
+            if req.get("userns"):
+                own_user_namespace()
             # stdio, then the channel, then the set-up pipe on the lowest
             # numbers (copies far above them first, so no dup2 clobbers a
             # source), then everything else closed (the cgroup files, the

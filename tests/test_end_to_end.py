@@ -141,7 +141,8 @@ def test_daemon_grades_through_its_fork_servers_and_they_end_with_it(stack: Stac
     (docs/sandbox.md): jobs are forked from them, and they go when the daemon
     goes, however it goes."""
     from xgrader.daemon.proctree import descendants
-    from xgrader.backends.cgroups import CgroupManager, _alive
+    from xgrader.backends.cgroups import CgroupManager
+    from xgrader.backends.process import pid_alive as _alive
 
     sample = find_samples(DEFAULT_HANDLERS)[0]
     stack.submit(sample)

@@ -21,7 +21,8 @@ from tests.support.fork import in_forked_child
 from xgrader.config import Settings
 from xgrader.backends import make_backend
 from xgrader.backends.base import Limits, SandboxError, SandboxJob, Verdict
-from xgrader.backends.cgroups import CgroupManager, _alive as alive
+from xgrader.backends.cgroups import CgroupManager
+from xgrader.backends.process import pid_alive as alive
 from xgrader.backends.forkserver import ForkedSandbox
 
 REPO = Path(__file__).resolve().parents[1]

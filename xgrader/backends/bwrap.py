@@ -1,12 +1,23 @@
 """bubblewrap backend: every namespace unshared, no network, read-only system
 binds, a size-capped tmpfs at /tmp, the job running as an unprivileged uid.
 
-The daemon runs as root here, so the job drops to nobody (65534) *before*
-bwrap runs (the launcher: dash joins the job cgroup and sets rlimits, setpriv
-drops the ids, both exec'd without a Python preexec_fn so Popen can vfork):
-bwrap then builds an unprivileged user namespace and sandbox root is never
-host root. bwrap itself gets an empty environment because its pid 1 would
-otherwise expose the daemon's secrets in /proc/1/environ.
+As root (production), the job drops to nobody (65534) *before* bwrap runs
+(the launcher: dash joins the job cgroup and sets rlimits, setpriv drops the
+ids, both exec'd without a Python preexec_fn so Popen can vfork): bwrap then
+builds an unprivileged user namespace and sandbox root is never host root.
+As any other user (a course author, a daemon under `User=`, a pod with
+`runAsNonRoot`) there is no uid to switch: bwrap builds the user namespace
+directly, mapping the caller's uid to 65534 inside, so a job sees the same
+identity either way. bwrap itself gets an empty environment because its pid
+1 would otherwise expose the daemon's secrets in /proc/1/environ.
+
+Limits come from a per-job cgroup when this process may create cgroups
+(root, or a delegated subtree: cgroups.py). Otherwise (rlimit mode) each
+process is capped by rlimits (RLIMIT_DATA for memory, RLIMIT_CPU), pids by
+RLIMIT_NPROC set inside the job's own user namespace (where it counts the
+job's processes only), and the host samples the job's total memory and CPU
+from /proc while it waits (process.TreeUsage). The backend says which, once,
+in one `sandbox_limits` log line.
 
 The sandbox's Python is `settings.sandbox_python` (under the read-only /usr
 bind), or, when `settings.sandbox_venv` is set, that virtualenv bound
@@ -26,6 +37,7 @@ import select
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,10 +49,10 @@ from xgrader.backends.base import (
 )
 from xgrader.backends.cgroups import CgroupManager, JobCgroup
 from xgrader.backends.channel import make_pipes
-from xgrader.backends.forkserver import ZYGOTE_LIMITS, ForkedSandbox, ForkServers
+from xgrader.backends.forkserver import ZYGOTE_LIMITS, ForkedSandbox, ForkServers, InitHandle
 from xgrader.backends.seccomp import build_filter, filter_fd
 from xgrader.backends.process import (
-    BASE_PATH, ProcessSandbox, rlimit_key, rlimit_values, safe_relpath, sandbox_site_dirs,
+    BASE_PATH, ProcessSandbox, TreeUsage, rlimit_key, rlimit_values, safe_relpath, sandbox_site_dirs,
 )
 
 if TYPE_CHECKING:
@@ -77,33 +89,39 @@ def _nobody_can_enter(path: Path) -> bool:
 SETPRIV = shutil.which("setpriv") or "/usr/bin/setpriv"
 # The launcher: a dash process joins the job's cgroups (writing "0", itself, to
 # JobCgroup.join_file: bwrap and everything it starts are then inside from the start) and sets the
-# rlimits (ulimit builtins), then execs setpriv, which drops to nobody (real,
+# rlimits (ulimit builtins), then, as root, execs setpriv, which drops to nobody (real,
 # effective and saved ids, no groups, so no capabilities) before bwrap builds
 # its user namespace. Two small execs cost less than a fork of the daemon with
 # a Python preexec_fn. Arguments: N, N cgroup join files, then the command.
 _JOIN = 'n=$1; shift; while [ "$n" -gt 0 ]; do echo 0 >"$1" || exit 125; shift; n=$((n-1)); done; '
 _ULIMIT_FLAGS = {resource.RLIMIT_CPU: ("t", 1), resource.RLIMIT_FSIZE: ("f", 512),  # dash: -f in 512 B blocks
                  resource.RLIMIT_NOFILE: ("n", 1), resource.RLIMIT_CORE: ("c", 512),
-                 resource.RLIMIT_NPROC: ("p", 1)}
+                 resource.RLIMIT_DATA: ("d", 1024), resource.RLIMIT_NPROC: ("p", 1)}
 
 
-def _launcher(limits: Limits, cg: JobCgroup | None) -> list[str]:
-    values = rlimit_values(limits)
-    if cg is None:
-        # RLIMIT_NPROC is per host uid (every sandbox runs as nobody): only a
-        # coarse fork-bomb brake, used when no pids cgroup bounds the job.
-        values.append((resource.RLIMIT_NPROC, (limits.pids * 4, limits.pids * 4)))
+def _drop_to_nobody() -> list[str]:
+    return [SETPRIV, "--reuid", str(NOBODY), "--regid", str(NOBODY), "--clear-groups", "--"]
+
+
+def _ulimits(values: list[tuple[int, tuple[int, int]]]) -> str:
     steps = []
     for res, (soft, hard) in values:
         flag, unit = _ULIMIT_FLAGS[res]
         steps.append(f"ulimit -{flag} {-(-hard // unit)}")  # both; then the lower soft one
         if soft != hard:
             steps.append(f"ulimit -S -{flag} {-(-soft // unit)}")
+    return " && ".join(steps)
+
+
+def _launcher(limits: Limits, cg: JobCgroup | None, privileged: bool = True) -> list[str]:
+    """The launcher in front of bwrap's argv. Without a cgroup (rlimit mode)
+    it also caps each process's memory (RLIMIT_DATA); RLIMIT_NPROC is set
+    inside the sandbox instead (_inside_nproc)."""
+    values = rlimit_values(limits, memory=cg is None)
     # dash exports PWD; bwrap (pid 1's /proc/1/environ) gets an empty environment.
-    script = _JOIN + " && ".join(steps) + ' || exit 125; unset PWD; exec "$@"'
+    script = _JOIN + _ulimits(values) + ' || exit 125; unset PWD; exec "$@"'
     procs = [os.path.join(d, cg.join_file) for d in cg.dirs.values()] if cg is not None else []
-    return ["/bin/sh", "-c", script, "sh", str(len(procs)), *procs,
-            SETPRIV, "--reuid", str(NOBODY), "--regid", str(NOBODY), "--clear-groups", "--"]
+    return ["/bin/sh", "-c", script, "sh", str(len(procs)), *procs, *(_drop_to_nobody() if privileged else [])]
 
 
 def _await_launch(proc: subprocess.Popen, info_r: int, label: str) -> None:
@@ -146,9 +164,13 @@ class BwrapBackend(Backend):
         self.settings = settings
         self.bwrap = shutil.which("bwrap") or "/usr/bin/bwrap"
         self.python = str(settings.sandbox_python)
+        # Root drops to nobody before bwrap (setpriv); anyone else has no uid
+        # to switch and maps theirs to nobody inside the user namespace.
+        self.privileged = os.geteuid() == 0
+        identity = [] if self.privileged else ["--uid", str(NOBODY), "--gid", str(NOBODY)]
         # Precomputed once: per job only the tmpfs size and file copies vary.
         prefix = [
-            self.bwrap, "--unshare-all", "--unshare-user", "--disable-userns",
+            self.bwrap, "--unshare-all", "--unshare-user", "--disable-userns", *identity,
             "--die-with-parent", "--new-session", "--hostname", "sandbox",
             *_system_binds(),
             # The loader's cache (public: library paths only) spares every
@@ -171,11 +193,47 @@ class BwrapBackend(Backend):
         # Jobs that run a runner-folder script fork from a server (forkserver.py).
         self.forkservers = ForkServers(self) if getattr(settings, "sandbox_fork_server", True) else None
 
+    @property
+    def rlimit_mode(self) -> bool:
+        """No per-job cgroup can be made here: rlimits and the host's
+        sampling bound the jobs (module docstring)."""
+        return not self.cgroups.usable
+
+    def announce(self) -> None:
+        """Say once (make_backend calls it) which limits hold and which do
+        not: a warning in rlimit mode, where some cannot be enforced."""
+        (log.warning if self.rlimit_mode else log.info)("sandbox_limits", summary=self.limits_summary())
+
+    def limits_summary(self) -> str:
+        """The limits in force and what is not enforced, in one line."""
+        who = ("as root, jobs as uid 65534" if self.privileged
+               else f"as uid {os.geteuid()}, jobs as 65534 in a user namespace")
+        if not self.rlimit_mode:
+            v = "v2" if self.cgroups.v2 else "v1"
+            quota = f", CPU quota {self.cgroups.cpus:g} core" if self.cgroups.cpus else ""
+            return (f"bwrap {who}; a cgroup ({v}) per job: memory+swap, pids{quota}, CPU accounting; "
+                    "rlimits: CPU time, file size, open files, no core dumps")
+        return (f"bwrap {who}; no cgroup per job ({self.cgroups.reason}): memory capped per process "
+                "(RLIMIT_DATA) and the job's total sampled every 0.1 s, pids per job (RLIMIT_NPROC in its "
+                "user namespace), CPU time per process (RLIMIT_CPU) and the job's total sampled, file size, "
+                "open files; not enforced: a CPU quota (a job may use every core), memory between two samples; "
+                "for cgroup limits run as root or in a delegated cgroup (systemd-run --user --scope -p Delegate=yes)")
+
+    def warm_key(self, limits: Limits) -> tuple:
+        """What a warm sandbox fixes at start (warm.py): rlimits and the tmpfs
+        size, and in rlimit mode the memory and pids bounds too."""
+        return rlimit_key(limits, memory=self.rlimit_mode)
+
     def _argv(self, job: SandboxJob, file_fds: list[tuple[int, str]], seccomp_fd: int,
-              info_fd: int | None = None, channel: str | None = None) -> list[str]:
+              info_fd: int | None = None, channel: str | None = None, report_fd: int = -1) -> list[str]:
         """bwrap's argv for `job` (the launcher goes in front); `channel` is
-        the runner's XGRADER_CHANNEL spec. bench/sandbox_overhead calls it too."""
+        the runner's XGRADER_CHANNEL spec. bench/sandbox_overhead calls it too.
+        In rlimit mode the job runs under sandbox/job_init.py as pid 1 (it
+        sets RLIMIT_NPROC inside the job's user namespace and reports the
+        job's usage on `report_fd`)."""
         info = ["--info-fd", str(info_fd)] if info_fd is not None else []
+        if self.rlimit_mode:
+            info.append("--as-pid-1")
         argv = [*self._prefix, *info, "--seccomp", str(seccomp_fd), "--size", str(job.limits.tmp_mb * 1024 * 1024), "--tmpfs", "/tmp",
                 "--dir", WORKDIR]
         for fd, dest in file_fds:
@@ -194,6 +252,9 @@ class BwrapBackend(Backend):
         cmd = list(job.argv)
         if cmd[0] == "python3":
             cmd[0] = self.python
+        if self.rlimit_mode:
+            cmd = [self.python, "-I", "-S", f"{RUNNER_DIR}/job_init.py", str(report_fd), str(job.limits.pids),
+                   "--", *cmd]
         return argv + ["--", *cmd]
 
     def _env(self, job: SandboxJob) -> dict[str, str]:
@@ -211,7 +272,11 @@ class BwrapBackend(Backend):
         build them (and to empty the jobs' bounding sets). No
         --die-with-parent: it exits when its socket closes, whichever thread
         of its owner started it. Its environment is PATH and LANG only."""
-        argv = [a for a in self._prefix if a != "--die-with-parent"]
+        # In rlimit mode each forked job gets a user namespace of its own (its
+        # RLIMIT_NPROC counts there): the server must be able to create one.
+        # Jobs cannot: their seccomp filter denies unshare and namespace flags.
+        drop = {"--die-with-parent", "--disable-userns"} if self.rlimit_mode else {"--die-with-parent"}
+        argv = [a for a in self._prefix if a not in drop]
         argv += ["--cap-add", "CAP_SYS_ADMIN", "--cap-add", "CAP_NET_ADMIN", "--cap-add", "CAP_SETPCAP",
                  "--size", str(job.limits.tmp_mb * 1024 * 1024), "--tmpfs", "/tmp", "--dir", WORKDIR,
                  "--remount-ro", "/dev", "--remount-ro", "/", "--chdir", WORKDIR, "--clearenv"]
@@ -219,7 +284,7 @@ class BwrapBackend(Backend):
         return argv + ["--", self.python, *job.argv[1:]]
 
     def zygote_launcher(self, cg: JobCgroup | None) -> list[str]:
-        return _launcher(ZYGOTE_LIMITS, cg)
+        return _launcher(ZYGOTE_LIMITS, cg, self.privileged)
 
     def seccomp_fd(self) -> int:
         return filter_fd(self._seccomp)
@@ -227,7 +292,7 @@ class BwrapBackend(Backend):
     def prepare(self) -> None:
         """Start the fork servers in this process (the daemon's parent calls
         this before it forks job children, which then share them)."""
-        if self.forkservers is not None and self.cgroups.usable:
+        if self.forkservers is not None:
             self.forkservers.prepare()
 
     def helpers(self) -> tuple:
@@ -238,8 +303,7 @@ class BwrapBackend(Backend):
             self.forkservers.close()
 
     def _spawn_forked(self, job: SandboxJob, server: Any, script: list[str]) -> ProcessSandbox:
-        cg = self.cgroups.create(job.label, job.limits)
-        assert cg is not None  # fork servers are used only with usable cgroups
+        cg = self.cgroups.create(job.label, job.limits)  # None in rlimit mode
         channel = child_r = child_w = None
         if job.channel:
             channel, child_r, child_w = make_pipes()
@@ -250,16 +314,28 @@ class BwrapBackend(Backend):
         except BaseException:
             if channel is not None:
                 channel.close()
-            cg.remove()
+            if cg is not None:
+                cg.remove()
             raise
         finally:
             for fd in (child_r, child_w):
                 if fd is not None:
                     os.close(fd)
-
+        if cg is not None:
+            sandbox = ForkedSandbox(proc, job, started, channel, exit_128_is_signal=True,
+                                    on_kill=cg.kill_once, on_done=cg.finish)
+            sandbox.cgroup = cg
+            return sandbox
+        # Rlimit mode: the job's init (pid 1 of its pid namespace) is killed
+        # through a pidfd (no pid reuse), which takes the namespace along.
+        if proc.pid is None:
+            proc.stdin.close()
+            raise SandboxError("the fork server did not identify the job")
+        init = InitHandle(proc.pid)
         sandbox = ForkedSandbox(proc, job, started, channel, exit_128_is_signal=True,
-                                on_kill=cg.kill_once, on_done=cg.finish)
-        sandbox.cgroup = cg
+                                on_kill=init.kill, on_done=init.close)
+        sandbox.init = init
+        sandbox.tree = TreeUsage(proc.pid)
         return sandbox
 
     def start(self, job: SandboxJob) -> RunningSandbox:
@@ -269,10 +345,7 @@ class BwrapBackend(Backend):
 
     def prestart(self, template: SandboxJob) -> ProcessSandbox:
         """A sandbox started for `template` (no files) but not yet a job's:
-        no wall clock runs until :meth:`activate`. Needs cgroups (its limits
-        change on activation); raises SandboxError without them."""
-        if not self.cgroups.usable:
-            raise SandboxError("warm sandboxes need cgroups")
+        no wall clock runs until :meth:`activate`."""
         return self._spawn(template)
 
     def activate(self, sandbox: ProcessSandbox, job: SandboxJob) -> None:
@@ -283,19 +356,20 @@ class BwrapBackend(Backend):
         another uid's rlimits would need CAP_SYS_RESOURCE, which a container's
         root often lacks."""
         cg = sandbox.cgroup
-        if cg is None:
+        if cg is None and not self.rlimit_mode:
             raise SandboxError("warm sandbox without a cgroup")
-        if rlimit_key(sandbox.job.limits) != rlimit_key(job.limits):
+        if self.warm_key(sandbox.job.limits) != self.warm_key(job.limits):
             raise SandboxError("warm sandbox started with other rlimits or tmpfs size")
         try:
-            cg.set_limits(job.limits)
+            if cg is not None:
+                cg.set_limits(job.limits)
         except OSError as exc:  # e.g. a memory limit below what the idle runner uses
             raise SandboxError(f"cannot set the warm sandbox's limits: {exc}") from None
         sandbox.rebind(job)
         sandbox.arm()
 
     def _spawn(self, job: SandboxJob) -> ProcessSandbox:
-        target = self.forkservers.for_job(job) if self.forkservers is not None and self.cgroups.usable else None
+        target = self.forkservers.for_job(job) if self.forkservers is not None else None
         if target is not None:
             try:
                 return self._spawn_forked(job, *target)
@@ -318,14 +392,18 @@ class BwrapBackend(Backend):
             file_fds.append((seccomp, ""))  # closed with the files below
             info_r, info_w = os.pipe()
             file_fds.append((info_w, ""))
+            report_r = report_w = -1
+            if self.rlimit_mode:
+                report_r, report_w = os.pipe()
+                file_fds.append((report_w, ""))
             # The fds keep their numbers in the child (pass_fds): bwrap and the
             # runner are told which they are.
-            argv = self._argv(job, file_fds[:-2], seccomp, info_w,
-                              f"fd:{child_r},{child_w}" if job.channel else None)
+            argv = self._argv(job, file_fds[:-3] if report_w >= 0 else file_fds[:-2], seccomp, info_w,
+                              f"fd:{child_r},{child_w}" if job.channel else None, report_w)
             sources += [fd for fd, _ in file_fds]
 
             cg = self.cgroups.create(job.label, job.limits)
-            argv = [*_launcher(job.limits, cg), *argv]
+            argv = [*_launcher(job.limits, cg, self.privileged), *argv]
             started = time.monotonic()
             try:
                 # No preexec_fn: CPython then spawns with vfork (a fork of the
@@ -336,6 +414,8 @@ class BwrapBackend(Backend):
                 )
             except (OSError, subprocess.SubprocessError) as exc:
                 os.close(info_r)
+                if report_r >= 0:
+                    os.close(report_r)
                 if cg is not None:
                     cg.remove()
                 raise SandboxError(f"cannot start bwrap: {exc}") from None
@@ -352,17 +432,27 @@ class BwrapBackend(Backend):
                 channel.close()
             if cg is not None:
                 cg.remove()
+            if report_r >= 0:
+                os.close(report_r)
             raise
         log.debug("bwrap_started", label=job.label, pid=proc.pid)
 
         sandbox = ProcessSandbox(proc, job, started, channel, exit_128_is_signal=True,
                                  on_kill=cg.kill if cg else None, on_done=cg.finish if cg else None)
         sandbox.cgroup = cg
+        if cg is None:
+            sandbox.tree = TreeUsage(proc.pid)
+            sandbox.report_fd = report_r
         return sandbox
 
     def kill_label(self, label: str) -> None:
         """The label's cgroups, and orphans (their creator, e.g. the killed
-        job child that ran warm sandboxes, is dead): killed and removed."""
+        job child that ran warm sandboxes, is dead): killed and removed.
+        In rlimit mode there are none: a job's processes die with its
+        sandbox's pid 1 (--die-with-parent, or the killed job child's fork
+        server job init, killed through its pid namespace)."""
+        if self.rlimit_mode:
+            return
         for cg in self.cgroups.stale(label):
             cg.remove()
 
@@ -370,7 +460,11 @@ class BwrapBackend(Backend):
         """At daemon start: cgroups whose creator died (a crashed predecessor
         or its job children) are killed and removed. Processes need nothing:
         bwrap runs with --die-with-parent and its pid namespace dies with it;
-        files live in memfds and the sandbox's tmpfs, never on the host."""
+        files live in memfds and the sandbox's tmpfs, never on the host.
+        Nothing to do in rlimit mode (no cgroups of ours; those of another
+        user's daemon in a shared hierarchy are not ours to remove)."""
+        if self.rlimit_mode:
+            return
         removed = 0
         for cg in self.cgroups.stale():
             removed += 1
@@ -379,19 +473,55 @@ class BwrapBackend(Backend):
             log.info("stale_cgroups_removed", count=removed)
 
     def check(self) -> None:
+        """The readiness probe, and make_backend's first look: bwrap runs and
+        can build a job's namespaces as this user. Raises SandboxError saying
+        what to install or enable."""
+        if sys.platform != "linux":
+            raise SandboxError(NEEDS_LINUX)
         if not os.access(self.bwrap, os.X_OK):
-            raise SandboxError("bwrap not installed")
-        if not os.access(SETPRIV, os.X_OK):
-            raise SandboxError("setpriv (util-linux) not installed: it drops the sandbox to nobody")
+            raise SandboxError(f"bubblewrap is not installed ({self.bwrap} not found). {INSTALL_BWRAP}")
+        if self.privileged and not os.access(SETPRIV, os.X_OK):
+            raise SandboxError("setpriv (util-linux) not installed: as root it drops the sandbox to nobody")
         if self.venv is not None:
             if not (self.venv / "bin" / "python3").exists():
                 raise SandboxError(f"sandbox_venv {self.venv} has no bin/python3")
-            if not _nobody_can_enter(self.venv.resolve()):
+            if self.privileged and not _nobody_can_enter(self.venv.resolve()):
                 raise SandboxError(f"sandbox_venv {self.venv} is not readable by uid {NOBODY} (check its parents' modes)")
-        r = subprocess.run([self.bwrap, "--ro-bind", "/", "/", "true"], capture_output=True, env={})
+        # The namespaces a job gets, as the identity jobs run as.
+        probe = [*(_drop_to_nobody() if self.privileged else []), self.bwrap, "--unshare-all", "--unshare-user",
+                 "--disable-userns", "--die-with-parent", "--ro-bind", "/", "/", "--proc", "/proc", "true"]
+        try:
+            r = subprocess.run(probe, capture_output=True, env={}, timeout=LAUNCH_TIMEOUT_S)
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise SandboxError(f"bubblewrap cannot start: {exc}") from None
         if r.returncode != 0:
-            raise SandboxError("bwrap cannot start: " + r.stderr.decode(errors="replace")[:200])
+            raise SandboxError(explain_bwrap_failure(clean_text(r.stderr, 400).strip()))
         if self.forkservers is not None and self.forkservers.prepared:
             # The daemon's parent checks periodically: a fork server that died
             # is started again (jobs start cold meanwhile).
             self.forkservers.prepare()
+
+
+INSTALL_BWRAP = ("Install it (Debian/Ubuntu: apt install bubblewrap; Fedora: dnf install bubblewrap; "
+                 "Arch: pacman -S bubblewrap), or run a Docker-compatible engine (Docker Desktop, "
+                 "podman, colima) for --sandbox docker.")
+NEEDS_LINUX = ("the bwrap sandbox needs Linux; on macOS or Windows run a Docker-compatible engine "
+               "(Docker Desktop, podman machine, colima) with the grading image, and use --sandbox docker "
+               "(auto picks it when the engine answers)")
+ENABLE_USERNS = ("unprivileged user namespaces are not available to this user: enable them "
+                 "(sysctl kernel.unprivileged_userns_clone=1 on Debian-based kernels, "
+                 "user.max_user_namespaces above 0; on Ubuntu 23.10 and later "
+                 "kernel.apparmor_restrict_unprivileged_userns=0 or an AppArmor profile for bwrap), "
+                 "or run a Docker-compatible engine for --sandbox docker")
+
+
+def explain_bwrap_failure(stderr: str) -> str:
+    """bwrap's own error, with what to do about the usual causes."""
+    text = stderr or "no error message"
+    low = text.lower()
+    if "unrecognized option" in low or "unknown option" in low:
+        return f"bubblewrap is too old (need 0.8 or later for --disable-userns): {text}"
+    if any(s in low for s in ("namespace", "uid map", "uid_map", "operation not permitted", "no space left",
+                              "permission denied")):
+        return f"bubblewrap cannot create the sandbox's namespaces ({text}): {ENABLE_USERNS}"
+    return f"bubblewrap cannot start: {text}"

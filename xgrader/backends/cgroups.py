@@ -18,6 +18,7 @@ from pathlib import Path
 import structlog
 
 from xgrader.backends.base import Limits
+from xgrader.backends.process import pid_alive
 
 log = structlog.get_logger(__name__)
 
@@ -67,37 +68,21 @@ def _safe(label: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in label)[:60]
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie is dead for our purposes (its cgroups are orphans).
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            stat = fh.read()
-        return stat[stat.rfind(b")") + 2:][:1] != b"Z"
-    except OSError:
-        return False
-
-
-def _prepare_v2(parent: Path) -> bool:
+def _prepare_v2(parent: Path) -> str | None:
     """Job cgroups under `parent` need memory and pids (and cpu) enabled in its
     cgroup.subtree_control. The kernel refuses that while `parent` itself holds
     processes ("no internal processes"), which is the case for a systemd
-    service with Delegate=yes: then the daemon's processes move to a leaf,
-    `parent`/xgrader-daemon, first. False if memory/pids are not delegated."""
+    service with Delegate=yes or a `systemd-run --user --scope -p Delegate=yes`
+    session: then the daemon's processes move to a leaf,
+    `parent`/xgrader-daemon, first. None when ready, else why not."""
     try:
         available = set((parent / "cgroup.controllers").read_text().split())
         if not {"memory", "pids"} <= available:
-            log.warning("cgroups_unavailable", reason="memory/pids not delegated", cgroup=str(parent))
-            return False
+            return f"memory and pids are not delegated to {parent}"
         enabled = set((parent / "cgroup.subtree_control").read_text().split())
         missing = sorted(({"memory", "pids", "cpu"} & available) - enabled)
         if not missing:
-            return True
+            return None
         change = " ".join("+" + c for c in missing)
         try:
             _write(parent / "cgroup.subtree_control", change)
@@ -110,16 +95,18 @@ def _prepare_v2(parent: Path) -> bool:
                 except OSError:  # exited meanwhile, or a kernel thread
                     pass
             _write(parent / "cgroup.subtree_control", change)
-        return True
+        return None
     except OSError as exc:
-        log.warning("cgroups_unavailable", reason=f"cannot enable controllers: {exc}", cgroup=str(parent))
-        return False
+        return f"cannot enable the controllers in {parent}: {exc.strerror or exc}"
 
 
 class CgroupManager:
-    """Finds where job cgroups go. `usable` is False when memory/pids cannot be
-    managed (then rlimits are the only bound). `cpus` is the CPU quota per job
-    (1.0 = one core's worth of time per period)."""
+    """Finds where job cgroups go: below the cgroup this process is in, which
+    must be writable by it (root, or a subtree delegated to its user).
+    `usable` is False when memory/pids cannot be managed there; `reason` then
+    says why (the backend reports it once: rlimits are the bounds then).
+    `cpus` is the CPU quota per job (1.0 = one core's worth of time per
+    period)."""
 
     def __init__(self, root: Path = ROOT, cpus: float | None = 1.0) -> None:
         own = _own_paths()
@@ -130,8 +117,10 @@ class CgroupManager:
             if parent.name == DAEMON_LEAF:  # moved there by an earlier manager (see _prepare_v2)
                 parent = parent.parent
             self.parents = {"unified": parent}
-            required = ["unified"] if _prepare_v2(parent) else ["unavailable"]
+            self.reason = _prepare_v2(parent)
+            required = ["unified"] if self.reason is None else ["unavailable"]
         else:
+            self.reason = None
             self.parents = {c: root / c / own.get(c, "/").lstrip("/") for c in ("memory", "pids", "cpuacct", "cpu")
                             if (root / c).is_dir()}
             required = ["memory", "pids"]
@@ -140,9 +129,10 @@ class CgroupManager:
                 if c in self.parents and not os.access(self.parents[c], os.W_OK):
                     del self.parents[c]
         self.usable = all(c in self.parents and os.access(self.parents[c], os.W_OK) for c in required)
-        if not self.usable:
-            log.warning("cgroups_unavailable", reason="not writable; rlimits only",
-                        parents=[str(p) for p in self.parents.values()])
+        if not self.usable and self.reason is None:
+            missing = [c for c in required if c not in self.parents]
+            self.reason = (f"no {', '.join(missing)} cgroup hierarchy" if missing else
+                           "not writable by this user: " + ", ".join(str(self.parents[c]) for c in required))
 
     def create(self, label: str, limits: Limits) -> "JobCgroup | None":
         if not self.usable:
@@ -166,7 +156,7 @@ class CgroupManager:
             if pid is None:
                 continue  # not a job cgroup of ours (another tool's, e.g. a container engine's)
             mine = label is not None and name.rsplit("-", 2)[0] == PREFIX + _safe(label)
-            if mine or not _alive(pid):
+            if mine or not pid_alive(pid):
                 out.append(JobCgroup(dirs, self.v2, None))
         return out
 

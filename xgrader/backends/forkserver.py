@@ -25,7 +25,9 @@ from __future__ import annotations
 import array
 import json
 import os
+import resource
 import select
+import signal
 import socket
 import struct
 import subprocess
@@ -38,7 +40,7 @@ from typing import Any
 import structlog
 
 from xgrader.backends.base import RUNNER_DIR, Limits, SandboxError, SandboxJob, clean_text
-from xgrader.backends.process import ProcessSandbox, rlimit_values, safe_relpath
+from xgrader.backends.process import ProcessSandbox, parse_usage, rlimit_values, safe_relpath
 
 log = structlog.get_logger(__name__)
 
@@ -75,14 +77,17 @@ def flavour_of(argv: list[str]) -> tuple[tuple[str, ...], list[str]] | None:
 
 class ForkedProcess:
     """A Popen look-alike for a job forked by a server: the host is not its
-    parent, so its exit status comes as an `X code` line on the status
-    socket (EOF without one: it was killed, e.g. with its cgroup)."""
+    parent, so its exit status comes as an `X code cpu_us maxrss_kb` line on
+    the status socket (EOF without one: it was killed, e.g. with its
+    cgroup). `rusage` is then (CPU seconds, largest process MB) of what the
+    job's init reaped."""
 
     def __init__(self, status_fd: int, stdin: int, stdout: int, stderr: int, pid: int | None = None) -> None:
         self.pid = pid   # the job's init (pid 1 of its namespace), as the host sees it
         self._status = status_fd
         self._buf = b""
         self.returncode: int | None = None
+        self.rusage: tuple[float, float] | None = None
         self.stdin = open(stdin, "wb", buffering=0)
         self.stdout = open(stdout, "rb", buffering=0)
         self.stderr = open(stderr, "rb", buffering=0)
@@ -98,10 +103,12 @@ class ForkedProcess:
             self._buf += chunk
             for line in self._buf.split(b"\n"):
                 if line.startswith(b"X "):
+                    code, _, usage = line[2:].partition(b" ")
                     try:
-                        self.returncode = int(line[2:])
+                        self.returncode = int(code)
                     except ValueError:
                         self.returncode = -9
+                    self.rusage = parse_usage(usage)
             if not chunk and self.returncode is None:
                 self.returncode = -9  # the server died (its pid namespace took the job along)
             if self.returncode is not None:
@@ -137,6 +144,8 @@ class ForkedSandbox(ProcessSandbox):
         if self._on_kill is not None:
             self._on_kill()
 
+    init: "InitHandle | None" = None  # rlimit mode: how the job is killed
+
     def forget_after_fork(self) -> None:
         """In a forked child: close this process's copies of the job's
         descriptors; the job stays the parent's (warm.py)."""
@@ -145,6 +154,35 @@ class ForkedSandbox(ProcessSandbox):
         self.proc.forget()
         if self._channel is not None:
             self._channel.close()
+        if self.init is not None:
+            self.init.close()
+
+
+class InitHandle:
+    """Rlimit mode (no cgroup holds the job): a forked job's init as a
+    pidfd. SIGKILL to it takes the job's whole pid namespace along, and a
+    pidfd never names a recycled pid."""
+
+    def __init__(self, pid: int) -> None:
+        try:
+            self.fd = os.pidfd_open(pid)
+        except ProcessLookupError:  # exited and reaped already
+            self.fd = -1
+
+    def kill(self) -> None:
+        fd = self.fd
+        if fd >= 0:
+            try:
+                signal.pidfd_send_signal(fd, signal.SIGKILL)
+            except OSError:  # gone, or closed meanwhile by another thread
+                pass
+
+    def close(self) -> dict:
+        """ProcessSandbox's on_done: nothing to account beyond the rusage."""
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            os.close(fd)
+        return {}
 
 
 class _Running:
@@ -303,7 +341,12 @@ class Zygote:
         stdout_r, stdout_w = os.pipe()
         stderr_r, stderr_w = os.pipe()
         theirs = [status_w, stdin_r, stdout_w, stderr_w]
-        procs = [os.open(os.path.join(d, cg.join_file), os.O_WRONLY) for d in cg.dirs.values()]
+        # No cgroup (rlimit mode): the job's memory and pids bounds are rlimits
+        # too, pids counted in a user namespace of the job's own.
+        procs = [os.open(os.path.join(d, cg.join_file), os.O_WRONLY) for d in cg.dirs.values()] if cg else []
+        rlimits = rlimit_values(job.limits, memory=cg is None)
+        if cg is None:
+            rlimits.append((resource.RLIMIT_NPROC, (job.limits.pids, job.limits.pids)))
         try:
             if files:
                 blob = os.memfd_create("xgrader-files", 0)
@@ -316,8 +359,9 @@ class Zygote:
             request = json.dumps({
                 "argv": script, "env": env, "channel": channel_fds is not None,
                 "tmp_bytes": job.limits.tmp_mb * 1024 * 1024,
-                "rlimits": [[res, soft, hard] for res, (soft, hard) in rlimit_values(job.limits)],
+                "rlimits": [[res, soft, hard] for res, (soft, hard) in rlimits],
                 "files": [[name, len(data)] for name, data in files], "cgroups": len(procs),
+                "userns": cg is None,
             }).encode()
             try:
                 sock.sendmsg([request], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
