@@ -4,9 +4,10 @@ A warm sandbox is a bwrap sandbox whose runner (sandbox/runner.py, serve mode)
 is already up and blocked on its channel, with no files and no job. A job
 that would start exactly that (the runner in serve mode with a channel: every
 StudentRunner start and restart) with the same rlimits and tmpfs size (fixed
-when a sandbox starts: process.rlimit_key) takes one instead: the backend sets
-the job's cgroup limits (memory, pids, CPU quota), starts the job's wall
-clock, and the job's files go in through the runner's `files` op. Only
+when a sandbox starts: the backend's warm_key, process.rlimit_key) takes one
+instead: the backend sets the job's cgroup limits (memory, pids, CPU quota;
+without cgroups those are rlimits too, part of the key), starts the job's
+wall clock, and the job's files go in through the runner's `files` op. Only
 then can student code run. The sandbox is never given back: nothing a
 submission did can reach the next one. The pool starts a replacement in the
 background. Jobs it cannot serve (other argv or env, large files, an empty
@@ -71,6 +72,8 @@ class WarmPool(Backend):
         self.inner = inner
         self.name = inner.name
         self.size = size
+        # What a sandbox fixes when it starts: it serves only jobs with the same key.
+        self._key = getattr(inner, "warm_key", rlimit_key)
         limits = settings.limits_for(None) if settings is not None else SandboxJob(argv=["x"]).limits
         self.template = SandboxJob(argv=inner.python_argv(), channel=True, limits=limits, label="warm")
         self.hits = 0
@@ -189,7 +192,7 @@ class WarmPool(Backend):
             with self._cv:
                 closed = self._closed or self._dropped
                 # Started for a template that was replaced meanwhile: not usable.
-                current = rlimit_key(sb.job.limits) == rlimit_key(self.template.limits)
+                current = self._key(sb.job.limits) == self._key(self.template.limits)
                 self._starting = False
                 if current and not closed:
                     self._idle.append(sb)
@@ -227,11 +230,11 @@ class WarmPool(Backend):
     def _take(self, job: SandboxJob) -> ProcessSandbox | None:
         if os.getpid() != self._owner:  # forked without the hook having run (defensive)
             self._after_fork()
-        key = rlimit_key(job.limits)
+        key = self._key(job.limits)
         stale: list[ProcessSandbox] = []
         found = None
         with self._cv:
-            if key != rlimit_key(self.template.limits):
+            if key != self._key(self.template.limits):
                 # Jobs now want other rlimits: pre-start for them from now on.
                 self.template = self.template.model_copy(update={"limits": job.limits})
                 stale, self._idle = list(self._idle), deque()
@@ -241,7 +244,7 @@ class WarmPool(Backend):
                                   READY_TIMEOUT_S)
             while self._idle:
                 sb = self._idle.popleft()
-                if sb.proc.poll() is None and rlimit_key(sb.job.limits) == key:
+                if sb.proc.poll() is None and self._key(sb.job.limits) == key:
                     found = sb
                     break
                 stale.append(sb)
