@@ -5,10 +5,15 @@ Every container: no network, memory == memory+swap, pids limit, one CPU,
 read-only root, a size-capped noexec/nosuid tmpfs at /tmp as the only writable
 place, uid 65534, all capabilities dropped, no-new-privileges, rlimits
 (CPU, FSIZE, NOFILE, CORE=0), an explicit environment, an init process, and
-the engine's default seccomp profile tightened with the bwrap backend's
-deny-list (ptrace, mount, unshare/setns, namespace flags to clone, keyrings,
-bpf, ...; see seccomp_profile). With the cgroupfs driver each job gets its own
-cgroup parent, read after the exit for CPU time, peak memory and OOM.
+a seccomp profile shipped with xgrader (seccomp-docker.json, the container
+engines' default) tightened with the bwrap backend's deny-list (ptrace,
+mount, unshare/setns, namespace flags to clone, keyrings, bpf, ...; see
+seccomp_profile). With the cgroupfs driver each job gets its own cgroup
+parent, read after the exit for CPU time, peak memory and OOM. A rootless
+engine that cannot enforce memory and pids limits (cgroup v1) gets them as
+rlimits in the container (RLIMIT_DATA, RLIMIT_NPROC), and the host samples
+the job's memory (process.TreeUsage), as the bwrap backend does without
+cgroups; the backend says so once, in a `sandbox_limits` line.
 
 The job's folder on the host (files, stdin, channel socket) is bind-mounted
 read-only at /run/xgrader. A small `sh` prologue copies the files into
@@ -31,6 +36,7 @@ from __future__ import annotations
 import copy
 import errno
 import hashlib
+import importlib.resources
 import itertools
 import json
 import os
@@ -40,6 +46,7 @@ import shutil
 import signal
 import socket
 import struct
+import sys
 import tempfile
 import threading
 import time
@@ -55,7 +62,8 @@ from xgrader.backends.base import (
 )
 from xgrader.backends.channel import FdChannel
 from xgrader.backends.seccomp import CLONE_NS_FLAGS, DENIED
-from xgrader.backends.process import BASE_PATH, safe_relpath
+from xgrader.backends.process import BASE_PATH, TreeUsage, pid_alive, safe_relpath
+from xgrader.backends.verdict import classify
 
 if TYPE_CHECKING:
     from xgrader.config import Settings
@@ -69,16 +77,60 @@ BOX = "/run/xgrader"             # the job's folder inside the container
 IMAGE_SITE_DIRS = "/usr/local/lib/python3.11/dist-packages:/usr/lib/python3/dist-packages"  # Debian 12 python3
 CHANNEL_SOCK = f"{BOX}/channel.sock"
 DEFAULT_URL = "unix:///var/run/docker.sock"
+# Where engines put their API socket when neither XGRADER_DOCKER_URL nor
+# DOCKER_HOST says: Docker (and Docker Desktop's link), rootless and rootful
+# podman (`systemctl [--user] enable --now podman.socket`), Docker Desktop's
+# own, colima. The first that exists is used.
+SOCKET_CANDIDATES = ("/var/run/docker.sock", "{runtime}/podman/podman.sock", "/run/podman/podman.sock",
+                     "{home}/.docker/run/docker.sock", "{home}/.docker/desktop/docker.sock",
+                     "{home}/.colima/default/docker.sock")
+# The container's pid 1 with init=True (podman: catatonit, installed as podman-init;
+# Docker: docker-init, tini).
+INIT_NAMES = (b"podman-init", b"catatonit", b"docker-init", b"tini")
 API_VERSION = "1.41"             # fixed: no version round trip (which could hang) per client
 SANDBOX_USER = "65534:65534"
 NPROC = 16384
 CGROUP_ROOT = Path("/sys/fs/cgroup")
-# Where podman / containers-common keep the default seccomp profile we tighten.
-BASE_SECCOMP = (Path("/usr/share/containers/seccomp.json"), Path("/etc/containers/seccomp.json"))
+# The base seccomp profile we tighten: shipped with xgrader (the container
+# engines' default, containers-common 0.50), so every job gets the same
+# profile whatever the host has installed.
+BASE_SECCOMP = "seccomp-docker.json"
 CGROUP_PREFIX = "xgrader-docker-"
 # Copies the job's files onto the tmpfs, then becomes the job (no extra process).
 PROLOGUE = (f'mkdir {WORKDIR} && cp -R {BOX}/files/. {WORKDIR}/ && cd {WORKDIR} '
             f'&& exec "$@" < {BOX}/stdin')
+
+
+def base_seccomp() -> dict[str, Any]:
+    """The shipped base profile (package data)."""
+    return json.loads(importlib.resources.files("xgrader.backends").joinpath(BASE_SECCOMP).read_text())
+
+
+def engine_url(settings: Any = None) -> str:
+    """XGRADER_DOCKER_URL, else DOCKER_HOST, else the first engine socket
+    found where engines put it (SOCKET_CANDIDATES), else Docker's default."""
+    url = getattr(settings, "docker_url", None) or os.environ.get("DOCKER_HOST")
+    if url:
+        return url
+    runtime = os.environ.get("XDG_RUNTIME_DIR") or f"/run/user/{os.getuid()}"
+    home = os.path.expanduser("~")
+    for candidate in SOCKET_CANDIDATES:
+        path = candidate.format(runtime=runtime, home=home)
+        try:
+            if Path(path).is_socket():
+                return f"unix://{path}"
+        except OSError:
+            continue
+    return DEFAULT_URL
+
+
+def _rlimit_prologue(limits: Any) -> str:
+    """For an engine that enforces no memory or pids limit: the job's as
+    rlimits, set by the prologue's shell (runc's own init would not start
+    under them). Memory per process (RLIMIT_DATA); processes per uid
+    (RLIMIT_NPROC: every container of a rootless engine shares its user
+    namespace, so concurrent jobs share this bound)."""
+    return f"ulimit -d {limits.memory_mb * 1024} && ulimit -p {limits.pids} && "
 
 
 def seccomp_profile(base: dict[str, Any]) -> dict[str, Any]:
@@ -142,21 +194,6 @@ def runner_digest(runner_dir: Path) -> str:
 
 def _owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def _pid_alive(pid: int) -> bool:
-    """Running and not a zombie (a SIGKILLed job child may linger unreaped)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_bytes()
-    except OSError:
-        return False
-    return stat[stat.rfind(b")") + 2:][:1] != b"Z"
 
 
 def _safe(label: str) -> str:
@@ -435,6 +472,13 @@ class DockerSandbox(RunningSandbox):
         self._expired_at: float | None = None
         self._timer: threading.Timer | None = None
         self._cpu_base = 0.0
+        self._init_pid: int | None = None
+        self._init_fd = -1
+        # An engine without memory limits: the host samples the job's memory.
+        self.tree: TreeUsage | None = None
+        if not backend.engine_limits and backend.local:
+            pid = self.init_pid()
+            self.tree = TreeUsage(pid) if pid is not None else None
         if armed:
             self.arm()
 
@@ -446,6 +490,8 @@ class DockerSandbox(RunningSandbox):
         self.reader.cap = job.limits.output_bytes
         if self.cgroup is not None:
             self._cpu_base = self.cgroup.stats().get("cpu_s") or 0.0
+        if self.tree is not None:
+            self.tree.peak_mb = 0.0
 
     @property
     def proc(self) -> "DockerSandbox":
@@ -463,6 +509,9 @@ class DockerSandbox(RunningSandbox):
                     s.close()
             except Exception:  # noqa: BLE001  (a fork hook must never fail)
                 pass
+        fd, self._init_fd = self._init_fd, -1
+        if fd >= 0:
+            os.close(fd)
 
     @property
     def pid(self) -> str:
@@ -476,9 +525,44 @@ class DockerSandbox(RunningSandbox):
             return
         self._expired_at = time.monotonic()
         try:
-            self.backend.api.kill(self.cid)
+            self._stop_now()
         except Exception as exc:  # noqa: BLE001  (wait()/kill() remove it anyway)
             log.warning("docker_expire_kill_failed", container=self.cid[:12], error=str(exc)[:200])
+
+    def init_pid(self) -> int | None:
+        """The host pid of the container's init, when the engine runs on this
+        kernel (asked once; None elsewhere, e.g. Docker Desktop's VM). Its
+        name is checked (a pid of another kernel must never be signalled)
+        and it is held as a pidfd (a recycled pid is never signalled)."""
+        if self._init_pid is None and self.backend.local:
+            self._init_pid = 0
+            pid = self.backend.api.inspect_container(self.cid).get("State", {}).get("Pid")
+            if isinstance(pid, int) and pid > 0:
+                try:
+                    fd = os.pidfd_open(pid)
+                    with open(f"/proc/{pid}/comm", "rb") as fh:
+                        name = fh.read().strip()
+                except OSError:
+                    return None
+                if name in INIT_NAMES:
+                    self._init_pid, self._init_fd = pid, fd
+                else:
+                    os.close(fd)
+        return self._init_pid or None
+
+    def _stop_now(self) -> None:
+        """SIGKILL the container at once: its init directly when the engine is
+        local (the container's pid namespace goes with it: milliseconds),
+        else through the engine (podman takes ~0.3 s to answer a kill)."""
+        if self.init_pid() is not None:
+            try:
+                signal.pidfd_send_signal(self._init_fd, signal.SIGKILL)
+                return
+            except ProcessLookupError:  # exited already
+                return
+            except OSError:  # not ours to signal (EPERM), or closed by _release meanwhile
+                pass
+        self.backend.api.kill(self.cid)
 
     def kill(self) -> None:
         with self._lock:
@@ -507,6 +591,9 @@ class DockerSandbox(RunningSandbox):
         if self.cgroup is not None:
             self.cgroup.remove()
         shutil.rmtree(self.tmp, ignore_errors=True)
+        fd, self._init_fd = self._init_fd, -1
+        if fd >= 0:
+            os.close(fd)
 
     def _exited_state(self) -> dict[str, Any]:
         """The container's final state. The output stream has ended, so it has
@@ -531,17 +618,27 @@ class DockerSandbox(RunningSandbox):
         wall = limits.wall_s if timeout is None else min(timeout, limits.wall_s)
         deadline = self.started + wall
         killed_before = self._killed
-        finished = self.reader.done.wait(max(deadline - time.monotonic(), 0.0))
+        over_memory = False
+        while True:
+            left = max(deadline - time.monotonic(), 0.0)
+            if self.tree is None:
+                finished = self.reader.done.wait(left)
+                break
+            finished = self.reader.done.wait(min(left, 0.1))
+            if finished or left <= 0.1:
+                break
+            if self.tree.sample(limits.memory_mb)[0] > limits.memory_mb:
+                over_memory = True
+                break
         if self._timer is not None:
             self._timer.cancel()
-        timed_out = (not finished or self._expired_at is not None) and not killed_before
+        timed_out = (not finished and not over_memory or self._expired_at is not None) and not killed_before
         over = self.reader.over
         state: dict[str, Any] = {}
         error: str | None = None
-        api = self.backend.api
         try:
-            if (timed_out or over) and not self._killed:
-                api.kill(self.cid)  # SIGKILL; the output stream ends with the container
+            if (timed_out or over or over_memory) and not self._killed:
+                self._stop_now()  # SIGKILL; the output stream ends with the container
             if not self._killed:
                 state = self._exited_state()
         except Exception as exc:  # noqa: BLE001  (engine failure -> sandbox_error, never student)
@@ -566,29 +663,16 @@ class DockerSandbox(RunningSandbox):
         if cpu_s is not None:
             cpu_s = max(cpu_s - self._cpu_base, 0.0)
         peak = stats.get("peak_memory_mb")
+        if self.tree is not None and self.tree.peak_mb:
+            peak = max(peak or 0.0, self.tree.peak_mb)
         # cgroup v1 has no hierarchical OOM counter: a job whose cgroup tree reached
         # the memory limit and was SIGKILLed (or timed out: a forked process was
         # killed, the rest waited) hit the limit. v2 and Docker report it exactly.
-        at_limit = peak is not None and peak >= 0.98 * limits.memory_mb
-        oom = bool(state.get("OOMKilled") or stats.get("oom")
+        at_limit = self.cgroup is not None and peak is not None and peak >= 0.98 * limits.memory_mb
+        oom = bool(state.get("OOMKilled") or stats.get("oom") or over_memory
                    or (at_limit and (sig == signal.SIGKILL or timed_out)))
-        cpu_out = cpu_s is not None and cpu_s >= 0.9 * limits.cpu_s
-        if over:
-            verdict = Verdict.output
-        elif oom:
-            verdict = Verdict.memory
-        elif timed_out:
-            verdict = Verdict.wall_time
-        elif error is not None:
-            verdict = Verdict.sandbox_error
-        elif killed_elsewhere and not state:
-            verdict = Verdict.killed
-        elif sig == signal.SIGXCPU or (sig == signal.SIGKILL and cpu_out):
-            verdict = Verdict.cpu_time
-        elif sig is not None:
-            verdict = Verdict.killed
-        else:
-            verdict = Verdict.ok
+        verdict = classify(limits, signal=sig, exit_code=code, cpu_s=cpu_s, over_output=over, oom=oom,
+                           timed_out=timed_out, error=error, vanished=killed_elsewhere and not state)
         out, err = self.reader.bufs[1], self.reader.bufs[2]
         self._result = SandboxResult(
             verdict=verdict, exit_code=code, signal=sig,
@@ -609,7 +693,7 @@ class DockerBackend(Backend):
         self.settings = settings
         self.image = settings.docker_image
         self.runtime = getattr(settings, "docker_runtime", None)
-        self.url = getattr(settings, "docker_url", None) or os.environ.get("DOCKER_HOST") or DEFAULT_URL
+        self.url = engine_url(settings)
         self.api_timeout = float(api_timeout or getattr(settings, "docker_api_timeout_s", 10.0))
         self._docker = docker
         self._connect()
@@ -622,6 +706,11 @@ class DockerBackend(Backend):
         self._cgroup_v2: bool | None = None
         self._cgroups_usable: bool | None = None
         self._podman = False
+        # Whether the engine enforces memory and pids limits (not a rootless
+        # engine on cgroup v1), and runs on this kernel (its pids are ours to
+        # read and signal).
+        self.engine_limits = True
+        self.local = False
         self._security_opt: list[str] = ["no-new-privileges"]
         self._seq = itertools.count()
         # runc cannot raise a hard limit above the engine's; ours is the best guess of it.
@@ -642,9 +731,10 @@ class DockerBackend(Backend):
         self.api = self.client.api
 
     def _engine(self) -> None:
-        """Asked once: podman or Docker (how a seccomp profile is passed) and
+        """Asked once: podman or Docker (how a seccomp profile is passed),
         whether per-job cgroup parents work (the cgroupfs driver, the engine on
-        this host via a local socket, and us root)."""
+        this host via a local socket, and us root), whether the engine
+        enforces memory and pids limits, and whether it runs on this kernel."""
         if self._cgroups_usable is not None:
             return
         usable = False
@@ -658,20 +748,47 @@ class DockerBackend(Backend):
             probe = CGROUP_ROOT if self._cgroup_v2 else CGROUP_ROOT / "memory"
             usable = (info.get("CgroupDriver") == "cgroupfs" and self.url.startswith("unix://")
                       and os.geteuid() == 0 and probe.is_dir() and os.access(probe, os.W_OK))
+            self.engine_limits = self._enforces_limits(info)
+            self.local = (sys.platform == "linux" and self.url.startswith("unix://")
+                          and info.get("KernelVersion") == os.uname().release)
+        except SandboxError:
+            raise
         except Exception as exc:  # noqa: BLE001
             raise _engine_error("info", exc) from None
         self._cgroups_usable = usable
-        self._security_opt = ["no-new-privileges"]
-        base = next((p for p in BASE_SECCOMP if p.is_file()), None)
-        if base is None:
-            log.warning("docker_seccomp_default", reason="no base profile found; the engine's default applies",
-                        looked=[str(p) for p in BASE_SECCOMP])
-            return
-        profile = json.dumps(seccomp_profile(json.loads(base.read_text())), sort_keys=True)
+        profile = json.dumps(seccomp_profile(base_seccomp()), sort_keys=True)
         if self._podman:
-            self._security_opt.append(f"seccomp={_profile_file(profile)}")
+            self._security_opt = ["no-new-privileges", f"seccomp={_profile_file(profile)}"]
         else:
-            self._security_opt.append(f"seccomp={profile}")
+            self._security_opt = ["no-new-privileges", f"seccomp={profile}"]
+        (log.info if self.engine_limits else log.warning)("sandbox_limits", summary=self.limits_summary())
+
+    def _enforces_limits(self, info: dict[str, Any]) -> bool:
+        """A rootless engine enforces memory and pids limits only where its
+        user has those cgroup controllers delegated (cgroup v2); podman
+        lists them, Docker marks itself rootless and drops the limits."""
+        if self._podman:
+            try:
+                host = self.api._result(self.api._get(self.api.base_url + "/v4.0.0/libpod/info"), True)["host"]
+            except Exception:  # noqa: BLE001  (an older podman: assume it does)
+                return True
+            return {"memory", "pids"} <= set(host.get("cgroupControllers") or [])
+        rootless = any("rootless" in str(o) for o in info.get("SecurityOptions") or [])
+        return not rootless or (str(info.get("CgroupVersion")) == "2" and bool(info.get("MemoryLimit")))
+
+    def limits_summary(self) -> str:
+        """The limits in force and what is not enforced, in one line."""
+        engine = "podman" if self._podman else "Docker"
+        if self.engine_limits:
+            accounting = ("a cgroup parent per job (CPU time, peak memory, OOM kills)" if self._cgroups_usable
+                          else "no per-job cgroup parent here (no CPU time or peak memory reported)")
+            return (f"docker backend on {engine} ({self.url}): the engine enforces memory+swap, pids, one CPU; "
+                    f"rlimits: CPU time, file size, open files, no core dumps; {accounting}")
+        sampled = "the job's total sampled every 0.1 s" if self.local else "no job total (the engine is not local)"
+        return (f"docker backend on {engine} ({self.url}), rootless without cgroup limits: memory capped per "
+                f"process (RLIMIT_DATA) and {sampled}, pids per uid across this engine's containers "
+                "(RLIMIT_NPROC), CPU time per process; not enforced: a CPU quota, memory between two samples; "
+                "for the engine's limits use cgroup v2 with the memory and pids controllers delegated")
 
     # -- jobs --------------------------------------------------------------------
     def _host_config(self, job: SandboxJob, tmp: Path, cgroup: JobCgroupParent | None) -> dict[str, Any]:
@@ -679,10 +796,11 @@ class DockerBackend(Backend):
         cpu = max(1, int(lim.cpu_s + 0.999))
         fsize = lim.file_mb * 1024 * 1024
         Ulimit = self._types.Ulimit
+        # An engine that would only warn that it ignores them is not given them.
+        memory = dict(mem_limit=f"{lim.memory_mb}m", memswap_limit=f"{lim.memory_mb}m", pids_limit=lim.pids,
+                      nano_cpus=1_000_000_000) if self.engine_limits else {}
         return self.api.create_host_config(
-            network_mode="none",
-            mem_limit=f"{lim.memory_mb}m", memswap_limit=f"{lim.memory_mb}m",
-            pids_limit=lim.pids, nano_cpus=1_000_000_000,
+            network_mode="none", **memory,
             read_only=True,
             tmpfs={"/tmp": f"rw,size={lim.tmp_mb}m,noexec,nosuid,nodev,mode=1777"},
             shm_size=f"{lim.tmp_mb}m",
@@ -781,8 +899,9 @@ class DockerBackend(Backend):
             if self._cgroups_usable:
                 cgroup = JobCgroupParent(
                     f"{CGROUP_PREFIX}{os.getpid()}-{_safe(job.label)}-{next(self._seq)}", bool(self._cgroup_v2))
+            prologue = PROLOGUE if self.engine_limits else _rlimit_prologue(job.limits) + PROLOGUE
             container = self.api.create_container(
-                self.image, command=["/bin/sh", "-c", PROLOGUE, "sh", *job.argv],
+                self.image, command=["/bin/sh", "-c", prologue, "sh", *job.argv],
                 user=SANDBOX_USER, environment=env, working_dir="/tmp", hostname="sandbox",
                 network_disabled=True, labels={LABEL: job.label, OWNER: _owner()},
                 host_config=self._host_config(job, tmp, cgroup), stdin_open=False, tty=False,
@@ -861,7 +980,7 @@ class DockerBackend(Backend):
         for c in self._labelled(OWNER):
             owner = (c.get("Labels") or {}).get(OWNER, "")
             name, _, pid = owner.rpartition(":")
-            if name == host and pid.isdigit() and not _pid_alive(int(pid)):
+            if name == host and pid.isdigit() and not pid_alive(int(pid)):
                 self._remove(c["Id"])
         self._cleanup_host()
 
@@ -870,11 +989,11 @@ class DockerBackend(Backend):
         pattern = f"{CGROUP_PREFIX}*" if v2 else f"*/{CGROUP_PREFIX}*"
         for path in CGROUP_ROOT.glob(pattern):
             pid = path.name[len(CGROUP_PREFIX):].split("-", 1)[0]
-            if pid.isdigit() and not _pid_alive(int(pid)):
+            if pid.isdigit() and not pid_alive(int(pid)):
                 JobCgroupParent(path.name, v2).remove()
         for path in Path(tempfile.gettempdir()).glob(TMP_PREFIX + "*"):
             pid = path.name[len(TMP_PREFIX):].split("-", 1)[0]
-            if pid.isdigit() and not _pid_alive(int(pid)):
+            if pid.isdigit() and not pid_alive(int(pid)):
                 shutil.rmtree(path, ignore_errors=True)
 
     def check(self) -> None:
@@ -885,6 +1004,7 @@ class DockerBackend(Backend):
         self._cleanup_host()
         try:
             self.api.ping()
+            self._engine()
             image = self.api.inspect_image(self.image)
         except Exception as exc:  # noqa: BLE001
             if getattr(exc, "status_code", None) == 404:
