@@ -17,6 +17,8 @@ HONEST = "def double(n):\n    return 2 * n\n"
 
 
 def leftovers(backend) -> list[str]:
+    if getattr(backend, "param_name", "").startswith("bwrap_user"):
+        return _user_leftovers(backend)
     # A warm pool's idle sandboxes are no job's: they are expected to be there.
     idle = list(getattr(backend, "_idle", ()))
     spare_pids = {p for sb in idle for p in [sb.proc.pid, *[d for d, _ in descendants(sb.proc.pid)]]}
@@ -38,6 +40,18 @@ def leftovers(backend) -> list[str]:
         found += [f"container {c['Id'][:12]}" for c in
                   backend.api.containers(all=True, filters={"label": [f"{OWNER}={backend.owner}"]})]
     found += [f"temp dir {p}" for p in glob.glob(os.path.join(tempfile.gettempdir(), f"xgrader-*-{os.getpid()}-*"))]
+    return found
+
+
+def _user_leftovers(backend) -> list[str]:
+    """The non-root configuration: what the user's backend process finds
+    below itself, and any process of the user outside its tree that was
+    not there before the suite (reparented away, say)."""
+    from xgrader.daemon.proctree import descendants as tree
+    found = backend.leftovers()
+    helper = {backend.pid, *tree(backend.pid), *backend.author.engine_pids()}
+    found += [f"stray process {pid} ({name}) of {backend.author.name}"
+              for pid, name in backend.author.processes().items() if pid not in helper and pid not in backend.baseline]
     return found
 
 

@@ -3,6 +3,12 @@ is no sandbox), canaries planted in the daemon's environment and config, and a
 grading kit over tests/attacks/assignments (canaries in hidden tests and the
 reference solution).
 
+The `bwrap_user*` params are the non-root configuration: the backend lives
+in a process of an unprivileged user (tests/support/user_backend.py), with
+no cgroup it may create on this host (rlimit mode): fork servers (the run()
+attacks go through the runner's program mode there), cold starts only, and
+the warm pool.
+
 `sandbox` is session-scoped and parametrised, so pytest runs the whole suite
 backend by backend; its teardown (aftermath.py) then checks, per backend and
 whatever tests ran, that an ordinary submission still grades and nothing of
@@ -29,6 +35,10 @@ collect_ignore = ["assignments"]
 ATTACK_PARAMS = [p for p in BACKEND_PARAMS if p.values[0] != "unsafe"]
 # bwrap behind the warm pool: student-code sandboxes are pre-started ones.
 ATTACK_PARAMS.insert(1, pytest.param("bwrap_warm", id="bwrap_warm"))
+# The non-root configuration (see the module docstring).
+USER_PARAMS = {"bwrap_user": ("forked", {}), "bwrap_user_cold": ("cold", {"sandbox_fork_server": False}),
+               "bwrap_user_warm": ("cold", {"warm_pool": 1})}
+ATTACK_PARAMS += [pytest.param(name, id=name) for name in USER_PARAMS]
 ASSIGNMENTS = Path(__file__).parent / "assignments"
 
 CANARY_ENV = "CANARY_ENV_d41b7e"            # the queue password in the daemon's environment
@@ -60,15 +70,46 @@ def config_file() -> Path:
 
 @pytest.fixture(scope="session", params=ATTACK_PARAMS)
 def sandbox(request, tmp_path_factory):
-    b = make_backend(settings_for(request.param, request))
-    b.param_name = request.param  # which variant (bwrap, bwrap_cold, bwrap_warm, docker)
+    if request.param in USER_PARAMS:
+        b = _user_sandbox(request)
+    else:
+        b = make_backend(settings_for(request.param, request))
+    b.param_name = request.param  # which variant (bwrap, bwrap_cold, bwrap_warm, docker, bwrap_user...)
     yield b
     try:  # after the last test that used this backend, in any order
         from tests.attacks import aftermath
-        settings = settings_for(request.param, request, handlers=ASSIGNMENTS)
-        aftermath.check(b, AttackGrader(b, settings, tmp_path_factory.mktemp("aftermath-expected")))
+        if is_user(b):
+            from tests.support.user_backend import UserGrader
+            grader = UserGrader(b)
+        else:
+            settings = settings_for(request.param, request, handlers=ASSIGNMENTS)
+            grader = AttackGrader(b, settings, tmp_path_factory.mktemp("aftermath-expected"))
+        aftermath.check(b, grader)
     finally:
         b.close()
+
+
+def _user_sandbox(request):
+    from tests.support.unprivileged import user_backend
+    author = request.getfixturevalue("author")
+    variant, extra = USER_PARAMS[request.param]
+    baseline = author.processes()
+    b = user_backend(author, variant, sandbox="bwrap", handlers=author.code / "tests/attacks/assignments", **extra)
+    b.author, b.baseline = author, baseline
+    return b
+
+
+def is_user(backend) -> bool:
+    return getattr(backend, "param_name", "").startswith("bwrap_user")
+
+
+def leftover_processes(backend) -> list:
+    """Processes a job left: below this process, or for the non-root
+    configuration, below the user's backend process (the fork servers and
+    idle warm sandboxes are no job's)."""
+    if is_user(backend):
+        return [x for x in backend.leftovers() if x.startswith("process")]
+    return descendants()
 
 
 @pytest.fixture(autouse=True)
@@ -107,6 +148,9 @@ class AttackGrader:
 @pytest.fixture(scope="session")
 def attack_grader(sandbox, request, tmp_path_factory) -> AttackGrader:
     name = sandbox.param_name
+    if is_user(sandbox):
+        from tests.support.user_backend import UserGrader
+        return UserGrader(sandbox)
     settings = settings_for(name, request, handlers=ASSIGNMENTS)
     return AttackGrader(sandbox, settings, tmp_path_factory.mktemp("attack-expected"))
 

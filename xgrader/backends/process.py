@@ -313,11 +313,14 @@ class ProcessSandbox(RunningSandbox):
         job total and the largest process."""
         rusage = self.rusage or getattr(self.proc, "rusage", None)
         out: dict[str, Any] = {}
+        # A killed job's processes are reaped by the kernel unaccounted: the
+        # last sample may know more than the rusage then.
+        sampled = self.tree.cpu_s if self.tree is not None else 0.0
         if rusage is not None:
-            out["cpu_s"] = rusage[0]
+            out["cpu_s"] = max(rusage[0], sampled)
             out["largest_process_mb"] = rusage[1]
         elif self.tree is not None:
-            out["cpu_s"] = self.tree.cpu_s  # killed: nothing reaped to tell
+            out["cpu_s"] = sampled
         peak = max(self.tree.peak_mb if self.tree is not None else 0.0, rusage[1] if rusage else 0.0)
         if peak:
             out["peak_memory_mb"] = peak
