@@ -5,7 +5,11 @@ properties are in tests/attacks/ (sandboxed backends only)."""
 
 import time
 
-from xgrader.backends.base import Limits, SandboxJob, Verdict
+import pytest
+
+from xgrader.backends import make_backend
+from xgrader.backends.base import ChannelError, Limits, SandboxJob, Verdict
+from xgrader.config import Settings
 
 PY = ["python3", "-I", "-S", "x.py"]
 
@@ -93,3 +97,56 @@ def test_student_code_imports_environment_packages_without_site_hooks(backend):
     assert r.verdict == Verdict.ok and r.exit_code == 0, r
     assert r.stdout.split() == ["pytest", "False"], r
     assert "RAN" not in r.stdout + r.stderr, r
+
+
+LOOP = "def spin():\n    while True:\n        pass\n"
+
+
+@pytest.mark.parametrize("mode", ["batch", "interactive"])
+def test_an_endless_loop_is_stopped_by_wall_plus_half_a_second(backend, mode):
+    """The wall limit holds to 0.5 s on every path: the job is stopped and
+    its result is back by then, counted from the job's own clock (a batch
+    program; a call into student code over the channel, the harness waiting
+    on it as the pytest and io kinds do). A CPU limit far away: the wall
+    clock alone stops it."""
+    wall = 2.0
+    limits = Limits(wall_s=wall, cpu_s=60)
+    if mode == "batch":
+        job = SandboxJob(argv=["python3", "-I", "-S", "x.py"], files={"x.py": (LOOP + "spin()\n").encode()},
+                         limits=limits)
+    else:
+        job = SandboxJob(argv=backend.python_argv(), files={"x.py": LOOP.encode()}, channel=True, limits=limits)
+    sb = backend.start(job)
+    try:
+        if mode == "interactive":
+            sb.channel.send({"op": "load", "module": "x", "path": "x.py", "id": 1})
+            assert sb.channel.recv(10)["names"] == {"spin": "function"}
+            sb.channel.send({"op": "call", "target": "spin", "args": [], "kwargs": {}, "id": 2})
+            with pytest.raises((ChannelError, TimeoutError)):
+                sb.channel.recv(wall + 5)
+        r = sb.wait()
+        back = time.monotonic() - sb.started
+    finally:
+        sb.kill()
+    assert r.verdict is Verdict.wall_time, r
+    assert r.wall_s <= wall + 0.5 and back <= wall + 0.5, (r.wall_s, back)
+
+
+def test_the_warm_pool_stops_an_endless_loop_by_wall_plus_half_a_second():
+    pool = make_backend(Settings(sandbox="bwrap", warm_pool=1))
+    try:
+        assert pool.wait_ready(timeout=20)
+        job = SandboxJob(argv=pool.python_argv(), files={"x.py": LOOP.encode()}, channel=True,
+                         limits=pool.template.limits.model_copy(update={"wall_s": 2.0}))  # the pool's rlimits
+        sb = pool.start(job)
+        assert pool.hits == 1
+        sb.channel.send({"op": "load", "module": "x", "path": "x.py", "id": 1})
+        sb.channel.recv(10)
+        sb.channel.send({"op": "call", "target": "spin", "args": [], "kwargs": {}, "id": 2})
+        with pytest.raises((ChannelError, TimeoutError)):
+            sb.channel.recv(7)
+        r = sb.wait()
+        back = time.monotonic() - sb.started
+        assert r.verdict is Verdict.wall_time and r.wall_s <= 2.5 and back <= 2.5, (r, back)
+    finally:
+        pool.close()

@@ -457,3 +457,37 @@ def test_engine_hanging_mid_job_is_a_sandbox_error_in_bounded_time(docker, podma
         proxy.close()
     docker.kill_label("stalled")  # the engine is back: the leftover goes
     assert_clean(docker, "stalled")
+
+
+def test_jobs_get_the_shipped_seccomp_profile_tightened(docker, monkeypatch):
+    """The base profile ships inside the package (no fallback to whatever
+    the engine would apply): the container's profile is it plus the
+    deny-list, whatever the host has installed."""
+    import json
+    from importlib.resources import files
+
+    from xgrader.backends import docker_backend
+    from xgrader.backends.docker_backend import base_seccomp, seccomp_profile
+
+    assert files("xgrader.backends").joinpath("seccomp-docker.json").is_file()
+    base = base_seccomp()
+    assert base["defaultAction"] == "SCMP_ACT_ERRNO" and len(base["syscalls"]) > 10
+    fresh = DockerBackend(docker_settings(docker.url))
+    warnings = []
+    monkeypatch.setattr(docker_backend.log, "warning", lambda event, **kw: warnings.append(event))
+    fresh._engine()
+    fresh.close()
+    opts = [o for o in fresh._security_opt if o.startswith("seccomp=")]
+    assert len(opts) == 1 and warnings == [], (fresh._security_opt, warnings)
+    profile = json.loads(Path(opts[0].split("=", 1)[1]).read_text())  # podman takes a file
+    assert profile == seccomp_profile(base)
+    assert {"names": sorted(set(docker_backend.DENIED)), "action": "SCMP_ACT_ERRNO", "errnoRet": 1} in profile["syscalls"]
+    # In a container: the filter is on, and a call the deny-list adds fails with EPERM.
+    import platform
+
+    from xgrader.backends.seccomp import ARCHES
+    keyctl = ARCHES[platform.machine()][1]["keyctl"]
+    r = docker.run(job("import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+                       "print(open('/proc/self/status').read().split('Seccomp:')[1].split()[0])\n"
+                       f"print(libc.syscall({keyctl}, 0, 0, 0, 0, 0), ctypes.get_errno())\n"))
+    assert r.stdout.split() == ["2", "-1", "1"], r
