@@ -488,18 +488,33 @@ class BwrapBackend(Backend):
             if self.privileged and not _nobody_can_enter(self.venv.resolve()):
                 raise SandboxError(f"sandbox_venv {self.venv} is not readable by uid {NOBODY} (check its parents' modes)")
         # The namespaces a job gets, as the identity jobs run as.
-        probe = [*(_drop_to_nobody() if self.privileged else []), self.bwrap, "--unshare-all", "--unshare-user",
-                 "--disable-userns", "--die-with-parent", "--ro-bind", "/", "/", "--proc", "/proc", "true"]
-        try:
-            r = subprocess.run(probe, capture_output=True, env={}, timeout=LAUNCH_TIMEOUT_S)
-        except (OSError, subprocess.SubprocessError) as exc:
-            raise SandboxError(f"bubblewrap cannot start: {exc}") from None
-        if r.returncode != 0:
-            raise SandboxError(explain_bwrap_failure(clean_text(r.stderr, 400).strip()))
+        error = self._probe()
+        if error and "hostname" in error and "--hostname" in self._prefix:
+            # A container's seccomp profile may deny sethostname without
+            # CAP_SYS_ADMIN (podman's and Docker's defaults do): jobs keep
+            # their own UTS namespace, with the container's name in it.
+            i = self._prefix.index("--hostname")
+            del self._prefix[i:i + 2]
+            log.warning("sandbox_hostname_denied", detail="jobs see the host's hostname in their own UTS namespace")
+            error = self._probe()
+        if error:
+            raise SandboxError(explain_bwrap_failure(error))
         if self.forkservers is not None and self.forkservers.prepared:
             # The daemon's parent checks periodically: a fork server that died
             # is started again (jobs start cold meanwhile).
             self.forkservers.prepare()
+
+    def _probe(self) -> str | None:
+        """bwrap's error when it cannot build a job's namespaces (None: it can)."""
+        hostname = ["--hostname", "sandbox"] if "--hostname" in self._prefix else []
+        probe = [*(_drop_to_nobody() if self.privileged else []), self.bwrap, "--unshare-all", "--unshare-user",
+                 "--disable-userns", *hostname, "--die-with-parent", "--ro-bind", "/", "/", "--proc", "/proc",
+                 "true"]
+        try:
+            r = subprocess.run(probe, capture_output=True, env={}, timeout=LAUNCH_TIMEOUT_S)
+        except (OSError, subprocess.SubprocessError) as exc:
+            return f"bubblewrap cannot start: {exc}"
+        return None if r.returncode == 0 else (clean_text(r.stderr, 400).strip() or f"exit status {r.returncode}")
 
 
 INSTALL_BWRAP = ("Install it (Debian/Ubuntu: apt install bubblewrap; Fedora: dnf install bubblewrap; "
