@@ -224,3 +224,39 @@ def test_demo_as_an_author_needs_no_apt_get(author):
     assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
     assert "setup:" not in r.stdout + r.stderr and "apt-get" not in r.stdout + r.stderr
     assert author.new_processes(before, settle=10) == {}
+
+
+@pytest.fixture(scope="module")
+def bwrap_image(podman_engine, tmp_path_factory) -> str:
+    """An image with Debian's python3 and bubblewrap and a user 10001 (what
+    a daemon image needs for the bwrap backend), built on the local base."""
+    tag = "xgrader-test-bwrap:latest"
+    ctx = tmp_path_factory.mktemp("bwrap-image")
+    (ctx / "Containerfile").write_text(
+        "FROM xgrader-base:bookworm\n"
+        "RUN apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends"
+        " bubblewrap >/dev/null && rm -rf /var/lib/apt/lists/* && chmod 755 / && useradd -u 10001 -M xgrader\n"
+        "USER 10001\n")
+    r = subprocess.run(["podman", "build", "-q", "--network=host", "-t", tag, str(ctx)], capture_output=True,
+                       text=True, timeout=900)
+    if r.returncode != 0:
+        pytest.fail(f"cannot build {tag}: {r.stderr[-2000:]}")
+    return tag
+
+
+def test_bwrap_in_a_non_root_container_without_capabilities(author, bwrap_image):
+    """The daemon's situation in a pod with runAsNonRoot, every capability
+    dropped and no-new-privileges (emulated with podman's flags): bwrap
+    grades with user namespaces alone, given an unmasked /proc; the
+    container's seccomp profile (podman's default) denies sethostname, so
+    jobs keep the container's hostname."""
+    cmd = ["podman", "run", "--rm", "--user", "10001", "--cap-drop=all", "--security-opt", "no-new-privileges",
+           "--security-opt", "unmask=ALL", "--network=none",
+           "-v", f"{author.code}:/code:ro", "-v", f"{Path(author.python).parents[1]}:{Path(author.python).parents[1]}:ro",
+           "-e", "PYTHONPATH=/code", "-e", "HOME=/tmp", bwrap_image,
+           author.python, "-m", "xgrader", "check", "--sandbox", "bwrap", "--handlers", "/code/payload_handlers",
+           "--all"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0 and "5/5 assignments pass" in r.stdout, (r.stdout[-3000:], r.stderr[-3000:])
+    assert "sandbox_hostname_denied" in r.stderr and "bwrap as uid 10001" in r.stderr, r.stderr
+    assert "fork_server_unavailable" not in r.stderr, r.stderr
