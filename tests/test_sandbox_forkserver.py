@@ -368,3 +368,31 @@ def test_an_edited_entry_script_is_compiled_again():
     finally:
         b.close()
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_the_jobs_of_a_killed_job_child_die_with_it(forking):
+    """A job child (the daemon's per-submission process) SIGKILLed while its
+    forked job runs: the server sees the job's status socket close and
+    kills the job's init at once, whose pid namespace takes the job along
+    (no waiting for a cgroup sweep)."""
+    forking.prepare()
+    r, w = os.pipe()
+    child = os.fork()
+    if child == 0:
+        try:
+            sb = forking.start(program(forking, "import time\ntime.sleep(600)\n", limits=Limits(wall_s=600)))
+            os.write(w, str(sb.proc.pid).encode())
+            time.sleep(600)
+        finally:
+            os._exit(1)
+    os.close(w)
+    init = int(os.read(r, 64))
+    os.close(r)
+    assert alive(init)
+    os.kill(child, signal.SIGKILL)
+    os.waitpid(child, 0)
+    deadline = time.monotonic() + 0.5  # at once; not the next cleanup_stale() of some daemon on this host
+    while alive(init) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not alive(init)
+    forking.cleanup_stale()  # the dead child's job cgroup
