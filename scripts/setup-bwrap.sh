@@ -9,7 +9,8 @@ if [ "${#need[@]}" -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
 fi
-# Unprivileged user namespaces: bwrap runs as uid 65534 and needs them.
+# Unprivileged user namespaces: bwrap needs them (as root it runs as uid 65534;
+# as any other user, a course author or a User= service, as that user).
 if [ -e /proc/sys/kernel/unprivileged_userns_clone ]; then
   sysctl -q -w kernel.unprivileged_userns_clone=1 || true
 fi

@@ -234,9 +234,21 @@ def test_cgroup_v2_delegation_moves_the_daemon_to_a_leaf(tmp_path, monkeypatch):
     # A second manager (e.g. after the move) finds the same parent, not the leaf.
     monkeypatch.setattr(cgroups, "_own_paths", lambda: {"": f"/system.slice/xgrader.service/{cgroups.DAEMON_LEAF}"})
     assert cgroups.CgroupManager(root=root).parents == {"unified": svc}
-    # Not delegated: unusable, rlimits only.
+    # Not delegated: unusable, rlimits only, and why.
     (svc / "cgroup.controllers").write_text("cpu\n")
-    assert not cgroups.CgroupManager(root=root).usable
+    m = cgroups.CgroupManager(root=root)
+    assert not m.usable and m.reason == f"memory and pids are not delegated to {svc}"
+    # A user's session scope (systemd-run --user --scope -p Delegate=yes): the
+    # same path as the service's, as that user.
+    scope = root / "user.slice" / "user-1000.slice" / "user@1000.service" / "app.slice" / "run-r1.scope"
+    scope.mkdir(parents=True)
+    (scope / "cgroup.controllers").write_text("cpu memory pids\n")
+    (scope / "cgroup.subtree_control").write_text("\n")
+    (scope / "cgroup.procs").write_text("5151\n")
+    moved.clear()
+    monkeypatch.setattr(cgroups, "_own_paths", lambda: {"": "/" + str(scope.relative_to(root))})
+    m = cgroups.CgroupManager(root=root)
+    assert m.usable and m.reason is None and m.parents == {"unified": scope} and moved == ["5151"], m.reason
 
 
 def test_student_code_imports_course_packages_without_site_hooks():
