@@ -35,10 +35,12 @@ for f in /etc/subuid /etc/subgid; do
   fi
 done
 
-# The dependencies of pyproject.toml, hashed: the venv is rebuilt when they change.
+# The dependencies of pyproject.toml (the core and the docker extra: the tests
+# drive the author's rootless podman too); the venv is rebuilt when they change.
 deps=$(python3 - <<'PY'
 import tomllib
-print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))
+project = tomllib.load(open("pyproject.toml", "rb"))["project"]
+print("\n".join(project["dependencies"] + project["optional-dependencies"]["docker"]))
 PY
 )
 stamp="$VENV/.xgrader-deps"
