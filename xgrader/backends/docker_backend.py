@@ -562,7 +562,11 @@ class DockerSandbox(RunningSandbox):
                 return
             except OSError:  # not ours to signal (EPERM), or closed by _release meanwhile
                 pass
-        self.backend.api.kill(self.cid)
+        try:
+            self.backend.api.kill(self.cid)
+        except Exception:  # noqa: BLE001  (refused for a container that stopped meanwhile: fine)
+            if self.backend.api.inspect_container(self.cid).get("State", {}).get("Running"):
+                raise
 
     def kill(self) -> None:
         with self._lock:
