@@ -22,14 +22,19 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.support.sandbox import REPO
 
+if TYPE_CHECKING:
+    from tests.support.user_backend import UserBackend
+
 AUTHOR = os.environ.get("XGRADER_AUTHOR", "xgrader-author")
 VENV = Path(os.environ.get("XGRADER_AUTHOR_VENV", "/var/tmp/xgrader-author-venv"))
 IMAGE = "xgrader-grader:latest"
+AUTHOR_IMAGE = "xgrader-grader:author-tests"  # in root's engine, built from this checkout
 
 
 class Author:
@@ -159,18 +164,26 @@ def author_podman(author: Author, podman_engine: str) -> str:
             time.sleep(0.2)
     if not _answers(url):
         pytest.fail(f"the author's rootless podman does not answer at {url}")
+    # The grading image of this checkout's runner (root's engine may hold
+    # another checkout's under the shared tag): built under a tag of its
+    # own, copied into the author's storage as the tag the backend uses.
+    from xgrader.backends.docker_backend import runner_digest
     label = "{{index .Labels \"xgrader.runner\"}}"
     theirs = subprocess.run(author.command("podman", "image", "inspect", "--format", label, IMAGE),
                             capture_output=True, text=True)
-    ours = subprocess.run(["podman", "image", "inspect", "--format", label, IMAGE], capture_output=True, text=True)
-    if theirs.returncode != 0 or theirs.stdout != ours.stdout:
-        save = subprocess.Popen(["podman", "save", IMAGE], stdout=subprocess.PIPE)
+    if theirs.returncode != 0 or theirs.stdout.strip() != runner_digest(REPO / "sandbox"):
+        build = subprocess.run(["bash", str(REPO / "sandbox/image/build.sh"), AUTHOR_IMAGE], capture_output=True,
+                               text=True, timeout=900)
+        if build.returncode != 0:
+            pytest.fail(f"grading image build failed: {build.stderr[-2000:]}")
+        save = subprocess.Popen(["podman", "save", AUTHOR_IMAGE], stdout=subprocess.PIPE)
         load = subprocess.run(author.command("podman", "load", "-q"), stdin=save.stdout, capture_output=True,
                               text=True, timeout=600)
         save.stdout.close()
         save.wait()
         if load.returncode != 0:
             pytest.fail(f"cannot load the grading image into the author's podman: {load.stderr[-2000:]}")
+        subprocess.run(author.command("podman", "tag", AUTHOR_IMAGE, IMAGE), check=True, capture_output=True)
     return url
 
 

@@ -26,7 +26,8 @@ read-only at /opt/venv and run as /opt/venv/bin/python3 (docs/sandbox.md).
 Warm sandboxes (xgrader/backends/warm.py) use :meth:`BwrapBackend.prestart` and
 :meth:`BwrapBackend.activate`: the sandbox starts with no files and the job's
 rlimits and tmpfs size (the pool's key), and on activation its cgroup limits
-become the job's before any student file reaches it.
+become the job's before any student file reaches it (in rlimit mode memory and
+pids are rlimits too, part of the key: warm_key).
 """
 
 from __future__ import annotations
