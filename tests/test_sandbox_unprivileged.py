@@ -199,7 +199,7 @@ def test_a_delegated_cgroup_gives_the_author_cgroup_limits(author, delegated_cgr
         "src = ('import os, time\\nfor _ in range(6):\\n    if os.fork() == 0:\\n'\n"
         "       '        x = b\"x\" * (40 * 2**20)\\n        time.sleep(30)\\ntime.sleep(30)\\n')\n"
         "r = b.run(SandboxJob(argv=['python3', '-I', '-S', 'x.py'], files={'x.py': src.encode()},\n"
-        "                     limits=Limits(wall_s=5, memory_mb=128)))\n"
+        "                     limits=Limits(wall_s=15, memory_mb=128)))  # the OOM ends it\n"
         "print(json.dumps({'usable': b.cgroups.usable, 'verdict': r.verdict.value, 'peak': r.peak_memory_mb,\n"
         "                  'summary': b.limits_summary()}))\n"
         "b.close()\n"
