@@ -35,12 +35,14 @@ for f in /etc/subuid /etc/subgid; do
   fi
 done
 
-# The dependencies of pyproject.toml (the core and the docker extra: the tests
-# drive the author's rootless podman too); the venv is rebuilt when they change.
+# The dependencies of pyproject.toml: the core and what an author's commands
+# use (the docker extra: the tests drive the author's rootless podman; images:
+# an example assignment compares images); rebuilt when they change.
 deps=$(python3 - <<'PY'
 import tomllib
 project = tomllib.load(open("pyproject.toml", "rb"))["project"]
-print("\n".join(project["dependencies"] + project["optional-dependencies"]["docker"]))
+extras = project["optional-dependencies"]
+print("\n".join(project["dependencies"] + [d for name in ("docker", "images") for d in extras.get(name, [])]))
 PY
 )
 stamp="$VENV/.xgrader-deps"

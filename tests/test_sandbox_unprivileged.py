@@ -41,8 +41,10 @@ def root_gradebook(tmp_path_factory) -> list[tuple]:
 
 
 def log_lines(stderr: str) -> list[str]:
-    """The structured log lines a command printed (console format)."""
-    return [line for line in stderr.splitlines() if line[:4].isdigit() and "[" in line]
+    """The log lines a command printed (`xgrader: warning: EVENT (...)`, or
+    the console format's `TIMESTAMP [level] EVENT ...`)."""
+    return [line for line in stderr.splitlines()
+            if line.startswith(("xgrader: warning:", "xgrader: error:")) or (line[:4].isdigit() and "[" in line)]
 
 
 def run_as_author(author, sandbox: str, *args: str, **env: str):
@@ -79,8 +81,9 @@ def test_grade_check_batch_as_an_author_on_bwrap(author, root_gradebook, env):
 
 
 def test_check_all_example_assignments_as_an_author(author):
+    n = sum(1 for p in (author.code / "payload_handlers").iterdir() if (p / "assignment.toml").is_file())
     r, left = run_as_author(author, "bwrap", "check", "--all", "--handlers", f"{author.code}/payload_handlers")
-    assert r.returncode == 0 and "5/5 assignments pass" in r.stdout, (r.stdout, r.stderr)
+    assert r.returncode == 0 and f"{n}/{n} assignments pass" in r.stdout, (r.stdout, r.stderr)
     assert left == {}, left
 
 
@@ -257,6 +260,7 @@ def test_bwrap_in_a_non_root_container_without_capabilities(author, bwrap_image)
            author.python, "-m", "xgrader", "check", "--sandbox", "bwrap", "--handlers", "/code/payload_handlers",
            "--all"]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0 and "5/5 assignments pass" in r.stdout, (r.stdout[-3000:], r.stderr[-3000:])
+    n = sum(1 for p in (author.code / "payload_handlers").iterdir() if (p / "assignment.toml").is_file())
+    assert r.returncode == 0 and f"{n}/{n} assignments pass" in r.stdout, (r.stdout[-3000:], r.stderr[-3000:])
     assert "sandbox_hostname_denied" in r.stderr and "bwrap as uid 10001" in r.stderr, r.stderr
     assert "fork_server_unavailable" not in r.stderr, r.stderr
