@@ -12,6 +12,8 @@ import json
 import os
 import shutil
 import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -264,3 +266,47 @@ def test_bwrap_in_a_non_root_container_without_capabilities(author, bwrap_image)
     assert r.returncode == 0 and f"{n}/{n} assignments pass" in r.stdout, (r.stdout[-3000:], r.stderr[-3000:])
     assert "sandbox_hostname_denied" in r.stderr and "bwrap as uid 10001" in r.stderr, r.stderr
     assert "fork_server_unavailable" not in r.stderr, r.stderr
+
+
+def test_the_wheel_in_an_authors_venv(author, tmp_path_factory):
+    """What an author does: pip install the wheel into a venv of their own
+    (Debian's python3, no checkout, no PYTHONPATH), then grade, check and
+    run the demo from their home folder."""
+    wheels = Path(tempfile.mkdtemp(prefix="xgrader-author-wheel-", dir="/var/tmp"))
+    try:
+        wheels.chmod(0o755)
+        # Built from a copy of the source tree (a build in place would write build/ into the checkout).
+        listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO,
+                                capture_output=True, check=True).stdout.split(b"\0")
+        for name in filter(None, map(os.fsdecode, listed)):
+            if (REPO / name).is_file():
+                (wheels / "src" / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(REPO / name, wheels / "src" / name)
+        r = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheels),
+                            str(wheels / "src")], capture_output=True, text=True, timeout=600, cwd=wheels)
+        assert r.returncode == 0, r.stderr[-2000:]
+        (wheel,) = wheels.glob("xgrader-*.whl")
+        wheel.chmod(0o644)
+        venv = author.tmp / "venv"
+        home = {"PYTHONPATH": ""}
+        made = subprocess.run(author.command("/usr/bin/python3", "-m", "venv", str(venv), **home), capture_output=True,
+                              text=True, timeout=120, cwd=author.tmp)
+        assert made.returncode == 0, made.stderr
+        pip = subprocess.run(author.command(f"{venv}/bin/pip", "install", "-q", "--disable-pip-version-check",
+                                            str(wheel), **home), capture_output=True, text=True, timeout=900,
+                             cwd=author.tmp)
+        assert pip.returncode == 0, pip.stderr[-2000:]
+        xgrader = f"{venv}/bin/xgrader"
+        before = author.processes()
+        run = lambda *a: subprocess.run(author.command(xgrader, *a, **home), capture_output=True, text=True,  # noqa: E731
+                                        timeout=600, cwd=author.home)
+        samples = f"{venv}/lib/python3.11/site-packages/xgrader/_examples/sum_digits/samples"
+        r = run("grade", "--sandbox", "bwrap", "--payload", "sum_digits", f"{samples}/wrong_offbyone.py")
+        assert r.returncode == 0 and json.loads(r.stdout)["score"] == 1, (r.stdout, r.stderr)
+        r = run("check", "--sandbox", "bwrap", "sum_digits")
+        assert r.returncode == 0 and "PASS  sum_digits" in r.stdout, (r.stdout, r.stderr)
+        r = run("demo", "--timeout", "240")
+        assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
+        assert author.new_processes(before, settle=10) == {}
+    finally:
+        shutil.rmtree(wheels, ignore_errors=True)
