@@ -19,7 +19,7 @@ from xgrader.assignment import Assignment
 from xgrader.config import Settings
 from xgrader.dispatch import AssignmentRegistry
 from xgrader.errors import AssignmentError, InfraError, SubmissionError
-from xgrader.handlers.context import GradeContext
+from xgrader.handlers.context import WATCHDOG_GRACE_S, GradeContext
 from xgrader.handlers.expected import ExpectedStore
 from xgrader.hooks import Hooks, safe_call
 from xgrader.job import GradeRequest
@@ -88,7 +88,10 @@ class Grader:
         # The student's own files, parsed once on this side with bounds, for
         # explanations and code signatures (xgrader.source).
         source = Source.of(files, assignment.config.entry)
-        ctx = dataclasses.replace(self.context(assignment, request), source=source)
+        ctx = self.context(assignment, request)
+        # The submission's code gets its wall_s from here on, whatever the kind
+        # does with it (cases, restarts, programs): then everything is stopped.
+        ctx = dataclasses.replace(ctx, source=source, deadline=time.monotonic() + ctx.limits.wall_s + WATCHDOG_GRACE_S)
         started = time.monotonic()
         try:
             report = handlers.run(assignment, files, ctx)

@@ -4,6 +4,7 @@ host with expected values computed once from the reference solution."""
 
 from __future__ import annotations
 
+import dataclasses
 import ast
 import functools
 import json
@@ -111,15 +112,16 @@ def evaluate_expressions(assignment: Assignment, files: dict[str, bytes], ctx: G
 
     def load() -> dict[str, Any]:
         try:
-            return runner.restart(load_timeout)
+            return runner.restart(max(ctx.remaining_s(load_timeout), 0.01))
         except RequestTimeout as exc:
             return {"ok": False, "timeout": True, "sample": exc.sample}
         except RunnerDied as exc:
             return {"ok": False, "died": True, "verdict": exc.verdict}
 
     # Every case has its own timeout, but the whole batch stays within the
-    # sandbox wall limit: cases not reached by then fail as timeouts.
-    deadline = time.monotonic() + ctx.limits.wall_s + ctx.slack_s()
+    # submission's deadline (wall_s; the reference solution: wall_s + start-up
+    # slack): cases not reached by then fail as timeouts.
+    deadline = ctx.deadline if ctx.deadline is not None else time.monotonic() + ctx.limits.wall_s + ctx.slack_s()
     try:
         first = load()
         if not first.get("ok"):
@@ -138,7 +140,8 @@ def evaluate_expressions(assignment: Assignment, files: dict[str, bytes], ctx: G
             rid = runner.send(batch)
             for pos, (index, case) in enumerate(pending):
                 try:
-                    reply = runner.receive(rid, _timeout(assignment, case), index=pos)
+                    reply = runner.receive(rid, max(min(_timeout(assignment, case), deadline - time.monotonic()), 0.01),
+                                           index=pos)
                 except RequestTimeout as exc:
                     runs[index] = CaseRun("timeout", verdict=Verdict.wall_time, sample=exc.sample)
                     break
@@ -167,8 +170,8 @@ def evaluate_expressions(assignment: Assignment, files: dict[str, bytes], ctx: G
 
 def run_program(assignment: Assignment, files: dict[str, bytes], ctx: GradeContext,
                 case: Case) -> SandboxResult:
-    wall = _timeout(assignment, case) + ctx.slack_s()
-    limits = ctx.limits.model_copy(update={"wall_s": min(wall, ctx.settings.limit_ceilings.wall_s)})
+    wall = ctx.remaining_s(_timeout(assignment, case) + ctx.slack_s())
+    limits = ctx.limits.model_copy(update={"wall_s": max(min(wall, ctx.settings.limit_ceilings.wall_s), 0.01)})
     options = ["--sample-after", f"{_timeout(assignment, case):g}"] if assignment.explains("time_limit") else []
     if assignment.prelude_name:
         options += ["--prelude", assignment.prelude_name]
@@ -426,7 +429,9 @@ def grade_io(assignment: Assignment, files: dict[str, bytes], ctx: GradeContext)
     cases = list(enumerate(assignment.cases))
     reference: dict[str, Any] = {"cases": {}}
     if any(c.expected is None for _, c in cases):
-        reference = ctx.store.get(assignment, lambda: compute_reference(assignment, ctx))
+        # The reference solution is not on the submission's clock.
+        untimed = dataclasses.replace(ctx, deadline=None)
+        reference = ctx.store.get(assignment, lambda: compute_reference(assignment, untimed))
     expected = {i: _expected_for(assignment, i, c, reference) for i, c in cases}
     files = assignment.sandbox_files(files)
     findings = scoring.Findings()
