@@ -1,4 +1,4 @@
-"""File downloads (xqueue_files) over real HTTP on loopback: the queue's
+"""Attack class "file downloads" (docs/threat-model.md): xqueue_files over real HTTP on loopback: the queue's
 credentials reach its own origin only, and a file URL cannot make the
 grader fetch from loopback, link-local or private addresses (checked on the
 address actually connected to), nor follow a redirect to another origin."""
