@@ -20,13 +20,13 @@ import ast as ast_module
 import functools
 import hashlib
 import re
-import tomllib
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from xgrader.errors import AssignmentError
+from xgrader.tomlfile import read_toml, where
 from xgrader.kind_config import ImageCase, ImageOptions, Mutant, MutationOptions, load_image_cases, load_mutants
 from xgrader.mastery.catalog import valid_skill_id
 from xgrader.backends.base import Limits
@@ -563,23 +563,6 @@ def name_matches(name: str, pattern: str) -> bool:
     return _glob(pattern).fullmatch(name) is not None
 
 
-def _where(exc: ValidationError) -> str:
-    msgs = []
-    for err in exc.errors()[:3]:
-        loc = ".".join(str(p) for p in err.get("loc", ())) or "(top level)"
-        msgs.append(f"field {loc}: {err.get('msg', 'invalid')}")
-    return "; ".join(msgs)
-
-
-def _read_toml(path: Path) -> dict[str, Any]:
-    try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise AssignmentError(f"{path}: file missing") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise AssignmentError(f"{path}: not valid TOML ({exc})") from None
-
-
 def _read_tree(folder: Path, budget: list[int]) -> dict[str, bytes]:
     """Regular files under `folder` by relative posix path; symlinks are refused
     (an assignment must not pull in files from elsewhere); caches are skipped."""
@@ -615,7 +598,7 @@ def load_library(folder: Path | None) -> dict[str, dict[str, Any]]:
     for path in sorted(folder.glob("*.toml")):
         if path.is_symlink():
             raise AssignmentError(f"{path}: symlinks are not allowed in the signatures library")
-        raw = _read_toml(path)
+        raw = read_toml(path)
         unknown = set(raw) - {"signature"}
         if unknown:
             raise AssignmentError(f"{path}: unknown top-level keys {sorted(unknown)} (use [[signature]] tables)")
@@ -630,7 +613,7 @@ def load_library(folder: Path | None) -> dict[str, dict[str, Any]]:
             try:
                 FeedbackSignature.model_validate(item)
             except ValidationError as exc:
-                raise AssignmentError(f"{path}: signature {sig_name!r}: {_where(exc)}") from None
+                raise AssignmentError(f"{path}: signature {sig_name!r}: {where(exc)}") from None
             out[sig_name] = dict(item)
     return out
 
@@ -654,7 +637,7 @@ def _resolve_signatures(config: AssignmentConfig, library: dict[str, dict[str, A
             try:
                 sig = FeedbackSignature.model_validate(merged)
             except ValidationError as exc:
-                raise AssignmentError(f"{cfg_path}: feedback.signatures.{i} (use {sig.use!r}): {_where(exc)}") from None
+                raise AssignmentError(f"{cfg_path}: feedback.signatures.{i} (use {sig.use!r}): {where(exc)}") from None
         resolved.append(sig)
     keys = [s.key for s in resolved]
     dupes = sorted({k for k in keys if keys.count(k) > 1})
@@ -694,9 +677,9 @@ def load_assignment(folder: Path, name: str, library_dir: Path | None = None) ->
     `signatures/` folder, for `use = "name"` signatures."""
     cfg_path = folder / CONFIG_FILE
     try:
-        config = AssignmentConfig.model_validate(_read_toml(cfg_path))
+        config = AssignmentConfig.model_validate(read_toml(cfg_path))
     except ValidationError as exc:
-        raise AssignmentError(f"{cfg_path}: {_where(exc)}") from None
+        raise AssignmentError(f"{cfg_path}: {where(exc)}") from None
     config = _resolve_signatures(config, load_library(library_dir), cfg_path, library_dir)
 
     budget = [MAX_FOLDER_BYTES]
@@ -721,7 +704,7 @@ def load_assignment(folder: Path, name: str, library_dir: Path | None = None) ->
         mutants = load_mutants(folder, solution, f"{config.module}.py", _read_tree, budget)
     elif config.kind == "io":
         cases_path = folder / "tests" / CASES_FILE
-        raw = _read_toml(cases_path)
+        raw = read_toml(cases_path)
         unknown = set(raw) - {"case"}
         if unknown:
             raise AssignmentError(f"{cases_path}: unknown top-level keys {sorted(unknown)} (use [[case]] tables)")
@@ -729,7 +712,7 @@ def load_assignment(folder: Path, name: str, library_dir: Path | None = None) ->
             try:
                 case = Case.model_validate(item)
             except ValidationError as exc:
-                raise AssignmentError(f"{cases_path}: case {i + 1}: {_where(exc)}") from None
+                raise AssignmentError(f"{cases_path}: case {i + 1}: {where(exc)}") from None
             mode = (case.compare or config.compare).mode
             if mode == "regex" and case.expected is None:
                 raise AssignmentError(f"{cases_path}: case {i + 1}: field expected: regex mode needs a pattern")

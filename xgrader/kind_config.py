@@ -15,13 +15,13 @@ the field.
 from __future__ import annotations
 
 import re
-import tomllib
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from xgrader.errors import AssignmentError
+from xgrader.tomlfile import read_toml, where
 from xgrader.extras import missing_for_kind
 
 # The largest image any assignment may accept: Pillow's own decompression-bomb
@@ -124,27 +124,10 @@ class Mutant(BaseModel):
     visible: bool = False
 
 
-def _where(exc: ValidationError) -> str:
-    msgs = []
-    for err in exc.errors()[:3]:
-        loc = ".".join(str(p) for p in err.get("loc", ())) or "(top level)"
-        msgs.append(f"field {loc}: {err.get('msg', 'invalid')}")
-    return "; ".join(msgs)
-
-
-def _toml(path: Path) -> dict[str, Any]:
-    try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise AssignmentError(f"{path}: file missing") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise AssignmentError(f"{path}: not valid TOML ({exc})") from None
-
-
 def load_image_cases(folder: Path, tests: dict[str, bytes], solution: dict[str, bytes],
                      entry: str) -> list[ImageCase]:
     path = folder / "tests" / "cases.toml"
-    raw = _toml(path)
+    raw = read_toml(path)
     unknown = set(raw) - {"case"}
     if unknown:
         raise AssignmentError(f"{path}: unknown top-level keys {sorted(unknown)} (use [[case]] tables)")
@@ -153,7 +136,7 @@ def load_image_cases(folder: Path, tests: dict[str, bytes], solution: dict[str, 
         try:
             case = ImageCase.model_validate(item)
         except ValidationError as exc:
-            raise AssignmentError(f"{path}: case {i + 1}: {_where(exc)}") from None
+            raise AssignmentError(f"{path}: case {i + 1}: {where(exc)}") from None
         if case.expected is not None and case.expected not in tests:
             raise AssignmentError(f"{path}: case {i + 1}: field expected: tests/{case.expected} missing")
         cases.append(case)
@@ -204,7 +187,7 @@ def load_mutants(folder: Path, solution: dict[str, bytes], implementation: str,
     meta: dict[str, MutantEntry] = {}
     meta_path = root / MUTANTS_FILE
     if meta_path.is_file():
-        for name, item in _toml(meta_path).items():
+        for name, item in read_toml(meta_path).items():
             if name not in found:
                 raise AssignmentError(f"{meta_path}: [{name}]: no mutant of that name in {root}")
             if not isinstance(item, dict):
@@ -212,7 +195,7 @@ def load_mutants(folder: Path, solution: dict[str, bytes], implementation: str,
             try:
                 meta[name] = MutantEntry.model_validate(item)
             except ValidationError as exc:
-                raise AssignmentError(f"{meta_path}: [{name}]: {_where(exc)}") from None
+                raise AssignmentError(f"{meta_path}: [{name}]: {where(exc)}") from None
     out = []
     for name, files in found.items():
         m = meta.get(name, MutantEntry())

@@ -16,13 +16,13 @@ and a per-assignment default); `xgrader check` flags a test without one.
 from __future__ import annotations
 
 import re
-import tomllib
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from xgrader.errors import AssignmentError
 from xgrader.mastery.bkt import BktParams
+from xgrader.tomlfile import read_toml
 
 SKILLS_FILE = "skills.toml"
 _SKILL_ID = re.compile(r"^[A-Za-z0-9_.:+=-]{1,100}$")
@@ -70,10 +70,7 @@ def load_catalog(handlers_root: Path) -> SkillCatalog:
     path = Path(handlers_root) / SKILLS_FILE
     if not path.is_file():
         return SkillCatalog()
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise AssignmentError(f"{path}: not valid TOML: {exc}") from None
+    data = read_toml(path)
     unknown = set(data) - {"defaults", "skills"}
     if unknown:
         raise AssignmentError(f"{path}: unknown keys {sorted(unknown)} (expected [defaults] and [[skills]])")
