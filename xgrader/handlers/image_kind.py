@@ -13,13 +13,14 @@ tests/ named by the case's `expected`.
 
 from __future__ import annotations
 
+import dataclasses
 import base64
 import binascii
 from dataclasses import dataclass, field
 from typing import Any
 
 from xgrader.assignment import Assignment
-from xgrader.errors import AssignmentError, InfraError
+from xgrader.errors import AssignmentError
 from xgrader.handlers import scoring
 from xgrader.handlers.context import GradeContext
 from xgrader.handlers.image_compare import (
@@ -29,7 +30,7 @@ from xgrader.handlers.io_kind import SYNTAX_TYPES
 from xgrader.handlers.student import RequestTimeout, RunnerDied, StudentRunner
 from xgrader.kind_config import ImageCase
 from xgrader.report import Explanation, GradeReport, TestReport, TestStatus
-from xgrader.backends.base import SandboxError, SandboxJob, Verdict
+from xgrader.backends.base import Verdict
 
 READ_TIMEOUT_S = 5.0
 
@@ -47,18 +48,6 @@ class ImageRun:
     names: dict[str, Any] | None = None  # the module's top-level names (expression cases)
 
 
-class _Runner(StudentRunner):
-    def open(self) -> None:
-        """A sandbox with the runner waiting, nothing loaded (program cases)."""
-        job = SandboxJob(argv=self.backend.python_argv(), files=self.files, limits=self.limits,
-                         channel=True, label=self.label)
-        try:
-            self._box = self.backend.start(job)
-        except SandboxError as exc:
-            raise InfraError(f"student sandbox did not start: {exc}") from exc
-        self.starts += 1
-
-
 def _output(assignment: Assignment, case: ImageCase) -> str:
     return case.output or assignment.config.image.output
 
@@ -69,19 +58,23 @@ def _timeout(assignment: Assignment, case: ImageCase) -> float:
 
 def run_case(assignment: Assignment, files: dict[str, bytes], ctx: GradeContext, case: ImageCase) -> ImageRun:
     cfg = assignment.config
-    runner = _Runner(ctx.backend, files, ctx.limits, module=cfg.module, entry=cfg.entry, label=ctx.label,
-                     submission_id=ctx.submission_id, after_reply=ctx.after_reply)
+    runner = StudentRunner(ctx.backend, files, ctx.limits, module=cfg.module, entry=cfg.entry, label=ctx.label,
+                           submission_id=ctx.submission_id, after_reply=ctx.after_reply)
     timeout = _timeout(assignment, case)
+
+    def left(wanted: float) -> float:   # within the submission's wall_s (GradeContext.deadline)
+        return max(ctx.remaining_s(wanted), 0.01)
+
     try:
         try:
             if case.expr is not None:
-                reply = runner.start(timeout + ctx.slack_s())
+                reply = runner.start(left(timeout + ctx.slack_s()))
                 if reply.get("ok"):
-                    reply = runner.request({"op": "eval", "expr": case.expr}, timeout)
+                    reply = runner.request({"op": "eval", "expr": case.expr}, left(timeout))
             else:
-                runner.open()
+                runner.open_box()   # program cases: nothing loaded
                 reply = runner.request({"op": "run_main", "path": cfg.entry, "stdin": case.stdin or ""},
-                                       timeout + ctx.slack_s())
+                                       left(timeout + ctx.slack_s()))
         except RequestTimeout:
             return ImageRun("timeout", verdict=Verdict.wall_time)
         except RunnerDied as exc:
@@ -245,7 +238,8 @@ def grade_image(assignment: Assignment, files: dict[str, bytes], ctx: GradeConte
     cases = list(enumerate(assignment.image_cases))
     reference: dict[str, Any] = {"cases": {}}
     if any(c.expected is None for _, c in cases):
-        reference = ctx.store.get(assignment, lambda: compute_reference(assignment, ctx))
+        untimed = dataclasses.replace(ctx, deadline=None)   # the reference is not on the submission's clock
+        reference = ctx.store.get(assignment, lambda: compute_reference(assignment, untimed))
     expected = {i: _expected_image(assignment, i, c, reference) for i, c in cases}
     files = {**assignment.files, **files}
     findings = scoring.Findings()

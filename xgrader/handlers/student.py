@@ -68,9 +68,8 @@ class StudentRunner:
         self.load_reply: dict[str, Any] | None = None
 
     # -- lifecycle -------------------------------------------------------------
-    def start(self, load_timeout: float) -> dict[str, Any]:
-        """Start a sandbox and load the module; returns the load reply
-        (ok/names or error), or raises RequestTimeout / RunnerDied."""
+    def open_box(self) -> None:
+        """A fresh sandbox with the runner waiting on its channel, nothing loaded."""
         job = SandboxJob(argv=self.backend.python_argv(), files=self.files, limits=self.limits,
                          channel=True, label=self.label)
         try:
@@ -78,6 +77,11 @@ class StudentRunner:
         except SandboxError as exc:
             raise InfraError(f"student sandbox did not start: {exc}") from exc
         self.starts += 1
+
+    def start(self, load_timeout: float) -> dict[str, Any]:
+        """Start a sandbox and load the module; returns the load reply
+        (ok/names or error), or raises RequestTimeout / RunnerDied."""
+        self.open_box()
         load = {"op": "load", "module": self.module, "path": self.entry,
                 "output_bytes": self.limits.output_bytes}
         if self.sample:
