@@ -32,6 +32,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--user", action="append", dest="users", metavar="NAME:PASSWORD",
                    help="a login; repeat for several. Also XGRADER_QUEUE_SERVER_USERS=NAME:PW,NAME:PW "
                    "(logs: XGRADER_LOG_FORMAT, XGRADER_LOG_LEVEL)")
+    s.add_argument("--user-file", action="append", dest="user_files", metavar="NAME:FILE",
+                   help="a login whose password is FILE's content (one line; a secrets file such as "
+                   "/run/secrets/NAME, so no password shows in the environment or the command line); "
+                   "repeat for several")
     s.add_argument("--lease-timeout", type=float, dest="lease_timeout_s", metavar="S",
                    help="seconds before an unanswered pull is served again (default 60)")
     s.add_argument("--session-ttl", type=float, dest="session_ttl_s", metavar="S",
@@ -57,6 +61,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                          "counts and the latest submissions with their states and results.")
     st.add_argument("--db", type=Path, required=True, help="the queue server's SQLite database")
     st.add_argument("--limit", type=int, default=20, help="how many latest submissions (default 20)")
+    st.add_argument("--json", action="store_true",
+                    help="one JSON object instead of the tables: queues (counts) and submissions (each with "
+                    "its state, pulls, puts, result {correct, score, msg} and delivery state)")
     st.set_defaults(func=status)
 
 
@@ -70,6 +77,11 @@ def serve(args: argparse.Namespace) -> int:
     users = list(args.users or [])
     env_users = os.environ.get("XGRADER_QUEUE_SERVER_USERS", "")
     users += [u for u in env_users.split(",") if u.strip()]
+    try:
+        users += [read_user_file(spec) for spec in args.user_files or []]
+    except ValueError as exc:
+        print(f"xgrader queue serve: {exc}", file=sys.stderr)
+        return 2
     try:
         config = QueueServerConfig.load(
             args.config, host=args.host, port=args.port, db=args.db, queues=args.queues,
@@ -108,6 +120,21 @@ def serve(args: argparse.Namespace) -> int:
     return server.serve_forever()
 
 
+def read_user_file(spec: str) -> str:
+    """NAME:FILE -> NAME:PASSWORD, the password being FILE's one line."""
+    name, sep, path = spec.partition(":")
+    if not sep or not name or not path:
+        raise ValueError(f"--user-file must be NAME:FILE, got {spec!r}")
+    try:
+        password = Path(path).read_text().strip("\r\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"--user-file {name}: cannot read {path}: {exc.__class__.__name__}: "
+                         f"{getattr(exc, 'strerror', None) or exc}") from None
+    if not password or "\n" in password:
+        raise ValueError(f"--user-file {name}: {path} must hold the password on one line")
+    return f"{name}:{password}"
+
+
 def status(args: argparse.Namespace) -> int:
     import json
 
@@ -121,6 +148,9 @@ def status(args: argparse.Namespace) -> int:
         counts, rows = store.overview(limit=args.limit)
     finally:
         store.close()
+    if args.json:
+        print(json.dumps(status_json(counts, rows)))
+        return 0
     print("queue  waiting  leased  answered  retired  delivered  delivery_failed")
     for c in counts:
         print("  ".join(str(v or 0) if i else str(v) for i, v in enumerate(c)))
@@ -137,3 +167,20 @@ def status(args: argparse.Namespace) -> int:
         print(f"{sid}  {queue}  {lms_key}  {state}  {pulls}  {puts}  {correct}  {score}  {delivery}"
               + (f" ({error})" if error else ""))
     return 0
+
+
+def status_json(counts: list[tuple], rows: list[tuple]) -> dict:
+    import json
+
+    names = ("waiting", "leased", "answered", "retired", "delivered", "delivery_failed")
+    subs = []
+    for (sid, queue, lms_key, state, _leased, pulls, puts, result, delivery, tries, error, created) in rows:
+        try:
+            parsed = json.loads(result) if result else None
+        except ValueError:
+            parsed = result
+        subs.append({"id": sid, "queue": queue, "lms_key": lms_key, "state": state, "pulls": pulls, "puts": puts,
+                     "result": parsed, "delivery": delivery, "delivery_tries": tries, "delivery_error": error,
+                     "created": created})
+    return {"queues": [{"queue": c[0], **{n: c[i + 1] or 0 for i, n in enumerate(names)}} for c in counts],
+            "submissions": subs}
