@@ -48,7 +48,8 @@ RUN useradd --uid 10001 --user-group --home-dir /var/lib/xgrader --create-home -
 ENV PATH=/opt/xgrader/venv/bin:/usr/local/bin:/usr/bin:/bin \
     TMPDIR=/var/lib/xgrader/tmp \
     PYTHONDONTWRITEBYTECODE=1
-RUN mkdir -p /var/lib/xgrader/tmp && chown xgrader:xgrader /var/lib/xgrader/tmp
+# /var/lib/xgrader-queue: the queue's data volume (compose) starts with this owner.
+RUN mkdir -p /var/lib/xgrader/tmp /var/lib/xgrader-queue && chown xgrader:xgrader /var/lib/xgrader/tmp /var/lib/xgrader-queue
 USER xgrader
 WORKDIR /var/lib/xgrader
 # No entrypoint: the command is the whole argv (`xgrader run`, `xgrader queue serve`...),

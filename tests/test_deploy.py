@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -271,7 +272,8 @@ def test_compose_wiring(monkeypatch, tmp_path):
     services = compose["services"]
     queue, grader = services["queue"], services["grader"]
     assert isinstance(grader["deploy"]["replicas"], int) and grader["deploy"]["replicas"] >= 2
-    assert any(v.endswith(":/run/engine.sock") for v in grader["volumes"])
+    assert grader["deploy"]["mode"] == "replicated"   # podman-compose counts replicas only then
+    assert any(v["target"] == "/run/engine.sock" for v in grader["volumes"])
     env = grader["environment"]
     assert env["XGRADER_SANDBOX"] == "docker" and env["XGRADER_DOCKER_URL"] == "unix:///run/engine.sock"
     assert "queue" in env["XGRADER_QUEUE_URL"] and "18040" in env["XGRADER_QUEUE_URL"]
@@ -281,10 +283,85 @@ def test_compose_wiring(monkeypatch, tmp_path):
     for key, value in env.items():
         if key.startswith("XGRADER_"):
             assert key.removeprefix("XGRADER_").lower().split("__")[0] in Settings.model_fields, key
-        monkeypatch.setenv(key, value.replace("/run/secrets/queue_password", str(tmp_path / "pw")))
+        monkeypatch.setenv(key, interpolate(value).replace("/run/secrets/queue_password", str(tmp_path / "pw")))
     settings = Settings()
     assert settings.metrics_port == int(env["XGRADER_METRICS_PORT"])
     assert grader["secrets"] == ["queue_password"] and "queue_password" in compose["secrets"]
+
+
+VARIABLE = re.compile(r"\$\{([A-Z_][A-Z0-9_]*)(?:(:?[-?+])([^}]*))?\}")
+
+
+def interpolate(value: str, env: dict[str, str] | None = None) -> str:
+    """Compose's ${VAR:-default}, from env or the default."""
+    env = env or {}
+    return VARIABLE.sub(lambda m: env.get(m.group(1)) or m.group(3) or "", value)
+
+
+def test_compose_needs_no_environment_and_documents_every_variable():
+    """Every ${VAR} has a default (no ${VAR:?}: `down` must work with no
+    environment) and is in compose.env.example, the documented env file."""
+    text = (DEPLOY / "compose.yaml").read_text()
+    uses = VARIABLE.findall(text)
+    assert uses and all(op == ":-" for _, op, _ in uses), [u for u in uses if u[1] != ":-"]
+    documented = {line.split("=", 1)[0] for line in (DEPLOY / "compose.env.example").read_text().splitlines()
+                  if "=" in line and not line.startswith("#")}
+    assert {name for name, _, _ in uses} == documented
+    defaults = {}
+    for name, _, default in uses:
+        assert defaults.setdefault(name, default) == default, f"{name} has two defaults"
+    example = dict(line.split("=", 1) for line in (DEPLOY / "compose.env.example").read_text().splitlines()
+                   if "=" in line and not line.startswith("#"))
+    assert example == defaults   # the example says what you get without it
+
+
+def test_compose_keeps_passwords_in_files_and_the_socket_never_made():
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    services = compose["services"]
+    # Secrets are files (podman-compose refuses environment secrets); no password in any environment.
+    assert all(set(spec) == {"file"} for spec in compose["secrets"].values())
+    for name, service in services.items():
+        for key, value in (service.get("environment") or {}).items():
+            assert "PASSWORD" not in key or key.endswith("_FILE"), (name, key)
+            assert "USERS" not in key, (name, key)
+    queue = services["queue"]
+    files = [queue["command"][i + 1] for i, arg in enumerate(queue["command"]) if arg == "--user-file"]
+    assert sorted(f.split(":", 1)[0] for f in files) == ["lms", "xgrader"]
+    assert {f.split(":", 1)[1] for f in files} == {f"/run/secrets/{s}" for s in queue["secrets"]}
+    assert "--user" not in queue["command"]
+    # The engine socket: long syntax, never created when missing (Docker and podman-compose >= 1.6
+    # would otherwise make a directory there).
+    for name in ("grader", "push"):
+        (sock,) = [v for v in services[name]["volumes"] if v["target"] == "/run/engine.sock"]
+        assert sock["type"] == "bind" and sock["bind"]["create_host_path"] is False
+        jobs = [v for v in services[name]["volumes"] if v["target"] == services[name]["environment"]["TMPDIR"]]
+        assert len(jobs) == 1 and jobs[0]["source"] == jobs[0]["target"]   # the same path on the host
+    # Restart policies; the grader's drain fits in its stop grace period.
+    assert all(services[name]["restart"] == "unless-stopped" for name in ("queue", "grader", "push"))
+    assert "restart_policy" not in services["grader"]["deploy"]   # swarm-only; `restart` is what compose uses
+
+
+@pytest.mark.docker
+def test_podman_compose_refuses_a_missing_socket_and_downs_without_environment(tmp_path):
+    """A missing ENGINE_SOCKET stops `up` and is not created as a directory;
+    `down` works with no environment at all."""
+    project = f"xgrader-t{os.getpid()}"
+    missing = tmp_path / "missing.sock"
+    base = [sys.executable, "-m", "podman_compose", "-p", project, "-f", str(DEPLOY / "compose.yaml")]
+    env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root")}
+    try:
+        up = subprocess.run([*base, "up", "-d", "--no-deps", "grader"], env={**env, "ENGINE_SOCKET": str(missing)},
+                            capture_output=True, text=True, timeout=120)
+        assert up.returncode != 0 and f"bind source path does not exist: {missing}" in up.stdout + up.stderr
+        assert not missing.exists()
+        assert subprocess.run(["podman", "ps", "-aq", "--filter", f"label=com.docker.compose.project={project}"],
+                              capture_output=True, text=True, timeout=60).stdout.strip() == ""
+    finally:
+        down = subprocess.run([*base, "down", "-v"], env=env, capture_output=True, text=True, timeout=120)
+    assert down.returncode == 0, down.stdout + down.stderr
+    networks = subprocess.run(["podman", "network", "ls", "-q", "--filter", f"label=com.docker.compose.project={project}"],
+                              capture_output=True, text=True, timeout=60)
+    assert networks.stdout.strip() == ""
 
 
 # -- systemd -------------------------------------------------------------------------
