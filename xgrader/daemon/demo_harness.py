@@ -125,8 +125,8 @@ class CallbackReceiver:
         self.server.server_close()
 
 
-def submit(session: requests.Session, queue_url: str, sample: Sample, callback_url: str) -> None:
-    header = {"lms_callback_url": callback_url + sample.key, "lms_key": sample.key, "queue_name": QUEUE}
+def submit(session: requests.Session, queue_url: str, sample: Sample, callback_url: str, queue: str = QUEUE) -> None:
+    header = {"lms_callback_url": callback_url + sample.key, "lms_key": sample.key, "queue_name": queue}
     body = {
         "student_response": sample.student_response,
         "grader_payload": json.dumps({"grader": sample.assignment}),
