@@ -40,6 +40,7 @@ import importlib.resources
 import itertools
 import json
 import os
+import re
 import resource
 import select
 import shutil
@@ -194,6 +195,13 @@ def runner_digest(runner_dir: Path) -> str:
 
 def _owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _host_suffix() -> str:
+    """Ends a job folder's name: daemons in other pid namespaces (compose's
+    grader replicas) may share the folder's parent, and only this host's dead
+    pids are this process's to clean up."""
+    return ".h" + hashlib.sha256(socket.gethostname().encode()).hexdigest()[:6]
 
 
 def _safe(label: str) -> str:
@@ -824,7 +832,7 @@ class DockerBackend(Backend):
 
     def _prepare(self, job: SandboxJob) -> tuple[Path, socket.socket | None]:
         # The parent stays 0700 (other host users cannot look in); only box/ is mounted.
-        tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{os.getpid()}-{job.label[:40]}-"))
+        tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{os.getpid()}-{job.label[:40]}-", suffix=_host_suffix()))
         box = tmp / "box"
         files = box / "files"
         files.mkdir(parents=True)
@@ -995,9 +1003,11 @@ class DockerBackend(Backend):
             pid = path.name[len(CGROUP_PREFIX):].split("-", 1)[0]
             if pid.isdigit() and not pid_alive(int(pid)):
                 JobCgroupParent(path.name, v2).remove()
+        own = _host_suffix()
         for path in Path(tempfile.gettempdir()).glob(TMP_PREFIX + "*"):
             pid = path.name[len(TMP_PREFIX):].split("-", 1)[0]
-            if pid.isdigit() and not pid_alive(int(pid)):
+            other_host = re.search(r"\.h[0-9a-f]{6}$", path.name) is not None and not path.name.endswith(own)
+            if pid.isdigit() and not other_host and not pid_alive(int(pid)):
                 shutil.rmtree(path, ignore_errors=True)
 
     def check(self) -> None:
