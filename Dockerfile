@@ -13,8 +13,8 @@ ARG BASE=python:3.11-slim
 
 FROM ${BASE} AS build
 # Optional features baked in (pyproject.toml): the docker backend for compose,
-# a shared redis hint store, AI hints. EXTRAS="" gives the core install.
-ARG EXTRAS=hints,redis,docker
+# a shared redis hint store, AI hints, image assignments (Pillow). EXTRAS="" gives the core install.
+ARG EXTRAS=hints,redis,docker,images
 # Debian's python3 has no venv/pip: take python3-venv from the Debian mirror (build stage only).
 RUN python3 -c "import ensurepip, venv" 2>/dev/null || { \
       apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv >/dev/null \

@@ -3,13 +3,13 @@
 # wheels of xgrader and its dependencies are built on the host first
 # (the host's pip index configuration applies) and the image installs only those.
 #   scripts/build-daemon-image.sh [TAG]    env: BASE (default xgrader-base:bookworm), ENGINE,
-#                                          EXTRAS (default hints,redis,docker; empty: the core only)
+#                                          EXTRAS (default hints,redis,docker,images; empty: the core only)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TAG=${1:-xgrader:latest}
 BASE=${BASE:-xgrader-base:bookworm}
 ENGINE=${ENGINE:-podman}
-EXTRAS=${EXTRAS-hints,redis,docker}
+EXTRAS=${EXTRAS-hints,redis,docker,images}
 PY=${PYTHON:-python3}
 # build/ is setuptools' staging folder: files left there by an older build would ship.
 rm -rf .cache/wheels build
