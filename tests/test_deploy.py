@@ -36,11 +36,13 @@ DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 K8S = DEPLOY / "k8s"
 K8S_VERSION = "1.33.0"   # hostUsers (pod user namespaces) is on by default from 1.33
 KEDA_SCHEMA = K8S / "schemas" / "keda-scaledobject.schema.json"
+SERVICEMONITOR_SCHEMA = K8S / "schemas" / "servicemonitor.schema.json"
 
 
-def k8s_docs() -> list[tuple[Path, dict]]:
+def k8s_docs(folder: Path = K8S) -> list[tuple[Path, dict]]:
+    """The manifests `kubectl apply -f FOLDER` applies (not recursive: .yaml, .yml, .json)."""
     out = []
-    for path in sorted(K8S.glob("*.yaml")):
+    for path in sorted(p for p in folder.iterdir() if p.suffix in (".yaml", ".yml", ".json")):
         for doc in yaml.safe_load_all(path.read_text()):
             if doc:
                 out.append((path, doc))
@@ -56,6 +58,8 @@ def by_kind(kind: str) -> dict:
 def validate_k8s(doc: dict) -> None:
     if doc.get("apiVersion", "").startswith("keda.sh/"):
         jsonschema.validate(doc, json.loads(KEDA_SCHEMA.read_text()))
+    elif doc.get("apiVersion", "").startswith("monitoring.coreos.com/"):
+        jsonschema.validate(doc, json.loads(SERVICEMONITOR_SCHEMA.read_text()))
     else:
         kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
 
@@ -64,9 +68,9 @@ def validate_k8s(doc: dict) -> None:
 def test_every_manifest_validates():
     docs = k8s_docs()
     kinds = {doc["kind"] for _, doc in docs}
-    assert {"Namespace", "ConfigMap", "Secret", "Deployment", "PodDisruptionBudget",
-            "ScaledObject", "Service"} <= kinds
-    for path, doc in docs:
+    assert {"Namespace", "ConfigMap", "Deployment", "PodDisruptionBudget",
+            "ScaledObject", "Service", "ServiceMonitor"} <= kinds
+    for path, doc in docs + k8s_docs(K8S / "examples"):
         try:
             validate_k8s(doc)
         except Exception as exc:  # name the file in the failure
@@ -80,6 +84,9 @@ def test_every_manifest_validates():
     ("ScaledObject", lambda d: d["spec"]["triggers"][0]["metadata"].__setitem__("threshold", 4)),
     ("ScaledObject", lambda d: d["spec"]["triggers"][0]["metadata"].pop("query")),
     ("ScaledObject", lambda d: d["spec"].__setitem__("minReplicas", 1)),
+    ("ServiceMonitor", lambda d: d["spec"]["endpoints"][0].__setitem__("interval", "15 s")),
+    ("ServiceMonitor", lambda d: d["spec"]["endpoints"][0].__setitem__("prot", "metrics")),
+    ("ServiceMonitor", lambda d: d["spec"].pop("selector")),
 ])
 def test_validators_reject_broken_copies(kind, breakage):
     doc = copy.deepcopy(by_kind(kind))
@@ -110,6 +117,83 @@ def test_deployment_is_hardened_and_probed():
     mounts = {m["mountPath"] for m in container["volumeMounts"]}
     assert {"/tmp", config["XDG_CACHE_HOME"], config["XGRADER_HANDLERS"]} <= mounts
     assert str(Path(config["XGRADER_QUEUE_PASSWORD_FILE"]).parent) in mounts
+
+
+def test_applying_the_folder_never_overwrites_the_secret():
+    """`kubectl apply -f deploy/k8s/` carries no Secret: the example lives in
+    examples/ (not applied: kubectl does not recurse) with the keys the pod uses."""
+    assert [doc for _, doc in k8s_docs() if doc["kind"] == "Secret"] == []
+    (example,) = [doc for _, doc in k8s_docs(K8S / "examples") if doc["kind"] == "Secret"]
+    pod = by_kind("Deployment")["spec"]["template"]["spec"]
+    (volume,) = [v for v in pod["volumes"] if "secret" in v]
+    assert volume["secret"]["secretName"] == example["metadata"]["name"]
+    assert {i["key"] for i in volume["secret"]["items"]} <= set(example["stringData"])
+    env_refs = [e["valueFrom"]["secretKeyRef"] for c in pod["containers"] for e in c.get("env", [])
+                if "secretKeyRef" in e.get("valueFrom", {})]
+    assert all(r["name"] == example["metadata"]["name"] and r["key"] in example["stringData"] for r in env_refs)
+
+
+def test_bwrap_gets_what_it_needs_and_nothing_is_unconfined_but_apparmor():
+    """The grader container: a pod user namespace, an unmasked /proc (bwrap
+    mounts a fresh one), a Localhost seccomp profile shipped in deploy/k8s/seccomp/
+    (podman's default: namespaces and mounts allowed without capabilities),
+    no capability, non-root."""
+    pod = by_kind("Deployment")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    sc = container["securityContext"]
+    assert pod["hostUsers"] is False and sc["procMount"] == "Unmasked"
+    assert sc["seccompProfile"]["type"] == "Localhost"
+    profile = K8S / "seccomp" / Path(sc["seccompProfile"]["localhostProfile"]).name
+    assert sc["seccompProfile"]["localhostProfile"] == f"profiles/{profile.name}"
+    rules = json.loads(profile.read_text())
+    assert rules["defaultAction"] == "SCMP_ACT_ERRNO"
+    allowed = {n for r in rules["syscalls"] if r["action"] == "SCMP_ACT_ALLOW" and not r.get("includes", {}).get("caps")
+               for n in r["names"]}
+    assert {"unshare", "clone", "mount", "umount2", "pivot_root", "setns"} <= allowed
+    assert "Unconfined" not in json.dumps(pod["securityContext"]) and sc["appArmorProfile"]["type"] == "Unconfined"
+    config = by_kind("ConfigMap")["data"]
+    assert config["XGRADER_SANDBOX"] == "bwrap"
+
+
+def test_assignments_come_from_the_course_image_by_an_init_container():
+    pod = by_kind("Deployment")["spec"]["template"]["spec"]
+    (init,) = pod["initContainers"]
+    (grader,) = pod["containers"]
+    config = by_kind("ConfigMap")["data"]
+    handlers = next(v for v in pod["volumes"] if v["name"] == "handlers")
+    assert "emptyDir" in handlers   # no ReadOnlyMany storage class needed; a new course image is a rollout
+    (into,) = [m for m in init["volumeMounts"] if m["name"] == "handlers"]
+    (used,) = [m for m in grader["volumeMounts"] if m["name"] == "handlers"]
+    assert used["readOnly"] is True and used["mountPath"] == config["XGRADER_HANDLERS"]
+    assert init["command"][:2] == ["cp", "-R"] and init["command"][-1].rstrip("/") == into["mountPath"]
+    assert init["command"][-2] == "/handlers/."   # where deploy/k8s/course/Containerfile puts them
+    assert "COPY . /handlers" in (K8S / "course" / "Containerfile").read_text()
+    sc = init["securityContext"]
+    assert sc["capabilities"]["drop"] == ["ALL"] and sc["allowPrivilegeEscalation"] is False
+    assert sc["readOnlyRootFilesystem"] is True and sc["seccompProfile"]["type"] == "RuntimeDefault"
+
+
+def test_prometheus_scrapes_the_graders_for_keda():
+    """The ServiceMonitor (Operator) and the plain scrape job both reach the
+    pods' metrics port, where xgrader_queue_length (KEDA's query) is served."""
+    dep, service, monitor = by_kind("Deployment"), by_kind("Service"), by_kind("ServiceMonitor")
+    pod_labels = dep["spec"]["template"]["metadata"]["labels"]
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert monitor["metadata"]["namespace"] == service["metadata"]["namespace"]
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]} and endpoint["path"] == "/metrics"
+    (job,) = yaml.safe_load((DEPLOY / "prometheus" / "scrape.yaml").read_text())["scrape_configs"]
+    keep = [r for r in job["relabel_configs"] if r.get("action") == "keep"]
+    labels = {"__meta_kubernetes_pod_label_" + re.sub(r"[^a-zA-Z0-9_]", "_", k): v for k, v in pod_labels.items()}
+    ports = {p["name"] for c in dep["spec"]["template"]["spec"]["containers"] for p in c["ports"]}
+    for rule in keep:
+        value = ";".join(labels.get(src) or ("metrics" if src.endswith("port_name") and "metrics" in ports else "")
+                         for src in rule["source_labels"])
+        assert re.fullmatch(rule["regex"], value), (rule, value)
+    assert job["kubernetes_sd_configs"][0]["namespaces"]["names"] == [dep["metadata"]["namespace"]]
+    (trigger,) = [t for t in by_kind("ScaledObject")["spec"]["triggers"]
+                  if "xgrader_queue_length" in t["metadata"]["query"]]
+    assert "prometheus-operated" in trigger["metadata"]["serverAddress"]   # the Operator's service
 
 
 def test_configmap_settings_load(monkeypatch, tmp_path):
@@ -336,7 +420,11 @@ def test_compose_keeps_passwords_in_files_and_the_socket_never_made():
         assert sock["type"] == "bind" and sock["bind"]["create_host_path"] is False
         jobs = [v for v in services[name]["volumes"] if v["target"] == services[name]["environment"]["TMPDIR"]]
         assert len(jobs) == 1 and jobs[0]["source"] == jobs[0]["target"]   # the same path on the host
-    # Restart policies; the grader's drain fits in its stop grace period.
+    # The bundled queue's lease is the one the graders check their job timeout against.
+    lease = queue["command"][queue["command"].index("--lease-timeout") + 1]
+    assert services["grader"]["environment"]["XGRADER_QUEUE_LEASE_S"] == lease
+    assert float(lease) > Settings().job_timeout_s
+    # Restart policies.
     assert all(services[name]["restart"] == "unless-stopped" for name in ("queue", "grader", "push"))
     assert "restart_policy" not in services["grader"]["deploy"]   # swarm-only; `restart` is what compose uses
 
