@@ -7,10 +7,14 @@
 # directory, ignores profiles and has no --env-file). Idempotent; Debian 12, root.
 set -euo pipefail
 
-if ! command -v systemd-analyze >/dev/null 2>&1; then
+# systemd-analyze; python3-venv for the unit's install steps (tests/test_systemd_unit.py).
+need=()
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+dpkg -s python3-venv >/dev/null 2>&1 || need+=(python3-venv)
+if [ "${#need[@]}" -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq --no-install-recommends systemd >/dev/null
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 PY=${PYTHON:-python3}
 "$PY" -c "import kubernetes_validate, check_jsonschema" 2>/dev/null || \
