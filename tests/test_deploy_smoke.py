@@ -5,6 +5,7 @@ delivered and right, and nothing of the project left after `down`."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -21,9 +22,14 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.mark.timeout(2400)
 def test_compose_stack_grades_every_sample_and_leaves_nothing(podman_engine):
-    r = subprocess.run([sys.executable, str(REPO / "scripts/deploy-smoke"),
-                        "--engine-socket", podman_engine.removeprefix("unix://")],
-                       capture_output=True, text=True, timeout=2300, cwd=REPO)
+    tag = f"smoke-{os.getpid()}"   # images of its own: other checkouts on this host build theirs
+    try:
+        r = subprocess.run([sys.executable, str(REPO / "scripts/deploy-smoke"), "--tag", tag,
+                            "--engine-socket", podman_engine.removeprefix("unix://")],
+                           capture_output=True, text=True, timeout=2300, cwd=REPO)
+    finally:
+        subprocess.run(["podman", "rmi", "-f", f"localhost/xgrader:{tag}", f"localhost/xgrader-grader:{tag}"],
+                       capture_output=True, timeout=300)
     out = r.stdout + r.stderr
     assert r.returncode == 0 and out.rstrip().endswith("deploy-smoke: OK"), out[-6000:]
     n = len(find_samples(REPO / "payload_handlers"))
