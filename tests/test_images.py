@@ -76,7 +76,7 @@ def test_grading_image_runs_the_runner(podman_engine):
 @pytest.fixture(scope="module")
 def daemon_image(podman_engine):
     """The daemon image, built by the script operators use (FROM the local base, offline)."""
-    tag = "xgrader:test"
+    tag = f"xgrader:test-{os.getpid()}"   # its own: other checkouts on this host build and remove theirs
     build = subprocess.run(["bash", str(REPO / "scripts/build-daemon-image.sh"), tag],
                            capture_output=True, text=True, timeout=900, cwd=REPO)
     assert build.returncode == 0, build.stdout + build.stderr
@@ -102,8 +102,8 @@ def test_daemon_image_runs_as_non_root(daemon_image):
 @pytest.mark.slow
 def test_daemon_in_a_container_grades_through_the_host_engine(daemon_image, podman_engine, tmp_path_factory):
     """The compose layout: the daemon image talks to the host's engine socket and
-    shares its job folder (TMPDIR) with the host at the same path. Root inside
-    only because this host's socket is root-only (compose uses group_add)."""
+    shares its job folder (TMPDIR) with the host at the same path, as root inside
+    the container like compose's graders (the socket is root-equivalent anyway)."""
     jobs = Path(tempfile.mkdtemp(prefix="xgrader-e2e-", dir="/var/tmp"))
     sock = podman_engine.removeprefix("unix://")
     samples = REPO / "payload_handlers" / "is_prime" / "samples"
@@ -215,7 +215,7 @@ def config_env(container: dict, overrides: dict[str, str]) -> list[str]:
 @pytest.fixture(scope="module")
 def course_image(podman_engine):
     """deploy/k8s/course/Containerfile over the example assignments, FROM the local base (offline)."""
-    tag = "xgrader-course:test"
+    tag = f"xgrader-course:test-{os.getpid()}"
     build = podman("build", "-q", "--network=host", "--build-arg", "BASE=xgrader-base:bookworm", "-t", tag,
                    "-f", str(K8S / "course" / "Containerfile"), str(REPO / "payload_handlers"), timeout=600)
     assert build.returncode == 0, build.stderr
@@ -335,3 +335,20 @@ def test_the_pod_as_declared_grades_with_bwrap(daemon_image, course_image, tmp_p
             queue.terminate()
             queue.wait(10)
         shutil.rmtree(work, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_bwrap_in_the_pod_needs_its_unmasked_proc(daemon_image):
+    """Why the Deployment sets procMount: Unmasked (and so hostUsers: false):
+    with the runtime's masked /proc the kernel refuses bwrap a fresh one."""
+    pod = manifest("Deployment")["spec"]["template"]["spec"]
+    (grader,) = pod["containers"]
+    flags = security_flags(pod, grader)
+    assert flags[flags.index("unmask=ALL") - 1] == "--security-opt"
+    masked = flags[:flags.index("unmask=ALL") - 1] + flags[flags.index("unmask=ALL") + 1:]
+    bwrap = ["bwrap", "--unshare-user", "--unshare-pid", "--unshare-net", "--unshare-ipc", "--die-with-parent",
+             "--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "true"]
+    r = podman("run", "--rm", "--network=none", *flags, daemon_image, *bwrap)
+    assert r.returncode == 0, r.stderr
+    r = podman("run", "--rm", "--network=none", *masked, daemon_image, *bwrap)
+    assert r.returncode != 0 and "Can't mount proc on /newroot/proc: Operation not permitted" in r.stderr, r.stderr
