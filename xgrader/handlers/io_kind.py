@@ -232,23 +232,33 @@ def compute_reference(assignment: Assignment, ctx: GradeContext) -> dict[str, An
     if exprs:
         load, runs = evaluate_expressions(assignment, files, ctx, exprs)
         if not load.get("ok"):
-            raise AssignmentError(f"{assignment.root / 'solution'}: the reference solution does not load "
-                                  f"({describe_failure(load)})")
+            raise reference_error(f"{assignment.root / 'solution'}: the reference solution does not load", load)
         for i, _ in exprs:
             run = runs[i]
             if run.status != "ok":
-                raise AssignmentError(f"{assignment.root / 'tests/cases.toml'}: {assignment.case_name(i)}: "
-                                      f"the reference solution failed ({run.status}: {describe_failure(run.reply)})")
+                raise reference_error(f"{assignment.root / 'tests/cases.toml'}: {assignment.case_name(i)}: "
+                                      "the reference solution failed", run.reply, run.status)
             out[str(i)] = {k: run.reply.get(k) for k in ("value", "repr", "stdout")}
     for i, case in need:
         if case.stdin is None:
             continue
         run = _program_run(run_program(assignment, files, ctx, case))
         if run.status != "ok":
-            raise AssignmentError(f"{assignment.root / 'tests/cases.toml'}: {assignment.case_name(i)}: "
-                                  f"the reference solution failed ({run.status}: {describe_failure(run.reply)})")
+            raise reference_error(f"{assignment.root / 'tests/cases.toml'}: {assignment.case_name(i)}: "
+                                  "the reference solution failed", run.reply, run.status)
         out[str(i)] = {"stdout": run.reply.get("stdout", "")}
     return {"cases": out}
+
+
+def reference_error(what: str, reply: dict[str, Any], status: str = "") -> Exception:
+    """The reference raising or exiting non-zero is the assignment's fault. No
+    answer in time (or none at all) is the host's - a loaded machine, a
+    sandbox gone - and the student's submission must not be graded against
+    it: an infrastructure failure, retried, and nothing cached."""
+    detail = describe_failure(reply)
+    if status == "timeout" or reply.get("timeout") or detail == "no answer":
+        return InfraError(f"{what} ({status or 'load'}: {detail}; an infrastructure failure, retried)")
+    return AssignmentError(f"{what} ({status + ': ' if status else ''}{detail})")
 
 
 def describe_failure(reply: dict[str, Any]) -> str:

@@ -22,7 +22,7 @@ from xgrader.assignment import Assignment
 from xgrader.errors import AssignmentError, InfraError
 from xgrader.handlers import scoring
 from xgrader.handlers.context import GradeContext
-from xgrader.handlers.io_kind import describe_failure, where
+from xgrader.handlers.io_kind import reference_error, where
 from xgrader.handlers.student import RequestTimeout, RunnerDied, StudentRunner, sample_after
 from xgrader.handlers.values import BadValue, decode
 from xgrader import explain
@@ -210,8 +210,7 @@ def compute_reference(assignment: Assignment, ctx: GradeContext) -> dict[str, An
     n_guess = max(20, sum(data.count(b"def test_") for data in assignment.tests.values()) * 5)
     run = relay(assignment, files, ctx, n_guess)
     if not run.load.get("ok"):
-        raise AssignmentError(f"{assignment.root / 'solution'}: the reference solution does not load "
-                              f"({describe_failure(run.load)})")
+        raise reference_error(f"{assignment.root / 'solution'}: the reference solution does not load", run.load)
     if not run.collected:
         tail = clean_text(run.test_box.stdout if run.test_box else "", 4000)[-1500:]
         raise AssignmentError(f"{assignment.root / 'tests'}: pytest collected no tests ({tail.strip()})")
