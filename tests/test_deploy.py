@@ -145,6 +145,8 @@ def test_bwrap_gets_what_it_needs_and_nothing_is_unconfined_but_apparmor():
     assert sc["seccompProfile"]["type"] == "Localhost"
     profile = K8S / "seccomp" / Path(sc["seccompProfile"]["localhostProfile"]).name
     assert sc["seccompProfile"]["localhostProfile"] == f"profiles/{profile.name}"
+    # The very profile the docker backend starts every job's from (one file: a link).
+    assert profile.resolve() == (DEPLOY.parent / "xgrader" / "backends" / "seccomp-docker.json").resolve()
     rules = json.loads(profile.read_text())
     assert rules["defaultAction"] == "SCMP_ACT_ERRNO"
     allowed = {n for r in rules["syscalls"] if r["action"] == "SCMP_ACT_ALLOW" and not r.get("includes", {}).get("caps")
