@@ -1,7 +1,8 @@
-"""A submission that never finishes is stopped by its assignment's wall_s +
-0.5 s, whatever the kind does with it: expression cases that each time out
-and restart the sandbox, program cases run one after another. The reference
-solution is not on the student's clock."""
+"""A submission that never finishes is stopped once it has run for its
+assignment's wall_s + 0.5 s, whatever the kind does with it: expression
+cases that each time out and restart the sandbox, program cases run one
+after another (starting sandboxes is not charged: with the fork servers it
+costs milliseconds). The reference solution is not on the student's clock."""
 
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ from xgrader.assignment import Assignment
 from xgrader.config import Settings
 from xgrader.dispatch import AssignmentRegistry
 from xgrader.errors import AssignmentError, InfraError, SubmissionError
-from xgrader.handlers.context import WATCHDOG_GRACE_S, GradeContext
+from xgrader.handlers.context import WATCHDOG_GRACE_S, GradeContext, StudentClock
 from xgrader.handlers.expected import ExpectedStore
 from xgrader.hooks import Hooks, safe_call
 from xgrader.job import GradeRequest
@@ -89,9 +89,9 @@ class Grader:
         # explanations and code signatures (xgrader.source).
         source = Source.of(files, assignment.config.entry)
         ctx = self.context(assignment, request)
-        # The submission's code gets its wall_s from here on, whatever the kind
-        # does with it (cases, restarts, programs): then everything is stopped.
-        ctx = dataclasses.replace(ctx, source=source, deadline=time.monotonic() + ctx.limits.wall_s + WATCHDOG_GRACE_S)
+        # The submission's code runs for wall_s in all, whatever the kind does
+        # with it (cases, restarts, programs); then everything is stopped.
+        ctx = dataclasses.replace(ctx, source=source, clock=StudentClock(ctx.limits.wall_s + WATCHDOG_GRACE_S))
         started = time.monotonic()
         try:
             report = handlers.run(assignment, files, ctx)

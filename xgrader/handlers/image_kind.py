@@ -13,24 +13,31 @@ tests/ named by the case's `expected`.
 
 from __future__ import annotations
 
-import dataclasses
 import base64
 import binascii
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from xgrader.assignment import Assignment
+from xgrader.backends.base import Verdict
 from xgrader.errors import AssignmentError
 from xgrader.handlers import scoring
 from xgrader.handlers.context import GradeContext
 from xgrader.handlers.image_compare import (
-    BadImage, Comparison, compare, decode, diff_data_uri, size_mismatch, size_text, to_png,
+    BadImage,
+    Comparison,
+    compare,
+    decode,
+    diff_data_uri,
+    size_mismatch,
+    size_text,
+    to_png,
 )
 from xgrader.handlers.io_kind import SYNTAX_TYPES
 from xgrader.handlers.student import RequestTimeout, RunnerDied, StudentRunner
 from xgrader.kind_config import ImageCase
 from xgrader.report import Explanation, GradeReport, TestReport, TestStatus
-from xgrader.backends.base import Verdict
 
 READ_TIMEOUT_S = 5.0
 
@@ -62,19 +69,19 @@ def run_case(assignment: Assignment, files: dict[str, bytes], ctx: GradeContext,
                            submission_id=ctx.submission_id, after_reply=ctx.after_reply)
     timeout = _timeout(assignment, case)
 
-    def left(wanted: float) -> float:   # within the submission's wall_s (GradeContext.deadline)
-        return max(ctx.remaining_s(wanted), 0.01)
-
+    if ctx.out_of_time():   # the submission's running time is spent: not started
+        return ImageRun("timeout", verdict=Verdict.wall_time)
+    started = time.monotonic()
     try:
         try:
             if case.expr is not None:
-                reply = runner.start(left(timeout + ctx.slack_s()))
+                reply = runner.start(ctx.left_s(timeout + ctx.slack_s()))
                 if reply.get("ok"):
-                    reply = runner.request({"op": "eval", "expr": case.expr}, left(timeout))
+                    reply = runner.request({"op": "eval", "expr": case.expr}, ctx.left_s(timeout))
             else:
                 runner.open_box()   # program cases: nothing loaded
                 reply = runner.request({"op": "run_main", "path": cfg.entry, "stdin": case.stdin or ""},
-                                       left(timeout + ctx.slack_s()))
+                                       ctx.left_s(timeout + ctx.slack_s()))
         except RequestTimeout:
             return ImageRun("timeout", verdict=Verdict.wall_time)
         except RunnerDied as exc:
@@ -94,6 +101,7 @@ def run_case(assignment: Assignment, files: dict[str, bytes], ctx: GradeContext,
             return ImageRun("died", verdict=getattr(exc, "verdict", None), stdout=stdout)
         return ImageRun("ok", stdout=stdout, names=names, **_file_of(got, _output(assignment, case), opts.max_bytes))
     finally:
+        ctx.charge(time.monotonic() - started - runner.last_start_s)   # the case's running time
         runner.close()
 
 
@@ -238,7 +246,7 @@ def grade_image(assignment: Assignment, files: dict[str, bytes], ctx: GradeConte
     cases = list(enumerate(assignment.image_cases))
     reference: dict[str, Any] = {"cases": {}}
     if any(c.expected is None for _, c in cases):
-        untimed = dataclasses.replace(ctx, deadline=None)   # the reference is not on the submission's clock
+        untimed = ctx.untimed()   # the reference is not on the submission's clock
         reference = ctx.store.get(assignment, lambda: compute_reference(assignment, untimed))
     expected = {i: _expected_image(assignment, i, c, reference) for i, c in cases}
     files = {**assignment.files, **files}

@@ -4,7 +4,6 @@ host with expected values computed once from the reference solution."""
 
 from __future__ import annotations
 
-import dataclasses
 import ast
 import functools
 import json
@@ -15,18 +14,22 @@ from typing import Any
 
 import structlog
 
+from xgrader import explain
 from xgrader.assignment import Assignment, Case, CompareSpec
+from xgrader.backends.base import SandboxError, SandboxJob, SandboxResult, Verdict
 from xgrader.errors import AssignmentError, InfraError
 from xgrader.handlers import scoring
 from xgrader.handlers.compare import text_matches, value_matches
-from xgrader.handlers.context import GradeContext
+from xgrader.handlers.context import MIN_WAIT_S, GradeContext
 from xgrader.handlers.student import (
-    RequestTimeout, RunnerDied, StudentRunner, clean_sample, sample_after,
+    RequestTimeout,
+    RunnerDied,
+    StudentRunner,
+    clean_sample,
+    sample_after,
 )
 from xgrader.handlers.values import BadValue, decode, show
-from xgrader import explain
 from xgrader.report import Evidence, GradeReport, TestReport, TestStatus
-from xgrader.backends.base import SandboxError, SandboxJob, SandboxResult, Verdict
 
 log = structlog.get_logger(__name__)
 
@@ -111,24 +114,27 @@ def evaluate_expressions(assignment: Assignment, files: dict[str, bytes], ctx: G
     runs: dict[int, CaseRun] = {}
 
     def load() -> dict[str, Any]:
+        started = time.monotonic()
         try:
-            return runner.restart(max(ctx.remaining_s(load_timeout), 0.01))
+            return runner.restart(ctx.left_s(load_timeout))
         except RequestTimeout as exc:
             return {"ok": False, "timeout": True, "sample": exc.sample}
         except RunnerDied as exc:
             return {"ok": False, "died": True, "verdict": exc.verdict}
+        finally:   # importing the module is the student's time; starting the sandbox is not
+            ctx.charge(time.monotonic() - started - runner.last_start_s)
 
-    # Every case has its own timeout, but the whole batch stays within the
-    # submission's deadline (wall_s; the reference solution: wall_s + start-up
-    # slack): cases not reached by then fail as timeouts.
-    deadline = ctx.deadline if ctx.deadline is not None else time.monotonic() + ctx.limits.wall_s + ctx.slack_s()
+    # Every case has its own timeout, and all of them share the submission's
+    # running time (GradeContext.clock; the reference solution: wall_s plus
+    # start-up slack for the batch): cases not reached by then fail as timeouts.
+    deadline = time.monotonic() + ctx.limits.wall_s + ctx.slack_s()
     try:
         first = load()
         if not first.get("ok"):
             return first, runs
         pending = list(cases)
         while pending:
-            if time.monotonic() >= deadline:
+            if ctx.out_of_time() or (ctx.clock is None and time.monotonic() >= deadline):
                 for i, _ in pending:
                     runs[i] = CaseRun("timeout", verdict=Verdict.wall_time)
                 break
@@ -139,15 +145,19 @@ def evaluate_expressions(assignment: Assignment, files: dict[str, bytes], ctx: G
                 batch["sample_after"] = [sample_after(_timeout(assignment, c)) for _, c in pending]
             rid = runner.send(batch)
             for pos, (index, case) in enumerate(pending):
+                wait = ctx.left_s(_timeout(assignment, case)) if ctx.clock is not None else \
+                    max(min(_timeout(assignment, case), deadline - time.monotonic()), MIN_WAIT_S)
+                started = time.monotonic()
                 try:
-                    reply = runner.receive(rid, max(min(_timeout(assignment, case), deadline - time.monotonic()), 0.01),
-                                           index=pos)
+                    reply = runner.receive(rid, wait, index=pos)
                 except RequestTimeout as exc:
                     runs[index] = CaseRun("timeout", verdict=Verdict.wall_time, sample=exc.sample)
                     break
                 except RunnerDied as exc:
                     runs[index] = CaseRun("died", verdict=exc.verdict)
                     break
+                finally:
+                    ctx.charge(time.monotonic() - started)
                 if reply.get("done"):  # only a forged reply can end early: the rest are missing
                     break
                 runs[index] = CaseRun("ok" if reply.get("ok") else "error", reply=reply)
@@ -170,8 +180,8 @@ def evaluate_expressions(assignment: Assignment, files: dict[str, bytes], ctx: G
 
 def run_program(assignment: Assignment, files: dict[str, bytes], ctx: GradeContext,
                 case: Case) -> SandboxResult:
-    wall = ctx.remaining_s(_timeout(assignment, case) + ctx.slack_s())
-    limits = ctx.limits.model_copy(update={"wall_s": max(min(wall, ctx.settings.limit_ceilings.wall_s), 0.01)})
+    wall = ctx.left_s(_timeout(assignment, case) + ctx.slack_s())
+    limits = ctx.limits.model_copy(update={"wall_s": min(wall, ctx.settings.limit_ceilings.wall_s)})
     options = ["--sample-after", f"{_timeout(assignment, case):g}"] if assignment.explains("time_limit") else []
     if assignment.prelude_name:
         options += ["--prelude", assignment.prelude_name]
@@ -181,6 +191,7 @@ def run_program(assignment: Assignment, files: dict[str, bytes], ctx: GradeConte
         result = ctx.backend.run(job)
     except SandboxError as exc:
         raise InfraError(f"program sandbox failed: {exc}") from exc
+    ctx.charge(result.wall_s)   # from the program's start: its sandbox's creation is not charged
     if result.verdict is Verdict.sandbox_error:
         raise InfraError(f"program sandbox failed: {result.error}")
     return result
@@ -439,8 +450,7 @@ def grade_io(assignment: Assignment, files: dict[str, bytes], ctx: GradeContext)
     cases = list(enumerate(assignment.cases))
     reference: dict[str, Any] = {"cases": {}}
     if any(c.expected is None for _, c in cases):
-        # The reference solution is not on the submission's clock.
-        untimed = dataclasses.replace(ctx, deadline=None)
+        untimed = ctx.untimed()   # the reference solution is not on the submission's clock
         reference = ctx.store.get(assignment, lambda: compute_reference(assignment, untimed))
     expected = {i: _expected_for(assignment, i, c, reference) for i, c in cases}
     files = assignment.sandbox_files(files)
@@ -462,6 +472,9 @@ def grade_io(assignment: Assignment, files: dict[str, bytes], ctx: GradeContext)
         runs.update(expr_runs)
     for i, case in cases:
         if case.stdin is None:
+            continue
+        if ctx.out_of_time():   # the submission's running time is spent: not started
+            runs[i] = CaseRun("timeout", verdict=Verdict.wall_time)
             continue
         run = _program_run(run_program(assignment, files, ctx, case))
         err = run.reply.get("error") or {}

@@ -65,6 +65,7 @@ class StudentRunner:
         self._ids = itertools.count(1)
         self._box: RunningSandbox | None = None
         self.starts = 0
+        self.last_start_s = 0.0   # how long the last sandbox took to start
         self.load_reply: dict[str, Any] | None = None
 
     # -- lifecycle -------------------------------------------------------------
@@ -72,11 +73,13 @@ class StudentRunner:
         """A fresh sandbox with the runner waiting on its channel, nothing loaded."""
         job = SandboxJob(argv=self.backend.python_argv(), files=self.files, limits=self.limits,
                          channel=True, label=self.label)
+        started = time.monotonic()
         try:
             self._box = self.backend.start(job)
         except SandboxError as exc:
             raise InfraError(f"student sandbox did not start: {exc}") from exc
         self.starts += 1
+        self.last_start_s = time.monotonic() - started   # not the student's time
 
     def start(self, load_timeout: float) -> dict[str, Any]:
         """Start a sandbox and load the module; returns the load reply
