@@ -129,6 +129,9 @@ def test_student_rates_escalates_instructor_answers_in_chromium(tmp_path, fake_l
         assert staff.text("#note") == NOTE and staff.count("script") == 0
         assert "total += x * 2" in staff.text("pre.code") and "square_sum([1, 2])" in staff.text("#feedback")
         assert "square_sum([31337])" in staff.text("#tests tr.hidden")        # the hidden test, staff only
+        hidden_row = staff.text("#tests tr.hidden")                           # and what it gave: 62674, not 982007569
+        assert "actual: 62674" in hidden_row and "expected: 982007569" in hidden_row, hidden_row
+        assert "982007569" not in msg and "62674" not in msg                  # never in the student's feedback
         assert staff.text("#hint") == HINT
         staff.click("#claim")
         assert "claimed by ana" in staff.text("#state")

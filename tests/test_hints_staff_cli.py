@@ -170,3 +170,24 @@ def test_serve_hints_on_the_production_server(squares, wrong_report, fake_llm, t
         proc.terminate()
         rest = proc.communicate(timeout=15)[0]
     assert proc.returncode == 0 and "serve-hints stopped" in rest
+
+
+def test_escalation_show_gives_staff_what_a_hidden_test_gave(store_url, capsys):
+    from xgrader.hints.models import AuditRecord, HintOutcome
+    from xgrader.hints.records import Delivery, StaffTest
+
+    store = open_store(store_url)
+    audit_id = store.audit_add(AuditRecord(assignment="sq", student="s1", outcome=HintOutcome.delivered,
+                                           hint_type=HintType.debugging, model="m1", hint="h", delivered=True))
+    store.delivery_put(Delivery(
+        audit_id=audit_id, student="s1", assignment="sq", hint_type=HintType.debugging, model="m1", hint="h",
+        files={"submission.py": "print(1)\n"},
+        tests=[StaffTest(name="case 2", status="failed", visible=False, definition="expression: square_sum([31337])",
+                         happened={"expected": "982007569", "actual": "62674"})]))
+    store.rate(audit_id, False)
+    esc = store.escalate(audit_id, "", 3)
+    capsys.readouterr()
+    assert cli(store_url, "escalations", "show", str(esc.id)) == 0
+    out = capsys.readouterr().out
+    assert "hidden case 2: failed" in out and "expression: square_sum([31337])" in out
+    assert "expected: 982007569" in out and "actual: 62674" in out

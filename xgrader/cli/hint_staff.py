@@ -186,5 +186,7 @@ def _render(esc: Any, d: Any, rating: Any) -> str:
         detail = t.definition if not t.visible else "\n".join(
             f"{k}: {v}" for k, v in (("input", t.input), ("expected", t.expected), ("actual", t.actual),
                                      ("message", t.message)) if v)
+        if not t.visible and t.happened:   # what the hidden test gave (staff only)
+            detail = (detail or "") + "\nwhat happened:\n" + "\n".join(f"{k}: {v}" for k, v in t.happened.items())
         lines += [f"    {line}" for line in (detail or "").splitlines()]
     return "\n".join(lines)

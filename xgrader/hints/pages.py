@@ -210,6 +210,8 @@ def _tests_table(d: Delivery) -> str:
                                                         ("actual", t.actual), ("message", t.message)) if v)
         else:
             shown = t.definition or "(the test's source was not found)"
+            if t.happened:
+                shown += "\n\nwhat happened:\n" + "\n".join(f"{k}: {v}" for k, v in t.happened.items())
         rows.append(f"<tr class='{'visible' if t.visible else 'hidden'}'><td>{e(t.name)}</td>"
                     f"<td>{'visible' if t.visible else 'hidden'}</td><td>{e(t.status)}</td>"
                     f"<td>{e(t.exception_type or '')}</td><td><pre>{e(shown)}</pre></td></tr>")

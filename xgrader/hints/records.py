@@ -42,6 +42,7 @@ class StaffTest(BaseModel):
     actual: str | None = None
     message: str | None = None
     definition: str | None = None     # hidden tests: what the test is (never shown to students)
+    happened: dict[str, str] | None = None   # hidden tests: input, expected, actual, printed, error... (staff only)
 
 
 class Delivery(BaseModel):

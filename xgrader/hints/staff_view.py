@@ -1,14 +1,15 @@
 """What a delivered hint keeps for the staff who may answer an escalation:
 the student's files as graded, the feedback they saw, and every test with,
 for hidden ones, the test itself (the io case, or the pytest function's
-source). Recorded when the hint is delivered, so staff see the submission as
+source) and what happened in it (input, expected and actual values, output,
+error: `xgrader grade --staff`'s view). Recorded when the hint is delivered, so staff see the submission as
 it was graded even after the assignment changes."""
 
 from __future__ import annotations
 
 import ast
 
-from xgrader import feedback
+from xgrader import coverage, feedback
 from xgrader.assignment import Assignment
 from xgrader.hints.models import AuditRecord, HintType
 from xgrader.hints.records import MAX_FEEDBACK_CHARS, MAX_FILE_CHARS, MAX_FILES, Delivery, StaffTest
@@ -73,9 +74,12 @@ def staff_tests(assignment: Assignment, report: GradeReport) -> list[StaffTest]:
                 definition = _case_text(assignment, cases[t.name])
             else:
                 definition = sources.get(t.name.split(" #")[0])
+        # Hidden tests: what really happened too (the values the student is not shown).
+        happened = None if t.visible else coverage.staff_detail(t)
         out.append(StaffTest(name=t.name, status=t.status.value, visible=t.visible, exception_type=t.exception_type,
                              input=t.input, expected=t.expected, actual=t.actual, message=t.message,
-                             definition=_cap(definition, 4000) if definition else None))
+                             definition=_cap(definition, 4000) if definition else None,
+                             happened={k: _cap(str(v), 2000) for k, v in happened.items()} if happened else None))
     return out
 
 
