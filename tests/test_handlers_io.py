@@ -175,6 +175,17 @@ def test_memory_limit(io_kit):
     assert report.score == 10
 
 
+def test_a_refused_allocation_is_the_memory_limit_not_a_runtime_error(io_kit):
+    # MemoryError is how a per-process cap (rlimit mode) ends a bomb; here an
+    # allocation no limit could grant raises it on the cgroup path as well.
+    code = PRIMES_SOLUTION + "\n_p = is_prime\ndef is_prime(n):\n    if n == 9:\n        x = bytearray(2**48)\n    return _p(n)\n"
+    report = io_kit.grade("primes", code)
+    assert report.outcome is Outcome.memory_limit and report.score == 10
+    assert any(e.title == "Memory limit exceeded" for e in report.explanations)
+    report = io_kit.grade("primes", "x = bytearray(2**48)\n" + PRIMES_SOLUTION)   # at import
+    assert report.outcome is Outcome.memory_limit and report.score == 0
+
+
 def test_output_limit(io_kit):
     code = PRIMES_SOLUTION + "\n_p = is_prime\ndef is_prime(n):\n    if n == 25:\n        while True: print('x' * 1000)\n    return _p(n)\n"
     report = io_kit.grade("primes", code)

@@ -211,6 +211,13 @@ def test_timeout_kills_and_next_tests_run_on_a_fresh_runner(py_kit):
     assert report.outcome is Outcome.time_limit and report.score > 0
 
 
+def test_a_refused_allocation_is_the_memory_limit(py_kit):
+    code = SOLUTION + "\n_p = is_prime\ndef is_prime(n):\n    if n == 1_000_003:\n        x = bytearray(2**48)\n    return _p(n)\n"
+    report = py_kit.grade("ptest", code)
+    assert statuses(report)["test_big"] is Status.error
+    assert report.outcome is Outcome.memory_limit
+
+
 def test_memory_limit(py_kit):
     code = SOLUTION + "\n_p = is_prime\ndef is_prime(n):\n    if n == 1_000_003:\n        x = bytearray(300 * 2**20)\n    return _p(n)\n"
     report = py_kit.grade("ptest", code)

@@ -30,6 +30,10 @@ LIMIT_TEXT = {
 LIMIT_SIGNATURE = {Outcome.time_limit: "time_limit", Outcome.memory_limit: "memory_limit",
                    Outcome.output_limit: "output_limit"}
 SYNTAX_TYPES = ("SyntaxError", "IndentationError", "TabError")
+# An allocation refused: the memory limit where it is a per-process cap
+# (rlimit mode: a non-root author, a rootless engine without cgroup limits),
+# or a request no limit could grant. The same verdict as the cgroup's OOM kill.
+MEMORY_ERROR = "MemoryError"
 
 STOPPED = Explanation(
     title="Your program stopped before answering",
@@ -92,6 +96,8 @@ def load_failure(assignment: Assignment, load: dict[str, Any], findings: Finding
         if findings.note_limit(load.get("verdict")) is None:
             findings.runtime_error = True
             findings.explanations.append(STOPPED)
+    elif err.get("type") == MEMORY_ERROR:
+        findings.limits.add(Outcome.memory_limit)
     elif err:
         findings.runtime_error = True
         findings.explanations.append(explain.load_explanation(
@@ -117,6 +123,8 @@ def build(assignment: Assignment, tests: list[TestReport], findings: Findings,
         score = 0.0
     tests = [t.model_copy(update={"points": round(max_points * t.weight / total, 4)
                                   if total and t.status is TestStatus.passed else 0.0}) for t in tests]
+    if any(t.exception_type == MEMORY_ERROR and t.status is TestStatus.error for t in tests):
+        findings.limits.add(Outcome.memory_limit)
     explanations = list(findings.explanations)
     explanations += explain.builtin_explanations(assignment, tests, source)
     for outcome in sorted(findings.limits, key=lambda o: o.value):
