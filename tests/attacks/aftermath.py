@@ -17,7 +17,7 @@ HONEST = "def double(n):\n    return 2 * n\n"
 
 
 def leftovers(backend) -> list[str]:
-    if getattr(backend, "param_name", "").startswith("bwrap_user"):
+    if getattr(backend, "param_name", "").startswith(("bwrap_user", "podman_user")):
         return _user_leftovers(backend)
     # A warm pool's idle sandboxes are no job's: they are expected to be there.
     idle = list(getattr(backend, "_idle", ()))

@@ -38,6 +38,9 @@ ATTACK_PARAMS.insert(1, pytest.param("bwrap_warm", id="bwrap_warm"))
 # The non-root configuration (see the module docstring).
 USER_PARAMS = {"bwrap_user": ("forked", {}), "bwrap_user_cold": ("cold", {"sandbox_fork_server": False}),
                "bwrap_user_warm": ("cold", {"warm_pool": 1})}
+# The author's rootless podman (docker backend as the same user; no cgroup
+# limits on this cgroup v1 host: rlimits).
+USER_PARAMS["podman_user"] = ("cold", {})
 ATTACK_PARAMS += [pytest.param(name, id=name) for name in USER_PARAMS]
 ASSIGNMENTS = Path(__file__).parent / "assignments"
 
@@ -93,14 +96,18 @@ def _user_sandbox(request):
     from tests.support.unprivileged import user_backend
     author = request.getfixturevalue("author")
     variant, extra = USER_PARAMS[request.param]
+    if request.param == "podman_user":
+        extra = {"sandbox": "docker", "docker_url": request.getfixturevalue("author_podman")}
+    else:
+        extra = {"sandbox": "bwrap", **extra}
     baseline = author.processes()
-    b = user_backend(author, variant, sandbox="bwrap", handlers=author.code / "tests/attacks/assignments", **extra)
+    b = user_backend(author, variant, handlers=author.code / "tests/attacks/assignments", **extra)
     b.author, b.baseline = author, baseline
     return b
 
 
 def is_user(backend) -> bool:
-    return getattr(backend, "param_name", "").startswith("bwrap_user")
+    return getattr(backend, "param_name", "").startswith(("bwrap_user", "podman_user"))
 
 
 def leftover_processes(backend) -> list:

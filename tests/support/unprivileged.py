@@ -153,11 +153,15 @@ def author_podman(author: Author, podman_engine: str) -> str:
     if not _answers(url):
         os.makedirs(author.runtime, exist_ok=True)
         os.chown(author.runtime, author.uid, author.gid)
-        subprocess.run(author.command("mkdir", "-p", f"{author.runtime}/podman"), check=True)
+        # Its own TMPDIR (image loads write there): the service outlives this
+        # session, whose author.tmp goes at its end.
+        service_tmp = f"{author.runtime}/podman-tmp"
+        subprocess.run(author.command("mkdir", "-p", f"{author.runtime}/podman", service_tmp), check=True)
         log = open(author.tmp / "podman-service.log", "wb")
         # Long-lived like root's socket service (scripts/setup-podman.sh); in a
         # session of its own, from the runtime folder (conmon writes there).
-        subprocess.Popen(author.command("podman", "system", "service", "--time=0", url), stdin=subprocess.DEVNULL,
+        subprocess.Popen(author.command("podman", "system", "service", "--time=0", url, TMPDIR=service_tmp),
+                         stdin=subprocess.DEVNULL,
                          stdout=log, stderr=log, cwd=author.runtime, start_new_session=True)
         deadline = time.monotonic() + 30
         while not _answers(url) and time.monotonic() < deadline:

@@ -81,6 +81,10 @@ def _leftovers(backend: Any) -> list[str]:
         if stat[stat.rfind(b")") + 2:][:1] != b"Z":
             found.append(f"process {pid} ({stat[stat.find(b'(') + 1:stat.rfind(b')')].decode()})")
     found += [f"temp dir {p}" for p in glob.glob(os.path.join(tempfile.gettempdir(), f"xgrader-*-{os.getpid()}-*"))]
+    if backend.name == "docker":   # the user's rootless engine: no container of this backend's left
+        from xgrader.backends.docker_backend import OWNER
+        found += [f"container {c['Id'][:12]}" for c in
+                  backend.api.containers(all=True, filters={"label": [f"{OWNER}={backend.owner}"]})]
     return found
 
 
@@ -100,6 +104,9 @@ def serve(settings_json: str) -> None:
     grader = Grader(settings, backend, store=ExpectedStore(Path(tempfile.mkdtemp(prefix="user-expected-")),
                                                            runner_dir=settings.runner_dir))
     rlimit_mode = bool(getattr(getattr(backend, "inner", backend), "rlimit_mode", False))
+    if backend.name == "docker":   # a rootless engine without cgroup limits: rlimits and sampling too
+        backend.limits_summary()
+        rlimit_mode = not backend.engine_limits
     out.write(json.dumps({"ready": os.getpid(), "rlimit_mode": rlimit_mode}) + "\n")
     out.flush()
     for line in sys.stdin:

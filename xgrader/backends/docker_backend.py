@@ -126,12 +126,18 @@ def engine_url(settings: Any = None) -> str:
 
 
 def _rlimit_prologue(limits: Any) -> str:
-    """For an engine that enforces no memory or pids limit: the job's as
-    rlimits, set by the prologue's shell (runc's own init would not start
-    under them). Memory per process (RLIMIT_DATA); processes per uid
-    (RLIMIT_NPROC: every container of a rootless engine shares its user
-    namespace, so concurrent jobs share this bound)."""
-    return f"ulimit -d {limits.memory_mb * 1024} && ulimit -p {limits.pids} && "
+    """For an engine that enforces no memory or pids limit (rootless on
+    cgroup v1): the job's limits as rlimits, set by the prologue's shell
+    (runc's own init would not start under them). Memory per process
+    (RLIMIT_DATA); processes per uid (RLIMIT_NPROC: every container of a
+    rootless engine shares its user namespace, so concurrent jobs share this
+    bound). The container's own rlimits (CPU time, file size, open files, no
+    core dumps) again too: rootless podman's Docker API drops HostConfig's
+    Ulimits (its CLI applies them). dash's `ulimit -f` counts 512-byte blocks."""
+    cpu = max(1, int(limits.cpu_s + 0.999))
+    return (f"ulimit -S -t {cpu} && ulimit -H -t {cpu + 1} && ulimit -f {limits.file_mb * 2048} "
+            f"&& ulimit -n {limits.open_files} && ulimit -c 0 "
+            f"&& ulimit -d {limits.memory_mb * 1024} && ulimit -p {limits.pids} && ")
 
 
 def seccomp_profile(base: dict[str, Any]) -> dict[str, Any]:
@@ -674,6 +680,8 @@ class DockerSandbox(RunningSandbox):
         cpu_s = stats.get("cpu_s")
         if cpu_s is not None:
             cpu_s = max(cpu_s - self._cpu_base, 0.0)
+        elif self.tree is not None and self.tree.cpu_s:
+            cpu_s = self.tree.cpu_s   # no cgroup parent: the host's last sample of the job's processes
         peak = stats.get("peak_memory_mb")
         if self.tree is not None and self.tree.peak_mb:
             peak = max(peak or 0.0, self.tree.peak_mb)
