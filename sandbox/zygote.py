@@ -275,7 +275,8 @@ class Zygote:
             pid = -1
             try:
                 req = json_loads(msg)
-                if len(fds) != 4 + bool(req["files"]) + 2 * bool(req["channel"]) + req["cgroups"]:
+                if len(fds) != (4 + bool(req["files"]) + 2 * bool(req["channel"]) + 2 * bool(req.get("peer"))
+                                + req["cgroups"]):
                     raise SetupError("descriptor count does not match the request")
                 sys.stdout.flush()
                 sys.stderr.flush()
@@ -419,8 +420,11 @@ class Zygote:
             # source), then everything else closed (the cgroup files, the
             # memfd, the status socket, the zygote's) in one close_range.
             wanted = fds[1:4]
+            first = 5 if req["files"] else 4
             if req["channel"]:
-                first = 5 if req["files"] else 4
+                wanted += fds[first:first + 2]
+                first += 2
+            if req.get("peer"):  # a second channel, right after the first (pytest_side)
                 wanted += fds[first:first + 2]
             moved = [fcntl.fcntl(fd, fcntl.F_DUPFD, 100) for fd in wanted + [ready_w]]
             for i, fd in enumerate(moved):
@@ -438,6 +442,8 @@ class Zygote:
             env["PWD"] = WORK  # bwrap --chdir sets it too
             if req["channel"]:
                 env["XGRADER_CHANNEL"] = "fd:3,4"
+            if req.get("peer"):
+                env["XGRADER_PEER"] = "fd:5,6" if req["channel"] else "fd:3,4"
             os.write(ready_w, b"S")
             os.close(ready_w)
         except BaseException as exc:  # noqa: BLE001

@@ -237,3 +237,70 @@ def test_tests_that_never_report_are_missing_failures(py_kit):
     report = py_kit.grade("exits", "def f():\n    return 2\n")
     assert report.score == 0
     assert [t.status for t in report.tests] == [Status.missing] * 3
+
+
+# -- the test sandbox talks to the student's runner itself (bwrap: a peer channel) --
+
+PEER_TESTS = '''
+from submission import f, shout
+
+def test_first():
+    assert f(1) == 2
+
+def test_second():
+    assert f(2) == 3
+
+def test_third():
+    assert f(3) == 4
+
+def test_printed_text_is_cleaned_as_the_host_cleans_it(student_output):
+    shout()
+    assert student_output.last.out == "ab\\n"
+'''
+
+FORGE_REPLY = '''
+import gc, os, sys
+def _channel():
+    core = sys.modules["runner_core"]
+    return next(o for o in gc.get_objects() if isinstance(o, core.Channel))
+def f(n):
+    if n == 2:
+        os.write(_channel().w, %s)
+    return n + 1
+def shout():
+    print("a\\x07\\x1bb")
+'''
+
+
+@pytest.fixture(scope="module")
+def peer_kit(kit: GradingKit) -> GradingKit:
+    kit.add("peer", {
+        "assignment.toml": 'title = "peer"\nkind = "pytest"\nmax_points = 4\ntest_timeout_s = 2\n',
+        "tests/test_peer.py": PEER_TESTS,
+        "solution/submission.py": "def f(n):\n    return n + 1\ndef shout():\n    print('ab')\n",
+    })
+    return kit
+
+
+def test_calls_go_straight_to_the_runner(peer_kit, monkeypatch):
+    from xgrader.handlers import student
+    peer_kit.grade("peer", "def f(n):\n    return n + 1\n")  # the reference run, first
+    relayed = []
+    request = student.StudentRunner.request
+    monkeypatch.setattr(student.StudentRunner, "request",
+                        lambda self, msg, timeout: relayed.append(msg["op"]) or request(self, msg, timeout))
+    report = peer_kit.grade("peer", "def f(n):\n    return n + 1\ndef shout():\n    print('a\\x07b')\n")
+    assert report.score == 4, statuses(report)
+    assert relayed == ["load"]  # the four tests' calls never went through the host
+
+
+@pytest.mark.parametrize("forged", [
+    'b"[" * 100 + b"1" + b"]" * 100 + b"\\n"',        # nested past the depth the host allows
+    'b"{\\"id\\": " + b"9" * 50 + b"\\n"',               # not JSON
+    'b"x" * (5 * 1024 * 1024)',                         # a line past 4 MiB
+])
+def test_an_unreadable_reply_ends_that_runner_and_the_next_test_runs_on_a_fresh_one(peer_kit, forged):
+    report = peer_kit.grade("peer", FORGE_REPLY % forged)
+    st = statuses(report)
+    assert st["test_second"] is Status.error, st
+    assert st["test_first"] is Status.passed and st["test_third"] is Status.passed, st

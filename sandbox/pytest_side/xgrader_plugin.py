@@ -38,10 +38,11 @@ class Reporter:
 
     def pytest_runtest_logstart(self, nodeid, location):
         from xgrader_proxy import TestState
-        self.session.state = TestState()
+        self.session.state = TestState(nodeid)
         self.phases = {}
         self.excinfo = None
-        self.channel.send({"op": "start", "nodeid": nodeid})
+        if self.session.peer is None:  # the host relays this test's calls: it times them per test
+            self.channel.send({"op": "start", "nodeid": nodeid})
 
     def pytest_assertrepr_compare(self, config, op, left, right):
         # Remember the two sides of the failing comparison; keep pytest's own text.

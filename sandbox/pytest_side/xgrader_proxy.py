@@ -1,17 +1,38 @@
 """The `submission` module as the instructor's tests see it, in the test sandbox.
 
 No student code runs here. Every attribute is a remote callable: a call is a
-message to the host, which relays it to the student's runner and brings the
-reply back. Values cross as plain data (PROTOCOL.md); other objects stay in
-the student's sandbox as handles (:class:`Remote`) whose attributes and
-methods proxy further.
+request to the student's runner, and its reply comes back. Values cross as
+plain data (PROTOCOL.md); other objects stay in the student's sandbox as
+handles (:class:`Remote`) whose attributes and methods proxy further.
+
+Two ways to the runner. With a peer channel (XGRADER_PEER: the runner's own
+channel, handed over by the host after it loaded the submission) requests go
+straight to the runner: this process bounds each test's calls by the test's
+time budget and reads the runner's replies as the untrusted data they are
+(size, depth, control characters: what the host would check). When the
+runner runs over, ends, or answers with something unreadable, the host is
+told (`lost`): it kills that sandbox, notes the test and starts a fresh one,
+and every later call goes through the host (`call` on the host's channel,
+relayed and timed by the host), as all calls do without a peer.
 """
 
 import base64
 import builtins
+import os
+import re
+import select
 import sys
+import time
+
+from runner_core import json_dumps, json_loads  # the runner's codec (sandbox/, on sys.path)
 
 INPUT_CAP = 500
+# What the host keeps of a reply's texts (xgrader.handlers.student): the
+# same here when replies come straight from the runner.
+OUTPUT_KEEP = 16000
+MAX_LINE = 4 * 1024 * 1024
+MAX_DEPTH = 64
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
 
 
 class StudentException(Exception):
@@ -52,7 +73,9 @@ class TestState:
 
     ECHO_CAP = 1000000   # characters echoed into the test's own capture
 
-    def __init__(self):
+    def __init__(self, nodeid=None):
+        self.nodeid = nodeid
+        self.spent = 0.0     # seconds its calls took so far (the per-test budget)
         self.input = None
         self.output = []
         self.compare = None
@@ -109,26 +132,169 @@ class StudentOutput:
         return self._session.state.readouterr()
 
 
+class PeerLost(Exception):
+    """The runner behind the peer channel ran over, ended or misbehaved."""
+
+    def __init__(self, why):
+        super().__init__(why)
+        self.why = why   # timeout | died (channel closed) | output (its output limit) | bad (unreadable)
+
+
+class Peer:
+    """The student's runner, straight (XGRADER_PEER=fd:R,W): one request at
+    a time, its reply awaited until `deadline` (time.monotonic()); the
+    request written without blocking past it either."""
+
+    def __init__(self, spec):
+        r, w = (int(x) for x in spec[3:].split(","))
+        self.r, self.w = os.dup(r), os.dup(w)   # private copies above the low numbers
+        for fd in {r, w}:
+            os.close(fd)
+        os.set_blocking(self.r, False)
+        os.set_blocking(self.w, False)
+        self.buf = bytearray()
+
+    def close(self):
+        for fd in (self.r, self.w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def exchange(self, msg, deadline):
+        data = memoryview(json_dumps(msg, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "replace") + b"\n")
+        while data:
+            self._wait(self.w, deadline, writing=True)
+            try:
+                data = data[os.write(self.w, data):]
+            except BlockingIOError:
+                continue
+            except OSError:
+                raise PeerLost("died") from None
+        while True:
+            reply = self._line(deadline)
+            if isinstance(reply, dict) and reply.get("id") == msg["id"]:
+                if reply.get("output_limit"):
+                    raise PeerLost("output")
+                return clean_reply(reply)
+
+    def _line(self, deadline):
+        while True:
+            nl = self.buf.find(b"\n")
+            if nl >= 0:
+                line = bytes(self.buf[:nl])
+                del self.buf[:nl + 1]
+                return _parse(line)
+            if len(self.buf) > MAX_LINE:
+                raise PeerLost("bad")
+            self._wait(self.r, deadline)
+            try:
+                chunk = os.read(self.r, 1 << 16)
+            except BlockingIOError:
+                continue
+            except OSError:
+                raise PeerLost("died") from None
+            if not chunk:
+                raise PeerLost("died")
+            self.buf += chunk
+
+    @staticmethod
+    def _wait(fd, deadline, writing=False):
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise PeerLost("timeout")
+            try:
+                ready = select.select([], [fd], [], left)[1] if writing else select.select([fd], [], [], left)[0]
+            except InterruptedError:
+                continue
+            if ready:
+                return
+
+
+def _parse(line):
+    """A reply line from the runner: JSON no deeper than the host allows."""
+    try:
+        value = json_loads(line)
+    except (ValueError, RecursionError, UnicodeDecodeError):
+        raise PeerLost("bad") from None
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise PeerLost("bad")
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
+    return value
+
+
+def clean_text(text, limit=None):
+    text = text[:limit] if limit is not None else text
+    return _CONTROL.sub("", text)
+
+
+def clean_reply(msg):
+    """What the host does to a reply it relays (xgrader.handlers.student.clean_reply)."""
+    out = dict(msg)
+    for key in ("stdout", "stderr", "repr"):
+        if key in out:
+            text = clean_text(str(out[key]))
+            out[key] = text if len(text) <= OUTPUT_KEEP else text[:OUTPUT_KEEP] + "\n[output truncated]"
+    err = out.get("error")
+    if isinstance(err, dict):
+        out["error"] = {k: (clean_text(v, 8000) if isinstance(v, str) else v) for k, v in err.items()}
+    elif err is not None:
+        out["error"] = {"type": "Error", "message": clean_text(str(err), 2000)}
+    return out
+
+
 class Session:
     def __init__(self, channel, hello):
         self.channel = channel
         self.module_name = hello.get("module", "submission")
         self.names = dict(hello.get("names") or {})
-        self.ids = 0
+        self.per_test = float(hello.get("test_timeout_s") or 0) or None
+        self.ids = int(hello.get("first_id") or 0)
         self.state = TestState()
         self.exceptions = {}
+        spec = os.environ.pop("XGRADER_PEER", "")
+        self.peer = Peer(spec) if spec.startswith("fd:") and hello.get("peer") and self.per_test else None
 
     # -- transport --
     def request(self, msg):
         self.ids += 1
         msg["id"] = self.ids
+        if self.peer is not None:
+            state = self.state
+            began = time.monotonic()
+            try:
+                return self.peer.exchange(msg, began + max(self.per_test - state.spent, 0.05))
+            except PeerLost as exc:
+                why = exc.why
+            finally:
+                state.spent += time.monotonic() - began
+            return self.lost(why)
+        return self.host(msg)
+
+    def host(self, msg):
         self.channel.send(msg)
         while True:
             reply = self.channel.recv()
             if reply is None:
                 raise StudentCrash("the grader went away")
-            if reply.get("id") == self.ids:
+            if reply.get("id") == msg["id"]:
                 return reply
+
+    def lost(self, why):
+        """The peer's runner is gone for this run: the host kills it and
+        starts another, and answers this request as a relayed one would have
+        been (timeout, or died with the sandbox's verdict)."""
+        self.peer.close()
+        self.peer = None
+        return self.host({"op": "lost", "why": why, "nodeid": self.state.nodeid, "spent": self.state.spent,
+                          "id": self.ids})
 
     def reply_value(self, reply):
         self.state.printed(_text(reply.get("stdout")), _text(reply.get("stderr")))

@@ -160,6 +160,7 @@ def _await_launch(proc: subprocess.Popen, info_r: int, label: str) -> None:
 
 class BwrapBackend(Backend):
     name = "bwrap"
+    peer_channels = True
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -248,6 +249,8 @@ class BwrapBackend(Backend):
         env = self._env(job)
         if channel:
             env["XGRADER_CHANNEL"] = channel
+        if job.peer is not None:
+            env["XGRADER_PEER"] = "fd:%d,%d" % job.peer
         for key, value in env.items():
             argv += ["--setenv", key, value]
         cmd = list(job.argv)
@@ -259,7 +262,8 @@ class BwrapBackend(Backend):
         return argv + ["--", *cmd]
 
     def _env(self, job: SandboxJob) -> dict[str, str]:
-        """The job's whole environment (the runner's channel spec aside)."""
+        """The job's whole environment (the channels' specs aside: a forked
+        job's are set by the server, at the numbers it gives them)."""
         env = {"PATH": BASE_PATH, "LANG": "C.UTF-8", **job.env}
         if self.site_dirs:  # not XGRADER_*: that prefix is the daemon's config, never in a sandbox
             env.setdefault("SANDBOX_SITE_DIRS", self.site_dirs)
@@ -389,6 +393,8 @@ class BwrapBackend(Backend):
             if job.channel:
                 channel, child_r, child_w = make_pipes()
                 sources = [child_r, child_w]
+            if job.peer is not None:  # kept at their numbers (pass_fds), like the channel's
+                sources += list(job.peer)
             seccomp = filter_fd(self._seccomp)
             file_fds.append((seccomp, ""))  # closed with the files below
             info_r, info_w = os.pipe()

@@ -355,9 +355,10 @@ class Zygote:
                     view = memoryview(data)
                     while view:
                         view = view[os.write(blob, view):]
-            passed = theirs + list(channel_fds or ()) + procs  # the caller closes its channel fds
+            # The caller closes its channel fds; the peer's stay the caller's.
+            passed = theirs + list(channel_fds or ()) + list(job.peer or ()) + procs
             request = json.dumps({
-                "argv": script, "env": env, "channel": channel_fds is not None,
+                "argv": script, "env": env, "channel": channel_fds is not None, "peer": job.peer is not None,
                 "tmp_bytes": job.limits.tmp_mb * 1024 * 1024,
                 "rlimits": [[res, soft, hard] for res, (soft, hard) in rlimits],
                 "files": [[name, len(data)] for name, data in files], "cgroups": len(procs),

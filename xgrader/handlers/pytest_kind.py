@@ -1,6 +1,11 @@
 """The "pytest" kind: the instructor's tests run in a test sandbox (no student
-code), the student's code in a student sandbox; the host relays every proxied
-call between them with a per-test time budget.
+code), the student's code in a student sandbox. Where the backend can hand
+descriptors to a sandbox (bwrap, unsafe), the host loads the submission and
+then gives the runner's channel to the test sandbox, which calls the student's
+code itself and bounds each test's calls by the test's budget
+(sandbox/pytest_side/xgrader_proxy.py); elsewhere (docker), and after the
+student's sandbox had to be replaced, the host relays every proxied call with
+the same per-test budget.
 
 The list of tests is fixed per assignment version by a reference run against
 solution/ (cached like expected values): the student cannot make tests
@@ -121,15 +126,17 @@ def relay(assignment: Assignment, files: dict[str, bytes], ctx: GradeContext, n_
     dirs = [d for d in TEST_DIRS if (assignment.tests if d == "tests" else assignment.public_tests)]
     # pytest needs more room than the student's code may get; the operator's defaults do.
     test_limits = ctx.settings.limits_for(ctx.settings.default_limits).model_copy(update={"wall_s": budget})
+    peer = student.peer_fds() if ctx.backend.peer_channels else None
     job = SandboxJob(argv=["python3", "-I", f"{RUNNER_DIR}/pytest_side/launch.py", *dirs],
-                     files=_test_files(assignment), limits=test_limits, channel=True, label=ctx.label)
+                     files=_test_files(assignment), limits=test_limits, channel=True, label=ctx.label, peer=peer)
     try:
         box = ctx.backend.start(job)
     except SandboxError as exc:
         student.close()
         raise InfraError(f"test sandbox did not start: {exc}") from exc
     try:
-        box.channel.send({"op": "hello", "module": cfg.module, "names": names})
+        box.channel.send({"op": "hello", "module": cfg.module, "names": names, "peer": peer is not None,
+                          "test_timeout_s": cfg.test_timeout_s, "first_id": student.next_id()})
         _serve(box, student, run, assignment, budget, load)
     finally:
         box.kill()
@@ -169,19 +176,26 @@ def _serve(box: RunningSandbox, student: StudentRunner, run: RelayRun, assignmen
         elif op == "done":
             run.finished = True
             return
-        elif op in RELAYED_OPS:
-            request = {k: msg[k] for k in RELAYED_KEYS if k in msg}
+        elif op in RELAYED_OPS or op == "lost":
             began = time.monotonic()
+            if op == "lost":  # the test sandbox gave up on the runner it talked to itself
+                current = str(msg.get("nodeid") or current or "") or None
+                said = msg.get("spent")
+                spent = min(max(float(said), 0.0), per_test) if _is_number(said) else 0.0
+            request = {k: msg[k] for k in RELAYED_KEYS if k in msg}
             timeout = max(per_test - spent, 0.05)
             if assignment.explains("time_limit"):
                 request["sample_after"] = sample_after(timeout)
             if assignment.explains("mutated_argument") and request.get("op") == "call":
                 request["watch"] = True
             trace = run.traces.setdefault(current, Trace()) if current else Trace()
-            trace.note_call(request)
+            if op != "lost":
+                trace.note_call(request)
             try:
                 if not student_ok:
                     raise RunnerDied(None)
+                if op == "lost":
+                    student.lost(str(msg.get("why")))
                 reply = student.request(request, timeout)
                 trace.note_reply(reply, op)
             except RequestTimeout as exc:
@@ -201,6 +215,10 @@ def _serve(box: RunningSandbox, student: StudentRunner, run: RelayRun, assignmen
                 box.channel.send({**reply, "id": msg.get("id")})
             except ChannelError:
                 return
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
 
 
 # -- reference -----------------------------------------------------------------
