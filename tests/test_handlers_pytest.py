@@ -304,3 +304,97 @@ def test_an_unreadable_reply_ends_that_runner_and_the_next_test_runs_on_a_fresh_
     st = statuses(report)
     assert st["test_second"] is Status.error, st
     assert st["test_first"] is Status.passed and st["test_third"] is Status.passed, st
+
+
+# -- collected sessions: the test side's fork server collects once per version --
+
+STATE_TESTS = '''
+import os
+from submission import f
+
+SEEN = []                      # module state: each submission must find it as imported
+IMPORTED_BY = os.getpid()
+
+def test_first():
+    SEEN.append(f(1))
+    assert SEEN == [2]
+
+def test_second():
+    SEEN.append(f(2))
+    assert SEEN == [2, 3]
+'''
+
+
+@pytest.fixture
+def tmpl_kit(make_kit) -> GradingKit:
+    kit = make_kit()
+    kit.add("state", {
+        "assignment.toml": 'title = "state"\nkind = "pytest"\nmax_points = 2\n',
+        "tests/test_state.py": STATE_TESTS,
+        "solution/submission.py": "def f(n):\n    return n + 1\n",
+    })
+    kit.add("value", {  # the tests read a value at import: that takes the submission itself
+        "assignment.toml": 'title = "value"\nkind = "pytest"\nmax_points = 1\n',
+        "tests/test_value.py": "from submission import LIMIT, f\n\ndef test_f():\n    assert f(LIMIT) == 11\n",
+        "solution/submission.py": "LIMIT = 10\ndef f(n):\n    return n + 1\n",
+    })
+    return kit
+
+
+def test_every_submission_of_a_version_runs_from_one_collected_session(tmpl_kit, monkeypatch):
+    from xgrader.backends import forkserver
+    servers = tmpl_kit.backend.forkservers
+    before = set(servers.template_pids())
+    sent = []
+    spawn = forkserver.Zygote.spawn
+    monkeypatch.setattr(forkserver.Zygote, "spawn",
+                        lambda self, job, *a: sent.append(job.template) or spawn(self, job, *a))
+    good = "def f(n):\n    return n + 1\n"
+    assert tmpl_kit.grade("state", good).score == 2          # the reference run, then a collected session
+    new = set(servers.template_pids()) - before
+    assert len(new) == 1
+    for code, score in ((good, 2), ("def f(n):\n    return n\n", 0), (good, 2)):
+        report = tmpl_kit.grade("state", code)
+        # Module state as the tests left it in one submission never reaches the next.
+        assert report.score == score, statuses(report)
+    assert set(servers.template_pids()) - before == new       # the same server throughout
+    assert [t for t in sent if t] and len({t for t in sent if t}) == 1
+
+
+def test_names_that_do_not_fit_the_collected_session_get_a_plain_run(tmpl_kit, monkeypatch):
+    from xgrader.backends import forkserver
+    tmpl_kit.grade("state", "def f(n):\n    return n + 1\n")
+    sent = []
+    spawn = forkserver.Zygote.spawn
+    monkeypatch.setattr(forkserver.Zygote, "spawn",
+                        lambda self, job, *a: sent.append(job.template) or spawn(self, job, *a))
+    # `f` is a class here: imported into a fresh session it is a class's proxy.
+    report = tmpl_kit.grade("state", "class f:\n    def __init__(self, n):\n        pass\n")
+    assert report.score == 0 and all(t.status is Status.failed for t in report.tests), statuses(report)
+    student, *tests = sent
+    assert student is None and tests[0] is not None and tests[-1] is None, sent  # refused, then a plain run
+    sent.clear()
+    report = tmpl_kit.grade("state", "def g(n):\n    return n + 1\n")   # f missing
+    assert report.score == 0 and all(t.status is Status.error for t in report.tests), statuses(report)
+    assert len(sent) == 3 and sent[-1] is None
+    sent.clear()
+    assert tmpl_kit.grade("state", "def f(n):\n    return n + 1\n\ndef g():\n    pass\n").score == 2
+    assert len(sent) == 2 and sent[-1] is not None   # other names besides: still the collected session
+
+
+def test_tests_that_read_a_value_at_import_run_plain(tmpl_kit):
+    servers = tmpl_kit.backend.forkservers
+    before = set(servers.template_pids())
+    assert tmpl_kit.grade("value", "LIMIT = 10\ndef f(n):\n    return n + 1\n").score == 1
+    assert tmpl_kit.grade("value", "LIMIT = 10\ndef f(n):\n    return n + 1\n").score == 1
+    assert tmpl_kit.grade("value", "LIMIT = 9\ndef f(n):\n    return n + 1\n").score == 0
+    live = [p for p in set(servers.template_pids()) - before if _state(p) != "Z"]
+    assert live == []  # its collection failed: that server is gone, the jobs ran plain
+
+
+def _state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return fh.read().rsplit(b")", 1)[1].split()[0].decode()
+    except OSError:
+        return "gone"

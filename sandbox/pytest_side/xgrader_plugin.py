@@ -3,11 +3,30 @@ test's outcome, to the host over the channel. The host trusts these reports
 because no student code runs in this process; a test that never reports is
 counted as failed there."""
 
+import os
+
 import pytest
 
 from xgrader_proxy import MissingName, StudentCrash, StudentTimeout
 
 CAP = 2000
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def pytest_args(dirs, rootdir):
+    """pytest's command line in the test sandbox (launch.py, and the
+    sessions xgrader_template.py collects once per assignment version)."""
+    return [
+        *dirs, "-q", "-p", "no:cacheprovider", "-p", "no:stepwise",
+        # faulthandler keeps a copy of stderr open from configuration on:
+        # nothing here reads what it would dump.
+        "-p", "no:faulthandler",
+        "-c", os.path.join(HERE, "pytest.ini"), "--rootdir", rootdir,
+        "--tb=short", "-o", "console_output_style=classic",
+        # What student code printed is echoed into pytest's capture (capsys
+        # sees it); failure reports need not repeat it on this box's stdout.
+        "--show-capture=no",
+    ]
 
 
 def _saferepr(value):
@@ -34,6 +53,10 @@ class Reporter:
         return StudentOutput(self.session)
 
     def pytest_collection_finish(self, session):
+        if self.channel is not None:  # None while xgrader_template collects: its jobs report
+            self.collected(session)
+
+    def collected(self, session):
         self.channel.send({"op": "collected", "tests": [item.nodeid for item in session.items]})
 
     def pytest_runtest_logstart(self, nodeid, location):

@@ -164,11 +164,10 @@ class Peer:
     def exchange(self, msg, deadline):
         data = memoryview(json_dumps(msg, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "replace") + b"\n")
         while data:
-            self._wait(self.w, deadline, writing=True)
             try:
                 data = data[os.write(self.w, data):]
-            except BlockingIOError:
-                continue
+            except BlockingIOError:  # the runner's pipe is full: wait until it reads (or time is up)
+                self._wait(self.w, deadline, select.POLLOUT)
             except OSError:
                 raise PeerLost("died") from None
         while True:
@@ -187,7 +186,7 @@ class Peer:
                 return _parse(line)
             if len(self.buf) > MAX_LINE:
                 raise PeerLost("bad")
-            self._wait(self.r, deadline)
+            self._wait(self.r, deadline, select.POLLIN)
             try:
                 chunk = os.read(self.r, 1 << 16)
             except BlockingIOError:
@@ -199,17 +198,18 @@ class Peer:
             self.buf += chunk
 
     @staticmethod
-    def _wait(fd, deadline, writing=False):
+    def _wait(fd, deadline, event):
+        poller = select.poll()
+        poller.register(fd, event)
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise PeerLost("timeout")
             try:
-                ready = select.select([], [fd], [], left)[1] if writing else select.select([fd], [], [], left)[0]
+                if poller.poll(left * 1000 + 1):  # ms, rounded up: never a busy loop near the end
+                    return
             except InterruptedError:
                 continue
-            if ready:
-                return
 
 
 def _parse(line):
@@ -218,6 +218,8 @@ def _parse(line):
         value = json_loads(line)
     except (ValueError, RecursionError, UnicodeDecodeError):
         raise PeerLost("bad") from None
+    if line.count(b"[") + line.count(b"{") < MAX_DEPTH:  # cannot nest deeper (most replies)
+        return value
     stack = [(value, 1)]
     while stack:
         item, depth = stack.pop()
@@ -239,7 +241,7 @@ def clean_reply(msg):
     """What the host does to a reply it relays (xgrader.handlers.student.clean_reply)."""
     out = dict(msg)
     for key in ("stdout", "stderr", "repr"):
-        if key in out:
+        if out.get(key, "") != "":  # (nothing printed: most replies)
             text = clean_text(str(out[key]))
             out[key] = text if len(text) <= OUTPUT_KEEP else text[:OUTPUT_KEEP] + "\n[output truncated]"
     err = out.get("error")
@@ -252,13 +254,25 @@ def clean_reply(msg):
 
 class Session:
     def __init__(self, channel, hello):
-        self.channel = channel
         self.module_name = hello.get("module", "submission")
+        self.state = TestState()
+        self.exceptions = {}
+        # Module attributes the tests read at import, with the kind each had
+        # then (None: missing); "__all__" for a star import. A collected
+        # session (xgrader_template) fits a submission only where they agree.
+        self.accessed = {}
+        self.peer = None
+        self.start(channel, hello)
+
+    def start(self, channel, hello):
+        """Bind to this job's channel and the host's hello (the submission's
+        names, the per-test budget, the peer channel). A session collected
+        once per assignment version (xgrader_template) is bound here in each
+        job it serves."""
+        self.channel = channel
         self.names = dict(hello.get("names") or {})
         self.per_test = float(hello.get("test_timeout_s") or 0) or None
         self.ids = int(hello.get("first_id") or 0)
-        self.state = TestState()
-        self.exceptions = {}
         spec = os.environ.pop("XGRADER_PEER", "")
         self.peer = Peer(spec) if spec.startswith("fd:") and hello.get("peer") and self.per_test else None
 
@@ -523,13 +537,16 @@ class ProxyModule(type(sys)):
         super().__init__(session.module_name)
         self._xg_session = session
         self.__file__ = "<student submission>"
-        self.__all__ = [n for n in session.names if not n.startswith("_")]
 
     def __getattr__(self, name):
+        s = self._xg_session
+        if name == "__all__":  # `from submission import *`: every public name
+            s.accessed.setdefault(name, None)
+            return [n for n in s.names if not n.startswith("_")]
         if name.startswith("__") or name.startswith("_pytest"):
             raise AttributeError(name)
-        s = self._xg_session
         kind = s.names.get(name)
+        s.accessed.setdefault(name, kind)
         if kind == "exception":
             return s.exception_class(name)
         if kind in ("function", "class"):

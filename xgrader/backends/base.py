@@ -76,6 +76,12 @@ class SandboxJob(BaseModel):
     # the middle. The caller keeps its descriptors. Backends whose
     # `peer_channels` is False refuse it.
     peer: tuple[int, int] | None = None
+    # Jobs with the same template key run the same start-up up to where they
+    # read their channel (the pytest side: configuration and collection of
+    # one assignment version's tests). bwrap's fork servers run it once per
+    # key and fork such jobs from there; every other path starts the job as
+    # usual, which comes to the same.
+    template: str | None = None
     # Identifies the job in logs, cgroup names and container labels.
     label: str = "job"
 

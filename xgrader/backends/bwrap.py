@@ -50,7 +50,7 @@ from xgrader.backends.base import (
 )
 from xgrader.backends.cgroups import CgroupManager, JobCgroup
 from xgrader.backends.channel import make_pipes
-from xgrader.backends.forkserver import ZYGOTE_LIMITS, ForkedSandbox, ForkServers, InitHandle
+from xgrader.backends.forkserver import ZYGOTE_LIMITS, ForkedSandbox, ForkServers, InitHandle, TemplateRefused
 from xgrader.backends.seccomp import build_filter, filter_fd
 from xgrader.backends.process import (
     BASE_PATH, ProcessSandbox, TreeUsage, rlimit_key, rlimit_values, safe_relpath, sandbox_site_dirs,
@@ -377,7 +377,11 @@ class BwrapBackend(Backend):
         target = self.forkservers.for_job(job) if self.forkservers is not None else None
         if target is not None:
             try:
-                return self._spawn_forked(job, *target)
+                try:
+                    return self._spawn_forked(job, *target)
+                except TemplateRefused as exc:  # no template server for it: forked as usual
+                    log.debug("template_refused", label=job.label, reason=str(exc)[:200])
+                    return self._spawn_forked(job.model_copy(update={"template": None}), *target)
             except ConnectionError as exc:  # the server died: this job starts cold
                 log.warning("fork_server_lost", label=job.label, error=str(exc)[:200])
         file_fds: list[tuple[int, str]] = []

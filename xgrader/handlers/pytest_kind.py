@@ -16,6 +16,8 @@ that list that did not report is `missing`, a failure.
 from __future__ import annotations
 
 import ast
+import hashlib
+import json
 import re
 import time
 from dataclasses import dataclass, field
@@ -42,6 +44,7 @@ TEST_DIRS = ("tests", "public_tests")
 RELAYED_OPS = {"call", "getattr", "special"}
 RELAYED_KEYS = ("op", "target", "method", "name", "args", "kwargs")
 STARTUP_S = 15.0   # pytest start-up and collection in the test sandbox
+TEMPLATE_ENV = "XGRADER_PYTEST_TEMPLATE"  # sandbox/pytest_side/xgrader_template.py reads it
 
 
 @dataclass
@@ -87,6 +90,7 @@ class RelayRun:
     traces: dict[str, Trace] = field(default_factory=dict)
     test_box: SandboxResult | None = None
     finished: bool = False
+    refused: bool = False   # a collected session's job found the submission's names do not fit
 
 
 def _test_files(assignment: Assignment) -> dict[str, bytes]:
@@ -101,7 +105,25 @@ def _budget(assignment: Assignment, ctx: GradeContext, n_tests: int) -> float:
     return min(wanted, ctx.settings.limit_ceilings.wall_s + STARTUP_S, ctx.settings.job_timeout_s * 0.8)
 
 
-def relay(assignment: Assignment, files: dict[str, bytes], ctx: GradeContext, n_tests: int) -> RelayRun:
+def template_of(assignment: Assignment, ctx: GradeContext, reference: dict[str, Any]) -> tuple[str, str] | None:
+    """(key, what a template server collects from) of this assignment
+    version's test session: its tests and files (in the store's key), the
+    reference solution's names (the proxy's at collection) and the test
+    folders. None before the reference run recorded the names."""
+    names = reference.get("names")
+    if not isinstance(names, dict):
+        return None
+    spec = json.dumps({"module": assignment.config.module, "names": names}, sort_keys=True)
+    key = hashlib.sha256(f"{ctx.store.key(assignment)}\n{spec}\n{_dirs(assignment)}".encode()).hexdigest()
+    return key, spec
+
+
+def _dirs(assignment: Assignment) -> list[str]:
+    return [d for d in TEST_DIRS if (assignment.tests if d == "tests" else assignment.public_tests)]
+
+
+def relay(assignment: Assignment, files: dict[str, bytes], ctx: GradeContext, n_tests: int,
+          template: tuple[str, str] | None = None) -> RelayRun:
     cfg = assignment.config
     budget = _budget(assignment, ctx, n_tests)
     student_limits = ctx.limits.model_copy(update={"wall_s": budget})
@@ -123,24 +145,32 @@ def relay(assignment: Assignment, files: dict[str, bytes], ctx: GradeContext, n_
         student.close()
         return run
     names = run.load.get("names") or {}
-    dirs = [d for d in TEST_DIRS if (assignment.tests if d == "tests" else assignment.public_tests)]
     # pytest needs more room than the student's code may get; the operator's defaults do.
     test_limits = ctx.settings.limits_for(ctx.settings.default_limits).model_copy(update={"wall_s": budget})
     peer = student.peer_fds() if ctx.backend.peer_channels else None
-    job = SandboxJob(argv=["python3", "-I", f"{RUNNER_DIR}/pytest_side/launch.py", *dirs],
-                     files=_test_files(assignment), limits=test_limits, channel=True, label=ctx.label, peer=peer)
+    job = SandboxJob(argv=["python3", "-I", f"{RUNNER_DIR}/pytest_side/launch.py", *_dirs(assignment)],
+                     files=_test_files(assignment), limits=test_limits, channel=True, label=ctx.label, peer=peer,
+                     template=template[0] if template else None,
+                     env={TEMPLATE_ENV: template[1]} if template else {})
     try:
-        box = ctx.backend.start(job)
-    except SandboxError as exc:
-        student.close()
-        raise InfraError(f"test sandbox did not start: {exc}") from exc
-    try:
-        box.channel.send({"op": "hello", "module": cfg.module, "names": names, "peer": peer is not None,
-                          "test_timeout_s": cfg.test_timeout_s, "first_id": student.next_id()})
-        _serve(box, student, run, assignment, budget, load)
+        while True:
+            try:
+                box = ctx.backend.start(job)
+            except SandboxError as exc:
+                raise InfraError(f"test sandbox did not start: {exc}") from exc
+            try:
+                box.channel.send({"op": "hello", "module": cfg.module, "names": names, "peer": peer is not None,
+                                  "test_timeout_s": cfg.test_timeout_s, "first_id": student.next_id()})
+                _serve(box, student, run, assignment, budget, load)
+            finally:
+                box.kill()
+                run.test_box = box.wait(timeout=2.0)
+            if not run.refused:
+                break
+            # The collected session does not fit this submission's names: a plain test run.
+            run.refused = False
+            job = job.model_copy(update={"template": None, "env": {}})
     finally:
-        box.kill()
-        run.test_box = box.wait(timeout=2.0)
         student.close()
     if run.test_box.verdict is Verdict.sandbox_error:
         raise InfraError(f"test sandbox failed: {run.test_box.error}")
@@ -167,6 +197,9 @@ def _serve(box: RunningSandbox, student: StudentRunner, run: RelayRun, assignmen
         if not isinstance(msg, dict):
             continue
         op = msg.get("op")
+        if op == "template_refused" and not run.collected:  # its first word, or never
+            run.refused = True
+            return
         if op == "collected" and not run.collected:
             run.collected = [str(t) for t in msg.get("tests") or []]
         elif op == "start":
@@ -237,7 +270,8 @@ def compute_reference(assignment: Assignment, ctx: GradeContext) -> dict[str, An
         log.warning("reference_solution_fails_tests", assignment=assignment.name, tests=failing[:10])
     # Why, for `xgrader check` (the reference's own run: nothing here is a student's).
     why = {t: _failure(run.results.get(t), run.host.get(t)) for t in failing[:20]}
-    return {"tests": run.collected, "failing": failing, "failing_why": why}
+    # The reference's names: what a collected session's proxy knows (template_of).
+    return {"tests": run.collected, "failing": failing, "failing_why": why, "names": run.load.get("names")}
 
 
 def _failure(result: dict[str, Any] | None, host: tuple[str, Verdict | None] | None) -> str:
@@ -327,7 +361,7 @@ def grade_pytest(assignment: Assignment, files: dict[str, bytes], ctx: GradeCont
     canonical: list[str] = reference["tests"]
     cfg = assignment.config
     limit = cfg.feedback.max_chars
-    run = relay(assignment, assignment.sandbox_files(files), ctx, len(canonical))
+    run = relay(assignment, assignment.sandbox_files(files), ctx, len(canonical), template_of(assignment, ctx, reference))
     findings = scoring.Findings()
     load = run.load
     placeholders = []
