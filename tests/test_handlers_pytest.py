@@ -325,12 +325,31 @@ def test_second():
 '''
 
 
+ALONE_TESTS = '''
+import os
+from submission import f
+
+# Imported once per version by the collected session's server: it must see
+# no process but its own pid namespace's, like any test job.
+AT_IMPORT = sorted(int(p) for p in os.listdir("/proc") if p.isdigit())
+
+def test_alone():
+    assert f(1) == 2
+    assert set(AT_IMPORT) <= {1, 2}, AT_IMPORT
+'''
+
+
 @pytest.fixture
 def tmpl_kit(make_kit) -> GradingKit:
     kit = make_kit()
     kit.add("state", {
         "assignment.toml": 'title = "state"\nkind = "pytest"\nmax_points = 2\n',
         "tests/test_state.py": STATE_TESTS,
+        "solution/submission.py": "def f(n):\n    return n + 1\n",
+    })
+    kit.add("alone", {  # what the instructor's module sees where it is imported
+        "assignment.toml": 'title = "alone"\nkind = "pytest"\nmax_points = 1\n',
+        "tests/test_alone.py": ALONE_TESTS,
         "solution/submission.py": "def f(n):\n    return n + 1\n",
     })
     kit.add("value", {  # the tests read a value at import: that takes the submission itself
@@ -398,3 +417,9 @@ def _state(pid: int) -> str:
             return fh.read().rsplit(b")", 1)[1].split()[0].decode()
     except OSError:
         return "gone"
+
+
+def test_the_collected_session_sees_no_other_process(tmpl_kit):
+    for _ in range(3):  # the reference run (a plain job), then the collected session's jobs
+        report = tmpl_kit.grade("alone", "def f(n):\n    return n + 1\n")
+        assert report.score == 1, report.tests

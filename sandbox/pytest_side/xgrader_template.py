@@ -79,9 +79,18 @@ class Router:
                 return self._refuse(z, fds, "cannot start its server: %s" % exc)
             sys.stdout.flush()
             sys.stderr.flush()
+            # The server is pid 1 of a pid namespace of its own, as a job's
+            # init is: the instructor's code it runs sees and signals nothing
+            # of the fork server's or of another key's server; its jobs die with it.
+            pid = -1
             try:
-                pid = os.fork()
-            except OSError as exc:  # EAGAIN, ENOMEM
+                z._check(z._libc.unshare(z.CLONE_NEWPID), "unshare(pid)")
+                try:
+                    pid = os.fork()
+                finally:
+                    if pid != 0:
+                        z._check(z._libc.setns(private[0], z.CLONE_NEWPID), "setns(pid)")
+            except (OSError, z.SetupError) as exc:  # EAGAIN, ENOMEM
                 sock.close()
                 theirs.close()
                 return self._refuse(z, fds, "cannot start its server: %s" % exc)
@@ -130,14 +139,20 @@ def serve_template(zygote, sock, req, fds, private):
     try:
         _signal.set_wakeup_fd(-1)
         _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)
-        _signal.alarm(BUILD_S)  # a collection that hangs ends this server
+        # A collection that hangs ends this server (as pid 1 it needs a handler for that).
+        _signal.signal(_signal.SIGALRM, lambda *_: os._exit(1))
+        _signal.alarm(BUILD_S)
         z._libc.prctl(z.PR_SET_NAME, b"xg-pytest-tmpl", 0, 0, 0)
+        z._libc.prctl(z.PR_SET_DUMPABLE, 0, 0, 0, 0)  # its memory is no other process's to read
         memfd = fds[4] if req["files"] else -1
         z._keep_only(0, 1, 2, sock.fileno(), *([memfd] if memfd >= 0 else []))
-        # Its own /tmp with the job's files (they are the same for every job
-        # of this key): pytest collects from /tmp/work as a job would.
+        # Its own mounts: a /proc of its pid namespace, and a /tmp with the
+        # job's files (the same for every job of this key), from which pytest
+        # collects as a job would.
         z._check(z._libc.unshare(z.CLONE_NEWNS), "unshare(mount)")
         z._check(z._libc.mount(None, b"/", None, z.MS_REC | z.MS_PRIVATE, None), "make / private")
+        z._check(z._libc.mount(b"proc", b"/proc", b"proc", z.MS_NOSUID | z.MS_NODEV | z.MS_NOEXEC, None),
+                 "mount /proc")
         z._check(z._libc.mount(b"tmpfs", b"/tmp", b"tmpfs", z.MS_NOSUID | z.MS_NODEV,
                                b"mode=0755,size=%d" % int(req["tmp_bytes"])), "mount /tmp")
         os.mkdir(z.WORK, 0o755)
@@ -255,6 +270,7 @@ class Collected:
         server.keep_fds = tuple(_open_fds() - {0, 1, 2, sock_fd})
         server.routes_templates = False
         _signal.alarm(0)
+        _signal.signal(_signal.SIGALRM, _signal.SIG_DFL)
         gc.collect()
         job = server.serve()  # this server stays in there; its jobs come back
         Collected.job_started = True
