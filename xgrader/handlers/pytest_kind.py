@@ -105,17 +105,16 @@ def _budget(assignment: Assignment, ctx: GradeContext, n_tests: int) -> float:
     return min(wanted, ctx.settings.limit_ceilings.wall_s + STARTUP_S, ctx.settings.job_timeout_s * 0.8)
 
 
-def template_of(assignment: Assignment, ctx: GradeContext, reference: dict[str, Any]) -> tuple[str, str] | None:
-    """(key, what a template server collects from) of this assignment
-    version's test session: its tests and files (in the store's key), the
-    reference solution's names (the proxy's at collection) and the test
-    folders. None before the reference run recorded the names."""
-    names = reference.get("names")
+def template_of(assignment: Assignment, ctx: GradeContext, names: Any) -> list[str] | None:
+    """[key, what a template server collects from] of this assignment
+    version's test session (sandbox/pytest_side/xgrader_template.py): its
+    tests and files (in the store's key), the reference solution's names
+    (the proxy's at collection) and the test folders."""
     if not isinstance(names, dict):
         return None
     spec = json.dumps({"module": assignment.config.module, "names": names}, sort_keys=True)
     key = hashlib.sha256(f"{ctx.store.key(assignment)}\n{spec}\n{_dirs(assignment)}".encode()).hexdigest()
-    return key, spec
+    return [key, spec]
 
 
 def _dirs(assignment: Assignment) -> list[str]:
@@ -270,8 +269,11 @@ def compute_reference(assignment: Assignment, ctx: GradeContext) -> dict[str, An
         log.warning("reference_solution_fails_tests", assignment=assignment.name, tests=failing[:10])
     # Why, for `xgrader check` (the reference's own run: nothing here is a student's).
     why = {t: _failure(run.results.get(t), run.host.get(t)) for t in failing[:20]}
-    # The reference's names: what a collected session's proxy knows (template_of).
-    return {"tests": run.collected, "failing": failing, "failing_why": why, "names": run.load.get("names")}
+    names = run.load.get("names")
+    return {"tests": run.collected, "failing": failing, "failing_why": why, "names": names,
+            # Per version, not per submission: the collected session's key, and
+            # each test's weight, visibility and name in the report.
+            "template": template_of(assignment, ctx, names), "rows": _rows(assignment, run.collected)}
 
 
 def _failure(result: dict[str, Any] | None, host: tuple[str, Verdict | None] | None) -> str:
@@ -284,6 +286,16 @@ def _failure(result: dict[str, Any] | None, host: tuple[str, Verdict | None] | N
 
 
 # -- grading -------------------------------------------------------------------
+
+def _rows(assignment: Assignment, canonical: list[str]) -> list[list[Any]]:
+    """[node id, weight, visible, name in the report] of each test."""
+    rows: list[list[Any]] = []
+    counters: dict[str, int] = {}
+    for nodeid in canonical:
+        weight, visible = assignment.rule_for(nodeid, public=nodeid.startswith("public_tests/"))
+        rows.append([nodeid, weight, visible, _display_name(nodeid, visible, counters)])
+    return rows
+
 
 def _display_name(nodeid: str, visible: bool, counters: dict[str, int]) -> str:
     short = nodeid.split("/", 1)[1] if nodeid.startswith(TEST_DIRS) else nodeid
@@ -361,14 +373,12 @@ def grade_pytest(assignment: Assignment, files: dict[str, bytes], ctx: GradeCont
     canonical: list[str] = reference["tests"]
     cfg = assignment.config
     limit = cfg.feedback.max_chars
-    run = relay(assignment, assignment.sandbox_files(files), ctx, len(canonical), template_of(assignment, ctx, reference))
+    template = reference.get("template")
+    run = relay(assignment, assignment.sandbox_files(files), ctx, len(canonical),
+                (template[0], template[1]) if template else None)
     findings = scoring.Findings()
     load = run.load
-    placeholders = []
-    counters: dict[str, int] = {}
-    for nodeid in canonical:
-        weight, visible = assignment.rule_for(nodeid, public=nodeid.startswith("public_tests/"))
-        placeholders.append((nodeid, weight, visible, _display_name(nodeid, visible, counters)))
+    placeholders = [tuple(row) for row in reference.get("rows") or _rows(assignment, canonical)]
     loaded = bool(load.get("ok"))
     if not loaded:
         early = scoring.load_failure(assignment, load, findings, ctx.source, lambda err: scoring.syntax_report(
