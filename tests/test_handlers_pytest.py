@@ -423,3 +423,23 @@ def test_the_collected_session_sees_no_other_process(tmpl_kit):
     for _ in range(3):  # the reference run (a plain job), then the collected session's jobs
         report = tmpl_kit.grade("alone", "def f(n):\n    return n + 1\n")
         assert report.score == 1, report.tests
+
+
+def test_what_the_tests_set_up_at_import_reaches_every_submission(make_kit):
+    """Environment variables set and files written while the tests are
+    imported are there when they run, collected session or not."""
+    kit = make_kit()
+    kit.add("setup", {
+        "assignment.toml": 'title = "setup"\nkind = "pytest"\nmax_points = 2\n',
+        "tests/conftest.py": "import os\nos.environ['COURSE_MODE'] = 'exam'\n",
+        "tests/test_env.py": "import os\nfrom submission import f\n\n"
+                             "def test_env():\n    assert os.environ.get('COURSE_MODE') == 'exam' and f(1) == 2\n",
+        "public_tests/test_file.py": "import pathlib\nfrom submission import f\n"
+                                     "pathlib.Path('made_at_import.txt').write_text('42')\n\n"
+                                     "def test_file():\n    assert pathlib.Path('made_at_import.txt').read_text() == '42'\n"
+                                     "    assert f(41) == 42\n",
+        "solution/submission.py": "def f(n):\n    return n + 1\n",
+    })
+    for _ in range(3):
+        report = kit.grade("setup", "def f(n):\n    return n + 1\n")
+        assert report.score == 2, statuses(report)

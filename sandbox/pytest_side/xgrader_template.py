@@ -160,12 +160,14 @@ def serve_template(zygote, sock, req, fds, private):
             z.place_files(memfd, req["files"])
             os.close(memfd)
         os.chdir(z.WORK)
+        placed = _tree("/tmp")
         # As the job's interpreter would be set up (zygote.run_script, then launch.py).
         environ = os.environ
         for name in list(environ):
             del environ[name]
         for name, value in req["env"].items():
             environ[name] = value
+        environ["PWD"] = z.WORK
         spec = json.loads(environ.pop(ENV))
         sys.argv = list(req["argv"])
         sys.path[:] = [HERE, os.path.dirname(HERE), HERE] + z._BASE_PATH
@@ -180,7 +182,7 @@ def serve_template(zygote, sock, req, fds, private):
         import xgrader_proxy
         from xgrader_plugin import Reporter, pytest_args
         session = xgrader_proxy.install(None, {"module": spec["module"], "names": spec["names"]})
-        collected = Collected(zygote, sock, session, Reporter(session, None), dict(spec["names"]), reserve)
+        collected = Collected(zygote, sock, session, Reporter(session, None), dict(spec["names"]), reserve, placed)
         code = pytest.main(pytest_args(sys.argv[1:], os.getcwd()), plugins=[collected.reporter, collected])
         if Collected.job_started:  # a job: the run is over
             collected.channel.send({"op": "done"})
@@ -204,6 +206,20 @@ def _tell(what):
         pass
 
 
+def _tree(root):
+    """Every path under `root` with its type and size."""
+    found = []
+    for folder, dirs, files in os.walk(root):
+        found += [(os.path.join(folder, d), "d", 0) for d in dirs]
+        for name in files:
+            path = os.path.join(folder, name)
+            try:
+                found.append((path, "f", os.lstat(path).st_size))
+            except OSError:
+                found.append((path, "?", 0))
+    return sorted(found)
+
+
 def _open_fds():
     fds = set()
     for name in os.listdir("/proc/self/fd"):
@@ -222,7 +238,8 @@ class Collected:
 
     job_started = False
 
-    def __init__(self, zygote, sock, session, reporter, names, reserve):
+    def __init__(self, zygote, sock, session, reporter, names, reserve, placed):
+        self.placed = placed    # /tmp as the job's files left it: each job starts from that
         self.zygote = zygote
         self.sock = sock
         self.session = session
@@ -253,6 +270,11 @@ class Collected:
 
     def serve(self, session):
         config = session.config
+        if _tree("/tmp") != self.placed:
+            # Collection wrote files (a conftest's data, tmp_path_factory): a
+            # job starts from the files alone, so it runs plain instead.
+            _tell("collection changed /tmp")
+            os._exit(1)
         if session.testsfailed or not session.items or config.option.collectonly:
             reporter = config.pluginmanager.getplugin("terminalreporter")
             errors = [str(getattr(r, "longrepr", ""))[-300:] for r in (reporter.stats.get("error", []) if reporter else [])]
@@ -281,12 +303,14 @@ class Collected:
         submission's names checked against what the tests read at import."""
         z = sys.modules[type(self.zygote).__module__]
         _argv, env = self.job
+        # The job's environment is the one this server collected with (plus
+        # what the tests' modules set at import, as in a plain run) and the
+        # job's own channels.
         environ = os.environ
-        for name in list(environ):
-            del environ[name]
         for name, value in env.items():
-            environ[name] = value
-        environ["PWD"] = z.WORK
+            if environ.get(name) != value:
+                environ[name] = value
+        environ.pop(ENV, None)
         from runner_core import Channel
         spec = environ.pop("XGRADER_CHANNEL", "")
         if not spec:
