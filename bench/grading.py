@@ -290,8 +290,9 @@ def pytest_process_grader(ex: Exercise, python: str) -> Callable[[str, str], flo
 
     def grade(_name: str, code: str) -> float:
         (tmp / "submission.py").write_text(code)
-        r = subprocess.run([python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--rootdir", str(tmp),
-                            "-o", "pythonpath=.", *dirs], cwd=tmp, capture_output=True, text=True, timeout=60)
+        # `-m` puts the cwd (the submission's folder) on sys.path.
+        r = subprocess.run([python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--rootdir", str(tmp), *dirs],
+                           cwd=tmp, capture_output=True, text=True, timeout=60)
         found = re.search(r"(\d+) passed", r.stdout)
         return float(found.group(1)) if found else 0.0
     return grade
