@@ -29,6 +29,11 @@ def pytest_args(dirs, rootdir):
     ]
 
 
+def _exception_only(excinfo, style=None):
+    """A test failure's long representation: `Type: message` only."""
+    return excinfo.exconly()
+
+
 def _saferepr(value):
     try:
         from _pytest._io.saferepr import saferepr
@@ -51,6 +56,15 @@ class Reporter:
         the test started or the previous readouterr())."""
         from xgrader_proxy import StudentOutput
         return StudentOutput(self.session)
+
+    def pytest_collection_modifyitems(self, items):
+        # A failed test's report is built from the exception itself (result()
+        # below); pytest's rendering of its traceback, which re-parses the
+        # test file's source for every failure (~2 ms each), would only be
+        # printed to this box's stdout, which nobody reads.
+        for item in items:
+            if type(item) is pytest.Function:  # not unittest's or doctest's items
+                item.repr_failure = _exception_only
 
     def pytest_collection_finish(self, session):
         if self.channel is not None:  # None while xgrader_template collects: its jobs report
