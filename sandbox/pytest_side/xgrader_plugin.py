@@ -104,6 +104,8 @@ class Reporter:
         state = self.session.state
         msg = {"op": "result", "nodeid": nodeid, "input": state.input,
                "output": "".join(state.output)[:CAP * 5]}
+        if state.trace is not None:  # calls made over the peer channel: what the host would have noted
+            msg["trace"] = state.trace.message()
         if (setup and setup.skipped) or (call and call.skipped):
             msg["outcome"] = "skipped"
             return msg

@@ -83,6 +83,7 @@ class TestState:
         self.unread = ([], [])
         self.echoed = 0
         self.missing = []   # names the submission lacks that this test used
+        self.trace = None   # what this test's calls over the peer channel showed (Trace)
 
     def add_output(self, text):
         if text and sum(len(t) for t in self.output) < 20000:
@@ -132,6 +133,54 @@ class StudentOutput:
         return self._session.state.readouterr()
 
 
+class Trace:
+    """What the host notes of a relayed call, for calls made over the peer
+    channel (xgrader/handlers/pytest_kind.py takes it from the result): the
+    functions called, the last call's reply, the last error, what was
+    printed, whether an argument was changed, where a call that ran over was."""
+
+    REPLY_CAP = 64 * 1024   # encoded size of the last reply sent back whole
+
+    def __init__(self):
+        self.calls = []      # distinct [target, method] in the order first called, then the last
+        self.last = None
+        self.reply = None
+        self.error = None
+        self.output = []
+        self.size = 0
+        self.mutated = False
+        self.sample = None
+
+    def note(self, msg, reply):
+        if msg.get("op") == "call":
+            call = [msg.get("target"), msg.get("method")]
+            if call not in self.calls and len(self.calls) < 50:
+                self.calls.append(call)
+            self.last = call
+            self.reply = reply
+        if not reply.get("ok") and isinstance(reply.get("error"), dict):
+            self.error = reply["error"]
+        text = reply.get("stdout")
+        if text and type(text) is str and self.size < 20000:
+            self.output.append(text)
+            self.size += len(text)
+        self.mutated = self.mutated or bool(reply.get("mutated"))
+
+    def message(self):
+        reply = self.reply
+        if reply is not None and len(json_dumps(reply)) > self.REPLY_CAP:
+            reply = {k: v for k, v in reply.items() if k != "value"}
+            reply["value_dropped"] = True   # too large to send back: not evidence
+        return {"calls": self.calls + ([self.last] if self.last is not None else []), "reply": reply,
+                "error": self.error, "output": self.output, "mutated": self.mutated, "sample": self.sample}
+
+
+def sample_after(timeout):
+    """When the runner should send a stack sample of a call still running
+    (xgrader.handlers.student.sample_after: the same rule)."""
+    return round(max(timeout - 0.25, timeout * 0.75), 3)
+
+
 class PeerLost(Exception):
     """The runner behind the peer channel ran over, ended or misbehaved."""
 
@@ -161,7 +210,7 @@ class Peer:
             except OSError:
                 pass
 
-    def exchange(self, msg, deadline):
+    def exchange(self, msg, deadline, trace):
         data = memoryview(json_dumps(msg, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "replace") + b"\n")
         while data:
             try:
@@ -173,6 +222,9 @@ class Peer:
         while True:
             reply = self._line(deadline)
             if isinstance(reply, dict) and reply.get("id") == msg["id"]:
+                if "sample" in reply:  # still running at sample_after: where it was, then wait on
+                    trace.sample = reply.get("sample")
+                    continue
                 if reply.get("output_limit"):
                     raise PeerLost("output")
                 return clean_reply(reply)
@@ -273,6 +325,9 @@ class Session:
         self.names = dict(hello.get("names") or {})
         self.per_test = float(hello.get("test_timeout_s") or 0) or None
         self.ids = int(hello.get("first_id") or 0)
+        explain = hello.get("explain") or {}
+        self.sample = bool(explain.get("sample"))   # ask for stack samples of calls that run long
+        self.watch = bool(explain.get("watch"))     # ask whether a call changed its arguments
         spec = os.environ.pop("XGRADER_PEER", "")
         self.peer = Peer(spec) if spec.startswith("fd:") and hello.get("peer") and self.per_test else None
 
@@ -282,9 +337,19 @@ class Session:
         msg["id"] = self.ids
         if self.peer is not None:
             state = self.state
+            if state.trace is None:
+                state.trace = Trace()
             began = time.monotonic()
+            left = max(self.per_test - state.spent, 0.05)
+            # What the host adds to a request it relays.
+            if self.sample:
+                msg["sample_after"] = sample_after(left)
+            if self.watch and msg.get("op") == "call":
+                msg["watch"] = True
             try:
-                return self.peer.exchange(msg, began + max(self.per_test - state.spent, 0.05))
+                reply = self.peer.exchange(msg, began + left, state.trace)
+                state.trace.note(msg, reply)
+                return reply
             except PeerLost as exc:
                 why = exc.why
             finally:
@@ -307,8 +372,9 @@ class Session:
         been (timeout, or died with the sandbox's verdict)."""
         self.peer.close()
         self.peer = None
+        trace, self.state.trace = self.state.trace, None   # the host notes the rest itself
         return self.host({"op": "lost", "why": why, "nodeid": self.state.nodeid, "spent": self.state.spent,
-                          "id": self.ids})
+                          "trace": trace.message() if trace is not None else None, "id": self.ids})
 
     def reply_value(self, reply):
         self.state.printed(_text(reply.get("stdout")), _text(reply.get("stderr")))

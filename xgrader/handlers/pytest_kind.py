@@ -30,7 +30,9 @@ from xgrader.errors import AssignmentError, InfraError
 from xgrader.handlers import scoring
 from xgrader.handlers.context import GradeContext
 from xgrader.handlers.io_kind import reference_error, where
-from xgrader.handlers.student import RequestTimeout, RunnerDied, StudentRunner, sample_after
+from xgrader.handlers.student import (
+    RequestTimeout, RunnerDied, StudentRunner, clean_reply, clean_sample, sample_after,
+)
 from xgrader.handlers.values import BadValue, decode
 from xgrader import explain
 from xgrader.report import Evidence, GradeReport, TestReport, TestStatus
@@ -159,7 +161,10 @@ def relay(assignment: Assignment, files: dict[str, bytes], ctx: GradeContext, n_
                 raise InfraError(f"test sandbox did not start: {exc}") from exc
             try:
                 box.channel.send({"op": "hello", "module": cfg.module, "names": names, "peer": peer is not None,
-                                  "test_timeout_s": cfg.test_timeout_s, "first_id": student.next_id()})
+                                  "test_timeout_s": cfg.test_timeout_s, "first_id": student.next_id(),
+                                  # What the relay asks of the runner, for the calls the test sandbox makes.
+                                  "explain": {"sample": assignment.explains("time_limit"),
+                                              "watch": assignment.explains("mutated_argument")}})
                 _serve(box, student, run, assignment, budget, load)
             finally:
                 box.kill()
@@ -204,7 +209,10 @@ def _serve(box: RunningSandbox, student: StudentRunner, run: RelayRun, assignmen
         elif op == "start":
             current, spent = str(msg.get("nodeid")), 0.0
         elif op == "result":
-            run.results[str(msg.get("nodeid"))] = msg
+            nodeid = str(msg.get("nodeid"))
+            run.results[nodeid] = msg
+            if "trace" in msg:  # its calls went over the peer channel: the evidence the relay would note
+                _absorb(run.traces.setdefault(nodeid, Trace()), msg.pop("trace"))
         elif op == "done":
             run.finished = True
             return
@@ -227,7 +235,8 @@ def _serve(box: RunningSandbox, student: StudentRunner, run: RelayRun, assignmen
                 if not student_ok:
                     raise RunnerDied(None)
                 if op == "lost":
-                    student.lost(str(msg.get("why")))
+                    sample = _absorb(trace, msg.get("trace"))
+                    student.lost(str(msg.get("why")), sample)
                 reply = student.request(request, timeout)
                 trace.note_reply(reply, op)
             except RequestTimeout as exc:
@@ -247,6 +256,31 @@ def _serve(box: RunningSandbox, student: StudentRunner, run: RelayRun, assignmen
                 box.channel.send({**reply, "id": msg.get("id")})
             except ChannelError:
                 return
+
+
+def _absorb(trace: Trace, data: Any) -> list[list[Any]] | None:
+    """Note in `trace` what the test sandbox saw of the calls it made over
+    the peer channel (xgrader_proxy.Trace), as the relay notes its own; the
+    runner's replies in it are untrusted as ever. Returns the stack sample
+    of a call that ran over, if one came."""
+    if not isinstance(data, dict):
+        return None
+    calls = data.get("calls")
+    for call in calls[:51] if isinstance(calls, list) else ():
+        if isinstance(call, list) and len(call) == 2:
+            trace.note_call({"op": "call", "target": call[0], "method": call[1]})
+    if isinstance(data.get("reply"), dict):
+        trace.note_reply(clean_reply(data["reply"]), "call")
+    if isinstance(data.get("error"), dict):
+        trace.error = clean_reply({"error": data["error"]})["error"]
+    output = data.get("output")
+    if isinstance(output, list):
+        trace.output = [clean_text(t, 20_000) for t in output[:200] if isinstance(t, str)]
+    trace.mutated = trace.mutated or data.get("mutated") is True
+    sample = clean_sample(data.get("sample"))
+    if sample is not None:
+        trace.sample = sample
+    return sample
 
 
 def _is_number(value: Any) -> bool:

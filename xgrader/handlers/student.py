@@ -132,15 +132,15 @@ class StudentRunner:
             return channel.read_fd, channel.write_fd
         return None
 
-    def lost(self, why: str) -> None:
+    def lost(self, why: str, sample: list[list[Any]] | None = None) -> None:
         """The peer that talked to this runner gave up on it (`timeout`: no
         reply in the test's time; `output`: it answered with the output
         limit; `bad`: it sent something unreadable; anything else: its channel
-        closed). Ends
+        closed; `sample`: where a call that ran over was). Ends
         the sandbox and raises what :meth:`request` would have raised."""
         if why == "timeout":
             self._kill("timeout")
-            raise RequestTimeout()
+            raise RequestTimeout(sample)
         if why == "output":
             raise RunnerDied(self._kill("output_limit"), Verdict.output)
         if why == "bad":  # an unreadable or oversized reply (the host's channel refuses those too)
