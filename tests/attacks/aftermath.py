@@ -28,7 +28,7 @@ def leftovers(backend) -> list[str]:
     # The fork servers are no job's either (their forked jobs would be).
     servers = getattr(getattr(backend, "inner", backend), "forkservers", None)
     if servers is not None:
-        spare_pids |= set(servers.pids()) | set(servers.template_pids())
+        spare_pids |= set(servers.pids())
         spare_cgroups |= set(servers.cgroup_names())
     found = [f"process {pid} ({comm})" for pid, comm in descendants() if pid not in spare_pids]
     inner = getattr(backend, "inner", backend)

@@ -301,7 +301,7 @@ class BwrapBackend(Backend):
             self.forkservers.prepare()
 
     def helpers(self) -> tuple:
-        return tuple(self.forkservers.pids()) if self.forkservers is not None else ()
+        return tuple(self.forkservers.chain_pids()) if self.forkservers is not None else ()
 
     def close(self) -> None:
         if self.forkservers is not None:

@@ -461,8 +461,14 @@ class ForkServers:
             server.close()
 
     def pids(self) -> list[int]:
-        """The servers' own processes: not their forked jobs. For leak checks
-        in tests and operators' tools."""
+        """The servers' own processes, their template servers included: not
+        their forked jobs. For leak checks in tests and operators' tools."""
+        return self.chain_pids() + self.template_pids()
+
+    def chain_pids(self) -> list[int]:
+        """Each server's bwrap, its pid 1, the zygote and the forking server:
+        what identifies the servers a process was forked with (template
+        servers come and go with assignments)."""
         return [pid for server in self.servers.values() for pid in server.pids()]
 
     def template_pids(self) -> list[int]:
