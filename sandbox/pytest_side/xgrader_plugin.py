@@ -122,6 +122,8 @@ class Reporter:
         etype = type(exc).__name__ if exc is not None else None
         if isinstance(exc, StudentTimeout):
             msg["outcome"] = "timeout"
+            if exc.out_of_time:
+                msg["out_of_time"] = True
         elif isinstance(exc, StudentCrash):
             msg["outcome"] = "error"
             msg["message"] = str(exc)[:CAP]

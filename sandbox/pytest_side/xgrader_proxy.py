@@ -41,7 +41,12 @@ class StudentException(Exception):
 
 class StudentTimeout(BaseException):
     """The student's code ran over the per-test time limit (BaseException: a
-    test's `pytest.raises(Exception)` must not swallow it)."""
+    test's `pytest.raises(Exception)` must not swallow it). `out_of_time`:
+    the submission's running time was spent before the call."""
+
+    def __init__(self, message, out_of_time=False):
+        super().__init__(message)
+        self.out_of_time = out_of_time
 
 
 class StudentCrash(BaseException):
@@ -324,6 +329,10 @@ class Session:
         self.channel = channel
         self.names = dict(hello.get("names") or {})
         self.per_test = float(hello.get("test_timeout_s") or 0) or None
+        # What is left of the submission's running time (its wall_s) for the
+        # calls made over the peer channel; None: untimed (the reference).
+        wall = hello.get("wall_s")
+        self.wall_left = float(wall) if isinstance(wall, (int, float)) and not isinstance(wall, bool) else None
         self.ids = int(hello.get("first_id") or 0)
         explain = hello.get("explain") or {}
         self.sample = bool(explain.get("sample"))   # ask for stack samples of calls that run long
@@ -339,8 +348,14 @@ class Session:
             state = self.state
             if state.trace is None:
                 state.trace = Trace()
+            if self.wall_left is not None and self.wall_left <= 0:
+                # The submission's running time is spent: the call is not made.
+                return {"ok": False, "timeout": True, "out_of_time": True, "id": msg["id"]}
             began = time.monotonic()
-            left = max(self.per_test - state.spent, 0.05)
+            left = self.per_test - state.spent
+            if self.wall_left is not None:
+                left = min(left, self.wall_left)
+            left = max(left, 0.05)
             # What the host adds to a request it relays.
             if self.sample:
                 msg["sample_after"] = sample_after(left)
@@ -353,7 +368,10 @@ class Session:
             except PeerLost as exc:
                 why = exc.why
             finally:
-                state.spent += time.monotonic() - began
+                took = time.monotonic() - began
+                state.spent += took
+                if self.wall_left is not None:
+                    self.wall_left -= took
             return self.lost(why)
         return self.host(msg)
 
@@ -374,12 +392,15 @@ class Session:
         self.peer = None
         trace, self.state.trace = self.state.trace, None   # the host notes the rest itself
         return self.host({"op": "lost", "why": why, "nodeid": self.state.nodeid, "spent": self.state.spent,
+                          "wall_left": self.wall_left,
                           "trace": trace.message() if trace is not None else None, "id": self.ids})
 
     def reply_value(self, reply):
         self.state.printed(_text(reply.get("stdout")), _text(reply.get("stderr")))
         if reply.get("ok"):
             return self.decode(reply.get("value"))
+        if reply.get("out_of_time"):
+            raise StudentTimeout("not run: your code used up its running time", out_of_time=True)
         if reply.get("timeout"):
             raise StudentTimeout("your code took too long")
         if reply.get("died"):

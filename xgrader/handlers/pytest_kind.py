@@ -83,6 +83,10 @@ class Trace:
         self.mutated = self.mutated or bool(reply.get("mutated"))
 
 
+class OutOfTime(Exception):
+    """The submission's running time (GradeContext.clock) is spent."""
+
+
 @dataclass
 class RelayRun:
     load: dict[str, Any]
@@ -134,12 +138,17 @@ def relay(assignment: Assignment, files: dict[str, bytes], ctx: GradeContext, n_
     load_timeout = cfg.test_timeout_s + ctx.slack_s()
 
     def load() -> dict[str, Any]:
+        # The import runs the student's code: on the submission's clock (its
+        # sandbox's start is not).
+        started = time.monotonic()
         try:
-            return student.restart(load_timeout)
+            return student.restart(ctx.left_s(load_timeout))
         except RequestTimeout as exc:
             return {"ok": False, "timeout": True, "sample": exc.sample}
         except RunnerDied as exc:
             return {"ok": False, "died": True, "verdict": exc.verdict}
+        finally:
+            ctx.charge(time.monotonic() - started - student.last_start_s)
 
     run = RelayRun(load=load())
     if not run.load.get("ok"):
@@ -162,10 +171,12 @@ def relay(assignment: Assignment, files: dict[str, bytes], ctx: GradeContext, n_
             try:
                 box.channel.send({"op": "hello", "module": cfg.module, "names": names, "peer": peer is not None,
                                   "test_timeout_s": cfg.test_timeout_s, "first_id": student.next_id(),
+                                  # The calls it makes over the peer channel are on the clock too.
+                                  "wall_s": ctx.clock.remaining() if ctx.clock is not None else None,
                                   # What the relay asks of the runner, for the calls the test sandbox makes.
                                   "explain": {"sample": assignment.explains("time_limit"),
                                               "watch": assignment.explains("mutated_argument")}})
-                _serve(box, student, run, assignment, budget, load)
+                _serve(box, student, run, assignment, ctx, budget, load)
             finally:
                 box.kill()
                 run.test_box = box.wait(timeout=2.0)
@@ -182,7 +193,7 @@ def relay(assignment: Assignment, files: dict[str, bytes], ctx: GradeContext, n_
 
 
 def _serve(box: RunningSandbox, student: StudentRunner, run: RelayRun, assignment: Assignment,
-           budget: float, load: Any) -> None:
+           ctx: GradeContext, budget: float, load: Any) -> None:
     deadline = time.monotonic() + budget
     per_test = assignment.config.test_timeout_s
     current: str | None = None
@@ -222,8 +233,11 @@ def _serve(box: RunningSandbox, student: StudentRunner, run: RelayRun, assignmen
                 current = str(msg.get("nodeid") or current or "") or None
                 said = msg.get("spent")
                 spent = min(max(float(said), 0.0), per_test) if _is_number(said) else 0.0
+                wall_left = msg.get("wall_left")   # what the peer's calls left of the clock
+                if ctx.clock is not None and _is_number(wall_left):
+                    ctx.charge(ctx.clock.remaining() - float(wall_left))
             request = {k: msg[k] for k in RELAYED_KEYS if k in msg}
-            timeout = max(per_test - spent, 0.05)
+            timeout = ctx.left_s(max(per_test - spent, 0.05))
             if assignment.explains("time_limit"):
                 request["sample_after"] = sample_after(timeout)
             if assignment.explains("mutated_argument") and request.get("op") == "call":
@@ -232,25 +246,35 @@ def _serve(box: RunningSandbox, student: StudentRunner, run: RelayRun, assignmen
             if op != "lost":
                 trace.note_call(request)
             try:
+                if ctx.out_of_time() and op != "lost":
+                    raise OutOfTime   # the submission's running time is spent: the call is not made
                 if not student_ok:
                     raise RunnerDied(None)
                 if op == "lost":
                     sample = _absorb(trace, msg.get("trace"))
                     student.lost(str(msg.get("why")), sample)
-                reply = student.request(request, timeout)
+                called = time.monotonic()
+                try:
+                    reply = student.request(request, timeout)
+                finally:
+                    ctx.charge(time.monotonic() - called)
                 trace.note_reply(reply, op)
+            except OutOfTime:
+                reply = {"ok": False, "timeout": True, "out_of_time": True}
+                if current:
+                    run.host.setdefault(current, ("timeout", Verdict.wall_time))
             except RequestTimeout as exc:
                 reply = {"ok": False, "timeout": True}
                 trace.sample = exc.sample
                 if current:
                     run.host[current] = ("timeout", Verdict.wall_time)
-                student_ok = load().get("ok", False)
+                student_ok = not ctx.out_of_time() and load().get("ok", False)
             except RunnerDied as exc:
                 reply = {"ok": False, "died": True,
                          "verdict": exc.verdict.value if exc.verdict else None}
                 if current:
                     run.host.setdefault(current, ("died", exc.verdict))
-                student_ok = student_ok and load().get("ok", False)
+                student_ok = student_ok and not ctx.out_of_time() and load().get("ok", False)
             spent += time.monotonic() - began
             try:
                 box.channel.send({**reply, "id": msg.get("id")})
@@ -432,7 +456,7 @@ def grade_pytest(assignment: Assignment, files: dict[str, bytes], ctx: GradeCont
         status = _status(result, host)
         if not loaded and status is not TestStatus.passed:
             status = TestStatus.not_run   # the module did not load: the test could not run
-        if host is not None and host[0] == "timeout":
+        if status is TestStatus.timeout:   # the relay's timeout, or one the test sandbox saw on its peer channel
             findings.limits.add(scoring.Outcome.time_limit)
         elif host is not None:
             if findings.note_limit(host[1]) is None and status is not TestStatus.passed:
@@ -461,7 +485,10 @@ def grade_pytest(assignment: Assignment, files: dict[str, bytes], ctx: GradeCont
                                     test_id=nodeid, evidence=evidence))
             continue
         message = result.get("message")
-        if status is TestStatus.timeout:
+        if status is TestStatus.timeout and result.get("out_of_time"):
+            message = (f"Not run: your code had used up its running time ({ctx.limits.wall_s:g} s "
+                       "across all tests).")
+        elif status is TestStatus.timeout:
             message = f"Took longer than {cfg.test_timeout_s:g} s."
         elif status is TestStatus.missing:
             message = "This test did not report a result (the test run stopped early)."
