@@ -244,3 +244,209 @@ def test_tests_that_never_report_are_missing_failures(py_kit):
     report = py_kit.grade("exits", "def f():\n    return 2\n")
     assert report.score == 0
     assert [t.status for t in report.tests] == [Status.missing] * 3
+
+
+# -- the test sandbox talks to the student's runner itself (bwrap: a peer channel) --
+
+PEER_TESTS = '''
+from submission import f, shout
+
+def test_first():
+    assert f(1) == 2
+
+def test_second():
+    assert f(2) == 3
+
+def test_third():
+    assert f(3) == 4
+
+def test_printed_text_is_cleaned_as_the_host_cleans_it(student_output):
+    shout()
+    assert student_output.last.out == "ab\\n"
+'''
+
+FORGE_REPLY = '''
+import gc, os, sys
+def _channel():
+    core = sys.modules["runner_core"]
+    return next(o for o in gc.get_objects() if isinstance(o, core.Channel))
+def f(n):
+    if n == 2:
+        os.write(_channel().w, %s)
+    return n + 1
+def shout():
+    print("a\\x07\\x1bb")
+'''
+
+
+@pytest.fixture(scope="module")
+def peer_kit(kit: GradingKit) -> GradingKit:
+    kit.add("peer", {
+        "assignment.toml": 'title = "peer"\nkind = "pytest"\nmax_points = 4\ntest_timeout_s = 2\n',
+        "tests/test_peer.py": PEER_TESTS,
+        "solution/submission.py": "def f(n):\n    return n + 1\ndef shout():\n    print('ab')\n",
+    })
+    return kit
+
+
+def test_calls_go_straight_to_the_runner(peer_kit, monkeypatch):
+    from xgrader.handlers import student
+    peer_kit.grade("peer", "def f(n):\n    return n + 1\n")  # the reference run, first
+    relayed = []
+    request = student.StudentRunner.request
+    monkeypatch.setattr(student.StudentRunner, "request",
+                        lambda self, msg, timeout: relayed.append(msg["op"]) or request(self, msg, timeout))
+    report = peer_kit.grade("peer", "def f(n):\n    return n + 1\ndef shout():\n    print('a\\x07b')\n")
+    assert report.score == 4, statuses(report)
+    assert relayed == ["load"]  # the four tests' calls never went through the host
+
+
+@pytest.mark.parametrize("forged", [
+    'b"[" * 100 + b"1" + b"]" * 100 + b"\\n"',        # nested past the depth the host allows
+    'b"{\\"id\\": " + b"9" * 50 + b"\\n"',               # not JSON
+    'b"x" * (5 * 1024 * 1024)',                         # a line past 4 MiB
+])
+def test_an_unreadable_reply_ends_that_runner_and_the_next_test_runs_on_a_fresh_one(peer_kit, forged):
+    report = peer_kit.grade("peer", FORGE_REPLY % forged)
+    st = statuses(report)
+    assert st["test_second"] is Status.error, st
+    assert st["test_first"] is Status.passed and st["test_third"] is Status.passed, st
+
+
+# -- collected sessions: the test side's fork server collects once per version --
+
+STATE_TESTS = '''
+import os
+from submission import f
+
+SEEN = []                      # module state: each submission must find it as imported
+IMPORTED_BY = os.getpid()
+
+def test_first():
+    SEEN.append(f(1))
+    assert SEEN == [2]
+
+def test_second():
+    SEEN.append(f(2))
+    assert SEEN == [2, 3]
+'''
+
+
+ALONE_TESTS = '''
+import os
+from submission import f
+
+# Imported once per version by the collected session's server: it must see
+# no process but its own pid namespace's, like any test job.
+AT_IMPORT = sorted(int(p) for p in os.listdir("/proc") if p.isdigit())
+
+def test_alone():
+    assert f(1) == 2
+    assert set(AT_IMPORT) <= {1, 2}, AT_IMPORT
+'''
+
+
+@pytest.fixture
+def tmpl_kit(make_kit) -> GradingKit:
+    kit = make_kit()
+    kit.add("state", {
+        "assignment.toml": 'title = "state"\nkind = "pytest"\nmax_points = 2\n',
+        "tests/test_state.py": STATE_TESTS,
+        "solution/submission.py": "def f(n):\n    return n + 1\n",
+    })
+    kit.add("alone", {  # what the instructor's module sees where it is imported
+        "assignment.toml": 'title = "alone"\nkind = "pytest"\nmax_points = 1\n',
+        "tests/test_alone.py": ALONE_TESTS,
+        "solution/submission.py": "def f(n):\n    return n + 1\n",
+    })
+    kit.add("value", {  # the tests read a value at import: that takes the submission itself
+        "assignment.toml": 'title = "value"\nkind = "pytest"\nmax_points = 1\n',
+        "tests/test_value.py": "from submission import LIMIT, f\n\ndef test_f():\n    assert f(LIMIT) == 11\n",
+        "solution/submission.py": "LIMIT = 10\ndef f(n):\n    return n + 1\n",
+    })
+    return kit
+
+
+def test_every_submission_of_a_version_runs_from_one_collected_session(tmpl_kit, monkeypatch):
+    from xgrader.backends import forkserver
+    servers = tmpl_kit.backend.forkservers
+    before = set(servers.template_pids())
+    sent = []
+    spawn = forkserver.Zygote.spawn
+    monkeypatch.setattr(forkserver.Zygote, "spawn",
+                        lambda self, job, *a: sent.append(job.template) or spawn(self, job, *a))
+    good = "def f(n):\n    return n + 1\n"
+    assert tmpl_kit.grade("state", good).score == 2          # the reference run, then a collected session
+    new = set(servers.template_pids()) - before
+    assert len(new) == 1
+    for code, score in ((good, 2), ("def f(n):\n    return n\n", 0), (good, 2)):
+        report = tmpl_kit.grade("state", code)
+        # Module state as the tests left it in one submission never reaches the next.
+        assert report.score == score, statuses(report)
+    assert set(servers.template_pids()) - before == new       # the same server throughout
+    assert [t for t in sent if t] and len({t for t in sent if t}) == 1
+
+
+def test_names_that_do_not_fit_the_collected_session_get_a_plain_run(tmpl_kit, monkeypatch):
+    from xgrader.backends import forkserver
+    tmpl_kit.grade("state", "def f(n):\n    return n + 1\n")
+    sent = []
+    spawn = forkserver.Zygote.spawn
+    monkeypatch.setattr(forkserver.Zygote, "spawn",
+                        lambda self, job, *a: sent.append(job.template) or spawn(self, job, *a))
+    # `f` is a class here: imported into a fresh session it is a class's proxy.
+    report = tmpl_kit.grade("state", "class f:\n    def __init__(self, n):\n        pass\n")
+    assert report.score == 0 and all(t.status is Status.failed for t in report.tests), statuses(report)
+    student, *tests = sent
+    assert student is None and tests[0] is not None and tests[-1] is None, sent  # refused, then a plain run
+    sent.clear()
+    report = tmpl_kit.grade("state", "def g(n):\n    return n + 1\n")   # f missing
+    assert report.score == 0 and report.outcome is Outcome.missing_function, statuses(report)
+    assert len(sent) == 3 and sent[-1] is None, sent
+    sent.clear()
+    assert tmpl_kit.grade("state", "def f(n):\n    return n + 1\n\ndef g():\n    pass\n").score == 2
+    assert len(sent) == 2 and sent[-1] is not None   # other names besides: still the collected session
+
+
+def test_tests_that_read_a_value_at_import_run_plain(tmpl_kit):
+    servers = tmpl_kit.backend.forkservers
+    before = set(servers.template_pids())
+    assert tmpl_kit.grade("value", "LIMIT = 10\ndef f(n):\n    return n + 1\n").score == 1
+    assert tmpl_kit.grade("value", "LIMIT = 10\ndef f(n):\n    return n + 1\n").score == 1
+    assert tmpl_kit.grade("value", "LIMIT = 9\ndef f(n):\n    return n + 1\n").score == 0
+    live = [p for p in set(servers.template_pids()) - before if _state(p) != "Z"]
+    assert live == []  # its collection failed: that server is gone, the jobs ran plain
+
+
+def _state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return fh.read().rsplit(b")", 1)[1].split()[0].decode()
+    except OSError:
+        return "gone"
+
+
+def test_the_collected_session_sees_no_other_process(tmpl_kit):
+    for _ in range(3):  # the reference run (a plain job), then the collected session's jobs
+        report = tmpl_kit.grade("alone", "def f(n):\n    return n + 1\n")
+        assert report.score == 1, report.tests
+
+
+def test_what_the_tests_set_up_at_import_reaches_every_submission(make_kit):
+    """Environment variables set and files written while the tests are
+    imported are there when they run, collected session or not."""
+    kit = make_kit()
+    kit.add("setup", {
+        "assignment.toml": 'title = "setup"\nkind = "pytest"\nmax_points = 2\n',
+        "tests/conftest.py": "import os\nos.environ['COURSE_MODE'] = 'exam'\n",
+        "tests/test_env.py": "import os\nfrom submission import f\n\n"
+                             "def test_env():\n    assert os.environ.get('COURSE_MODE') == 'exam' and f(1) == 2\n",
+        "public_tests/test_file.py": "import pathlib\nfrom submission import f\n"
+                                     "pathlib.Path('made_at_import.txt').write_text('42')\n\n"
+                                     "def test_file():\n    assert pathlib.Path('made_at_import.txt').read_text() == '42'\n"
+                                     "    assert f(41) == 42\n",
+        "solution/submission.py": "def f(n):\n    return n + 1\n",
+    })
+    for _ in range(3):
+        report = kit.grade("setup", "def f(n):\n    return n + 1\n")
+        assert report.score == 2, statuses(report)

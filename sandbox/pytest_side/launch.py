@@ -2,6 +2,8 @@
 
 Takes the channel, installs the `submission` proxy from the host's hello,
 then runs pytest on the instructor's test folders with the reporter plugin.
+A job forked from a collected session (xgrader_template.py) never gets
+here: it runs the same session from its collected state.
 """
 
 import os
@@ -15,6 +17,7 @@ from runner import Channel  # noqa: E402  (the runner's transport, stdlib only)
 
 
 def main(argv):
+    os.environ.pop("XGRADER_PYTEST_TEMPLATE", None)  # what a collected session would start from
     spec = os.environ.pop("XGRADER_CHANNEL", "")
     if not spec:
         sys.stderr.write("launch: no XGRADER_CHANNEL\n")
@@ -26,17 +29,9 @@ def main(argv):
     import xgrader_proxy
     session = xgrader_proxy.install(channel, hello)
     import pytest
-    from xgrader_plugin import Reporter
-    args = [
-        *argv[1:], "-q", "-p", "no:cacheprovider", "-p", "no:stepwise",
-        "-c", os.path.join(HERE, "pytest.ini"), "--rootdir", os.getcwd(),
-        "--tb=short", "-o", "console_output_style=classic",
-        # What student code printed is echoed into pytest's capture (capsys
-        # sees it); failure reports need not repeat it on this box's stdout.
-        "--show-capture=no",
-    ]
+    from xgrader_plugin import Reporter, pytest_args
     try:
-        code = pytest.main(args, plugins=[Reporter(session, channel)])
+        code = pytest.main(pytest_args(argv[1:], os.getcwd()), plugins=[Reporter(session, channel)])
     finally:
         channel.send({"op": "done"})
     return int(code)

@@ -27,5 +27,6 @@ sys.path.insert(0, _HERE)
 try:
     import xgrader_proxy  # noqa: F401,E402
     import xgrader_plugin  # noqa: F401,E402
+    import xgrader_template  # noqa: F401,E402  (collected sessions: the server routes to them)
 finally:
     sys.path.remove(_HERE)

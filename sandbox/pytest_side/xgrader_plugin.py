@@ -3,11 +3,35 @@ test's outcome, to the host over the channel. The host trusts these reports
 because no student code runs in this process; a test that never reports is
 counted as failed there."""
 
+import os
+
 import pytest
 
 from xgrader_proxy import MissingName, StudentCrash, StudentTimeout
 
 CAP = 2000
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def pytest_args(dirs, rootdir):
+    """pytest's command line in the test sandbox (launch.py, and the
+    sessions xgrader_template.py collects once per assignment version)."""
+    return [
+        *dirs, "-q", "-p", "no:cacheprovider", "-p", "no:stepwise",
+        # faulthandler keeps a copy of stderr open from configuration on:
+        # nothing here reads what it would dump.
+        "-p", "no:faulthandler",
+        "-c", os.path.join(HERE, "pytest.ini"), "--rootdir", rootdir,
+        "--tb=short", "-o", "console_output_style=classic",
+        # What student code printed is echoed into pytest's capture (capsys
+        # sees it); failure reports need not repeat it on this box's stdout.
+        "--show-capture=no",
+    ]
+
+
+def _exception_only(excinfo, style=None):
+    """A test failure's long representation: `Type: message` only."""
+    return excinfo.exconly()
 
 
 def _saferepr(value):
@@ -33,15 +57,29 @@ class Reporter:
         from xgrader_proxy import StudentOutput
         return StudentOutput(self.session)
 
+    def pytest_collection_modifyitems(self, items):
+        # A failed test's report is built from the exception itself (result()
+        # below); pytest's rendering of its traceback, which re-parses the
+        # test file's source for every failure (~2 ms each), would only be
+        # printed to this box's stdout, which nobody reads.
+        for item in items:
+            if type(item) is pytest.Function:  # not unittest's or doctest's items
+                item.repr_failure = _exception_only
+
     def pytest_collection_finish(self, session):
+        if self.channel is not None:  # None while xgrader_template collects: its jobs report
+            self.collected(session)
+
+    def collected(self, session):
         self.channel.send({"op": "collected", "tests": [item.nodeid for item in session.items]})
 
     def pytest_runtest_logstart(self, nodeid, location):
         from xgrader_proxy import TestState
-        self.session.state = TestState()
+        self.session.state = TestState(nodeid)
         self.phases = {}
         self.excinfo = None
-        self.channel.send({"op": "start", "nodeid": nodeid})
+        if self.session.peer is None:  # the host relays this test's calls: it times them per test
+            self.channel.send({"op": "start", "nodeid": nodeid})
 
     def pytest_assertrepr_compare(self, config, op, left, right):
         # Remember the two sides of the failing comparison; keep pytest's own text.
@@ -66,6 +104,8 @@ class Reporter:
         state = self.session.state
         msg = {"op": "result", "nodeid": nodeid, "input": state.input,
                "output": "".join(state.output)[:CAP * 5]}
+        if state.trace is not None:  # calls made over the peer channel: what the host would have noted
+            msg["trace"] = state.trace.message()
         if (setup and setup.skipped) or (call and call.skipped):
             msg["outcome"] = "skipped"
             return msg
@@ -82,6 +122,8 @@ class Reporter:
         etype = type(exc).__name__ if exc is not None else None
         if isinstance(exc, StudentTimeout):
             msg["outcome"] = "timeout"
+            if exc.out_of_time:
+                msg["out_of_time"] = True
         elif isinstance(exc, StudentCrash):
             msg["outcome"] = "error"
             msg["message"] = str(exc)[:CAP]

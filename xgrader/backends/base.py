@@ -70,6 +70,18 @@ class SandboxJob(BaseModel):
     limits: Limits = Field(default_factory=Limits)
     # Interactive jobs get a harness channel (see Channel); batch jobs may too.
     channel: bool = False
+    # Host descriptors (read, write) of another sandbox's channel, handed to
+    # this job as a second channel of its own (XGRADER_PEER): the pytest
+    # kind's test sandbox talks to the student's runner without the host in
+    # the middle. The caller keeps its descriptors. Backends whose
+    # `peer_channels` is False refuse it.
+    peer: tuple[int, int] | None = None
+    # Jobs with the same template key run the same start-up up to where they
+    # read their channel (the pytest side: configuration and collection of
+    # one assignment version's tests). bwrap's fork servers run it once per
+    # key and fork such jobs from there; every other path starts the job as
+    # usual, which comes to the same.
+    template: str | None = None
     # Identifies the job in logs, cgroup names and container labels.
     label: str = "job"
 
@@ -154,6 +166,9 @@ class Backend(abc.ABC):
     """A sandbox backend. Implementations: bwrap, docker, unsafe (debug only)."""
 
     name: str = "abstract"
+    # Whether jobs may get a peer channel (SandboxJob.peer): descriptors
+    # passed into the sandbox. Not docker: its channels are sockets there.
+    peer_channels: bool = False
 
     @abc.abstractmethod
     def start(self, job: SandboxJob) -> RunningSandbox:

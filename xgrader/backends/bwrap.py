@@ -50,7 +50,7 @@ from xgrader.backends.base import (
 )
 from xgrader.backends.cgroups import CgroupManager, JobCgroup
 from xgrader.backends.channel import make_pipes
-from xgrader.backends.forkserver import ZYGOTE_LIMITS, ForkedSandbox, ForkServers, InitHandle
+from xgrader.backends.forkserver import ZYGOTE_LIMITS, ForkedSandbox, ForkServers, InitHandle, TemplateRefused
 from xgrader.backends.seccomp import build_filter, filter_fd
 from xgrader.backends.process import (
     BASE_PATH, ProcessSandbox, TreeUsage, rlimit_key, rlimit_values, safe_relpath, sandbox_site_dirs,
@@ -160,6 +160,7 @@ def _await_launch(proc: subprocess.Popen, info_r: int, label: str) -> None:
 
 class BwrapBackend(Backend):
     name = "bwrap"
+    peer_channels = True
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -248,6 +249,8 @@ class BwrapBackend(Backend):
         env = self._env(job)
         if channel:
             env["XGRADER_CHANNEL"] = channel
+        if job.peer is not None:
+            env["XGRADER_PEER"] = "fd:%d,%d" % job.peer
         for key, value in env.items():
             argv += ["--setenv", key, value]
         cmd = list(job.argv)
@@ -259,7 +262,8 @@ class BwrapBackend(Backend):
         return argv + ["--", *cmd]
 
     def _env(self, job: SandboxJob) -> dict[str, str]:
-        """The job's whole environment (the runner's channel spec aside)."""
+        """The job's whole environment (the channels' specs aside: a forked
+        job's are set by the server, at the numbers it gives them)."""
         env = {"PATH": BASE_PATH, "LANG": "C.UTF-8", **job.env}
         if self.site_dirs:  # not XGRADER_*: that prefix is the daemon's config, never in a sandbox
             env.setdefault("SANDBOX_SITE_DIRS", self.site_dirs)
@@ -297,7 +301,7 @@ class BwrapBackend(Backend):
             self.forkservers.prepare()
 
     def helpers(self) -> tuple:
-        return tuple(self.forkservers.pids()) if self.forkservers is not None else ()
+        return tuple(self.forkservers.chain_pids()) if self.forkservers is not None else ()
 
     def close(self) -> None:
         if self.forkservers is not None:
@@ -373,7 +377,11 @@ class BwrapBackend(Backend):
         target = self.forkservers.for_job(job) if self.forkservers is not None else None
         if target is not None:
             try:
-                return self._spawn_forked(job, *target)
+                try:
+                    return self._spawn_forked(job, *target)
+                except TemplateRefused as exc:  # no template server for it: forked as usual
+                    log.debug("template_refused", label=job.label, reason=str(exc)[:200])
+                    return self._spawn_forked(job.model_copy(update={"template": None}), *target)
             except ConnectionError as exc:  # the server died: this job starts cold
                 log.warning("fork_server_lost", label=job.label, error=str(exc)[:200])
         file_fds: list[tuple[int, str]] = []
@@ -389,6 +397,8 @@ class BwrapBackend(Backend):
             if job.channel:
                 channel, child_r, child_w = make_pipes()
                 sources = [child_r, child_w]
+            if job.peer is not None:  # kept at their numbers (pass_fds), like the channel's
+                sources += list(job.peer)
             seccomp = filter_fd(self._seccomp)
             file_fds.append((seccomp, ""))  # closed with the files below
             info_r, info_w = os.pipe()

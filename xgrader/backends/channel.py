@@ -114,6 +114,14 @@ class FdChannel(Channel):
                 self._eof = True
             self._buf += chunk
 
+    @property
+    def read_fd(self) -> int:
+        return self._r
+
+    @property
+    def write_fd(self) -> int:
+        return self._w
+
     def close(self) -> None:
         for fd in (self._r, self._w):
             try:

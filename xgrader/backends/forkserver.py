@@ -310,6 +310,27 @@ class Zygote:
         with self._lock:
             self._stop()
 
+    def template_pids(self) -> list[int]:
+        """The pytest side's template servers (pytest_side/xgrader_template.py:
+        children of the forking server that live as long as it does), host pids."""
+        chain = self.pids()
+        if len(chain) < 4:
+            return []
+        try:
+            with open(f"/proc/{chain[-1]}/task/{chain[-1]}/children") as fh:
+                kids = [int(k) for k in fh.read().split()]
+        except OSError:
+            return []
+        out = []
+        for kid in kids:
+            try:
+                with open(f"/proc/{kid}/comm") as fh:
+                    if fh.read().strip() == "xg-pytest-tmpl":
+                        out.append(kid)
+            except OSError:
+                pass
+        return out
+
     def pids(self) -> list[int]:
         """bwrap, bwrap's pid 1, the zygote and the forking server (pid 1 of
         the zygote's own pid namespace, `xg-fork-server`), host pids; the
@@ -355,13 +376,15 @@ class Zygote:
                     view = memoryview(data)
                     while view:
                         view = view[os.write(blob, view):]
-            passed = theirs + list(channel_fds or ()) + procs  # the caller closes its channel fds
+            # The caller closes its channel fds; the peer's stay the caller's.
+            passed = theirs + list(channel_fds or ()) + list(job.peer or ()) + procs
             request = json.dumps({
-                "argv": script, "env": env, "channel": channel_fds is not None,
+                "argv": script, "env": env, "channel": channel_fds is not None, "peer": job.peer is not None,
                 "tmp_bytes": job.limits.tmp_mb * 1024 * 1024,
                 "rlimits": [[res, soft, hard] for res, (soft, hard) in rlimits],
                 "files": [[name, len(data)] for name, data in files], "cgroups": len(procs),
                 "userns": cg is None,
+                **({"template": job.template} if job.template else {}),
             }).encode()
             try:
                 sock.sendmsg([request], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
@@ -375,7 +398,7 @@ class Zygote:
             for fd in theirs + procs:
                 os.close(fd)
         try:
-            pid = _await_setup(status_sock, job.label)
+            pid = _await_setup(status_sock, job.label, template=job.template is not None)
         except SandboxError:
             status_sock.close()
             for fd in (stdin_w, stdout_r, stderr_r):
@@ -387,13 +410,21 @@ class Zygote:
 _CREDS = struct.calcsize("iII")  # struct ucred
 
 
-def _await_setup(status: socket.socket, label: str) -> int | None:
+class TemplateRefused(SandboxError):
+    """No template server took the job (none could be had for its key, or
+    it ended before forking it): the same job without the key starts as usual."""
+
+
+def _await_setup(status: socket.socket, label: str, template: bool = False) -> int | None:
     """Wait (bounded) for `S` (the job runs; returns the host pid of the
     job's init, which sent it) or `E message` / EOF (its sandbox could not
-    be set up: the sandbox's error, never the student's)."""
+    be set up: the sandbox's error, never the student's). With a template
+    key, `R`, EOF or no word in time is TemplateRefused instead."""
     ready, _, _ = select.select([status], [], [], SPAWN_TIMEOUT_S)
     data, anc = status.recvmsg(4096, socket.CMSG_SPACE(_CREDS))[:2] if ready else (b"", [])
     line = data.split(b"\n", 1)[0]
+    if template and (not data or line.startswith(b"R")):  # R, EOF, or no word in time
+        raise TemplateRefused(clean_text(line[2:], 300).strip() or "its template server ended")
     if line == b"S":
         for level, kind, payload in anc:
             if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS and len(payload) >= _CREDS:
@@ -430,9 +461,18 @@ class ForkServers:
             server.close()
 
     def pids(self) -> list[int]:
-        """The servers' own processes: not their forked jobs. For leak checks
-        in tests and operators' tools."""
+        """The servers' own processes, their template servers included: not
+        their forked jobs. For leak checks in tests and operators' tools."""
+        return self.chain_pids() + self.template_pids()
+
+    def chain_pids(self) -> list[int]:
+        """Each server's bwrap, its pid 1, the zygote and the forking server:
+        what identifies the servers a process was forked with (template
+        servers come and go with assignments)."""
         return [pid for server in self.servers.values() for pid in server.pids()]
+
+    def template_pids(self) -> list[int]:
+        return [pid for server in self.servers.values() for pid in server.template_pids()]
 
     def cgroup_names(self) -> list[str]:
         return [d.name for s in self.servers.values() if s.cgroup is not None for d in s.cgroup.dirs.values()]

@@ -35,6 +35,7 @@ TMP_PREFIX = "xgrader-unsafe-"
 
 class UnsafeBackend(Backend):
     name = "unsafe"
+    peer_channels = True
 
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings
@@ -56,11 +57,15 @@ class UnsafeBackend(Backend):
         if job.channel:
             channel, child_r, child_w = make_pipes()
             env["XGRADER_CHANNEL"] = "fd:3,4"
+        sources = [child_r, child_w] if child_r is not None else []
+        if job.peer is not None:  # right after the channel's (or at 3, 4)
+            env["XGRADER_PEER"] = f"fd:{3 + len(sources)},{4 + len(sources)}"
+            sources += list(job.peer)
         if self.site_dirs:
             env.setdefault("SANDBOX_SITE_DIRS", self.site_dirs)
 
         def preexec() -> None:
-            arrange_fds([child_r, child_w] if child_r is not None else [])
+            arrange_fds(sources)
             set_rlimits(job.limits)  # after: RLIMIT_NOFILE would refuse the high fds
 
         argv = list(job.argv)

@@ -71,6 +71,7 @@ class WarmPool(Backend):
             raise SandboxError(f"backend {inner.name} has no warm start")
         self.inner = inner
         self.name = inner.name
+        self.peer_channels = inner.peer_channels
         self.size = size
         # What a sandbox fixes when it starts: it serves only jobs with the same key.
         self._key = getattr(inner, "warm_key", rlimit_key)

@@ -1,6 +1,11 @@
 """The "pytest" kind: the instructor's tests run in a test sandbox (no student
-code), the student's code in a student sandbox; the host relays every proxied
-call between them with a per-test time budget.
+code), the student's code in a student sandbox. Where the backend can hand
+descriptors to a sandbox (bwrap, unsafe), the host loads the submission and
+then gives the runner's channel to the test sandbox, which calls the student's
+code itself and bounds each test's calls by the test's budget
+(sandbox/pytest_side/xgrader_proxy.py); elsewhere (docker), and after the
+student's sandbox had to be replaced, the host relays every proxied call with
+the same per-test budget.
 
 The list of tests is fixed per assignment version by a reference run against
 solution/ (cached like expected values): the student cannot make tests
@@ -11,6 +16,8 @@ that list that did not report is `missing`, a failure.
 from __future__ import annotations
 
 import ast
+import hashlib
+import json
 import re
 import time
 from dataclasses import dataclass, field
@@ -23,7 +30,9 @@ from xgrader.errors import AssignmentError, InfraError
 from xgrader.handlers import scoring
 from xgrader.handlers.context import GradeContext
 from xgrader.handlers.io_kind import reference_error, where
-from xgrader.handlers.student import RequestTimeout, RunnerDied, StudentRunner, sample_after
+from xgrader.handlers.student import (
+    RequestTimeout, RunnerDied, StudentRunner, clean_reply, clean_sample, sample_after,
+)
 from xgrader.handlers.values import BadValue, decode
 from xgrader import explain
 from xgrader.report import Evidence, GradeReport, TestReport, TestStatus
@@ -37,6 +46,7 @@ TEST_DIRS = ("tests", "public_tests")
 RELAYED_OPS = {"call", "getattr", "special"}
 RELAYED_KEYS = ("op", "target", "method", "name", "args", "kwargs")
 STARTUP_S = 15.0   # pytest start-up and collection in the test sandbox
+TEMPLATE_ENV = "XGRADER_PYTEST_TEMPLATE"  # sandbox/pytest_side/xgrader_template.py reads it
 
 
 @dataclass
@@ -73,6 +83,10 @@ class Trace:
         self.mutated = self.mutated or bool(reply.get("mutated"))
 
 
+class OutOfTime(Exception):
+    """The submission's running time (GradeContext.clock) is spent."""
+
+
 @dataclass
 class RelayRun:
     load: dict[str, Any]
@@ -82,6 +96,7 @@ class RelayRun:
     traces: dict[str, Trace] = field(default_factory=dict)
     test_box: SandboxResult | None = None
     finished: bool = False
+    refused: bool = False   # a collected session's job found the submission's names do not fit
 
 
 def _test_files(assignment: Assignment) -> dict[str, bytes]:
@@ -96,7 +111,24 @@ def _budget(assignment: Assignment, ctx: GradeContext, n_tests: int) -> float:
     return min(wanted, ctx.settings.limit_ceilings.wall_s + STARTUP_S, ctx.settings.job_timeout_s * 0.8)
 
 
-def relay(assignment: Assignment, files: dict[str, bytes], ctx: GradeContext, n_tests: int) -> RelayRun:
+def template_of(assignment: Assignment, ctx: GradeContext, names: Any) -> list[str] | None:
+    """[key, what a template server collects from] of this assignment
+    version's test session (sandbox/pytest_side/xgrader_template.py): its
+    tests and files (in the store's key), the reference solution's names
+    (the proxy's at collection) and the test folders."""
+    if not isinstance(names, dict):
+        return None
+    spec = json.dumps({"module": assignment.config.module, "names": names}, sort_keys=True)
+    key = hashlib.sha256(f"{ctx.store.key(assignment)}\n{spec}\n{_dirs(assignment)}".encode()).hexdigest()
+    return [key, spec]
+
+
+def _dirs(assignment: Assignment) -> list[str]:
+    return [d for d in TEST_DIRS if (assignment.tests if d == "tests" else assignment.public_tests)]
+
+
+def relay(assignment: Assignment, files: dict[str, bytes], ctx: GradeContext, n_tests: int,
+          template: tuple[str, str] | None = None) -> RelayRun:
     cfg = assignment.config
     budget = _budget(assignment, ctx, n_tests)
     student_limits = ctx.limits.model_copy(update={"wall_s": budget})
@@ -106,34 +138,54 @@ def relay(assignment: Assignment, files: dict[str, bytes], ctx: GradeContext, n_
     load_timeout = cfg.test_timeout_s + ctx.slack_s()
 
     def load() -> dict[str, Any]:
+        # The import runs the student's code: on the submission's clock (its
+        # sandbox's start is not).
+        started = time.monotonic()
         try:
-            return student.restart(load_timeout)
+            return student.restart(ctx.left_s(load_timeout))
         except RequestTimeout as exc:
             return {"ok": False, "timeout": True, "sample": exc.sample}
         except RunnerDied as exc:
             return {"ok": False, "died": True, "verdict": exc.verdict}
+        finally:
+            ctx.charge(time.monotonic() - started - student.last_start_s)
 
     run = RelayRun(load=load())
     if not run.load.get("ok"):
         student.close()
         return run
     names = run.load.get("names") or {}
-    dirs = [d for d in TEST_DIRS if (assignment.tests if d == "tests" else assignment.public_tests)]
     # pytest needs more room than the student's code may get; the operator's defaults do.
     test_limits = ctx.settings.limits_for(ctx.settings.default_limits).model_copy(update={"wall_s": budget})
-    job = SandboxJob(argv=["python3", "-I", f"{RUNNER_DIR}/pytest_side/launch.py", *dirs],
-                     files=_test_files(assignment), limits=test_limits, channel=True, label=ctx.label)
+    peer = student.peer_fds() if ctx.backend.peer_channels else None
+    job = SandboxJob(argv=["python3", "-I", f"{RUNNER_DIR}/pytest_side/launch.py", *_dirs(assignment)],
+                     files=_test_files(assignment), limits=test_limits, channel=True, label=ctx.label, peer=peer,
+                     template=template[0] if template else None,
+                     env={TEMPLATE_ENV: template[1]} if template else {})
     try:
-        box = ctx.backend.start(job)
-    except SandboxError as exc:
-        student.close()
-        raise InfraError(f"test sandbox did not start: {exc}") from exc
-    try:
-        box.channel.send({"op": "hello", "module": cfg.module, "names": names})
-        _serve(box, student, run, assignment, budget, load)
+        while True:
+            try:
+                box = ctx.backend.start(job)
+            except SandboxError as exc:
+                raise InfraError(f"test sandbox did not start: {exc}") from exc
+            try:
+                box.channel.send({"op": "hello", "module": cfg.module, "names": names, "peer": peer is not None,
+                                  "test_timeout_s": cfg.test_timeout_s, "first_id": student.next_id(),
+                                  # The calls it makes over the peer channel are on the clock too.
+                                  "wall_s": ctx.clock.remaining() if ctx.clock is not None else None,
+                                  # What the relay asks of the runner, for the calls the test sandbox makes.
+                                  "explain": {"sample": assignment.explains("time_limit"),
+                                              "watch": assignment.explains("mutated_argument")}})
+                _serve(box, student, run, assignment, ctx, budget, load)
+            finally:
+                box.kill()
+                run.test_box = box.wait(timeout=2.0)
+            if not run.refused:
+                break
+            # The collected session does not fit this submission's names: a plain test run.
+            run.refused = False
+            job = job.model_copy(update={"template": None, "env": {}})
     finally:
-        box.kill()
-        run.test_box = box.wait(timeout=2.0)
         student.close()
     if run.test_box.verdict is Verdict.sandbox_error:
         raise InfraError(f"test sandbox failed: {run.test_box.error}")
@@ -141,7 +193,7 @@ def relay(assignment: Assignment, files: dict[str, bytes], ctx: GradeContext, n_
 
 
 def _serve(box: RunningSandbox, student: StudentRunner, run: RelayRun, assignment: Assignment,
-           budget: float, load: Any) -> None:
+           ctx: GradeContext, budget: float, load: Any) -> None:
     deadline = time.monotonic() + budget
     per_test = assignment.config.test_timeout_s
     current: str | None = None
@@ -160,47 +212,103 @@ def _serve(box: RunningSandbox, student: StudentRunner, run: RelayRun, assignmen
         if not isinstance(msg, dict):
             continue
         op = msg.get("op")
+        if op == "template_refused" and not run.collected:  # its first word, or never
+            run.refused = True
+            return
         if op == "collected" and not run.collected:
             run.collected = [str(t) for t in msg.get("tests") or []]
         elif op == "start":
             current, spent = str(msg.get("nodeid")), 0.0
         elif op == "result":
-            run.results[str(msg.get("nodeid"))] = msg
+            nodeid = str(msg.get("nodeid"))
+            run.results[nodeid] = msg
+            if "trace" in msg:  # its calls went over the peer channel: the evidence the relay would note
+                _absorb(run.traces.setdefault(nodeid, Trace()), msg.pop("trace"))
         elif op == "done":
             run.finished = True
             return
-        elif op in RELAYED_OPS:
-            request = {k: msg[k] for k in RELAYED_KEYS if k in msg}
+        elif op in RELAYED_OPS or op == "lost":
             began = time.monotonic()
-            timeout = max(per_test - spent, 0.05)
+            if op == "lost":  # the test sandbox gave up on the runner it talked to itself
+                current = str(msg.get("nodeid") or current or "") or None
+                said = msg.get("spent")
+                spent = min(max(float(said), 0.0), per_test) if _is_number(said) else 0.0
+                wall_left = msg.get("wall_left")   # what the peer's calls left of the clock
+                if ctx.clock is not None and _is_number(wall_left):
+                    ctx.charge(ctx.clock.remaining() - float(wall_left))
+            request = {k: msg[k] for k in RELAYED_KEYS if k in msg}
+            timeout = ctx.left_s(max(per_test - spent, 0.05))
             if assignment.explains("time_limit"):
                 request["sample_after"] = sample_after(timeout)
             if assignment.explains("mutated_argument") and request.get("op") == "call":
                 request["watch"] = True
             trace = run.traces.setdefault(current, Trace()) if current else Trace()
-            trace.note_call(request)
+            if op != "lost":
+                trace.note_call(request)
             try:
+                if ctx.out_of_time() and op != "lost":
+                    raise OutOfTime   # the submission's running time is spent: the call is not made
                 if not student_ok:
                     raise RunnerDied(None)
-                reply = student.request(request, timeout)
+                if op == "lost":
+                    sample = _absorb(trace, msg.get("trace"))
+                    student.lost(str(msg.get("why")), sample)
+                called = time.monotonic()
+                try:
+                    reply = student.request(request, timeout)
+                finally:
+                    ctx.charge(time.monotonic() - called)
                 trace.note_reply(reply, op)
+            except OutOfTime:
+                reply = {"ok": False, "timeout": True, "out_of_time": True}
+                if current:
+                    run.host.setdefault(current, ("timeout", Verdict.wall_time))
             except RequestTimeout as exc:
                 reply = {"ok": False, "timeout": True}
                 trace.sample = exc.sample
                 if current:
                     run.host[current] = ("timeout", Verdict.wall_time)
-                student_ok = load().get("ok", False)
+                student_ok = not ctx.out_of_time() and load().get("ok", False)
             except RunnerDied as exc:
                 reply = {"ok": False, "died": True,
                          "verdict": exc.verdict.value if exc.verdict else None}
                 if current:
                     run.host.setdefault(current, ("died", exc.verdict))
-                student_ok = student_ok and load().get("ok", False)
+                student_ok = student_ok and not ctx.out_of_time() and load().get("ok", False)
             spent += time.monotonic() - began
             try:
                 box.channel.send({**reply, "id": msg.get("id")})
             except ChannelError:
                 return
+
+
+def _absorb(trace: Trace, data: Any) -> list[list[Any]] | None:
+    """Note in `trace` what the test sandbox saw of the calls it made over
+    the peer channel (xgrader_proxy.Trace), as the relay notes its own; the
+    runner's replies in it are untrusted as ever. Returns the stack sample
+    of a call that ran over, if one came."""
+    if not isinstance(data, dict):
+        return None
+    calls = data.get("calls")
+    for call in calls[:51] if isinstance(calls, list) else ():
+        if isinstance(call, list) and len(call) == 2:
+            trace.note_call({"op": "call", "target": call[0], "method": call[1]})
+    if isinstance(data.get("reply"), dict):
+        trace.note_reply(clean_reply(data["reply"]), "call")
+    if isinstance(data.get("error"), dict):
+        trace.error = clean_reply({"error": data["error"]})["error"]
+    output = data.get("output")
+    if isinstance(output, list):
+        trace.output = [clean_text(t, 20_000) for t in output[:200] if isinstance(t, str)]
+    trace.mutated = trace.mutated or data.get("mutated") is True
+    sample = clean_sample(data.get("sample"))
+    if sample is not None:
+        trace.sample = sample
+    return sample
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
 
 
 # -- reference -----------------------------------------------------------------
@@ -219,7 +327,11 @@ def compute_reference(assignment: Assignment, ctx: GradeContext) -> dict[str, An
         log.warning("reference_solution_fails_tests", assignment=assignment.name, tests=failing[:10])
     # Why, for `xgrader check` (the reference's own run: nothing here is a student's).
     why = {t: _failure(run.results.get(t), run.host.get(t)) for t in failing[:20]}
-    return {"tests": run.collected, "failing": failing, "failing_why": why}
+    names = run.load.get("names")
+    return {"tests": run.collected, "failing": failing, "failing_why": why, "names": names,
+            # Per version, not per submission: the collected session's key, and
+            # each test's weight, visibility and name in the report.
+            "template": template_of(assignment, ctx, names), "rows": _rows(assignment, run.collected)}
 
 
 def _failure(result: dict[str, Any] | None, host: tuple[str, Verdict | None] | None) -> str:
@@ -232,6 +344,16 @@ def _failure(result: dict[str, Any] | None, host: tuple[str, Verdict | None] | N
 
 
 # -- grading -------------------------------------------------------------------
+
+def _rows(assignment: Assignment, canonical: list[str]) -> list[list[Any]]:
+    """[node id, weight, visible, name in the report] of each test."""
+    rows: list[list[Any]] = []
+    counters: dict[str, int] = {}
+    for nodeid in canonical:
+        weight, visible = assignment.rule_for(nodeid, public=nodeid.startswith("public_tests/"))
+        rows.append([nodeid, weight, visible, _display_name(nodeid, visible, counters)])
+    return rows
+
 
 def _display_name(nodeid: str, visible: bool, counters: dict[str, int]) -> str:
     short = nodeid.split("/", 1)[1] if nodeid.startswith(TEST_DIRS) else nodeid
@@ -309,14 +431,12 @@ def grade_pytest(assignment: Assignment, files: dict[str, bytes], ctx: GradeCont
     canonical: list[str] = reference["tests"]
     cfg = assignment.config
     limit = cfg.feedback.max_chars
-    run = relay(assignment, assignment.sandbox_files(files), ctx, len(canonical))
+    template = reference.get("template")
+    run = relay(assignment, assignment.sandbox_files(files), ctx, len(canonical),
+                (template[0], template[1]) if template else None)
     findings = scoring.Findings()
     load = run.load
-    placeholders = []
-    counters: dict[str, int] = {}
-    for nodeid in canonical:
-        weight, visible = assignment.rule_for(nodeid, public=nodeid.startswith("public_tests/"))
-        placeholders.append((nodeid, weight, visible, _display_name(nodeid, visible, counters)))
+    placeholders = [tuple(row) for row in reference.get("rows") or _rows(assignment, canonical)]
     loaded = bool(load.get("ok"))
     if not loaded:
         early = scoring.load_failure(assignment, load, findings, ctx.source, lambda err: scoring.syntax_report(
@@ -336,7 +456,7 @@ def grade_pytest(assignment: Assignment, files: dict[str, bytes], ctx: GradeCont
         status = _status(result, host)
         if not loaded and status is not TestStatus.passed:
             status = TestStatus.not_run   # the module did not load: the test could not run
-        if host is not None and host[0] == "timeout":
+        if status is TestStatus.timeout:   # the relay's timeout, or one the test sandbox saw on its peer channel
             findings.limits.add(scoring.Outcome.time_limit)
         elif host is not None:
             if findings.note_limit(host[1]) is None and status is not TestStatus.passed:
@@ -365,7 +485,10 @@ def grade_pytest(assignment: Assignment, files: dict[str, bytes], ctx: GradeCont
                                     test_id=nodeid, evidence=evidence))
             continue
         message = result.get("message")
-        if status is TestStatus.timeout:
+        if status is TestStatus.timeout and result.get("out_of_time"):
+            message = (f"Not run: your code had used up its running time ({ctx.limits.wall_s:g} s "
+                       "across all tests).")
+        elif status is TestStatus.timeout:
             message = f"Took longer than {cfg.test_timeout_s:g} s."
         elif status is TestStatus.missing:
             message = "This test did not report a result (the test run stopped early)."

@@ -23,6 +23,7 @@ from xgrader.backends.base import (
     Backend, ChannelError, Limits, RunningSandbox, SandboxError, SandboxJob, SandboxResult, Verdict,
     clean_text,
 )
+from xgrader.backends.channel import FdChannel
 
 log = structlog.get_logger(__name__)
 
@@ -115,6 +116,36 @@ class StudentRunner:
     @property
     def alive(self) -> bool:
         return self._box is not None
+
+    def next_id(self) -> int:
+        """A request id this runner has not seen from the host (a peer
+        numbers its own requests from there)."""
+        return next(self._ids)
+
+    def peer_fds(self) -> tuple[int, int] | None:
+        """(read, write): this runner's channel as the host holds it, for a
+        sandbox that will talk to the runner itself (SandboxJob.peer); None
+        when the channel is not a pair of descriptors (docker's socket). The
+        host stops reading it meanwhile; :meth:`lost` takes it back."""
+        channel = getattr(self._box, "channel", None)
+        if isinstance(channel, FdChannel):
+            return channel.read_fd, channel.write_fd
+        return None
+
+    def lost(self, why: str, sample: list[list[Any]] | None = None) -> None:
+        """The peer that talked to this runner gave up on it (`timeout`: no
+        reply in the test's time; `output`: it answered with the output
+        limit; `bad`: it sent something unreadable; anything else: its channel
+        closed; `sample`: where a call that ran over was). Ends
+        the sandbox and raises what :meth:`request` would have raised."""
+        if why == "timeout":
+            self._kill("timeout")
+            raise RequestTimeout(sample)
+        if why == "output":
+            raise RunnerDied(self._kill("output_limit"), Verdict.output)
+        if why == "bad":  # an unreadable or oversized reply (the host's channel refuses those too)
+            raise RunnerDied(self._kill("unreadable reply"))
+        raise self._died()
 
     # -- requests --------------------------------------------------------------
     def send(self, message: dict[str, Any]) -> int:
