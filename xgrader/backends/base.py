@@ -126,6 +126,10 @@ class Channel(abc.ABC):
     def recv(self, timeout: float) -> Any:
         """Next message; raises TimeoutError, or ChannelError on EOF/garbage."""
 
+    def pending(self) -> bool:
+        """Whether recv() has a whole message already read (no wait for it)."""
+        return False
+
 
 class RunningSandbox(abc.ABC):
     channel: Channel

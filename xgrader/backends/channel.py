@@ -114,6 +114,9 @@ class FdChannel(Channel):
                 self._eof = True
             self._buf += chunk
 
+    def pending(self) -> bool:
+        return b"\n" in self._buf
+
     @property
     def read_fd(self) -> int:
         return self._r
