@@ -291,6 +291,7 @@ class Collected:
         # What the session opened (a log handler's /dev/null...) stays open in its jobs.
         server.keep_fds = tuple(_open_fds() - {0, 1, 2, sock_fd})
         server.routes_templates = False
+        server.lone_jobs = True   # its jobs run tests, never student code: no init per job
         _signal.alarm(0)
         _signal.signal(_signal.SIGALRM, _signal.SIG_DFL)
         gc.collect()
