@@ -538,9 +538,15 @@ def stack_sample(frame, keep=20):
     return frames[-keep:]
 
 
+_IMMUTABLE = (int, float, bool, str, type(None))
+
+
 def _canonical(value):
     """The runner's own encoding of a value (fresh handles), None if it has none;
-    compared before and after a call to see whether the call changed it."""
+    compared before and after a call to see whether the call changed it.
+    None for an int, float, bool, str or None too: no call changes those in place."""
+    if type(value) in _IMMUTABLE:
+        return None
     try:
         enc = encode(value, Handles())
         text = json_dumps(enc)
