@@ -282,6 +282,13 @@ class Collected:
             os._exit(1)
         # Capture holds descriptors and temporary files: each job starts its own.
         config.pluginmanager.getplugin("capturemanager").stop_global_capturing()
+        # What jobs need not do per test: the terminal's progress output
+        # (nobody reads a job's stdout: results go over the channel, and a
+        # job exits at the end of its loop, before any summary), and the
+        # look-up of each test's hook proxy from its path's conftests, all of
+        # them imported by now (answered once per path here).
+        config.pluginmanager.unregister(name="terminalreporter")
+        session.gethookproxy = _once_per_path(session.gethookproxy)
         for stream in (sys.stdout, sys.stderr):
             stream.flush()
         for fd in self.reserve:
@@ -330,6 +337,17 @@ class Collected:
         capman = session.config.pluginmanager.getplugin("capturemanager")
         capman.start_global_capturing()
         capman.suspend_global_capture()
+
+
+def _once_per_path(gethookproxy):
+    proxies = {}
+
+    def cached(fspath):
+        proxy = proxies.get(fspath)
+        if proxy is None:
+            proxy = proxies[fspath] = gethookproxy(fspath)
+        return proxy
+    return cached
 
 
 def fits(accessed, reference, names):
