@@ -432,6 +432,30 @@ def test_the_collected_session_sees_no_other_process(tmpl_kit):
         assert report.score == 1, report.tests
 
 
+LONE_TESTS = """
+import os
+from submission import f
+
+def test_lone():
+    assert f(1) == 2
+    # A collected session's test job has no init: it is pid 1 of its own pid
+    # namespace and the only process there (a plain job is pid 2 under one).
+    assert os.getpid() == 1
+    assert sorted(int(p) for p in os.listdir("/proc") if p.isdigit()) == [1]
+"""
+
+
+def test_a_collected_session_job_is_pid_1_without_an_init(tmpl_kit):
+    tmpl_kit.add("lone", {
+        "assignment.toml": 'title = "lone"\nkind = "pytest"\nmax_points = 1\n',
+        "tests/test_lone.py": LONE_TESTS,
+        "solution/submission.py": "def f(n):\n    return n + 1\n",
+    })
+    for _ in range(2):  # the reference's plain run (under an init: its test fails), then collected jobs
+        report = tmpl_kit.grade("lone", "def f(n):\n    return n + 1\n")
+        assert report.score == 1, report.tests
+
+
 def test_what_the_tests_set_up_at_import_reaches_every_submission(make_kit):
     """Environment variables set and files written while the tests are
     imported are there when they run, collected session or not."""
