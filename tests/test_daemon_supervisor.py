@@ -429,12 +429,16 @@ def test_queue_server_restart_mid_run_loses_nothing(mini_xqueue):
             time.sleep(0.01)
         mini_xqueue.restart(0.7)
 
-    threading.Thread(target=restart_after_first, daemon=True).start()
+    restarter = threading.Thread(target=restart_after_first, daemon=True)
+    restarter.start()
     # No ready children and no forker here: forked ahead of their jobs, they
     # would keep this in-process server's old listening socket open through
     # the restart (a real queue server is not in the daemon's process).
     code, _ = run_daemon(mini_xqueue, slow, lambda: mini_xqueue.answered() == 6, timeout=30,
                          ready_children=0, forker=False)
+    # On a loaded machine the restart may come after the last answer: the
+    # fixture's stop() must not meet a server that is not serving yet.
+    restarter.join(timeout=15)
     time.sleep(0.2)
     assert code == 0 and [len(e.results) for e in mini_xqueue.entries] == [1] * 6
 

@@ -1,5 +1,5 @@
-"""xgrader as a course author without root: `grade`, `check`, `batch` and
-`demo` run as an unprivileged user (tests/support/unprivileged.py) on bwrap
+"""xgrader as a course author without root: `grade`, `check`, `batch`,
+`mutants`, `coverage` and `demo` run as an unprivileged user (tests/support/unprivileged.py) on bwrap
 (fork servers, cold starts, the warm pool; rlimits, or a delegated cgroup)
 and on the author's rootless podman, with the results root gets, one line
 about the limits, and nothing left running. Where no sandbox can run, one
@@ -86,6 +86,32 @@ def test_check_all_example_assignments_as_an_author(author):
     n = sum(1 for p in (author.code / "payload_handlers").iterdir() if (p / "assignment.toml").is_file())
     r, left = run_as_author(author, "bwrap", "check", "--all", "--handlers", f"{author.code}/payload_handlers")
     assert r.returncode == 0 and f"{n}/{n} assignments pass" in r.stdout, (r.stdout, r.stderr)
+    assert left == {}, left
+
+
+def test_mutants_and_coverage_as_an_author(author):
+    """The author's loop as the author: mutation testing of the hidden tests
+    and the feedback coverage report, on bwrap, with root's results."""
+    code = author.code
+    r, left = run_as_author(author, "bwrap", "mutants", "sum_digits", "--handlers", f"{code}/payload_handlers",
+                            "--json")
+    assert r.returncode == 0, r.stderr
+    run = json.loads(r.stdout)
+    statuses = [m["status"] for m in run["results"]]
+    assert len(statuses) >= 10 and statuses.count("killed") >= 8 and "error" not in statuses, statuses
+    assert run["score"] == 1.0, run["score"]     # the example's tests kill every non-equivalent mutant
+    assert left == {}, left
+
+    out = author.tmp / "coverage.json"
+    html = author.tmp / "coverage.html"
+    r, left = run_as_author(author, "bwrap", "coverage", "--payload", "sum_digits", "--json", str(out),
+                            "--html", str(html), f"{code}/{SAMPLES}")
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(out.read_text())["summary"]
+    assert summary["submissions"] == summary["graded"] == 6 and summary["not_graded"] == [], summary
+    [whole] = summary["criteria"]
+    assert whole["lost_points"] == whole["with_specific"] == 5 and whole["nothing_specific"] == [], whole
+    assert "<html" in html.read_text().lower()
     assert left == {}, left
 
 

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from xgrader.handlers.context import WATCHDOG_GRACE_S
-from xgrader.report import TestStatus
+from xgrader.report import TestStatus as Status
 
 WALL_S = 2.0
 # Teardown of the last sandbox after the kill (and a loaded machine): the
@@ -59,7 +59,7 @@ def test_a_submission_that_never_ends_is_stopped_by_wall_s(looped, name, code):
     report = looped.grade(name, code)
     elapsed = time.monotonic() - started
     assert report.score == 0
-    assert all(t.status is TestStatus.timeout for t in report.tests), [t.status for t in report.tests]
+    assert all(t.status is Status.timeout for t in report.tests), [t.status for t in report.tests]
     assert elapsed <= WALL_S + WATCHDOG_GRACE_S + TEARDOWN_S, elapsed
 
 
@@ -77,6 +77,17 @@ PYTEST_TESTS = "from submission import f\n" + "".join(
 PYTEST_START_S = 1.5
 
 
+def add_pytest_assignment(kit, name: str, rules: str = "") -> None:
+    """8 tests of f, 1 s each at most, wall_s 2; its expected values computed."""
+    kit.add(name, {
+        "assignment.toml": f'title = "f"\nkind = "pytest"\nfunctions = ["f"]\ntest_timeout_s = 1.0\n'
+                           f"[limits]\nwall_s = {WALL_S}\n{rules}",
+        "solution/submission.py": "def f(n):\n    return n + 1\n",
+        "tests/test_f.py": PYTEST_TESTS,
+    })
+    assert kit.grade(name, "def f(n):\n    return n + 1\n").correct
+
+
 @pytest.fixture(scope="module", params=["bwrap", "docker"])
 def pytest_looped(request, tmp_path_factory):
     from tests.support.grading import GradingKit
@@ -90,19 +101,7 @@ def pytest_looped(request, tmp_path_factory):
         settings = Settings(sandbox="bwrap")
     backend = make_backend(settings)
     kit = GradingKit(tmp_path_factory.mktemp("handlers"), backend, tmp_path_factory.mktemp("expected"))
-    kit.add("loop_pytest", {
-        "assignment.toml": f"""
-            title = "f"
-            kind = "pytest"
-            functions = ["f"]
-            test_timeout_s = 1.0
-            [limits]
-            wall_s = {WALL_S}
-        """,
-        "solution/submission.py": "def f(n):\n    return n + 1\n",
-        "tests/test_f.py": PYTEST_TESTS,
-    })
-    assert kit.grade("loop_pytest", "def f(n):\n    return n + 1\n").correct
+    add_pytest_assignment(kit, "loop_pytest")
     yield kit
     backend.close()
 
@@ -113,7 +112,7 @@ def test_pytest_kind_a_submission_that_never_ends_is_stopped_by_wall_s(pytest_lo
     report = pytest_looped.grade("loop_pytest", LOOP)
     elapsed = time.monotonic() - started
     assert report.score == 0
-    assert all(t.status is TestStatus.timeout for t in report.tests), [t.status for t in report.tests]
+    assert all(t.status is Status.timeout for t in report.tests), [t.status for t in report.tests]
     assert elapsed <= WALL_S + WATCHDOG_GRACE_S + TEARDOWN_S + PYTEST_START_S, elapsed
 
 
@@ -125,22 +124,7 @@ def test_pytest_kind_slow_but_finite_tests_still_pass_within_wall_s(pytest_loope
 def test_pytest_kind_tests_not_run_for_lack_of_time_say_so(pytest_looped):
     # Visible tests: the first ones time out, the rest say the running time was used up.
     kit = pytest_looped
-    kit.add("loop_pytest_visible", {
-        "assignment.toml": f"""
-            title = "f"
-            kind = "pytest"
-            functions = ["f"]
-            test_timeout_s = 1.0
-            [limits]
-            wall_s = {WALL_S}
-            [[tests]]
-            pattern = "*"
-            visible = true
-        """,
-        "solution/submission.py": "def f(n):\n    return n + 1\n",
-        "tests/test_f.py": PYTEST_TESTS,
-    })
-    assert kit.grade("loop_pytest_visible", "def f(n):\n    return n + 1\n").correct
+    add_pytest_assignment(kit, "loop_pytest_visible", '[[tests]]\npattern = "*"\nvisible = true\n')
     report = kit.grade("loop_pytest_visible", LOOP)
     messages = [t.message or "" for t in report.tests]
     assert sum("Took longer than 1 s" in m for m in messages) in (2, 3), messages
