@@ -424,7 +424,7 @@ def _evidence(assignment: Assignment, nodeid: str, visible: bool, result: dict[s
         returned_by = trace.target   # the compared value is what that call returned
     has_values = status is TestStatus.failed and ok_a and ok_e and expected_text is not None
     secrets: list[str] = []
-    if not visible:
+    if not visible and status is not TestStatus.passed:   # what explanations must not quote (none for a pass)
         atoms = set(assignment.hidden_literals)
         atoms |= explain.atoms_of_text(nodeid.partition("[")[2].replace("-", " "))
         for text in (result.get("input"), actual_text, expected_text):
