@@ -474,3 +474,48 @@ def test_what_the_tests_set_up_at_import_reaches_every_submission(make_kit):
     for _ in range(3):
         report = kit.grade("setup", "def f(n):\n    return n + 1\n")
         assert report.score == 2, statuses(report)
+
+
+PLUGINS_UNUSED = """
+from submission import f
+
+def test_per_test_plugins_are_off(request):
+    # No file of this assignment mentions what they serve: a collected
+    # session's jobs run without them (names split so the text check misses them).
+    names = ["log" + "ging-plugin", "war" + "nings", "unraisable" + "exception", "thread" + "exception"]
+    assert f(1) == 2 and [n for n in names if request.config.pluginmanager.has_plugin(n)] == []
+"""
+
+PLUGINS_USED = """
+import logging
+import warnings
+
+import pytest
+from submission import f
+
+def test_caplog(caplog):
+    with caplog.at_level(logging.INFO):
+        logging.getLogger("course").info("f gave %s", f(1))
+    assert "f gave 2" in caplog.text
+
+@pytest.mark.filterwarnings("error")
+def test_a_filterwarnings_mark_applies():
+    with pytest.raises(UserWarning):
+        warnings.warn("careful")
+    assert f(2) == 3
+"""
+
+
+def test_per_test_plugins_are_dropped_only_where_no_test_file_mentions_them(make_kit):
+    kit = make_kit()
+    for name, tests in (("unused", PLUGINS_UNUSED), ("used", PLUGINS_USED)):
+        kit.add(name, {
+            "assignment.toml": f'title = "{name}"\nkind = "pytest"\nmax_points = 2\n',
+            f"tests/test_{name}.py": tests,
+            "solution/submission.py": "def f(n):\n    return n + 1\n",
+        })
+    for _ in range(2):  # the reference's plain run (with every plugin), then collected jobs
+        report = kit.grade("unused", "def f(n):\n    return n + 1\n")
+        assert report.score == 2, statuses(report)
+        report = kit.grade("used", "def f(n):\n    return n + 1\n")
+        assert report.score == 2, statuses(report)

@@ -288,6 +288,8 @@ class Collected:
         # look-up of each test's hook proxy from its path's conftests, all of
         # them imported by now (answered once per path here).
         config.pluginmanager.unregister(name="terminalreporter")
+        for name in unneeded_plugins(self.placed, config):
+            config.pluginmanager.unregister(name=name)
         session.gethookproxy = _once_per_path(session.gethookproxy)
         for stream in (sys.stdout, sys.stderr):
             stream.flush()
@@ -337,6 +339,44 @@ class Collected:
         capman = session.config.pluginmanager.getplugin("capturemanager")
         capman.start_global_capturing()
         capman.suspend_global_capture()
+
+
+# pytest plugins whose per-test work (each test's three phases) jobs skip
+# when no test file or conftest of the assignment mentions what would make
+# them matter (a case-insensitive text check of every .py file the job gets):
+#   logging-plugin: per-phase log capture, the `caplog` fixture;
+#   warnings: per-test warning filters and records (`filterwarnings` marks,
+#     a warning turned into an error, an async fixture's deprecation error);
+#   unraisableexception, threadexception: they only turn an exception in a
+#     `__del__` or a thread into a warning, which matters only through the
+#     warnings filters above.
+# docs/assignments.md (the pytest kind) says the same to authors.
+PLUGIN_MARKERS = {
+    "logging-plugin": ("logging", "caplog"),
+    "warnings": ("warn", "async"),
+    "unraisableexception": ("warn", "async"),
+    "threadexception": ("warn", "async"),
+}
+
+
+def unneeded_plugins(placed, config):
+    """The names in PLUGIN_MARKERS that no .py file under /tmp mentions
+    (none when a file cannot be read, or warning filters come from the
+    command line or the ini file)."""
+    text = []
+    for path, kind, _size in placed:
+        if kind == "f" and path.endswith(".py"):
+            try:
+                with open(path, "rb") as f:
+                    text.append(f.read().decode("utf-8", "replace").lower())
+            except OSError:
+                return []
+    text = "\n".join(text)
+    if sys.warnoptions or os.environ.get("PYTHONWARNINGS") or config.known_args_namespace.pythonwarnings \
+            or config.getini("filterwarnings"):
+        return []
+    return [name for name, markers in PLUGIN_MARKERS.items()
+            if config.pluginmanager.has_plugin(name) and not any(m in text for m in markers)]
 
 
 def _once_per_path(gethookproxy):
