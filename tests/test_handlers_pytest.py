@@ -484,10 +484,18 @@ def test_per_test_plugins_are_off(request):
     # session's jobs run without them (names split so the text check misses them).
     names = ["log" + "ging-plugin", "war" + "nings", "unraisable" + "exception", "thread" + "exception"]
     assert f(1) == 2 and [n for n in names if request.config.pluginmanager.has_plugin(n)] == []
+    # Nothing here writes below sys.stdout: capture at sys level.
+    assert request.config.pluginmanager.getplugin("capturemanager")._method == "sys"
+
+def test_capsys_still_sees_the_student_output(capsys):
+    assert f(3) == 4
+    print("from the test")
+    assert capsys.readouterr().out == "from the test\\n"
 """
 
 PLUGINS_USED = """
 import logging
+import os
 import warnings
 
 import pytest
@@ -503,6 +511,11 @@ def test_a_filterwarnings_mark_applies():
     with pytest.raises(UserWarning):
         warnings.warn("careful")
     assert f(2) == 3
+
+def test_capfd_sees_descriptor_writes(capfd, request):
+    os.write(1, b"low level\\n")
+    assert capfd.readouterr().out == "low level\\n"
+    assert request.config.pluginmanager.getplugin("capturemanager")._method == "fd"
 """
 
 
@@ -510,12 +523,12 @@ def test_per_test_plugins_are_dropped_only_where_no_test_file_mentions_them(make
     kit = make_kit()
     for name, tests in (("unused", PLUGINS_UNUSED), ("used", PLUGINS_USED)):
         kit.add(name, {
-            "assignment.toml": f'title = "{name}"\nkind = "pytest"\nmax_points = 2\n',
+            "assignment.toml": f'title = "{name}"\nkind = "pytest"\nmax_points = 3\n',
             f"tests/test_{name}.py": tests,
             "solution/submission.py": "def f(n):\n    return n + 1\n",
         })
     for _ in range(2):  # the reference's plain run (with every plugin), then collected jobs
         report = kit.grade("unused", "def f(n):\n    return n + 1\n")
-        assert report.score == 2, statuses(report)
+        assert report.score == 3 and len(report.tests) == 2, statuses(report)
         report = kit.grade("used", "def f(n):\n    return n + 1\n")
-        assert report.score == 2, statuses(report)
+        assert report.score == 3 and len(report.tests) == 3, statuses(report)
