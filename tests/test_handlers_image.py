@@ -15,7 +15,7 @@ from PIL import Image
 
 from xgrader import feedback
 from xgrader.handlers.image_compare import BadImage, decode
-from xgrader.report import Outcome, TestStatus
+from xgrader.report import Outcome, TestStatus as Status
 
 ASSIGNMENT = {
     "assignment.toml": """
@@ -83,7 +83,7 @@ def test_hot_pixels_over_the_limit_fail_with_the_share_and_a_difference_image(im
     report = images.grade("squares", wrong)
     assert report.score == 0 and report.outcome is Outcome.failed
     ten = report.tests[0]
-    assert ten.status is TestStatus.failed
+    assert ten.status is Status.failed
     assert ten.actual == "25 of 100 pixels differ by more than 3 in some channel: 25 %"
     assert "25 % (at most 5 % allowed)" in ten.message
     assert ten.image and ten.image.startswith("data:image/png;base64,")
@@ -100,7 +100,7 @@ def test_a_few_hot_pixels_within_the_limit_pass(images):
     # One pixel of 100 differs (1 % <= 5 %).
     tweak = SOLUTION.replace('rows.append(', 'rows.append(b"\\x00\\x00\\x00" if (x, y) == (9, 9) else ')
     report = images.grade("squares", tweak)
-    assert report.tests[0].status is TestStatus.passed, report.tests[0]
+    assert report.tests[0].status is Status.passed, report.tests[0]
 
 
 def test_size_mismatch_is_explained(images):
@@ -129,7 +129,7 @@ def png(n, path):
     main = 'if __name__ == "__main__":\n    png(int(sys.stdin.read()), "out.ppm")\n'
     code = code.replace(main, "") + "\n" + main
     report = images.grade("squares", code)
-    assert report.tests[2].status is TestStatus.passed, report.tests[2]
+    assert report.tests[2].status is Status.passed, report.tests[2]
     assert report.outcome is Outcome.passed
 
 
@@ -157,7 +157,7 @@ def test_bad_images_are_refused_with_a_clear_message(images, attack):
     body, expected = HOSTILE[attack]
     report = images.grade("squares", f"def square(n, path):\n    {body}\n")
     ten = report.tests[0]
-    assert ten.status is TestStatus.failed and report.score == 0
+    assert ten.status is Status.failed and report.score == 0
     assert expected in (ten.message or ""), ten.message
     xml.dom.minidom.parseString(feedback.render_html(report))
 
