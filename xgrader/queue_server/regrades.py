@@ -43,6 +43,16 @@ MESSAGES = {
 }
 
 
+def _begin(c: sqlite3.Connection, sid: int, regrade_id: str) -> tuple[str | None, tuple | None]:
+    """Start the regrade's write transaction on an answered submission:
+    (None, its row), or (the refusal, None) with the transaction rolled back."""
+    c.execute("BEGIN IMMEDIATE")
+    status, row = _check(c, sid, regrade_id)
+    if status is not None:
+        c.execute("ROLLBACK")
+    return status, row
+
+
 def _check(c: sqlite3.Connection, sid: int, regrade_id: str) -> tuple[str | None, tuple | None]:
     if c.execute("SELECT 1 FROM regrades WHERE regrade_id=? AND submission_id=?", (regrade_id, sid)).fetchone():
         return RegradeStatus.DUPLICATE, None
@@ -64,10 +74,8 @@ def deliver_result(store: Store, sid: int, regrade_id: str, result: str, user: s
     the deliverer when status is OK)."""
     now = time.time()
     with store.writer() as c:
-        c.execute("BEGIN IMMEDIATE")
-        status, row = _check(c, sid, regrade_id)
+        status, row = _begin(c, sid, regrade_id)
         if status is not None:
-            c.execute("ROLLBACK")
             return status, None
         _state, old, _delivery, callback_url, header = row
         c.execute("INSERT INTO regrades(regrade_id, submission_id, created, kind, user, old_result, new_result)"
@@ -86,10 +94,8 @@ def requeue(store: Store, sid: int, regrade_id: str, user: str = "") -> tuple[st
     first result. Returns (status, the new submission id)."""
     now = time.time()
     with store.writer() as c:
-        c.execute("BEGIN IMMEDIATE")
-        status, row = _check(c, sid, regrade_id)
+        status, row = _begin(c, sid, regrade_id)
         if status is not None:
-            c.execute("ROLLBACK")
             return status, None
         new_id = int(c.execute(
             "INSERT INTO submissions(queue, lms_callback_url, lms_key, header, body, files, created)"
