@@ -49,16 +49,22 @@ class CaseRun:
 
 
 @functools.lru_cache(maxsize=4096)
+def _call_of(expr: str) -> ast.Call | None:
+    """The call an expression `f(...)` is, else None (not a call, or not Python)."""
+    try:
+        body = ast.parse(expr, mode="eval").body
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return None
+    return body if isinstance(body, ast.Call) else None
+
+
+@functools.lru_cache(maxsize=4096)
 def watched(expr: str) -> str:
     """`f(a, b)` -> `__xgrader_call__(f, a, b)`: the runner makes the same call
     and notes whether it changed its arguments in place (PROTOCOL.md). Any
     other expression is sent as it is."""
-    try:
-        tree = ast.parse(expr, mode="eval")
-    except (SyntaxError, ValueError, RecursionError, MemoryError):
-        return expr
-    call = tree.body
-    if not isinstance(call, ast.Call):
+    call = _call_of(expr)
+    if call is None:
         return expr
     wrapped = ast.Call(func=ast.Name("__xgrader_call__", ast.Load()), args=[call.func, *call.args],
                        keywords=call.keywords)
@@ -68,12 +74,8 @@ def watched(expr: str) -> str:
 @functools.lru_cache(maxsize=4096)
 def top_call(expr: str) -> str | None:
     """`f` of an expression `f(...)` (whose value is what f returned), else None."""
-    try:
-        tree = ast.parse(expr, mode="eval")
-    except (SyntaxError, ValueError, RecursionError, MemoryError):
-        return None
-    call = tree.body
-    if not isinstance(call, ast.Call):
+    call = _call_of(expr)
+    if call is None:
         return None
     return call.func.id if isinstance(call.func, ast.Name) else \
         call.func.attr if isinstance(call.func, ast.Attribute) else None
