@@ -21,7 +21,7 @@ import math
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -30,6 +30,9 @@ from xgrader.assignment import Assignment
 from xgrader.errors import AssignmentError, InfraError
 from xgrader.job import GradeRequest
 from xgrader.report import GradeReport, Outcome, TestStatus
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 # Suffixes the demo harness sends as typed code (kept in step with demo_harness.TEXT_SUFFIXES).
 TEXT_SUFFIXES = {".py", ".txt", ".js", ".c", ".java", ".md", ".sql", ".r", ".sh", ""}
@@ -143,31 +146,43 @@ def grade_one(grader: grading.Grader, request: GradeRequest, assignment: Assignm
     return grader.grade(request, assignment)
 
 
+def in_parallel(work: Callable[[T], R], items: list[T], jobs: int,
+                progress: Callable[[int, int], None] | None = None) -> list[R]:
+    """work(item) for every item, `jobs` threads at a time, results in input
+    order; progress(done, total) after each one, one call at a time."""
+    done = 0
+    lock = threading.Lock()
+
+    def counted(item: T) -> R:
+        nonlocal done
+        result = work(item)
+        with lock:
+            done += 1
+            if progress:
+                progress(done, len(items))
+        return result
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        return list(pool.map(counted, items))
+
+
 def grade_many(grader: grading.Grader, items: list[tuple[str, GradeRequest]], jobs: int = 2,
                progress: Callable[[int, int], None] | None = None,
                assignment: Assignment | None = None) -> list[Graded]:
     """Grade (name, request) pairs with `jobs` threads; results in input order.
     A submission that cannot be graded (infrastructure failure) is kept with
     its error: nothing is dropped."""
-    done = [0]
-    lock = threading.Lock()
 
-    def one(name: str, request: GradeRequest) -> Graded:
+    def one(item: tuple[str, GradeRequest]) -> Graded:
+        name, request = item
         started = time.monotonic()
         try:
             report = grade_one(grader, request, assignment)
-            result = Graded(name=name, report=report, seconds=time.monotonic() - started)
+            return Graded(name=name, report=report, seconds=time.monotonic() - started)
         except (InfraError, AssignmentError, OSError) as exc:
-            result = Graded(name=name, error=f"{type(exc).__name__}: {exc}", seconds=time.monotonic() - started)
-        with lock:
-            done[0] += 1
-            if progress:
-                progress(done[0], len(items))
-        return result
+            return Graded(name=name, error=f"{type(exc).__name__}: {exc}", seconds=time.monotonic() - started)
 
-    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        futures = [pool.submit(one, name, request) for name, request in items]
-        return [f.result() for f in futures]
+    return in_parallel(one, items, jobs, progress)
 
 
 def useful_feedback(report: GradeReport) -> bool:

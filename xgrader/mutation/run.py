@@ -20,15 +20,14 @@ expected values and test list are the reference's (ExpectedStore.share).
 
 from __future__ import annotations
 
-import concurrent.futures
 import enum
-import threading
 import time
 from typing import Callable
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from xgrader.assignment import Assignment
+from xgrader.authoring import in_parallel
 from xgrader.errors import AssignmentError, InfraError
 from xgrader.grading import Grader
 from xgrader.job import GradeRequest
@@ -136,8 +135,6 @@ def run_mutants(grader: Grader, assignment: Assignment, mutants: list[Mutant], j
                               "mutation testing needs it at full marks")
     derived = mutant_assignment(assignment, ref_seconds, len(reference.tests))
     grader.store.share(derived, assignment)
-    done = [0]
-    lock = threading.Lock()
 
     def one(mutant: Mutant) -> MutantResult:
         began = time.monotonic()
@@ -147,19 +144,13 @@ def run_mutants(grader: Grader, assignment: Assignment, mutants: list[Mutant], j
             report = grader.grade_files(derived, mutant.files(solution), GradeRequest(
                 grader=assignment.name, submission_id=f"mutant-{mutant.id}", label=f"mutant-{mutant.id}"))
             status, failing = classify(report)
-            result = MutantResult(**base, status=status, score=report.score, failing=failing,
-                                  seconds=time.monotonic() - began)
+            return MutantResult(**base, status=status, score=report.score, failing=failing,
+                                seconds=time.monotonic() - began)
         except (InfraError, AssignmentError, OSError) as exc:
-            result = MutantResult(**base, status=MutantStatus.not_graded, error=f"{type(exc).__name__}: {exc}",
-                                  seconds=time.monotonic() - began)
-        with lock:
-            done[0] += 1
-            if progress:
-                progress(done[0], len(mutants))
-        return result
+            return MutantResult(**base, status=MutantStatus.not_graded, error=f"{type(exc).__name__}: {exc}",
+                                seconds=time.monotonic() - began)
 
-    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        results = list(pool.map(one, mutants))
+    results = in_parallel(one, mutants, jobs, progress)
     return MutationReport(assignment=assignment.name, version=assignment.version,
                           test_timeout_s=derived.config.test_timeout_s, seconds=time.monotonic() - started,
                           results=results)
