@@ -63,7 +63,7 @@ from xgrader.backends.base import (
 )
 from xgrader.backends.channel import FdChannel
 from xgrader.backends.seccomp import CLONE_NS_FLAGS, DENIED
-from xgrader.backends.process import BASE_PATH, TreeUsage, pid_alive, safe_relpath
+from xgrader.backends.process import BASE_PATH, TreeUsage, pid_alive, rlimit_values, safe_relpath
 from xgrader.backends.verdict import classify
 
 if TYPE_CHECKING:
@@ -125,19 +125,35 @@ def engine_url(settings: Any = None) -> str:
     return DEFAULT_URL
 
 
+# dash's `ulimit` flag and unit (bytes per unit; 1: a count) of each rlimit.
+_ULIMIT_FLAGS = {resource.RLIMIT_CPU: ("t", 1), resource.RLIMIT_FSIZE: ("f", 512),
+                 resource.RLIMIT_NOFILE: ("n", 1), resource.RLIMIT_CORE: ("c", 512),
+                 resource.RLIMIT_DATA: ("d", 1024)}
+# The engine's names for them (HostConfig Ulimits).
+_ULIMIT_NAMES = {resource.RLIMIT_CPU: "cpu", resource.RLIMIT_FSIZE: "fsize", resource.RLIMIT_NOFILE: "nofile",
+                 resource.RLIMIT_CORE: "core"}
+
+
 def _rlimit_prologue(limits: Any) -> str:
     """For an engine that enforces no memory or pids limit (rootless on
     cgroup v1): the job's limits as rlimits, set by the prologue's shell
-    (runc's own init would not start under them). Memory per process
-    (RLIMIT_DATA); processes per uid (RLIMIT_NPROC: every container of a
-    rootless engine shares its user namespace, so concurrent jobs share this
-    bound). The container's own rlimits (CPU time, file size, open files, no
-    core dumps) again too: rootless podman's Docker API drops HostConfig's
-    Ulimits (its CLI applies them). dash's `ulimit -f` counts 512-byte blocks."""
-    cpu = max(1, int(limits.cpu_s + 0.999))
-    return (f"ulimit -S -t {cpu} && ulimit -H -t {cpu + 1} && ulimit -f {limits.file_mb * 2048} "
-            f"&& ulimit -n {limits.open_files} && ulimit -c 0 "
-            f"&& ulimit -d {limits.memory_mb * 1024} && ulimit -p {limits.pids} && ")
+    (runc's own init would not start under them), the same values as the
+    other backends' rlimit mode (process.rlimit_values): memory per process
+    (RLIMIT_DATA), and the container's own rlimits again (CPU time, file
+    size, open files, no core dumps: rootless podman's Docker API drops
+    HostConfig's Ulimits; its CLI applies them). Processes per uid
+    (RLIMIT_NPROC = pids: every container of a rootless engine shares its
+    user namespace, so concurrent jobs share this bound). Soft before hard:
+    a hard limit may not go below the soft one. Without -S/-H dash sets both."""
+    parts = []
+    for res, (soft, hard) in rlimit_values(limits, memory=True):
+        flag, unit = _ULIMIT_FLAGS[res]
+        if soft == hard:   # dash sets both without -S/-H
+            parts.append(f"ulimit -{flag} {soft // unit}")
+        else:
+            parts += [f"ulimit -S -{flag} {soft // unit}", f"ulimit -H -{flag} {hard // unit}"]
+    parts.append(f"ulimit -p {limits.pids}")
+    return " && ".join(parts) + " && "
 
 
 def seccomp_profile(base: dict[str, Any]) -> dict[str, Any]:
@@ -813,8 +829,6 @@ class DockerBackend(Backend):
     # -- jobs --------------------------------------------------------------------
     def _host_config(self, job: SandboxJob, tmp: Path, cgroup: JobCgroupParent | None) -> dict[str, Any]:
         lim = job.limits
-        cpu = max(1, int(lim.cpu_s + 0.999))
-        fsize = lim.file_mb * 1024 * 1024
         Ulimit = self._types.Ulimit
         # An engine that would only warn that it ignores them is not given them.
         memory = dict(mem_limit=f"{lim.memory_mb}m", memswap_limit=f"{lim.memory_mb}m", pids_limit=lim.pids,
@@ -825,10 +839,8 @@ class DockerBackend(Backend):
             tmpfs={"/tmp": f"rw,size={lim.tmp_mb}m,noexec,nosuid,nodev,mode=1777"},
             shm_size=f"{lim.tmp_mb}m",
             cap_drop=["ALL"], security_opt=self._security_opt,
-            ulimits=[Ulimit(name="cpu", soft=cpu, hard=cpu + 1),
-                     Ulimit(name="fsize", soft=fsize, hard=fsize),
-                     Ulimit(name="nofile", soft=lim.open_files, hard=lim.open_files),
-                     Ulimit(name="core", soft=0, hard=0),
+            ulimits=[*(Ulimit(name=_ULIMIT_NAMES[res], soft=soft, hard=hard)
+                       for res, (soft, hard) in rlimit_values(lim)),
                      # Per uid across the host, so not the job's bound (pids_limit is);
                      # explicit because the engine's default may exceed what runc may set.
                      Ulimit(name="nproc", soft=self._nproc, hard=self._nproc)],
