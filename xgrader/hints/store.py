@@ -26,6 +26,7 @@ from xgrader.hints.loop_store import SCHEMA as LOOP_SCHEMA
 from xgrader.hints.loop_store import RedisLoop, SQLiteLoop
 from xgrader.hints.models import AuditRecord, CachedHint
 from xgrader.hints.records import Delivery, Escalation, EscalationState, LoopStats, Rating
+from xgrader.sqlite_open import connect_wal
 
 
 class HintStore(abc.ABC):
@@ -213,9 +214,7 @@ class SQLiteStore(SQLiteLoop, HintStore):
             if any(pid != key[0] for pid, _ in self._conns):
                 self._conns = {}  # inherited over a fork: never use the parent's connections
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(self.path, timeout=10, isolation_level=None, check_same_thread=False)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA busy_timeout=10000")
+            db = connect_wal(self.path, 10)
             db.executescript(_SCHEMA + LOOP_SCHEMA)
             self._conns[key] = db
         return db

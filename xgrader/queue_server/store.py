@@ -23,6 +23,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from xgrader.sqlite_open import connect_wal
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS submissions (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -211,11 +213,7 @@ class Store:
 
     # -- connections ---------------------------------------------------------
     def _open(self) -> sqlite3.Connection:
-        c = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-        c.execute("PRAGMA journal_mode=WAL")
-        c.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process crashes
-        c.execute("PRAGMA busy_timeout=30000")
-        return c
+        return connect_wal(self.path, 30)
 
     def conn(self) -> "_Lease":
         """`with store.conn() as c:` a pooled connection; a transaction left
