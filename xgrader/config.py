@@ -147,6 +147,7 @@ class Settings(BaseSettings):
     )
     warm_pool: int | None = Field(None, ge=0)  # pre-started single-use sandboxes; None: warm_pool_for decides
     sandbox_fork_server: bool = True           # bwrap: fork each job's sandbox from a pre-started server
+    sandbox_pair_cpu: bool = True              # bwrap, forked jobs: a pytest submission's two sandboxes on one CPU
 
     # -- operations ----------------------------------------------------------
     metrics_host: str = "127.0.0.1"

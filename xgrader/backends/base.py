@@ -13,6 +13,7 @@ capped, decoded with replacement and stripped of NUL/control characters
 from __future__ import annotations
 
 import abc
+import contextlib
 import enum
 import re
 import threading
@@ -82,6 +83,10 @@ class SandboxJob(BaseModel):
     # key and fork such jobs from there; every other path starts the job as
     # usual, which comes to the same.
     template: str | None = None
+    # The CPU the job's processes run on (Backend.paired_cpu): the pytest
+    # kind puts a submission's two sandboxes on one CPU. A placement hint:
+    # applied where bwrap's fork servers start the job, ignored elsewhere.
+    cpu: int | None = Field(None, ge=0)
     # Identifies the job in logs, cgroup names and container labels.
     label: str = "job"
 
@@ -186,6 +191,12 @@ class Backend(abc.ABC):
     def python_argv(self, *args: str) -> list[str]:
         """argv that starts the sandbox's Python on the runner: `python -I -S runner.py ARGS`."""
         return ["python3", "-I", "-S", f"{RUNNER_DIR}/runner.py", *args]
+
+    def paired_cpu(self) -> contextlib.AbstractContextManager[int | None]:
+        """`with backend.paired_cpu() as cpu:` a CPU for sandboxes that call
+        each other (SandboxJob.cpu), held until the block ends; None where
+        jobs are not pinned (xgrader/backends/cpus.py)."""
+        return contextlib.nullcontext(None)
 
     def check(self) -> None:
         """Raise SandboxError if the backend is unusable (readiness probe)."""

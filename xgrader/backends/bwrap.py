@@ -32,6 +32,7 @@ pids are rlimits too, part of the key: warm_key).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import select
@@ -50,6 +51,7 @@ from xgrader.backends.base import (
 )
 from xgrader.backends.cgroups import CgroupManager, JobCgroup
 from xgrader.backends.channel import make_pipes
+from xgrader.backends.cpus import CpuPairing
 from xgrader.backends.forkserver import ZYGOTE_LIMITS, ForkedSandbox, ForkServers, InitHandle, TemplateRefused
 from xgrader.backends.seccomp import build_filter, filter_fd
 from xgrader.backends.process import (
@@ -194,6 +196,12 @@ class BwrapBackend(Backend):
         self.cgroups = CgroupManager(cpus=getattr(settings, "sandbox_cpus", 1.0))
         # Jobs that run a runner-folder script fork from a server (forkserver.py).
         self.forkservers = ForkServers(self) if getattr(settings, "sandbox_fork_server", True) else None
+        # Only forked jobs are pinned (the fork servers apply SandboxJob.cpu).
+        self.cpu_pairing = CpuPairing() if self.forkservers is not None and getattr(
+            settings, "sandbox_pair_cpu", True) else None
+
+    def paired_cpu(self) -> contextlib.AbstractContextManager[int | None]:
+        return self.cpu_pairing.hold() if self.cpu_pairing is not None else contextlib.nullcontext(None)
 
     @property
     def rlimit_mode(self) -> bool:

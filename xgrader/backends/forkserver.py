@@ -385,6 +385,7 @@ class Zygote:
                 "files": [[name, len(data)] for name, data in files], "cgroups": len(procs),
                 "userns": cg is None,
                 **({"template": job.template} if job.template else {}),
+                **({"cpu": job.cpu} if job.cpu is not None else {}),
             }).encode()
             try:
                 sock.sendmsg([request], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,

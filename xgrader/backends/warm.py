@@ -36,6 +36,7 @@ check() and kill_label() remove (their creator pid is dead).
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import sys
 import threading
@@ -288,6 +289,10 @@ class WarmPool(Backend):
     # -- delegated -----------------------------------------------------------------
     def python_argv(self, *args: str) -> list[str]:
         return self.inner.python_argv(*args)
+
+    def paired_cpu(self) -> contextlib.AbstractContextManager[int | None]:
+        # Jobs the inner backend starts are pinned; one taken from the pool is not.
+        return self.inner.paired_cpu()
 
     def check(self) -> None:
         self.inner.check()

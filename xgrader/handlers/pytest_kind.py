@@ -134,12 +134,20 @@ def _dirs(assignment: Assignment) -> list[str]:
 
 def relay(assignment: Assignment, files: dict[str, bytes], ctx: GradeContext, n_tests: int,
           template: tuple[str, str] | None = None) -> RelayRun:
+    """The student's sandbox and the test sandbox, on one CPU where the
+    backend pins them (their calls go back and forth: backends/cpus.py)."""
+    with ctx.backend.paired_cpu() as cpu:
+        return _relay(assignment, files, ctx, n_tests, template, cpu)
+
+
+def _relay(assignment: Assignment, files: dict[str, bytes], ctx: GradeContext, n_tests: int,
+           template: tuple[str, str] | None, cpu: int | None) -> RelayRun:
     cfg = assignment.config
     budget = _budget(assignment, ctx, n_tests)
     student_limits = ctx.limits.model_copy(update={"wall_s": budget})
     student = StudentRunner(ctx.backend, files, student_limits, module=cfg.module, entry=cfg.entry,
                             label=ctx.label, submission_id=ctx.submission_id, after_reply=ctx.after_reply,
-                            prelude=assignment.prelude_name, sample=assignment.explains("time_limit"))
+                            prelude=assignment.prelude_name, sample=assignment.explains("time_limit"), cpu=cpu)
     load_timeout = cfg.test_timeout_s + ctx.slack_s()
 
     def load() -> dict[str, Any]:
@@ -165,7 +173,7 @@ def relay(assignment: Assignment, files: dict[str, bytes], ctx: GradeContext, n_
     peer = student.peer_fds() if ctx.backend.peer_channels else None
     job = SandboxJob(argv=["python3", "-I", f"{RUNNER_DIR}/pytest_side/launch.py", *_dirs(assignment)],
                      files=_test_files(assignment), limits=test_limits, channel=True, label=ctx.label, peer=peer,
-                     template=template[0] if template else None,
+                     template=template[0] if template else None, cpu=cpu,
                      env={TEMPLATE_ENV: template[1]} if template else {})
     try:
         while True:

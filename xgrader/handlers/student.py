@@ -52,8 +52,10 @@ class RunnerDied(Exception):
 class StudentRunner:
     def __init__(self, backend: Backend, files: dict[str, bytes], limits: Limits, *,
                  module: str, entry: str, label: str, submission_id: str = "",
-                 after_reply: list | None = None, prelude: str | None = None, sample: bool = True) -> None:
+                 after_reply: list | None = None, prelude: str | None = None, sample: bool = True,
+                 cpu: int | None = None) -> None:
         self.backend = backend
+        self.cpu = cpu            # SandboxJob.cpu of each sandbox it starts
         self.prelude = prelude
         self.sample = sample      # ask for stack samples (explanations of time limits)
         self.after_reply = after_reply
@@ -73,7 +75,7 @@ class StudentRunner:
     def open_box(self) -> None:
         """A fresh sandbox with the runner waiting on its channel, nothing loaded."""
         job = SandboxJob(argv=self.backend.python_argv(), files=self.files, limits=self.limits,
-                         channel=True, label=self.label)
+                         channel=True, label=self.label, cpu=self.cpu)
         started = time.monotonic()
         try:
             self._box = self.backend.start(job)

@@ -1,0 +1,78 @@
+"""One CPU for the two sandboxes of a pytest-kind submission.
+
+The test sandbox calls the student's runner over the peer channel, one call
+at a time, often a hundred times per submission: each call wakes the other
+sandbox and sleeps until it answers. When the two run on different CPUs every
+one of those wake-ups crosses CPUs (an inter-processor interrupt, an idle CPU
+woken, and on a virtual machine an exit to the hypervisor), which costs more
+than the call itself. Pinned to one CPU (sched_setaffinity at the job's
+set-up) they hand the CPU back and forth, and the submission costs less CPU
+and less time; nothing runs in parallel inside one submission anyway.
+
+Which CPU: each CPU the host may use has a lock file; a submission holds the
+first free one (flock, non-blocking, tried in order) while it is graded. Locks are shared by every process of the same user on the machine
+(a daemon's job children, `xgrader batch` threads, several daemons), and the
+kernel drops a lock when its holder dies, so nothing leaks. When every CPU is
+held (more submissions at once than CPUs) the submission is not pinned and
+the scheduler places it as usual.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import structlog
+
+log = structlog.get_logger()
+
+
+def default_lock_dir() -> Path:
+    return Path(tempfile.gettempdir()) / f"xgrader-cpus-{os.getuid()}"
+
+
+class CpuPairing:
+    """Hands out the CPUs of `cpus` (default: those this process may run on),
+    one submission per CPU at a time, across processes (see the module doc)."""
+
+    def __init__(self, cpus: set[int] | None = None, lock_dir: Path | None = None) -> None:
+        self.cpus = sorted(cpus if cpus is not None else os.sched_getaffinity(0))
+        self.lock_dir = lock_dir or default_lock_dir()
+
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[int | None]:
+        """The CPU this submission's sandboxes run on, held until the block
+        ends; None when there is nothing to pin to (one CPU, every CPU held,
+        the lock folder unusable)."""
+        fd = -1
+        cpu = None
+        if len(self.cpus) > 1:
+            fd, cpu = self._take()
+        try:
+            yield cpu
+        finally:
+            if fd >= 0:
+                os.close(fd)  # releases the lock
+
+    def _take(self) -> tuple[int, int | None]:
+        try:
+            self.lock_dir.mkdir(mode=0o700, exist_ok=True)
+        except OSError as exc:
+            log.warning("cpu_pairing_unavailable", folder=str(self.lock_dir), error=str(exc))
+            return -1, None
+        for cpu in self.cpus:
+            try:
+                fd = os.open(self.lock_dir / f"cpu{cpu}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            except OSError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:  # held by another submission
+                os.close(fd)
+                continue
+            return fd, cpu
+        return -1, None
