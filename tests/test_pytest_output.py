@@ -108,3 +108,63 @@ def test_wrong_output_fails_exactly_the_tests_that_read_it(out_kit):
                       "test_output_of_a_call_that_raised": Status.passed, "test_value_read": Status.passed}
     last = next(t for t in report.tests if t.name.endswith("test_last"))
     assert last.actual == "'Hello Ada\\n'" and last.expected == "'Hello, Ada!\\n'", last
+
+
+# -- a collected session's jobs capture at sys level, switched on once ------------
+# (no test file names descriptor-level output: sandbox/pytest_side/xgrader_template.py)
+
+SYS_TESTS = '''
+from submission import greet
+
+def test_capsys_sees_code_and_test(capsys):
+    print("before")
+    greet("E")
+    out, err = capsys.readouterr()
+    assert out == "before\\nHello, E!\\n" and err == ""
+    print("after")
+    assert capsys.readouterr().out == "after\\n"
+
+def test_prints_of_the_test_itself_go_nowhere_visible():
+    for i in range(2000):
+        print("noise", i)
+    greet("F")
+
+def test_student_output(student_output):
+    greet("G")
+    assert student_output.last.out == "Hello, G!\\n"
+'''
+
+CURRENT_TEST = '''
+import os
+from submission import greet
+
+def test_knows_its_name():
+    greet("H")
+    assert os.environ["PYTEST_CURRENT_TEST"].endswith("test_knows_its_name (call)")
+'''
+
+
+@pytest.fixture(scope="module")
+def sys_kit(kit: GradingKit) -> GradingKit:
+    for name, tests, points in (("sysout", SYS_TESTS, 3), ("current", CURRENT_TEST, 1)):
+        kit.add(name, {
+            "assignment.toml": f'title = "{name}"\nkind = "pytest"\nmax_points = {points}\n'
+                               '[[tests]]\npattern = "*"\nvisible = true\n',
+            f"tests/test_{name}.py": tests,
+            "solution/submission.py": SOLUTION,
+        })
+    return kit
+
+
+@pytest.mark.parametrize("name,points", [("sysout", 3), ("current", 1)])
+def test_collected_sessions_keep_capsys_and_the_current_test_name(sys_kit, name, points):
+    for _ in range(3):  # the reference run (a plain job), then the collected session's jobs
+        report = sys_kit.grade(name, SOLUTION)
+        assert report.outcome is Outcome.passed and report.score == points, [
+            (t.name, t.status, t.message) for t in report.tests]
+    if name == "sysout":  # what the code printed still decides
+        wrong = sys_kit.grade(name, SOLUTION.replace('print(f"Hello, {name}!")', 'print(f"Hi {name}")'))
+        assert {t.name.split("::")[-1]: t.status for t in wrong.tests} == {
+            "test_capsys_sees_code_and_test": Status.failed,
+            "test_prints_of_the_test_itself_go_nowhere_visible": Status.passed,
+            "test_student_output": Status.failed}

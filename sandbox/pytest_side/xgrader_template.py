@@ -247,6 +247,7 @@ class Collected:
         self.names = names      # the reference solution's
         self.reserve = reserve
         self.channel = None
+        self.lean_capture = False
 
     @pytest.hookimpl(hookwrapper=True, tryfirst=True)
     def pytest_runtestloop(self, session):
@@ -296,6 +297,9 @@ class Collected:
             # No test writes below sys.stdout/sys.stderr: capturing at that
             # level spares each test phase its descriptor swaps and file reads.
             capman._method = "sys"
+        self.lean_capture = capman._method == "sys" and lean_capture(capman)
+        if text is not None and "pytest_current_test" not in text:
+            quiet_current_test()
         session.gethookproxy = _once_per_path(session.gethookproxy)
         for stream in (sys.stdout, sys.stderr):
             stream.flush()
@@ -344,7 +348,8 @@ class Collected:
         self.reporter.collected(session)
         capman = session.config.pluginmanager.getplugin("capturemanager")
         capman.start_global_capturing()
-        capman.suspend_global_capture()
+        if not self.lean_capture:  # lean: it stays on for the whole run
+            capman.suspend_global_capture()
 
 
 # pytest plugins whose per-test work (each test's three phases) jobs skip
@@ -401,6 +406,39 @@ def unneeded_plugins(text, config):
         return []
     return [name for name, markers in PLUGIN_MARKERS.items()
             if config.pluginmanager.has_plugin(name) and not any(m in text for m in markers)]
+
+
+def lean_capture(capman):
+    """A collected session's jobs keep pytest's global capture (sys level)
+    on for the whole run instead of switching it on and off around each
+    test phase and reading what each phase printed into the test's report:
+    nobody reads those report sections here (results go over the channel,
+    built from the proxy's record of what the student's code printed), and
+    what the tests print stays in the capture's memory either way. The
+    `capsys` fixture and `student_output` work the same. False (nothing
+    changed) where this pytest's capture manager lacks the methods used."""
+    import contextlib
+    if not all(hasattr(capman, name) for name in ("item_capture", "activate_fixture", "deactivate_fixture")):
+        return False
+
+    @contextlib.contextmanager
+    def item_capture(when, item):
+        capman.activate_fixture()
+        try:
+            yield
+        finally:
+            capman.deactivate_fixture()
+
+    capman.item_capture = item_capture
+    return True
+
+
+def quiet_current_test():
+    """No PYTEST_CURRENT_TEST in the environment during each test phase
+    (four environment writes per test) when no test file mentions it."""
+    from _pytest import runner
+    if callable(getattr(runner, "_update_current_test_var", None)):
+        runner._update_current_test_var = lambda item, when: None
 
 
 def _once_per_path(gethookproxy):
