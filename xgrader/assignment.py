@@ -474,11 +474,19 @@ class Assignment(BaseModel):
         return settings.limits_for(Limits(**base))
 
     def _rule(self, nodeid: str) -> TestRule | None:
-        """The first [[tests]] rule matching a pytest node id (`file.py::test_x[param]`)."""
-        for rule in self.config.tests:
-            if self.in_rule(nodeid, rule.pattern):
-                return rule
-        return None
+        """The first [[tests]] rule matching a pytest node id (`file.py::test_x[param]`),
+        remembered: every submission asks again for the same tests."""
+        memo = self.rule_memo
+        if nodeid in memo:
+            return memo[nodeid]
+        found = next((rule for rule in self.config.tests if self.in_rule(nodeid, rule.pattern)), None)
+        if len(memo) < 10_000:
+            memo[nodeid] = found
+        return found
+
+    @functools.cached_property
+    def rule_memo(self) -> dict[str, TestRule | None]:
+        return {}
 
     def rule_for(self, nodeid: str, public: bool = False) -> tuple[float, bool]:
         """(weight, visible) of a pytest test by its node id (`file.py::test_x[param]`)."""

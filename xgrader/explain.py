@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import ast
 import builtins
+import functools
 import math
 import re
 import sys
@@ -132,12 +133,17 @@ def atoms_of_value(value: Any, out: set[str] | None = None, depth: int = 0) -> s
     return out
 
 
-def atoms_of_text(text: str, literal: bool = False) -> set[str]:
+def atoms_of_text(text: str, literal: bool = False) -> frozenset[str]:
     """Numbers and words of a hidden input (an expression, stdin, expected text).
     An expression's string literals count whole and by word; `literal`: `text`
-    is itself a value (the whole of it is an atom)."""
-    out: set[str] = set()
+    is itself a value (the whole of it is an atom). The same hidden inputs come
+    back with every submission: answers for short texts are remembered."""
     text = text[:20_000]
+    return _remembered_atoms(text, literal) if len(text) <= 500 else _atoms(text, literal)
+
+
+def _atoms(text: str, literal: bool) -> frozenset[str]:
+    out: set[str] = set()
     if literal:
         if 2 <= len(text.strip()) <= 200:
             out.add(text.strip())
@@ -159,7 +165,10 @@ def atoms_of_text(text: str, literal: bool = False) -> set[str]:
                         atoms_of_value(folded, out)
     out.update(m.group() for m in _NUMBER.finditer(text))
     out.update(w for w in _WORD.findall(text) if len(w) >= 2)
-    return out
+    return frozenset(out)
+
+
+_remembered_atoms = functools.lru_cache(maxsize=4096)(_atoms)
 
 
 def _fold(node: ast.BinOp) -> Any:

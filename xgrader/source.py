@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import ast
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Iterator
 
@@ -90,6 +90,7 @@ class Source:
 
     files: dict[str, str]
     entry: str
+    _own_memo: dict[str, list[ast.AST]] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @classmethod
     def of(cls, files: dict[str, bytes], entry: str) -> "Source":
@@ -111,6 +112,21 @@ class Source:
             if tree is not None:
                 out[name] = tree
         return out
+
+    @cached_property
+    def nodes(self) -> dict[str, list[ast.AST]]:
+        """Every node of each parsed file in ast.walk order, walked once: the
+        analyses below (several per failing test) read these lists."""
+        return {name: list(walk(tree)) for name, tree in self.trees.items()}
+
+    def own_nodes(self, name: str) -> list[ast.AST]:
+        """The nodes of function `name`'s body, not those of functions,
+        classes or lambdas nested in it (none for an unknown name)."""
+        found = self._own_memo.get(name)
+        if found is None:
+            fn = self.functions.get(name)
+            found = self._own_memo[name] = list(_own_nodes(fn)) if fn is not None else []
+        return found
 
     # -- lines ---------------------------------------------------------------
     @cached_property
@@ -160,8 +176,8 @@ class Source:
     @cached_property
     def string_constants(self) -> list[str]:
         out = []
-        for tree in self.trees.values():
-            for node in walk(tree):
+        for nodes in self.nodes.values():
+            for node in nodes:
                 if isinstance(node, ast.Constant) and isinstance(node.value, str) and len(out) < 2000:
                     out.append(node.value)
         return out
@@ -197,11 +213,8 @@ class Source:
 
     def enclosing(self, file: str, number: int, kinds: tuple) -> ast.AST | None:
         """The innermost node of `kinds` whose lines contain `number`."""
-        tree = self.trees.get(file)
-        if tree is None:
-            return None
         best = None
-        for node in walk(tree):
+        for node in self.nodes.get(file, ()):
             if isinstance(node, kinds) and node.lineno <= number <= (node.end_lineno or node.lineno):
                 if best is None or node.lineno >= best.lineno:
                     best = node
@@ -212,8 +225,8 @@ class Source:
     def calls(self) -> set[str]:
         """Called names: `sorted`, and for `x.sort()` both `sort` and `x.sort`."""
         out: set[str] = set()
-        for tree in self.trees.values():
-            for node in walk(tree):
+        for nodes in self.nodes.values():
+            for node in nodes:
                 if isinstance(node, ast.Call):
                     if isinstance(node.func, ast.Name):
                         out.add(node.func.id)
@@ -226,10 +239,9 @@ class Source:
 
     def call_lines(self, names: list[str]) -> list[int]:
         """Lines of the entry file that call one of `names` (as `calls` matches them)."""
-        tree = self.trees.get(self.entry)
         wanted = set(names)
         lines = []
-        for node in (walk(tree) if tree is not None else ()):
+        for node in self.nodes.get(self.entry, ()):
             if isinstance(node, ast.Call):
                 found = {node.func.id} if isinstance(node.func, ast.Name) else \
                     {node.func.attr, dotted(node.func) or ""} if isinstance(node.func, ast.Attribute) else set()
@@ -247,8 +259,8 @@ class Source:
                   ast.SetComp: "comprehension", ast.DictComp: "comprehension",
                   ast.GeneratorExp: "comprehension", ast.Assert: "assert", ast.Break: "break",
                   ast.Continue: "continue"}
-        for tree in self.trees.values():
-            for node in walk(tree):
+        for nodes in self.nodes.values():
+            for node in nodes:
                 kind = simple.get(type(node))
                 if kind:
                     out.add(kind)
@@ -286,8 +298,8 @@ class Source:
     def matches(self, pattern: ast.AST) -> list[int]:
         """Lines where an AST pattern (xgrader.signatures.compile_pattern) matches."""
         lines = []
-        for tree in self.trees.values():
-            for node in walk(tree):
+        for nodes in self.nodes.values():
+            for node in nodes:
                 if type(node) is type(pattern) and _match(node, pattern, 0):
                     lines.append(getattr(node, "lineno", 0))
                     if len(lines) >= 20:
@@ -300,7 +312,7 @@ class Source:
         fn = self.functions.get(name)
         if fn is None:
             return None
-        returns = [n for n in _own_nodes(fn) if isinstance(n, ast.Return)]
+        returns = [n for n in self.own_nodes(name) if isinstance(n, ast.Return)]
         if not any(r.value is not None for r in returns):
             return FallThrough("no_return", fn.lineno)
         bare = next((r for r in returns if r.value is None), None)
@@ -313,8 +325,7 @@ class Source:
         """The line of a loop in function `name` that returns during its first
         pass: its body ends in `return`, or in an `if`/`else` whose branches
         both return (so later items are never looked at)."""
-        fn = self.functions.get(name)
-        for node in (_own_nodes(fn) if fn else []):
+        for node in self.own_nodes(name):
             if isinstance(node, LOOPS) and node.body and not _has_continue(node):
                 last = node.body[-1]
                 if isinstance(last, ast.Return) or (
@@ -325,8 +336,7 @@ class Source:
 
     def returns_text(self, name: str) -> int | None:
         """The line of a `return` that gives back text (str(...), an f-string, a string literal, '%'/format)."""
-        fn = self.functions.get(name)
-        for node in (_own_nodes(fn) if fn else []):
+        for node in self.own_nodes(name):
             if isinstance(node, ast.Return) and node.value is not None and _is_text(node.value):
                 return node.lineno
         return None
@@ -341,14 +351,14 @@ class Source:
             if current in seen or current not in self.functions:
                 continue
             seen.add(current)
-            for node in _own_nodes(self.functions[current]):
+            for node in self.own_nodes(current):
                 if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
                     if node.func.id == "print":
                         lines.append(node.lineno)
                     elif node.func.id in self.functions:
                         todo.append(node.func.id)
         if not lines and self.entry in self.trees:
-            lines = [n.lineno for n in walk(self.trees[self.entry]) if isinstance(n, ast.Call)
+            lines = [n.lineno for n in self.nodes[self.entry] if isinstance(n, ast.Call)
                      and isinstance(n.func, ast.Name) and n.func.id == "print"]
         return sorted(set(lines))
 
@@ -361,7 +371,7 @@ class Source:
         methods = {"append", "extend", "insert", "remove", "pop", "clear", "sort", "reverse", "update",
                    "add", "discard", "popitem", "setdefault"}
         lines = []
-        for node in _own_nodes(fn):
+        for node in self.own_nodes(name):
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
                     and isinstance(node.func.value, ast.Name) and node.func.value.id in params \
                     and node.func.attr in methods:
