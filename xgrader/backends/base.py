@@ -18,9 +18,12 @@ import enum
 import re
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    from xgrader.backends.deadlines import Deadline, Deadlines
 
 # Where the job's files are placed inside every sandbox; the only writable place.
 WORKDIR = "/tmp/work"
@@ -140,15 +143,19 @@ class RunningSandbox(abc.ABC):
     channel: Channel
     job: SandboxJob
     started: float  # time.monotonic() the job's clock runs from
-    _timer: "threading.Timer | None" = None
+    _timer: "Deadline | threading.Timer | None" = None
 
-    def arm(self) -> None:
+    def arm(self, deadlines: "Deadlines | None" = None) -> None:
         """Start the host-side wall clock (from self.started): the limit holds
-        even when nobody is in wait(), as with interactive jobs."""
+        even when nobody is in wait(), as with interactive jobs. `deadlines`:
+        the backend's one deadline thread (else a timer thread of its own)."""
         if self._timer is not None:
             return
-        left = self.started + self.job.limits.wall_s - time.monotonic()
-        self._timer = threading.Timer(max(left, 0.0), self._expire)
+        when = self.started + self.job.limits.wall_s
+        if deadlines is not None:
+            self._timer = deadlines.at(when, self._expire)
+            return
+        self._timer = threading.Timer(max(when - time.monotonic(), 0.0), self._expire)
         self._timer.daemon = True
         self._timer.start()
 

@@ -52,6 +52,7 @@ from xgrader.backends.base import (
 from xgrader.backends.cgroups import CgroupManager, JobCgroup
 from xgrader.backends.channel import make_pipes
 from xgrader.backends.cpus import CpuPairing
+from xgrader.backends.deadlines import Deadlines
 from xgrader.backends.forkserver import ZYGOTE_LIMITS, ForkedSandbox, ForkServers, InitHandle, TemplateRefused
 from xgrader.backends.seccomp import build_filter, filter_fd
 from xgrader.backends.process import (
@@ -196,6 +197,7 @@ class BwrapBackend(Backend):
         self.cgroups = CgroupManager(cpus=getattr(settings, "sandbox_cpus", 1.0))
         # Jobs that run a runner-folder script fork from a server (forkserver.py).
         self.forkservers = ForkServers(self) if getattr(settings, "sandbox_fork_server", True) else None
+        self.deadlines = Deadlines()  # every sandbox's host-side wall clock, on one thread
         # Only forked jobs are pinned (the fork servers apply SandboxJob.cpu).
         self.cpu_pairing = CpuPairing() if self.forkservers is not None and getattr(
             settings, "sandbox_pair_cpu", True) else None
@@ -353,7 +355,7 @@ class BwrapBackend(Backend):
 
     def start(self, job: SandboxJob) -> RunningSandbox:
         sandbox = self._spawn(job)
-        sandbox.arm()
+        sandbox.arm(self.deadlines)
         return sandbox
 
     def prestart(self, template: SandboxJob) -> ProcessSandbox:
@@ -379,7 +381,7 @@ class BwrapBackend(Backend):
         except OSError as exc:  # e.g. a memory limit below what the idle runner uses
             raise SandboxError(f"cannot set the warm sandbox's limits: {exc}") from None
         sandbox.rebind(job)
-        sandbox.arm()
+        sandbox.arm(self.deadlines)
 
     def _spawn(self, job: SandboxJob) -> ProcessSandbox:
         target = self.forkservers.for_job(job) if self.forkservers is not None else None

@@ -62,6 +62,7 @@ from xgrader.backends.base import (
     SandboxResult, Verdict, clean_text,
 )
 from xgrader.backends.channel import FdChannel
+from xgrader.backends.deadlines import Deadlines
 from xgrader.backends.seccomp import CLONE_NS_FLAGS, DENIED
 from xgrader.backends.process import BASE_PATH, TreeUsage, pid_alive, rlimit_values, safe_relpath
 from xgrader.backends.verdict import classify
@@ -510,7 +511,7 @@ class DockerSandbox(RunningSandbox):
             pid = self.init_pid()
             self.tree = TreeUsage(pid) if pid is not None else None
         if armed:
-            self.arm()
+            self.arm(backend.deadlines)
 
     def rebind(self, job: SandboxJob) -> None:
         """A pre-started (warm) sandbox becomes `job`'s: its clock starts now and
@@ -732,6 +733,7 @@ class DockerBackend(Backend):
         self.url = engine_url(settings)
         self.api_timeout = float(api_timeout or getattr(settings, "docker_api_timeout_s", 10.0))
         self._docker = docker
+        self.deadlines = Deadlines()  # every container's host-side wall clock, on one thread
         self._connect()
         # The daemon forks a child per job: a child must not share the parent's
         # pooled keep-alive connections (both would talk on one HTTP stream).
@@ -908,7 +910,7 @@ class DockerBackend(Backend):
         except OSError as exc:  # e.g. a memory limit below what the idle runner uses
             raise SandboxError(f"cannot set the warm container's limits: {exc}") from None
         sandbox.rebind(job)
-        sandbox.arm()
+        sandbox.arm(self.deadlines)
 
     def _launch(self, job: SandboxJob, armed: bool) -> DockerSandbox:
         env = {"PATH": BASE_PATH, "LANG": "C.UTF-8", **job.env}

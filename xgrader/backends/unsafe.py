@@ -21,6 +21,7 @@ import structlog
 
 from xgrader.backends.base import RUNNER_DIR, Backend, RunningSandbox, SandboxError, SandboxJob
 from xgrader.backends.channel import make_pipes
+from xgrader.backends.deadlines import Deadlines
 from xgrader.backends.process import (
     BASE_PATH, ProcessSandbox, arrange_fds, place_files, sandbox_site_dirs, set_rlimits,
 )
@@ -41,6 +42,7 @@ class UnsafeBackend(Backend):
         self.settings = settings
         python = str(getattr(settings, "sandbox_python", "") or "python3")
         self.site_dirs = ":".join(sandbox_site_dirs(python))  # course packages, as on bwrap
+        self.deadlines = Deadlines()
 
     def start(self, job: SandboxJob) -> RunningSandbox:
         log.warning("unsafe_sandbox_job", label=job.label, reason="no isolation: debug only")
@@ -98,7 +100,7 @@ class UnsafeBackend(Backend):
             return {"cpu_s": (usage.ru_utime + usage.ru_stime) - (usage0.ru_utime + usage0.ru_stime)}
 
         sandbox = ProcessSandbox(proc, job, started, channel, on_done=done)
-        sandbox.arm()
+        sandbox.arm(self.deadlines)
         return sandbox
 
     def check(self) -> None:
