@@ -31,6 +31,16 @@ def test_each_submission_holds_a_cpu_of_its_own(tmp_path: Path) -> None:
     assert ((tmp_path / "locks").stat().st_mode & 0o777) == 0o700
 
 
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="stepping aside needs two CPUs")
+def test_the_holding_thread_steps_off_the_cpu_it_holds(tmp_path: Path) -> None:
+    mine = os.sched_getaffinity(0)
+    pairing = CpuPairing(lock_dir=tmp_path / "locks")
+    with pairing.hold() as cpu:
+        assert cpu in mine
+        assert os.sched_getaffinity(0) == mine - {cpu}
+    assert os.sched_getaffinity(0) == mine
+
+
 def test_a_cpu_held_by_another_process_is_skipped_until_it_dies(tmp_path: Path) -> None:
     locks = tmp_path / "locks"
     pairing = CpuPairing({3, 5}, locks)

@@ -47,14 +47,20 @@ class CpuPairing:
     def hold(self) -> Iterator[int | None]:
         """The CPU this submission's sandboxes run on, held until the block
         ends; None when there is nothing to pin to (one CPU, every CPU held,
-        the lock folder unusable)."""
+        the lock folder unusable). Meanwhile the calling thread (the host's
+        side of the submission: it reads the test sandbox's results every few
+        milliseconds) runs on the other CPUs, so its wake-ups do not
+        interrupt the two sandboxes."""
         fd = -1
         cpu = None
         if len(self.cpus) > 1:
             fd, cpu = self._take()
+        before = _step_aside(cpu) if cpu is not None else None
         try:
             yield cpu
         finally:
+            if before is not None:
+                _set_affinity(before)
             if fd >= 0:
                 os.close(fd)  # releases the lock
 
@@ -76,3 +82,24 @@ class CpuPairing:
                 continue
             return fd, cpu
         return -1, None
+
+
+def _step_aside(cpu: int) -> set[int] | None:
+    """Move the calling thread off `cpu`; returns its affinity before (None:
+    left as it was)."""
+    try:
+        before = os.sched_getaffinity(0)
+    except OSError:
+        return None
+    others = before - {cpu}
+    if not others or others == before:
+        return None
+    return before if _set_affinity(others) else None
+
+
+def _set_affinity(cpus: set[int]) -> bool:
+    try:
+        os.sched_setaffinity(0, cpus)  # 0: the calling thread only
+        return True
+    except OSError:
+        return False
