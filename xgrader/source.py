@@ -36,22 +36,46 @@ FUNCS = (ast.FunctionDef, ast.AsyncFunctionDef)
 
 def bounded_parse(text: str) -> ast.Module | None:
     """ast.parse within the bounds above, or None."""
+    parsed = _parse_with_nodes(text)
+    return parsed[0] if parsed is not None else None
+
+
+def _parse_with_nodes(text: str) -> tuple[ast.Module, list[ast.AST]] | None:
+    """The tree and its nodes in ast.walk's order (breadth first), when it
+    parses within the bounds; size and depth checked iteratively, before any
+    recursive use of the tree."""
     if len(text) > MAX_FILE_BYTES:
         return None
     try:
         tree = ast.parse(text)
     except (SyntaxError, ValueError, RecursionError, MemoryError, OverflowError):
         return None
-    # Size and depth, iteratively, before any recursive use of the tree.
-    count = 0
-    stack: list[tuple[ast.AST, int]] = [(tree, 0)]
-    while stack:
-        node, depth = stack.pop()
-        count += 1
-        if count > MAX_NODES or depth > MAX_DEPTH:
+    nodes: list[ast.AST] = [tree]
+    depths = [0]
+    i = 0
+    while i < len(nodes):
+        if depths[i] > MAX_DEPTH:
             return None
-        stack.extend((child, depth + 1) for child in ast.iter_child_nodes(node))
-    return tree
+        depth = depths[i] + 1
+        for child in _children(nodes[i]):
+            nodes.append(child)
+            depths.append(depth)
+        if len(nodes) > MAX_NODES:
+            return None
+        i += 1
+    return tree, nodes
+
+
+def _children(node: ast.AST) -> Iterator[ast.AST]:
+    """ast.iter_child_nodes, without its iter_fields layer."""
+    for name in node._fields:
+        value = getattr(node, name, None)
+        if isinstance(value, ast.AST):
+            yield value
+        elif isinstance(value, list):
+            for item in value:
+                if isinstance(item, ast.AST):
+                    yield item
 
 
 def walk(node: ast.AST) -> Iterator[ast.AST]:
@@ -104,20 +128,25 @@ class Source:
         return cls(files=texts, entry=entry)
 
     @cached_property
-    def trees(self) -> dict[str, ast.Module]:
-        """The files that parse within the bounds."""
+    def _parsed(self) -> dict[str, tuple[ast.Module, list[ast.AST]]]:
         out = {}
         for name, text in self.files.items():
-            tree = bounded_parse(text)
-            if tree is not None:
-                out[name] = tree
+            parsed = _parse_with_nodes(text)
+            if parsed is not None:
+                out[name] = parsed
         return out
 
     @cached_property
+    def trees(self) -> dict[str, ast.Module]:
+        """The files that parse within the bounds."""
+        return {name: parsed[0] for name, parsed in self._parsed.items()}
+
+    @cached_property
     def nodes(self) -> dict[str, list[ast.AST]]:
-        """Every node of each parsed file in ast.walk order, walked once: the
-        analyses below (several per failing test) read these lists."""
-        return {name: list(walk(tree)) for name, tree in self.trees.items()}
+        """Every node of each parsed file in ast.walk order, from the walk
+        that bounded it: the analyses below (several per failing test) read
+        these lists instead of walking again."""
+        return {name: parsed[1] for name, parsed in self._parsed.items()}
 
     def own_nodes(self, name: str) -> list[ast.AST]:
         """The nodes of function `name`'s body, not those of functions,
