@@ -8,6 +8,7 @@ import time
 import pytest
 
 from tests.support.grading import write_assignment
+from xgrader.assignment import LIBRARY_DIR
 from xgrader.dispatch import AssignmentRegistry, assignment_dir, resolve
 from xgrader.errors import AssignmentError
 
@@ -147,3 +148,31 @@ def test_registry_caches_until_a_file_changes(root):
     second = registry.get("add")
     assert second is not first and second.config.title == "Addition"
     assert sorted(registry.names()) == ["add", "week1/add"]
+
+
+def test_registry_sees_files_added_removed_or_written_without_a_newer_mtime(root):
+    registry = AssignmentRegistry(root)
+    first = registry.get("add")
+    folder = root / "add"
+    # A file written with an older mtime (a copy that keeps timestamps): its mtime changed all the same.
+    cfg = folder / "assignment.toml"
+    cfg.write_text(cfg.read_text().replace('"Add"', '"Sum"'))
+    os.utime(cfg, (1_000_000, 1_000_000))
+    second = registry.get("add")
+    assert second is not first and second.config.title == "Sum"
+    assert registry.get("add") is second                       # nothing changed since: cached
+    # A file added in a subfolder: that folder's mtime changes.
+    (folder / "data").mkdir()
+    assert registry.get("add") is not second
+    third = registry.get("add")
+    (folder / "data" / "input.txt").write_text("1 2\n")
+    assert registry.get("add") is not third
+
+
+def test_registry_sees_the_signatures_library_appear(root):
+    registry = AssignmentRegistry(root)
+    first = registry.get("add")
+    assert registry.get("add") is first
+    (root / LIBRARY_DIR).mkdir()
+    (root / LIBRARY_DIR / "common.toml").write_text("")
+    assert registry.get("add") is not first

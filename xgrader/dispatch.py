@@ -46,17 +46,37 @@ def assignment_dir(handlers_root: Path, grader_name: str) -> Path:
     return folder
 
 
-def _signature(folder: Path) -> int:
-    """Newest mtime of anything in the folder: edits invalidate the cache."""
-    newest = 0
+ABSENT = -1  # a snapshot's mtime of a path that did not exist (the signatures library)
+
+
+def _snapshot(folder: Path) -> dict[str, int]:
+    """Every folder and file under `folder` with its mtime: edits invalidate
+    the cache."""
+    found: dict[str, int] = {}
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames[:] = [d for d in dirnames if d not in ("__pycache__", ".pytest_cache")]
         for entry in [dirpath, *(os.path.join(dirpath, f) for f in filenames)]:
             try:
-                newest = max(newest, os.lstat(entry).st_mtime_ns)
+                found[entry] = os.lstat(entry).st_mtime_ns
             except FileNotFoundError:
                 continue
-    return newest
+    return found
+
+
+def _unchanged(snapshot: dict[str, int]) -> bool:
+    """Whether every path of a snapshot still has its mtime: a file written
+    changes its own, a file added, removed or renamed its folder's."""
+    for path, mtime in snapshot.items():
+        try:
+            if os.lstat(path).st_mtime_ns != mtime:
+                return False
+        except OSError:
+            if mtime != ABSENT:
+                return False
+        else:
+            if mtime == ABSENT:
+                return False
+    return True
 
 
 def resolve(handlers_root: Path, grader_name: str) -> Assignment:
@@ -71,18 +91,22 @@ class AssignmentRegistry:
 
     def __init__(self, handlers_root: Path) -> None:
         self.handlers_root = Path(handlers_root)
-        self._cache: dict[Path, tuple[tuple[int, int], Assignment]] = {}
+        self._cache: dict[Path, tuple[dict[str, int], Assignment]] = {}
 
     def get(self, grader_name: str) -> Assignment:
         folder = assignment_dir(self.handlers_root, grader_name)
+        hit = self._cache.get(folder)
+        # Each path as last seen (an lstat each, no folder listing) before a walk.
+        if hit is not None and _unchanged(hit[0]):
+            return hit[1]
         library = self.handlers_root / LIBRARY_DIR
         # The shared signatures library is part of every assignment it serves.
-        sig = (_signature(folder), _signature(library) if library.is_dir() else 0)
-        hit = self._cache.get(folder)
-        if hit is not None and hit[0] == sig:
+        snapshot = {**_snapshot(folder), **(_snapshot(library) if library.is_dir() else {str(library): ABSENT})}
+        if hit is not None and hit[0] == snapshot:
+            self._cache[folder] = (snapshot, hit[1])
             return hit[1]
         assignment = load_assignment(folder, grader_name.strip(), library)
-        self._cache[folder] = (sig, assignment)
+        self._cache[folder] = (snapshot, assignment)
         log.info("assignment_loaded", assignment=assignment.name, kind=assignment.config.kind)
         return assignment
 
