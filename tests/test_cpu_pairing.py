@@ -21,12 +21,16 @@ from xgrader.report import Outcome
 
 def test_each_submission_holds_a_cpu_of_its_own(tmp_path: Path) -> None:
     pairing = CpuPairing({0, 1, 2}, tmp_path / "locks")
+    pairing._getcpu = lambda: 1                   # the calling thread runs on CPU 1: tried first
     with pairing.hold() as a, pairing.hold() as b, pairing.hold() as c:
-        assert (a, b, c) == (0, 1, 2)
+        assert (a, b, c) == (1, 2, 0)
         with pairing.hold() as d:
             assert d is None                      # more submissions than CPUs: not pinned
     with pairing.hold() as again:
-        assert again == 0                         # released at the end of the block
+        assert again == 1                         # released at the end of the block
+    pairing._getcpu = lambda: 7                   # a CPU outside the set: from the first
+    with pairing.hold() as first:
+        assert first == 0
     assert sorted(p.name for p in (tmp_path / "locks").iterdir()) == ["cpu0.lock", "cpu1.lock", "cpu2.lock"]
     assert ((tmp_path / "locks").stat().st_mode & 0o777) == 0o700
 
@@ -41,9 +45,23 @@ def test_the_holding_thread_steps_off_the_cpu_it_holds(tmp_path: Path) -> None:
     assert os.sched_getaffinity(0) == mine
 
 
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to choose from")
+def test_the_cpu_the_thread_runs_on_comes_first(tmp_path: Path) -> None:
+    mine = os.sched_getaffinity(0)
+    last = max(mine)
+    pairing = CpuPairing(lock_dir=tmp_path / "locks")
+    os.sched_setaffinity(0, {last})
+    try:
+        with pairing.hold() as cpu:
+            assert cpu == last
+    finally:
+        os.sched_setaffinity(0, mine)
+
+
 def test_a_cpu_held_by_another_process_is_skipped_until_it_dies(tmp_path: Path) -> None:
     locks = tmp_path / "locks"
     pairing = CpuPairing({3, 5}, locks)
+    pairing._getcpu = lambda: 3
     with pairing.hold():
         pass  # makes the folder
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
@@ -114,8 +132,8 @@ def test_the_student_and_test_sandboxes_share_one_cpu(tmp_path: Path) -> None:
             status = {t.name.split("::")[-1]: t.status.value for t in report.tests}
             assert status["test_same_cpu"] == "passed", [(t.name, t.message) for t in report.tests]
             assert status["test_unpinned"] == "failed"
-        with pairing.hold() as cpu:
-            assert cpu == pairing.cpus[0]         # released once the submission was graded
+        with pairing.hold() as a, pairing.hold() as b:
+            assert None not in (a, b) and a != b  # released once the submission was graded
     finally:
         kit.backend.close()
 

@@ -10,7 +10,11 @@ set-up) they hand the CPU back and forth, and the submission costs less CPU
 and less time; nothing runs in parallel inside one submission anyway.
 
 Which CPU: each CPU the host may use has a lock file; a submission holds the
-first free one (flock, non-blocking, tried in order) while it is graded. Locks are shared by every process of the same user on the machine
+first free one (flock, non-blocking) while it is graded, trying first the
+CPU the calling thread runs on and then the next ones: the scheduler has put
+the thread there, and graders that do not share the lock folder (one per
+container on a many-core node) start from different CPUs instead of all
+from the first. Locks are shared by every process of the same user on the machine
 (a daemon's job children, `xgrader batch` threads, several daemons), and the
 kernel drops a lock when its holder dies, so nothing leaks. When every CPU is
 held (more submissions at once than CPUs) the submission is not pinned and
@@ -20,11 +24,12 @@ the scheduler places it as usual.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import structlog
 
@@ -42,6 +47,7 @@ class CpuPairing:
     def __init__(self, cpus: set[int] | None = None, lock_dir: Path | None = None) -> None:
         self.cpus = sorted(cpus if cpus is not None else os.sched_getaffinity(0))
         self.lock_dir = lock_dir or default_lock_dir()
+        self._getcpu = _libc_getcpu()   # the CPU the calling thread runs on
 
     @contextlib.contextmanager
     def hold(self) -> Iterator[int | None]:
@@ -65,12 +71,16 @@ class CpuPairing:
                 os.close(fd)  # releases the lock
 
     def _take(self) -> tuple[int, int | None]:
-        try:
-            self.lock_dir.mkdir(mode=0o700, exist_ok=True)
-        except OSError as exc:
-            log.warning("cpu_pairing_unavailable", folder=str(self.lock_dir), error=str(exc))
-            return -1, None
-        for cpu in self.cpus:
+        if not self.lock_dir.is_dir():
+            try:
+                self.lock_dir.mkdir(mode=0o700, exist_ok=True)
+            except OSError as exc:
+                log.warning("cpu_pairing_unavailable", folder=str(self.lock_dir), error=str(exc))
+                return -1, None
+        n = len(self.cpus)
+        now = self._getcpu() if self._getcpu is not None else -1
+        first = self.cpus.index(now) if now in self.cpus else 0
+        for cpu in (self.cpus[(first + i) % n] for i in range(n)):
             try:
                 fd = os.open(self.lock_dir / f"cpu{cpu}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             except OSError:
@@ -103,3 +113,10 @@ def _set_affinity(cpus: set[int]) -> bool:
         return True
     except OSError:
         return False
+
+
+def _libc_getcpu() -> Callable[[], int] | None:
+    try:
+        return ctypes.CDLL(None).sched_getcpu
+    except (OSError, AttributeError):
+        return None
