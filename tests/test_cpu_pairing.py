@@ -87,8 +87,11 @@ def test_nothing_to_pair_on_one_cpu_or_without_a_lock_folder(tmp_path: Path) -> 
         assert cpu is None
     assert not (tmp_path / "one").exists()
     (tmp_path / "file").write_text("not a folder")
-    with CpuPairing({0, 1}, tmp_path / "file").hold() as cpu:
-        assert cpu is None
+    unusable = CpuPairing({0, 1}, tmp_path / "file")
+    for _ in range(2):  # warned about once, then not tried again
+        with unusable.hold() as cpu:
+            assert cpu is None
+    assert unusable.cpus == []
 
 
 # -- end to end: where the sandboxes of a graded submission ran -------------------

@@ -76,6 +76,7 @@ class CpuPairing:
                 self.lock_dir.mkdir(mode=0o700, exist_ok=True)
             except OSError as exc:
                 log.warning("cpu_pairing_unavailable", folder=str(self.lock_dir), error=str(exc))
+                self.cpus = []  # said once: no pairing from here on
                 return -1, None
         n = len(self.cpus)
         now = self._getcpu() if self._getcpu is not None else -1
