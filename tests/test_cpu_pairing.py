@@ -58,6 +58,18 @@ def test_the_cpu_the_thread_runs_on_comes_first(tmp_path: Path) -> None:
         os.sched_setaffinity(0, mine)
 
 
+def test_a_lock_file_that_is_a_symlink_is_not_followed(tmp_path: Path) -> None:
+    locks = tmp_path / "locks"
+    locks.mkdir(mode=0o700)
+    target = tmp_path / "somewhere-else"
+    (locks / "cpu0.lock").symlink_to(target)
+    pairing = CpuPairing({0, 1}, locks)
+    pairing._getcpu = lambda: 0
+    with pairing.hold() as cpu:
+        assert cpu == 1                           # cpu0's lock is refused, not followed
+    assert not target.exists()
+
+
 def test_a_cpu_held_by_another_process_is_skipped_until_it_dies(tmp_path: Path) -> None:
     locks = tmp_path / "locks"
     pairing = CpuPairing({3, 5}, locks)
@@ -86,6 +98,16 @@ def test_nothing_to_pair_on_one_cpu_or_without_a_lock_folder(tmp_path: Path) -> 
     with CpuPairing({0}, tmp_path / "one").hold() as cpu:
         assert cpu is None
     assert not (tmp_path / "one").exists()
+    (tmp_path / "open").mkdir(mode=0o777)
+    os.chmod(tmp_path / "open", 0o777)           # anyone could put a symlink in it
+    with CpuPairing({0, 1}, tmp_path / "open").hold() as cpu:
+        assert cpu is None
+    assert list((tmp_path / "open").iterdir()) == []
+    (tmp_path / "elsewhere").mkdir(mode=0o700)
+    (tmp_path / "link").symlink_to(tmp_path / "elsewhere")
+    with CpuPairing({0, 1}, tmp_path / "link").hold() as cpu:
+        assert cpu is None
+    assert list((tmp_path / "elsewhere").iterdir()) == []
     (tmp_path / "file").write_text("not a folder")
     unusable = CpuPairing({0, 1}, tmp_path / "file")
     for _ in range(2):  # warned about once, then not tried again

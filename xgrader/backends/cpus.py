@@ -27,6 +27,7 @@ import contextlib
 import ctypes
 import fcntl
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Callable, Iterator
@@ -48,6 +49,7 @@ class CpuPairing:
         self.cpus = sorted(cpus if cpus is not None else os.sched_getaffinity(0))
         self.lock_dir = lock_dir or default_lock_dir()
         self._getcpu = _libc_getcpu()   # the CPU the calling thread runs on
+        self._folder_ok = False
 
     @contextlib.contextmanager
     def hold(self) -> Iterator[int | None]:
@@ -71,19 +73,20 @@ class CpuPairing:
                 os.close(fd)  # releases the lock
 
     def _take(self) -> tuple[int, int | None]:
-        if not self.lock_dir.is_dir():
-            try:
-                self.lock_dir.mkdir(mode=0o700, exist_ok=True)
-            except OSError as exc:
-                log.warning("cpu_pairing_unavailable", folder=str(self.lock_dir), error=str(exc))
+        if not self._folder_ok:
+            why = _own_folder(self.lock_dir)
+            if why is not None:
+                log.warning("cpu_pairing_unavailable", folder=str(self.lock_dir), error=why)
                 self.cpus = []  # said once: no pairing from here on
                 return -1, None
+            self._folder_ok = True
         n = len(self.cpus)
         now = self._getcpu() if self._getcpu is not None else -1
         first = self.cpus.index(now) if now in self.cpus else 0
         for cpu in (self.cpus[(first + i) % n] for i in range(n)):
             try:
-                fd = os.open(self.lock_dir / f"cpu{cpu}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                fd = os.open(self.lock_dir / f"cpu{cpu}.lock",
+                             os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
             except OSError:
                 continue
             try:
@@ -93,6 +96,25 @@ class CpuPairing:
                 continue
             return fd, cpu
         return -1, None
+
+
+def _own_folder(folder: Path) -> str | None:
+    """Make `folder` (mode 0700) unless it exists; None when it is a real
+    folder of this user that nobody else may write to, else why not. The
+    name is predictable under a shared /tmp: another user's folder (or a
+    symlink) there must not decide where this process creates files."""
+    try:
+        folder.mkdir(mode=0o700, exist_ok=True)
+        st = os.lstat(folder)
+    except OSError as exc:
+        return str(exc)
+    if not stat.S_ISDIR(st.st_mode):
+        return "not a folder"
+    if st.st_uid != os.getuid():
+        return f"owned by uid {st.st_uid}, not {os.getuid()}"
+    if st.st_mode & 0o022:
+        return "writable by others"
+    return None
 
 
 def _step_aside(cpu: int) -> set[int] | None:
