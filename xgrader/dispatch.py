@@ -96,15 +96,12 @@ class AssignmentRegistry:
     def get(self, grader_name: str) -> Assignment:
         folder = assignment_dir(self.handlers_root, grader_name)
         hit = self._cache.get(folder)
-        # Each path as last seen (an lstat each, no folder listing) before a walk.
+        # Each path as last seen (an lstat each, no folder listing); else walk and load.
         if hit is not None and _unchanged(hit[0]):
             return hit[1]
         library = self.handlers_root / LIBRARY_DIR
         # The shared signatures library is part of every assignment it serves.
         snapshot = {**_snapshot(folder), **(_snapshot(library) if library.is_dir() else {str(library): ABSENT})}
-        if hit is not None and hit[0] == snapshot:
-            self._cache[folder] = (snapshot, hit[1])
-            return hit[1]
         assignment = load_assignment(folder, grader_name.strip(), library)
         self._cache[folder] = (snapshot, assignment)
         log.info("assignment_loaded", assignment=assignment.name, kind=assignment.config.kind)

@@ -16,8 +16,6 @@ import abc
 import contextlib
 import enum
 import re
-import threading
-import time
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -143,21 +141,14 @@ class RunningSandbox(abc.ABC):
     channel: Channel
     job: SandboxJob
     started: float  # time.monotonic() the job's clock runs from
-    _timer: "Deadline | threading.Timer | None" = None
+    _timer: "Deadline | None" = None
 
-    def arm(self, deadlines: "Deadlines | None" = None) -> None:
-        """Start the host-side wall clock (from self.started): the limit holds
-        even when nobody is in wait(), as with interactive jobs. `deadlines`:
-        the backend's one deadline thread (else a timer thread of its own)."""
-        if self._timer is not None:
-            return
-        when = self.started + self.job.limits.wall_s
-        if deadlines is not None:
-            self._timer = deadlines.at(when, self._expire)
-            return
-        self._timer = threading.Timer(max(when - time.monotonic(), 0.0), self._expire)
-        self._timer.daemon = True
-        self._timer.start()
+    def arm(self, deadlines: "Deadlines") -> None:
+        """Start the host-side wall clock (from self.started) on the
+        backend's deadline thread: the limit holds even when nobody is in
+        wait(), as with interactive jobs."""
+        if self._timer is None:
+            self._timer = deadlines.at(self.started + self.job.limits.wall_s, self._expire)
 
     def _expire(self) -> None:
         """The wall clock ran out (called on the timer's thread)."""

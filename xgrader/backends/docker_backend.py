@@ -62,7 +62,7 @@ from xgrader.backends.base import (
     SandboxResult, Verdict, clean_text,
 )
 from xgrader.backends.channel import FdChannel
-from xgrader.backends.deadlines import Deadlines
+from xgrader.backends.deadlines import Deadline, Deadlines
 from xgrader.backends.seccomp import CLONE_NS_FLAGS, DENIED
 from xgrader.backends.process import BASE_PATH, TreeUsage, pid_alive, rlimit_values, safe_relpath
 from xgrader.backends.verdict import classify
@@ -501,7 +501,7 @@ class DockerSandbox(RunningSandbox):
         self._lock = threading.Lock()
         # The wall limit holds even when nobody is in wait() (interactive jobs).
         self._expired_at: float | None = None
-        self._timer: threading.Timer | None = None
+        self._timer: Deadline | None = None
         self._cpu_base = 0.0
         self._init_pid: int | None = None
         self._init_fd = -1

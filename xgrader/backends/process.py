@@ -12,7 +12,6 @@ import resource
 import selectors
 import signal
 import subprocess
-import threading
 import time
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -23,6 +22,7 @@ from xgrader.backends.base import (
     Limits, RunningSandbox, SandboxError, SandboxJob, SandboxResult, clean_text,
 )
 from xgrader.backends.channel import FdChannel
+from xgrader.backends.deadlines import Deadline
 from xgrader.backends.verdict import classify
 
 log = structlog.get_logger(__name__)
@@ -271,7 +271,7 @@ class ProcessSandbox(RunningSandbox):
         # bwrap (pid 1 in the box) reports a child killed by signal N as exit 128+N.
         self._exit_128 = exit_128_is_signal
         self._stdin_left = memoryview(job.stdin)
-        self._timer: threading.Timer | None = None
+        self._timer: Deadline | None = None
         self._expired = False
         self._cpu_base = 0.0
 
